@@ -1,0 +1,407 @@
+"""`gpufleet.io/v1alpha1` `ModelDeployment`: the one source of the CRD schema.
+
+Every field's description is what `kubectl explain` shows, so it is written
+for a platform engineer. Field-level limits (enums, ranges, patterns) live in
+the types so the API server enforces them; rules that span fields live in
+`gpufleet.api.validation` and run in the webhook, the CLI and the operator.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "gpufleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md",)
+
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+Dtype = Literal["auto", "bfloat16", "float16"]
+Quantization = Literal["none", "fp8", "awq", "gptq"]
+CapacityType = Literal["spot", "on-demand"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MODEL_URI_PATTERN = r"^(hf|s3|pvc)://[^/\s]+(/\S*)?$"
+MIG_PROFILE_PATTERN = r"^[1-7]g\.[0-9]+gb$"
+
+
+class _Model(BaseModel):
+    """camelCase in YAML, snake_case in Python; unknown fields are an error."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class ModelSource(_Model):
+    """Which weights to serve and how clients name them."""
+
+    uri: Annotated[
+        str,
+        Field(
+            description=(
+                "Where the weights come from: hf://<org>/<name> (Hugging Face Hub), "
+                "s3://<bucket>/<prefix> (streamed by vLLM's Run:ai model streamer), or "
+                "pvc://<claim>[/<path>] (a PersistentVolumeClaim in the same namespace, mounted read-only)."
+            ),
+            pattern=MODEL_URI_PATTERN,
+            examples=["hf://meta-llama/Meta-Llama-3-70B-Instruct"],
+        ),
+    ]
+    served_name: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Model name clients send in the OpenAI API (`model` field). "
+                "Defaults to the ModelDeployment's metadata.name."
+            ),
+            min_length=1,
+            max_length=253,
+        ),
+    ] = None
+    parameter_count: Annotated[
+        float | None,
+        Field(
+            description=(
+                "Number of weights (e.g. 70.6e9 for Llama 3 70B). Enables the check that the weights "
+                "fit the GPUs with room left for the KV cache; without it that check is skipped."
+            ),
+            gt=0,
+        ),
+    ] = None
+    dtype: Annotated[
+        Dtype,
+        Field(
+            description="Weight and activation precision passed to vLLM --dtype. auto uses the checkpoint's."
+        ),
+    ] = "auto"
+    quantization: Annotated[
+        Quantization,
+        Field(
+            description=(
+                "Weight quantization passed to vLLM --quantization. fp8 halves the weights of a bf16 "
+                "model (weight-only W8A16 on Ampere); awq and gptq are 4-bit checkpoints."
+            )
+        ),
+    ] = "none"
+    max_model_len: Annotated[
+        int | None,
+        Field(
+            description="Longest context (prompt + output tokens) a request may use; vLLM --max-model-len.",
+            ge=1,
+        ),
+    ] = None
+    credentials_secret: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Name of a Secret in the same namespace holding HF_TOKEN (for hf://) and/or "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (for s3://)."
+            ),
+            pattern=_DNS_SUBDOMAIN,
+            max_length=253,
+        ),
+    ] = None
+
+
+class EnvVar(_Model):
+    """An environment variable for the vLLM container, as in a Pod spec."""
+
+    name: Annotated[str, Field(description="Variable name.", min_length=1)]
+    value: Annotated[str | None, Field(description="Literal value.")] = None
+    value_from: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="Source of the value (secretKeyRef, configMapKeyRef, fieldRef), as in a Pod spec.",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ] = None
+
+
+class LoraAdapter(_Model):
+    """A LoRA adapter served next to the base model under its own name."""
+
+    name: Annotated[
+        str,
+        Field(description="Model name clients send to use this adapter.", min_length=1, max_length=253),
+    ]
+    uri: Annotated[
+        str,
+        Field(
+            description="Where the adapter comes from: hf://, s3:// or pvc:// as for spec.model.uri.",
+            pattern=MODEL_URI_PATTERN,
+        ),
+    ]
+
+
+class Engine(_Model):
+    """The vLLM server that runs the model."""
+
+    image: Annotated[
+        str,
+        Field(description="vLLM OpenAI-compatible server image.", min_length=1),
+    ] = DEFAULT_IMAGE
+    args: Annotated[
+        list[str],
+        Field(
+            description=(
+                "Extra `vllm serve` arguments, appended after the ones gpufleet derives from the spec. "
+                "Flags that the spec already controls (--model, --port, --tensor-parallel-size, ...) "
+                "are rejected: set the spec field instead."
+            )
+        ),
+    ] = []
+    env: Annotated[
+        list[EnvVar],
+        Field(description="Extra environment variables for the vLLM container."),
+    ] = []
+    lora_adapters: Annotated[
+        list[LoraAdapter],
+        Field(
+            description="LoRA adapters loaded at start-up (vLLM --enable-lora --lora-modules).",
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        ),
+    ] = []
+
+
+class Accelerator(_Model):
+    """Which GPUs a replica runs on and how many."""
+
+    gpu_product: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Required value of the node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB or "
+                "NVIDIA-H100-80GB-HBM3. Unset: any GPU node (then set gpuMemoryGiB)."
+            ),
+            min_length=1,
+            max_length=63,
+        ),
+    ] = None
+    gpu_memory_gib: Annotated[
+        float | None,
+        Field(
+            alias="gpuMemoryGiB",
+            description=(
+                "Memory of one GPU in GiB, used for the memory-fit check. "
+                "Defaults to the known size of gpuProduct (e.g. 80 for NVIDIA-A100-SXM4-80GB)."
+            ),
+            gt=0,
+        ),
+    ] = None
+    tensor_parallel_size: Annotated[
+        Literal[1, 2, 4, 8],
+        Field(
+            description=(
+                "GPUs per replica, all on one node (vLLM --tensor-parallel-size); requests nvidia.com/gpu "
+                "of this count. Llama 3 70B bf16 needs 4 on 80 GB GPUs."
+            )
+        ),
+    ] = 1
+    mig_profile: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Run each replica on one MIG slice instead of whole GPUs, e.g. 3g.40gb; requests "
+                "nvidia.com/mig-<profile> (device plugin mixed strategy). Requires tensorParallelSize: 1."
+            ),
+            pattern=MIG_PROFILE_PATTERN,
+        ),
+    ] = None
+
+
+class Autoscaling(_Model):
+    """How the operator sets spec.replicas from serving metrics."""
+
+    enabled: Annotated[
+        bool,
+        Field(description="Let the operator set spec.replicas between minReplicas and maxReplicas."),
+    ] = False
+    target_queue_depth: Annotated[
+        float,
+        Field(description="Requests waiting per replica (vllm:num_requests_waiting) to aim for.", gt=0),
+    ] = 8
+    target_kv_cache_usage: Annotated[
+        float,
+        Field(
+            alias="targetKVCacheUsage",
+            description="KV-cache usage per replica (vllm:kv_cache_usage_perc, 0-1) to aim for.",
+            gt=0,
+            le=1,
+        ),
+    ] = 0.85
+    target_gpu_utilization: Annotated[
+        float,
+        Field(
+            alias="targetGPUUtilization",
+            description=(
+                "GPU utilisation (0-1) above which to add replicas. A guard, not the driver: "
+                "batching keeps it near 1 under most loads."
+            ),
+            gt=0,
+            le=1,
+        ),
+    ] = 0.90
+    scale_down_delay_seconds: Annotated[
+        int,
+        Field(description="How long lower demand must last before removing a replica.", ge=0),
+    ] = 300
+    scale_to_zero_after_seconds: Annotated[
+        int | None,
+        Field(
+            description=(
+                "Remove the last replica after this long without requests. Unset: never scale to zero. "
+                "Requires minReplicas: 0."
+            ),
+            ge=0,
+        ),
+    ] = None
+
+
+class Capacity(_Model):
+    """Where replicas run: zones and the spot / on-demand mix."""
+
+    zones: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=63)]],
+        Field(
+            description=(
+                "Availability zones (node label topology.kubernetes.io/zone) to spread replicas over. "
+                "Empty: no zone constraint."
+            ),
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = []
+    on_demand_replicas: Annotated[
+        int,
+        Field(description="Replicas always placed on on-demand capacity (the floor spot cannot take).", ge=0),
+    ] = 0
+    spot_percent: Annotated[
+        int,
+        Field(
+            description="Share (0-100) of the replicas above the on-demand floor placed on spot.",
+            ge=0,
+            le=100,
+        ),
+    ] = 0
+    fallback_to_on_demand: Annotated[
+        bool,
+        Field(description="Place spot replicas on on-demand capacity while spot cannot be had."),
+    ] = True
+    zone_cooldown_seconds: Annotated[
+        int,
+        Field(
+            description="After a spot interruption, keep new spot replicas out of that zone this long.", ge=0
+        ),
+    ] = 300
+
+
+class ModelDeploymentSpec(_Model):
+    """Desired state of a served model."""
+
+    model: Annotated[ModelSource, Field(description="The model to serve.")]
+    engine: Annotated[Engine, Field(description="The vLLM server.")] = Engine()
+    accelerator: Annotated[Accelerator, Field(description="GPUs per replica.")] = Accelerator()
+    replicas: Annotated[
+        int,
+        Field(
+            description=(
+                "Desired number of replicas. `kubectl scale` and the autoscaler write it; "
+                "the operator keeps it within minReplicas and maxReplicas."
+            ),
+            ge=0,
+        ),
+    ] = 1
+    min_replicas: Annotated[
+        int,
+        Field(description="Fewest replicas; 0 allows scale to zero.", ge=0),
+    ] = 1
+    max_replicas: Annotated[
+        int | None,
+        Field(
+            description="Most replicas. Required when autoscaling is enabled; unset means no upper bound.",
+            ge=1,
+        ),
+    ] = None
+    autoscaling: Annotated[Autoscaling, Field(description="Scaling on serving metrics.")] = Autoscaling()
+    capacity: Annotated[Capacity, Field(description="Zones and spot / on-demand mix.")] = Capacity()
+
+
+class PlacementStatus(_Model):
+    """Replicas observed in one zone and capacity type."""
+
+    zone: Annotated[str, Field(description="Availability zone; empty when no zone is set.")] = ""
+    capacity_type: Annotated[CapacityType, Field(description="spot or on-demand.")]
+    replicas: Annotated[int, Field(description="Pods of this group.", ge=0)] = 0
+    ready_replicas: Annotated[int, Field(description="Ready pods of this group.", ge=0)] = 0
+
+
+class Condition(_Model):
+    """Standard Kubernetes condition (metav1.Condition)."""
+
+    type: Annotated[str, Field(description="Condition type, e.g. Ready, Progressing, Degraded, Valid.")]
+    status: Annotated[ConditionStatus, Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(description="One CamelCase word saying why.")] = ""
+    message: Annotated[str, Field(description="What a person needs to know.")] = ""
+    last_transition_time: Annotated[datetime | None, Field(description="When status last changed.")] = None
+    observed_generation: Annotated[
+        int | None, Field(description="metadata.generation this condition was computed from.", ge=0)
+    ] = None
+
+
+class ModelDeploymentStatus(_Model):
+    """Observed state, written by the operator."""
+
+    observed_generation: Annotated[
+        int | None, Field(description="Last metadata.generation the operator acted on.", ge=0)
+    ] = None
+    replicas: Annotated[int, Field(description="Pods that exist for this model.", ge=0)] = 0
+    ready_replicas: Annotated[int, Field(description="Pods ready to serve.", ge=0)] = 0
+    desired_replicas: Annotated[
+        int, Field(description="Replicas the operator is converging to (spec.replicas after clamping).", ge=0)
+    ] = 0
+    selector: Annotated[
+        str, Field(description="Label selector of this model's pods (used by the scale subresource).")
+    ] = ""
+    placement: Annotated[
+        list[PlacementStatus], Field(description="Replicas per zone and capacity type.")
+    ] = []
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            description="Ready, Progressing, Degraded, Valid and others.",
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        ),
+    ] = []
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata that validation reads; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = ""
+    namespace: str | None = None
+    generation: int | None = None
+
+
+class ModelDeployment(_Model):
+    """One served model: vLLM replicas across zones and capacity types."""
+
+    api_version: Literal["gpufleet.io/v1alpha1"] = "gpufleet.io/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: ObjectMeta = ObjectMeta()
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None

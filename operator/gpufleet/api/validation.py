@@ -1,0 +1,404 @@
+"""Validation of ModelDeployment manifests: one code path for CLI, webhook and operator.
+
+`validate_manifest` takes the raw object (a dict, as read from YAML or from
+an admission review) and returns every problem it finds, each naming the
+field path and the fix. The schema catches single-field mistakes; the rules
+here are the ones that span fields or need facts about GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet.api import catalog
+from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
+
+# `vllm serve` flags that spec fields own; setting them in engine.args would
+# silently fight the operator, so point at the field instead.
+# None: the operator owns the flag outright (probes and Services depend on it).
+MANAGED_VLLM_FLAGS: dict[str, str | None] = {
+    "--model": "spec.model.uri",
+    "--served-model-name": "spec.model.servedName",
+    "--tensor-parallel-size": "spec.accelerator.tensorParallelSize",
+    "-tp": "spec.accelerator.tensorParallelSize",
+    "--max-model-len": "spec.model.maxModelLen",
+    "--dtype": "spec.model.dtype",
+    "--quantization": "spec.model.quantization",
+    "-q": "spec.model.quantization",
+    "--enable-lora": "spec.engine.loraAdapters",
+    "--lora-modules": "spec.engine.loraAdapters",
+    "--port": None,
+    "--host": None,
+}
+
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Pods are named <name>-<zone>-<capacity>-<hash>-<suffix>; the ModelDeployment
+# name is also a label value and the Service name (DNS-1035, <= 63).
+MAX_NAME_LENGTH = 40
+_HF_REPO = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+_PVC_URI = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest: where, and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(object)"
+
+
+_BOUND_WORDS = {
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+    "less_than_equal": "at most",
+    "less_than": "less than",
+}
+
+
+def _from_pydantic(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = [p for p in item["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))]
+        message = item["msg"]
+        ctx = item.get("ctx", {})
+        if item["type"] == "extra_forbidden":
+            parent = ".".join(str(p) for p in loc[:-1] if isinstance(p, str))
+            message = f"unknown field; check its spelling with `kubectl explain modeldeployment.{parent}`"
+        elif item["type"] in _BOUND_WORDS:
+            bound = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
+            message = f"must be {_BOUND_WORDS[item['type']]} {bound}, got {item['input']!r}"
+        elif item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "literal_error":
+            expected = item.get("ctx", {}).get("expected", "")
+            message = f"must be one of {expected}, got {item['input']!r}"
+        elif item["type"] == "string_pattern_mismatch" and loc and loc[-1] == "uri":
+            message = (
+                f"{item['input']!r} is not a supported model URI: use hf://<org>/<name>, "
+                "s3://<bucket>/<prefix> or pvc://<claim>[/<path>]"
+            )
+        problems.append(Problem(_path(loc), message))
+    return problems
+
+
+def validate_manifest(obj: Any) -> list[Problem]:
+    """Every problem in one ModelDeployment object; an empty list means valid."""
+    if not isinstance(obj, dict):
+        return [Problem("(object)", "a ModelDeployment must be a mapping")]
+    problems: list[Problem] = []
+    if obj.get("apiVersion") != API_VERSION:
+        problems.append(Problem("apiVersion", f"must be {API_VERSION}, got {obj.get('apiVersion')!r}"))
+    if obj.get("kind") != KIND:
+        problems.append(Problem("kind", f"must be {KIND}, got {obj.get('kind')!r}"))
+    metadata = obj.get("metadata") or {}
+    problems.extend(_check_name(metadata.get("name") if isinstance(metadata, dict) else None))
+    if problems:
+        return problems
+    try:
+        # status belongs to the operator; a manifest's status must not make it invalid.
+        md = ModelDeployment.model_validate({k: v for k, v in obj.items() if k != "status"})
+    except ValidationError as error:
+        return _from_pydantic(error)
+    return list(check_spec(md.spec))
+
+
+def _check_name(name: object) -> list[Problem]:
+    if not isinstance(name, str) or not name:
+        return [Problem("metadata.name", "is required")]
+    if len(name) > MAX_NAME_LENGTH or not _DNS_1035_LABEL.match(name):
+        return [
+            Problem(
+                "metadata.name",
+                f"{name!r} must be at most {MAX_NAME_LENGTH} lower-case letters, digits and '-', starting "
+                "with a letter (it names the Service and is part of every pod name)",
+            )
+        ]
+    return []
+
+
+def check_spec(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    """Rules that span fields. The spec is already schema-valid."""
+    yield from _check_replicas(spec)
+    yield from _check_model_uri(spec)
+    yield from _check_accelerator(spec)
+    yield from _check_memory_fit(spec)
+    yield from _check_engine_args(spec)
+    yield from _check_autoscaling(spec)
+    yield from _check_capacity(spec)
+
+
+def _check_replicas(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    if spec.max_replicas is not None and spec.min_replicas > spec.max_replicas:
+        yield Problem(
+            "spec.minReplicas",
+            f"minReplicas ({spec.min_replicas}) is above maxReplicas ({spec.max_replicas}); "
+            "lower minReplicas or raise maxReplicas",
+        )
+        return
+    if spec.replicas < spec.min_replicas:
+        yield Problem(
+            "spec.replicas",
+            f"replicas ({spec.replicas}) is below minReplicas ({spec.min_replicas}); "
+            f"set replicas to at least {spec.min_replicas} or lower minReplicas",
+        )
+    if spec.max_replicas is not None and spec.replicas > spec.max_replicas:
+        yield Problem(
+            "spec.replicas",
+            f"replicas ({spec.replicas}) is above maxReplicas ({spec.max_replicas}); "
+            f"set replicas to at most {spec.max_replicas} or raise maxReplicas",
+        )
+
+
+def _check_model_uri(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    sources = [("spec.model.uri", spec.model.uri)] + [
+        (f"spec.engine.loraAdapters[{i}].uri", lora.uri) for i, lora in enumerate(spec.engine.lora_adapters)
+    ]
+    for path, uri in sources:
+        scheme = uri.split("://", 1)[0]
+        if scheme == "hf" and not _HF_REPO.match(uri):
+            yield Problem(
+                path,
+                f"{uri!r}: a Hugging Face model is hf://<org>/<name>, e.g. hf://meta-llama/Meta-Llama-3-8B",
+            )
+        elif scheme == "s3" and not _S3_URI.match(uri):
+            yield Problem(path, f"{uri!r}: an S3 source is s3://<bucket>/<prefix> with a valid bucket name")
+        elif scheme == "pvc" and not _PVC_URI.match(uri):
+            yield Problem(
+                path, f"{uri!r}: a volume source is pvc://<claim>[/<path>] where <claim> is a PVC name"
+            )
+
+
+def _check_accelerator(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    acc = spec.accelerator
+    if acc.mig_profile is None:
+        return
+    if acc.tensor_parallel_size > 1:
+        yield Problem(
+            "spec.accelerator.migProfile",
+            f"a MIG slice cannot be combined with tensorParallelSize {acc.tensor_parallel_size}; "
+            "set tensorParallelSize: 1, or remove migProfile to use whole GPUs",
+        )
+    known = catalog.MIG_PROFILES.get(acc.gpu_product or "")
+    if known is not None and acc.mig_profile not in known:
+        yield Problem(
+            "spec.accelerator.migProfile",
+            f"{acc.mig_profile} is not a MIG profile of {acc.gpu_product}; use one of {', '.join(known)}",
+        )
+    elif known is None and acc.mig_profile not in catalog.ALL_MIG_PROFILES:
+        yield Problem(
+            "spec.accelerator.migProfile",
+            f"{acc.mig_profile} is not a MIG profile of any A100/H100/H200; "
+            f"use one of {', '.join(sorted(catalog.ALL_MIG_PROFILES))}",
+        )
+
+
+def device_memory_gib(spec: ModelDeploymentSpec) -> float | None:
+    """Memory of the device one shard of a replica runs on (a GPU or a MIG slice)."""
+    acc = spec.accelerator
+    if acc.mig_profile is not None:
+        return catalog.mig_profile_memory_gib(acc.mig_profile)
+    if acc.gpu_memory_gib is not None:
+        return acc.gpu_memory_gib
+    return catalog.GPU_MEMORY_GIB.get(acc.gpu_product or "")
+
+
+def bytes_per_parameter(dtype: str, quantization: str) -> float:
+    if quantization != "none":
+        return catalog.BYTES_PER_PARAMETER_BY_QUANTIZATION[quantization]
+    return catalog.BYTES_PER_PARAMETER_BY_DTYPE[dtype]
+
+
+def gpu_memory_utilization(args: Sequence[str]) -> float:
+    """vLLM's --gpu-memory-utilization from engine.args, or its default."""
+    for i, arg in enumerate(args):
+        value: str | None = None
+        if arg.startswith("--gpu-memory-utilization="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--gpu-memory-utilization" and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return catalog.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    return catalog.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """How one shard of the weights sits in one device."""
+
+    weights_per_device_gib: float
+    usable_gib: float
+    kv_cache_gib: float
+    min_kv_cache_gib: float
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_cache_gib >= self.min_kv_cache_gib
+
+
+def memory_fit(
+    parameter_count: float,
+    bytes_per_param: float,
+    shards: int,
+    device_gib: float,
+    utilization: float = catalog.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
+) -> MemoryFit:
+    weights = parameter_count * bytes_per_param / catalog.GIB / shards
+    usable = device_gib * utilization
+    return MemoryFit(
+        weights_per_device_gib=weights,
+        usable_gib=usable,
+        kv_cache_gib=usable - weights,
+        min_kv_cache_gib=device_gib * catalog.MIN_KV_CACHE_SHARE,
+    )
+
+
+def _check_memory_fit(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    acc, model = spec.accelerator, spec.model
+    if model.parameter_count is None:
+        return
+    device_gib = device_memory_gib(spec)
+    if device_gib is None:
+        yield Problem(
+            "spec.accelerator.gpuMemoryGiB",
+            f"the memory of {acc.gpu_product or 'the GPU'} is not known; set gpuMemoryGiB "
+            "(e.g. 80 for an A100 80GB) so the weights can be checked against it",
+        )
+        return
+    per_param = bytes_per_parameter(model.dtype, model.quantization)
+    utilization = gpu_memory_utilization(spec.engine.args)
+    shards = 1 if acc.mig_profile else acc.tensor_parallel_size
+    fit = memory_fit(model.parameter_count, per_param, shards, device_gib, utilization)
+    if fit.fits:
+        return
+    precision: str = model.quantization if model.quantization != "none" else model.dtype
+    if precision == "auto":
+        precision = "16-bit (dtype auto)"
+    device = f"the {acc.mig_profile} MIG slice" if acc.mig_profile else f"each {device_gib:g} GiB GPU"
+    summary = (
+        f"{model.parameter_count / 1e9:.1f}B parameters in {precision} over {shards} GPU(s) put "
+        f"{fit.weights_per_device_gib:.1f} GiB of weights on {device}, leaving "
+        f"{max(fit.kv_cache_gib, 0):.1f} GiB of the {fit.usable_gib:.1f} GiB vLLM may use "
+        f"for the KV cache (at least {fit.min_kv_cache_gib:.1f} GiB needed)"
+    )
+    yield Problem(
+        "spec.accelerator.migProfile" if acc.mig_profile else "spec.accelerator.tensorParallelSize",
+        f"{summary}; {_suggest_fit(spec, per_param, device_gib, utilization)}",
+    )
+
+
+def _suggest_fit(spec: ModelDeploymentSpec, per_param: float, device_gib: float, utilization: float) -> str:
+    acc, model = spec.accelerator, spec.model
+    assert model.parameter_count is not None
+    options: list[str] = []
+    if acc.mig_profile:
+        table = catalog.MIG_PROFILES.get(acc.gpu_product or "", {})
+        bigger = [
+            p
+            for p in sorted(table, key=catalog.mig_profile_memory_gib)
+            if memory_fit(
+                model.parameter_count, per_param, 1, catalog.mig_profile_memory_gib(p), utilization
+            ).fits
+        ]
+        if bigger:
+            options.append(f"use migProfile: {bigger[0]}")
+        options.append("remove migProfile and use whole GPUs")
+        return " or ".join(options)
+    for tp in catalog.TENSOR_PARALLEL_SIZES:
+        if (
+            tp > acc.tensor_parallel_size
+            and memory_fit(model.parameter_count, per_param, tp, device_gib, utilization).fits
+        ):
+            options.append(f"use tensorParallelSize: {tp}")
+            break
+    for quant in ("fp8", "awq"):
+        smaller = catalog.BYTES_PER_PARAMETER_BY_QUANTIZATION[quant]
+        if (
+            smaller < per_param
+            and memory_fit(
+                model.parameter_count, smaller, acc.tensor_parallel_size, device_gib, utilization
+            ).fits
+        ):
+            options.append(f"quantization: {quant}")
+            break
+    if not options:
+        options.append("use GPUs with more memory")
+    return " or ".join(options)
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def _check_engine_args(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    for i, arg in enumerate(spec.engine.args):
+        flag = _flag_name(arg)
+        if flag not in MANAGED_VLLM_FLAGS:
+            continue
+        owner = MANAGED_VLLM_FLAGS[flag]
+        if owner is None:
+            message = f"{flag} is managed by gpufleet (pods serve on port 8000 for probes and the Service)"
+            yield Problem(f"spec.engine.args[{i}]", f"{message}; remove it from engine.args")
+        else:
+            yield Problem(
+                f"spec.engine.args[{i}]",
+                f"{flag} is set by gpufleet from {owner}; remove it from engine.args and set {owner} instead",
+            )
+    seen: set[str] = set()
+    for i, var in enumerate(spec.engine.env):
+        if var.name in seen:
+            yield Problem(f"spec.engine.env[{i}].name", f"{var.name} is set twice; keep one entry")
+        seen.add(var.name)
+        if var.value is not None and var.value_from is not None:
+            yield Problem(f"spec.engine.env[{i}]", "set value or valueFrom, not both")
+
+
+def _check_autoscaling(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    auto = spec.autoscaling
+    if auto.enabled and spec.max_replicas is None:
+        yield Problem(
+            "spec.maxReplicas",
+            "is required when autoscaling.enabled is true; set the most replicas the autoscaler may run",
+        )
+    if auto.scale_to_zero_after_seconds is not None and spec.min_replicas > 0:
+        yield Problem(
+            "spec.autoscaling.scaleToZeroAfterSeconds",
+            f"scale to zero needs minReplicas: 0 (it is {spec.min_replicas}); set minReplicas: 0 "
+            "or remove scaleToZeroAfterSeconds",
+        )
+
+
+def _check_capacity(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    cap = spec.capacity
+    seen: set[str] = set()
+    for i, zone in enumerate(cap.zones):
+        if zone in seen:
+            yield Problem(f"spec.capacity.zones[{i}]", f"zone {zone} is listed twice; list each zone once")
+        seen.add(zone)
+    if spec.max_replicas is not None and cap.on_demand_replicas > spec.max_replicas:
+        yield Problem(
+            "spec.capacity.onDemandReplicas",
+            f"the on-demand floor ({cap.on_demand_replicas}) is above maxReplicas ({spec.max_replicas}); "
+            "lower onDemandReplicas or raise maxReplicas",
+        )

@@ -1,0 +1,282 @@
+"""Validation rules, table-driven: each invalid case names its field and its fix."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from gpufleet.api import validate_manifest
+from gpufleet.api.validation import memory_fit
+
+BASE: dict[str, Any] = {
+    "apiVersion": "gpufleet.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "llama-3-70b"},
+    "spec": {
+        "model": {
+            "uri": "hf://meta-llama/Meta-Llama-3-70B-Instruct",
+            "parameterCount": 70.6e9,
+            "dtype": "bfloat16",
+        },
+        "accelerator": {"gpuProduct": "NVIDIA-A100-SXM4-80GB", "tensorParallelSize": 4},
+        "replicas": 2,
+        "minReplicas": 1,
+        "maxReplicas": 12,
+        "capacity": {"zones": ["us-east-1a", "us-east-1b"], "onDemandReplicas": 1, "spotPercent": 70},
+    },
+}
+
+
+def manifest(**changes: Any) -> dict[str, Any]:
+    """BASE with dotted-path changes; a value of None removes the key."""
+    doc = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return doc
+
+
+def test_base_manifest_is_valid() -> None:
+    assert validate_manifest(BASE) == []
+
+
+VALID_CASES = {
+    "70b fp8 tp2": {"spec__model__quantization": "fp8", "spec__accelerator__tensorParallelSize": 2},
+    "70b awq tp1": {"spec__model__quantization": "awq", "spec__accelerator__tensorParallelSize": 1},
+    "8b on 2g.20gb": {
+        "spec__model__parameterCount": 8.03e9,
+        "spec__accelerator__migProfile": "2g.20gb",
+        "spec__accelerator__tensorParallelSize": 1,
+    },
+    "no parameter count skips fit": {
+        "spec__model__parameterCount": None,
+        "spec__accelerator__tensorParallelSize": 1,
+    },
+    "unknown gpu with memory": {
+        "spec__accelerator__gpuProduct": "NVIDIA-B200",
+        "spec__accelerator__gpuMemoryGiB": 180,
+        "spec__accelerator__tensorParallelSize": 1,
+    },
+    "s3 source": {"spec__model__uri": "s3://models/llama/70b"},
+    "pvc source at claim root": {"spec__model__uri": "pvc://model-cache"},
+    "pvc source with path": {"spec__model__uri": "pvc://model-cache/llama-3-70b"},
+    "no max replicas without autoscaling": {"spec__maxReplicas": None, "spec__replicas": 40},
+    "scale to zero": {
+        "spec__minReplicas": 0,
+        "spec__autoscaling": {"enabled": True, "scaleToZeroAfterSeconds": 600},
+    },
+    "extra args not managed": {
+        "spec__engine": {"args": ["--enable-prefix-caching", "--gpu-memory-utilization=0.95"]}
+    },
+    "env with secret ref": {
+        "spec__engine": {
+            "env": [
+                {"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"},
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ]
+        }
+    },
+    "status is ignored": {"status": {"replicas": "garbage"}},
+}
+
+
+@pytest.mark.parametrize("changes", VALID_CASES.values(), ids=VALID_CASES.keys())
+def test_valid_manifests(changes: dict[str, Any]) -> None:
+    assert validate_manifest(manifest(**changes)) == []
+
+
+# (changes, field path, words the message must contain)
+INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
+    "tp 3": (
+        {"spec__accelerator__tensorParallelSize": 3},
+        "spec.accelerator.tensorParallelSize",
+        ("1, 2, 4 or 8",),
+    ),
+    "70b bf16 tp2 on 80GB": (
+        {"spec__accelerator__tensorParallelSize": 2},
+        "spec.accelerator.tensorParallelSize",
+        ("65.8 GiB", "use tensorParallelSize: 4", "quantization: fp8"),
+    ),
+    "70b bf16 tp1 on 80GB": (
+        {"spec__accelerator__tensorParallelSize": 1},
+        "spec.accelerator.tensorParallelSize",
+        ("131.5 GiB", "use tensorParallelSize: 4", "quantization: awq"),
+    ),
+    "70b on 3g.40gb": (
+        {"spec__accelerator__tensorParallelSize": 1, "spec__accelerator__migProfile": "3g.40gb"},
+        "spec.accelerator.migProfile",
+        ("3g.40gb", "remove migProfile and use whole GPUs"),
+    ),
+    "8b bf16 on 1g.10gb suggests bigger slice": (
+        {
+            "spec__model__parameterCount": 8.03e9,
+            "spec__accelerator__tensorParallelSize": 1,
+            "spec__accelerator__migProfile": "1g.10gb",
+        },
+        "spec.accelerator.migProfile",
+        ("use migProfile: 1g.20gb",),
+    ),
+    "mig with tp": (
+        {"spec__accelerator__migProfile": "7g.80gb", "spec__model__parameterCount": None},
+        "spec.accelerator.migProfile",
+        ("tensorParallelSize: 1",),
+    ),
+    "mig profile of another gpu": (
+        {
+            "spec__accelerator__migProfile": "3g.20gb",
+            "spec__accelerator__tensorParallelSize": 1,
+            "spec__model__parameterCount": None,
+        },
+        "spec.accelerator.migProfile",
+        ("not a MIG profile of NVIDIA-A100-SXM4-80GB", "3g.40gb"),
+    ),
+    "mig profile that does not exist": (
+        {
+            "spec__accelerator__gpuProduct": None,
+            "spec__accelerator__migProfile": "5g.50gb",
+            "spec__accelerator__tensorParallelSize": 1,
+            "spec__model__parameterCount": None,
+        },
+        "spec.accelerator.migProfile",
+        ("not a MIG profile of any",),
+    ),
+    "mig profile bad shape": (
+        {"spec__accelerator__migProfile": "half", "spec__accelerator__tensorParallelSize": 1},
+        "spec.accelerator.migProfile",
+        ("pattern",),
+    ),
+    "unknown gpu without memory": (
+        {"spec__accelerator__gpuProduct": "NVIDIA-B200"},
+        "spec.accelerator.gpuMemoryGiB",
+        ("set gpuMemoryGiB",),
+    ),
+    "replicas above max": ({"spec__replicas": 20}, "spec.replicas", ("above maxReplicas (12)", "at most 12")),
+    "replicas below min": ({"spec__replicas": 0}, "spec.replicas", ("below minReplicas (1)",)),
+    "min above max": ({"spec__minReplicas": 13}, "spec.minReplicas", ("above maxReplicas",)),
+    "negative replicas": ({"spec__replicas": -1}, "spec.replicas", ("at least 0",)),
+    "spot percent 150": ({"spec__capacity__spotPercent": 150}, "spec.capacity.spotPercent", ("at most 100",)),
+    "duplicate zone": (
+        {"spec__capacity__zones": ["us-east-1a", "us-east-1a"]},
+        "spec.capacity.zones[1]",
+        ("listed twice",),
+    ),
+    "on-demand floor above max": (
+        {"spec__capacity__onDemandReplicas": 13},
+        "spec.capacity.onDemandReplicas",
+        ("above maxReplicas",),
+    ),
+    "gs uri": ({"spec__model__uri": "gs://bucket/model"}, "spec.model.uri", ("hf://<org>/<name>",)),
+    "hf uri without org": ({"spec__model__uri": "hf://llama"}, "spec.model.uri", ("hf://<org>/<name>",)),
+    "s3 bad bucket": ({"spec__model__uri": "s3://A_B/x"}, "spec.model.uri", ("valid bucket name",)),
+    "pvc bad claim": ({"spec__model__uri": "pvc://Bad_Claim/x"}, "spec.model.uri", ("PVC name",)),
+    "lora bad uri": (
+        {"spec__engine": {"loraAdapters": [{"name": "sql", "uri": "hf://only"}]}},
+        "spec.engine.loraAdapters[0].uri",
+        ("hf://<org>/<name>",),
+    ),
+    "managed flag in args": (
+        {"spec__engine": {"args": ["--tensor-parallel-size", "8"]}},
+        "spec.engine.args[0]",
+        ("spec.accelerator.tensorParallelSize",),
+    ),
+    "port in args": ({"spec__engine": {"args": ["--port=9000"]}}, "spec.engine.args[0]", ("port 8000",)),
+    "duplicate env": (
+        {"spec__engine": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
+        "spec.engine.env[1].name",
+        ("set twice",),
+    ),
+    "env value and valueFrom": (
+        {"spec__engine": {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {}}}]}},
+        "spec.engine.env[0]",
+        ("not both",),
+    ),
+    "autoscaling without max": (
+        {"spec__maxReplicas": None, "spec__autoscaling": {"enabled": True}},
+        "spec.maxReplicas",
+        ("required when autoscaling",),
+    ),
+    "scale to zero with min 1": (
+        {"spec__autoscaling": {"scaleToZeroAfterSeconds": 60}},
+        "spec.autoscaling.scaleToZeroAfterSeconds",
+        ("minReplicas: 0",),
+    ),
+    "kv target above 1": (
+        {"spec__autoscaling": {"targetKVCacheUsage": 1.5}},
+        "spec.autoscaling.targetKVCacheUsage",
+        ("at most 1",),
+    ),
+    "misspelled field": (
+        {"spec__accelerator__tensorParallel": 4},
+        "spec.accelerator.tensorParallel",
+        ("unknown field", "modeldeployment.spec.accelerator"),
+    ),
+    "missing model": ({"spec__model": None}, "spec.model", ("is required",)),
+    "bad dtype": ({"spec__model__dtype": "fp32"}, "spec.model.dtype", ("'auto', 'bfloat16' or 'float16'",)),
+    "wrong kind": ({"kind": "Deployment"}, "kind", ("ModelDeployment",)),
+    "wrong api version": ({"apiVersion": "gpufleet.io/v1"}, "apiVersion", ("gpufleet.io/v1alpha1",)),
+    "missing name": ({"metadata": {}}, "metadata.name", ("required",)),
+    "name with capitals": ({"metadata": {"name": "Llama"}}, "metadata.name", ("lower-case",)),
+    "name too long": ({"metadata": {"name": "a" * 41}}, "metadata.name", ("at most 40",)),
+}
+
+
+@pytest.mark.parametrize(("changes", "path", "words"), INVALID_CASES.values(), ids=INVALID_CASES.keys())
+def test_invalid_manifests(changes: dict[str, Any], path: str, words: tuple[str, ...]) -> None:
+    problems = validate_manifest(manifest(**changes))
+    matching = [p for p in problems if p.path == path]
+    assert matching, f"expected a problem at {path}, got {problems}"
+    for word in words:
+        assert any(word in p.message for p in matching), f"{word!r} not in {matching}"
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    problems = validate_manifest(
+        manifest(
+            spec__replicas=20, spec__engine={"args": ["--port=1"]}, spec__accelerator__tensorParallelSize=2
+        )
+    )
+    assert {p.path for p in problems} == {
+        "spec.replicas",
+        "spec.engine.args[0]",
+        "spec.accelerator.tensorParallelSize",
+    }
+
+
+def test_not_a_mapping() -> None:
+    assert [str(p) for p in validate_manifest(["x"])] == ["(object): a ModelDeployment must be a mapping"]
+
+
+@pytest.mark.parametrize(
+    ("params", "bytes_per", "shards", "gib", "kv_min", "kv_max", "fits"),
+    [
+        # REFERENCE.md: 70B bf16 TP=4 on A100 80GB leaves ~35-39 GiB per GPU for KV.
+        (70.6e9, 2.0, 4, 80, 35.0, 40.0, True),
+        # REFERENCE.md: TP=2 leaves ~6 GiB per GPU: impractical.
+        (70.6e9, 2.0, 2, 80, 5.0, 7.0, False),
+        (70.6e9, 1.0, 2, 80, 35.0, 40.0, True),
+        (8.03e9, 2.0, 1, 20, 2.5, 3.5, True),
+    ],
+)
+def test_memory_fit_matches_reference_numbers(
+    params: float, bytes_per: float, shards: int, gib: float, kv_min: float, kv_max: float, fits: bool
+) -> None:
+    fit = memory_fit(params, bytes_per, shards, gib)
+    assert kv_min <= fit.kv_cache_gib <= kv_max
+    assert fit.fits is fits
+
+
+def test_gpu_memory_utilization_from_args_changes_the_fit() -> None:
+    tight = manifest(spec__accelerator__tensorParallelSize=2, spec__model__quantization="fp8")
+    assert validate_manifest(tight) == []
+    tight["spec"]["engine"] = {"args": ["--gpu-memory-utilization", "0.5"]}
+    problems = validate_manifest(tight)
+    assert [p.path for p in problems] == ["spec.accelerator.tensorParallelSize"]
+    assert "40.0 GiB vLLM may use" in problems[0].message

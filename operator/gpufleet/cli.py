@@ -14,6 +14,7 @@ import yaml
 from gpufleet import __version__
 from gpufleet.api import KIND, validate_manifest
 from gpufleet.api.crd import custom_resource_definition, render_yaml
+from gpufleet.api.reference import render_api_reference
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ def _cmd_crds(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_api_reference(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(render_api_reference())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufleet", description="Operator for self-hosted GPU inference fleets."
@@ -94,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         "crds", help="print the CustomResourceDefinition generated from the API models"
     )
     crds.set_defaults(handler=_cmd_crds)
+
+    reference = commands.add_parser(
+        "api-reference", help="print the Markdown API reference generated from the models"
+    )
+    reference.set_defaults(handler=_cmd_api_reference)
     return parser
 
 

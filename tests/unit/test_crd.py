@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gpufleet.api.crd import custom_resource_definition, openapi_schema, render_yaml, to_structural
+from gpufleet.api.reference import render_api_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
@@ -103,3 +104,18 @@ def test_real_unions_are_refused() -> None:
 
 def test_rendered_yaml_round_trips() -> None:
     assert yaml.safe_load(render_yaml(custom_resource_definition())) == custom_resource_definition()
+
+
+def test_committed_api_reference_matches_the_models() -> None:
+    committed = (ROOT / "docs" / "api-reference.md").read_text()
+    assert committed == render_api_reference(), "docs/api-reference.md is stale: run `make crds` and commit"
+
+
+def test_api_reference_covers_every_spec_field() -> None:
+    text = render_api_reference()
+    for path, _node in walk(openapi_schema()["properties"]["spec"], "spec"):
+        if path == "spec" or path.endswith("[]"):
+            continue
+        parent, _, leaf = path.rpartition(".")
+        assert f"## `{parent}`" in text, parent
+        assert f"| `{leaf}`" in text, path

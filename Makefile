@@ -1,0 +1,53 @@
+# gpufleet developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help install controlplane lint crds unit integration test demo cluster-up cluster-down clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED) ## create .venv with the operator and its dev tools
+
+controlplane: ## build (once, cached) the Kubernetes control-plane binaries
+	bash hack/controlplane/build.sh >/dev/null
+
+crds: install ## regenerate crds/ and docs/api-reference.md from the API models
+	$(BIN)/gpufleet crds > crds/gpufleet.io_modeldeployments.yaml
+	$(BIN)/gpufleet api-reference > docs/api-reference.md
+
+lint: install ## ruff, formatting, mypy, import-linter layer contracts
+	$(BIN)/ruff check operator tests hack
+	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: install ## fast tests of pure code
+	$(BIN)/pytest tests/unit -q
+
+integration: install controlplane ## tests against a real local control plane
+	$(BIN)/pytest tests/integration -q
+
+test: install controlplane lint ## everything: lint, types, layers, unit, integration
+	$(BIN)/pytest tests
+
+demo: install controlplane ## local control plane + CRD + samples, `kubectl get md`, then stop
+	bash hack/demo.sh
+
+cluster-up: controlplane ## start a control plane for manual use (prints the kubeconfig)
+	bash hack/cluster.sh up
+
+cluster-down: ## stop it
+	bash hack/cluster.sh down
+
+clean: ## remove the virtualenv and local state (not the cached binaries)
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,211 @@
+"""Observed pods and Deployments → the ModelDeployment's status and conditions.
+
+Conditions follow metav1.Condition: a condition's lastTransitionTime only
+moves when its status flips, so `kubectl describe` tells how long a state has
+lasted. `now` is passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.planning.placement import CAPACITY_TYPES, CapacityType, PlacementGroup
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+VALID = "Valid"
+SCALING_LIMITED = "ScalingLimited"
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What status needs of one pod of the ModelDeployment."""
+
+    name: str
+    zone: str
+    capacity_type: CapacityType
+    ready: bool
+    terminating: bool = False
+    template_hash: str = ""
+    unschedulable_since: datetime | None = None
+    unschedulable_message: str = ""
+
+
+@dataclass(frozen=True)
+class ObservedDeployment:
+    name: str
+    replicas: int
+    updated_replicas: int
+    ready_replicas: int
+    generation: int
+    observed_generation: int
+
+
+@dataclass(frozen=True)
+class ReplicaDecision:
+    """spec.replicas clamped to [minReplicas, maxReplicas], with why."""
+
+    requested: int
+    desired: int
+    reason: str
+    message: str
+
+    @property
+    def clamped(self) -> bool:
+        return self.requested != self.desired
+
+
+def decide_replicas(spec: ModelDeploymentSpec) -> ReplicaDecision:
+    low, high = spec.min_replicas, spec.max_replicas
+    if spec.replicas < low:
+        return ReplicaDecision(
+            spec.replicas,
+            low,
+            "TooFewReplicas",
+            f"spec.replicas {spec.replicas} is below minReplicas {low}; running {low}",
+        )
+    if high is not None and spec.replicas > high:
+        return ReplicaDecision(
+            spec.replicas,
+            high,
+            "TooManyReplicas",
+            f"spec.replicas {spec.replicas} is above maxReplicas {high}; running {high}",
+        )
+    return ReplicaDecision(
+        spec.replicas, spec.replicas, "DesiredWithinRange", "spec.replicas is within range"
+    )
+
+
+@dataclass(frozen=True)
+class StatusInput:
+    generation: int
+    desired: ReplicaDecision | None  # None when the spec is invalid: nothing was planned
+    groups: Sequence[PlacementGroup]
+    pods: Sequence[ObservedPod]
+    deployments: Sequence[ObservedDeployment]
+    selector: str
+    problems: Sequence[str] = ()
+    previous_conditions: Sequence[Mapping[str, Any]] = ()
+    unschedulable_after: timedelta = timedelta(minutes=5)
+    previous_status: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _condition(
+    kind: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+    previous: Mapping[str, Any],
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    old = previous.get(kind)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "observedGeneration": generation,
+    }
+
+
+def _placement(groups: Iterable[PlacementGroup], pods: Sequence[ObservedPod]) -> list[dict[str, Any]]:
+    keys: dict[tuple[str, CapacityType], None] = {g.key: None for g in groups}
+    for pod in pods:
+        keys.setdefault((pod.zone, pod.capacity_type), None)
+    rows = []
+    for zone, capacity_type in sorted(keys, key=lambda k: (k[0], CAPACITY_TYPES.index(k[1]))):
+        members = [p for p in pods if (p.zone, p.capacity_type) == (zone, capacity_type)]
+        rows.append(
+            {
+                "zone": zone,
+                "capacityType": capacity_type,
+                "replicas": len(members),
+                "readyReplicas": sum(p.ready for p in members),
+            }
+        )
+    return rows
+
+
+def _unschedulable(pods: Sequence[ObservedPod], now: datetime, after: timedelta) -> list[ObservedPod]:
+    return [
+        p
+        for p in pods
+        if p.unschedulable_since is not None and not p.terminating and now - p.unschedulable_since >= after
+    ]
+
+
+def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
+    """The whole status object for the ModelDeployment."""
+    previous = {str(c.get("type")): c for c in inp.previous_conditions if isinstance(c, Mapping)}
+    live = [p for p in inp.pods if not p.terminating]
+    ready = sum(p.ready for p in live)
+
+    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return _condition(kind, ok, reason, message, inp.generation, now, previous)
+
+    conditions: list[dict[str, Any]] = []
+    if inp.desired is None:
+        conditions.append(cond(VALID, False, "InvalidSpec", "; ".join(inp.problems)))
+        desired = int(inp.previous_status.get("desiredReplicas", len(live)))
+    else:
+        conditions.append(cond(VALID, True, "Valid", "spec is valid"))
+        desired = inp.desired.desired
+        conditions.append(cond(SCALING_LIMITED, inp.desired.clamped, inp.desired.reason, inp.desired.message))
+
+    if desired == 0:
+        reason = "ScaledToZero" if not live else "ScalingToZero"
+        conditions.append(cond(READY, True, reason, f"no replicas desired, {len(live)} pods left"))
+    elif ready >= desired:
+        conditions.append(cond(READY, True, "AllReplicasReady", f"{ready}/{desired} replicas ready"))
+    elif ready > 0:
+        conditions.append(cond(READY, False, "PartiallyReady", f"{ready}/{desired} replicas ready"))
+    else:
+        conditions.append(cond(READY, False, "NoReplicasReady", f"0/{desired} replicas ready"))
+
+    rolling = [
+        d for d in inp.deployments if d.observed_generation < d.generation or d.updated_replicas < d.replicas
+    ]
+    if inp.desired is None:
+        conditions.append(cond(PROGRESSING, False, "InvalidSpec", "workloads are left as they are"))
+    elif rolling:
+        names = ", ".join(sorted(d.name for d in rolling))
+        conditions.append(cond(PROGRESSING, True, "RollingOut", f"rolling out {names}"))
+    elif len(live) != desired or ready < desired:
+        conditions.append(
+            cond(PROGRESSING, True, "Scaling", f"{len(live)} pods for {desired} desired, {ready} ready")
+        )
+    else:
+        conditions.append(cond(PROGRESSING, False, "Converged", f"{desired} replicas converged"))
+
+    stuck = _unschedulable(live, now, inp.unschedulable_after)
+    if stuck:
+        minutes = int(inp.unschedulable_after.total_seconds() // 60)
+        conditions.append(
+            cond(
+                DEGRADED,
+                True,
+                "Unschedulable",
+                f"{len(stuck)} pod(s) unschedulable for over {minutes}m: {stuck[0].unschedulable_message}",
+            )
+        )
+    else:
+        conditions.append(cond(DEGRADED, False, "AsExpected", "no pod is stuck"))
+
+    return {
+        "observedGeneration": inp.generation,
+        "replicas": len(live),
+        "readyReplicas": ready,
+        "desiredReplicas": desired,
+        "selector": inp.selector,
+        "placement": _placement(inp.groups, live),
+        "conditions": conditions,
+    }

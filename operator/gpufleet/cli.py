@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,28 @@ def _cmd_api_reference(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    # Imported here so `validate` and `crds` stay fast and need no cluster libraries.
+    import kopf
+
+    import gpufleet.handlers.operator
+    from gpufleet.config import Settings
+
+    settings = Settings()
+    if settings.webhook_enabled:
+        import gpufleet.handlers.webhook  # noqa: F401  (registers the validating webhook)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufleet", description="Operator for self-hosted GPU inference fleets."
@@ -100,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "crds", help="print the CustomResourceDefinition generated from the API models"
     )
     crds.set_defaults(handler=_cmd_crds)
+
+    run = commands.add_parser(
+        "run",
+        help="run the operator (settings from GPUFLEET_* environment variables; see docs/operator.md)",
+    )
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    run.add_argument("--verbose", action="store_true", help="log every event kopf handles")
+    run.set_defaults(handler=_cmd_run)
 
     reference = commands.add_parser(
         "api-reference", help="print the Markdown API reference generated from the models"

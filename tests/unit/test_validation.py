@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gpufleet.api import validate_manifest
-from gpufleet.api.validation import memory_fit
+from gpufleet.api.validation import admission_problems, memory_fit
 
 BASE: dict[str, Any] = {
     "apiVersion": "gpufleet.io/v1alpha1",
@@ -280,3 +280,17 @@ def test_gpu_memory_utilization_from_args_changes_the_fit() -> None:
     problems = validate_manifest(tight)
     assert [p.path for p in problems] == ["spec.accelerator.tensorParallelSize"]
     assert "40.0 GiB vLLM may use" in problems[0].message
+
+
+def test_admission_denies_replicas_out_of_range_on_create_and_when_changed() -> None:
+    too_many = manifest(spec__replicas=20)
+    assert [p.path for p in admission_problems(too_many)] == ["spec.replicas"]
+    assert [p.path for p in admission_problems(too_many, old=manifest(spec__replicas=2))] == ["spec.replicas"]
+
+
+def test_admission_allows_edits_after_a_scale_past_max() -> None:
+    scaled = manifest(spec__replicas=20)
+    edited = manifest(spec__replicas=20, spec__engine={"image": "vllm/vllm-openai:v0.11.1"})
+    assert admission_problems(edited, old=scaled) == []
+    broken = manifest(spec__replicas=20, spec__accelerator__tensorParallelSize=2)
+    assert [p.path for p in admission_problems(broken, old=scaled)] == ["spec.accelerator.tensorParallelSize"]

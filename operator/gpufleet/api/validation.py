@@ -402,3 +402,18 @@ def _check_capacity(spec: ModelDeploymentSpec) -> Iterator[Problem]:
             f"the on-demand floor ({cap.on_demand_replicas}) is above maxReplicas ({spec.max_replicas}); "
             "lower onDemandReplicas or raise maxReplicas",
         )
+
+
+def admission_problems(new: Any, old: Any = None) -> list[Problem]:
+    """Problems that make the admission webhook deny a CREATE (old None) or UPDATE.
+
+    `kubectl scale` and the autoscaler write spec.replicas through the scale
+    subresource, which no webhook sees, and the operator clamps it into range.
+    An UPDATE that leaves spec.replicas as it was must not be denied for it,
+    or nobody could edit the object after a scale past maxReplicas.
+    """
+    problems = validate_manifest(new)
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return problems
+    unchanged = (old.get("spec") or {}).get("replicas") == (new.get("spec") or {}).get("replicas")
+    return [p for p in problems if not (unchanged and p.path == "spec.replicas")]

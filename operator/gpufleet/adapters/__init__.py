@@ -1,0 +1,1 @@
+"""The I/O edges (Kubernetes, Prometheus, AWS), each behind a small Protocol so tests can pass fakes."""

@@ -1,0 +1,179 @@
+"""The Kubernetes API edge: list, server-side apply, delete, status, events.
+
+Objects go in and out as plain dicts so planners and tests never see client
+model classes. `KubeApi` is the Protocol handlers depend on; `RestKubeApi`
+implements it over the kubernetes client's REST layer.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "gpufleet"
+
+# (apiVersion, kind) → (URL prefix, plural). Only what the operator touches.
+_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "Event"): ("/api/v1", "events"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("gpufleet.io/v1alpha1", "ModelDeployment"): ("/apis/gpufleet.io/v1alpha1", "modeldeployments"),
+}
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when there was no answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KubeApi(Protocol):
+    def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]: ...
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None: ...
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+    ) -> None: ...
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    try:
+        prefix, plural = _RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise KubeError(0, f"gpufleet does not handle {kind} {api_version}") from None
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config(config_file=kubeconfig)
+
+
+class RestKubeApi:
+    """KubeApi over the kubernetes client's REST layer, returning JSON dicts."""
+
+    def __init__(self, api_client: client.ApiClient, timeout: float = 30.0) -> None:
+        self._api = api_client
+        self._timeout = timeout
+        self.requests = 0  # counted for the reconcile benchmark
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        self.requests += 1
+        try:
+            response = self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            raise KubeError(
+                error.status or 0, f"{method} {path}: {error.status} {error.reason}: {error.body}"
+            ) from error
+        except OSError as error:  # urllib3 connection errors derive from OSError
+            raise KubeError(0, f"{method} {path}: {error}") from error
+        # Older clients return (data, status, headers); newer ones the response alone.
+        raw = (response[0] if isinstance(response, tuple) else response).data
+        return json.loads(raw) if raw else {}
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = self._call("GET", _path(api_version, kind, namespace), [("labelSelector", label_selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        for item in items:  # list items carry no apiVersion/kind; callers want whole objects
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            path,
+            [("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                "DELETE",
+                _path(api_version, kind, namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except KubeError as error:
+            if error.status != 404:
+                raise
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self._call(
+            "PATCH",
+            _path(api_version, kind, namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+    ) -> None:
+        meta = involved["metadata"]
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "gpufleet"},
+            "reportingComponent": "gpufleet.io/operator",
+            "reportingInstance": "gpufleet",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self._call("POST", _path("v1", "Event", meta["namespace"]), body=event)

@@ -1,0 +1,70 @@
+"""Operator settings, read from GPUFLEET_* environment variables (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gpufleet.planning.workloads import WorkloadOptions
+
+# Capacity-type node labels and their values, per provisioner.
+CAPACITY_LABELS: dict[str, tuple[str, str]] = {
+    "karpenter.sh/capacity-type": ("spot", "on-demand"),
+    "eks.amazonaws.com/capacityType": ("SPOT", "ON_DEMAND"),
+}
+
+
+class Settings(BaseSettings):
+    """Everything the operator can be told; each field is GPUFLEET_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUFLEET_", extra="ignore")
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty means the whole cluster."
+    )
+    capacity_type_label: Literal["karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType"] = Field(
+        default="karpenter.sh/capacity-type",
+        description="Node label that says spot or on-demand (Karpenter's, or EKS managed node groups').",
+    )
+    cpu_per_gpu: str = Field(default="4", description="CPU request per GPU (or MIG slice).")
+    memory_per_gpu: str = Field(default="32Gi", description="Memory request per GPU (or MIG slice).")
+    prestop_delay_seconds: int = Field(default=15, ge=0)
+    drain_seconds: int = Field(default=120, ge=0)
+    startup_base_seconds: int = Field(default=600, ge=0)
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="Re-check every ModelDeployment this often even without events."
+    )
+    unschedulable_after_seconds: int = Field(
+        default=300, ge=0, description="A pod pending this long makes the ModelDeployment Degraded."
+    )
+    workers: int = Field(default=8, ge=1, description="ModelDeployments reconciled at once.")
+    webhook_enabled: bool = Field(default=False, description="Serve the validating admission webhook.")
+    webhook_listen_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_host: str | None = Field(
+        default=None, description="Address the API server calls; set with a managed configuration."
+    )
+    webhook_cert_dir: Path | None = Field(
+        default=None, description="Folder with tls.crt, tls.key and ca.crt for the webhook server."
+    )
+    webhook_managed: bool = Field(
+        default=True,
+        description="Let the operator create its ValidatingWebhookConfiguration (off when the chart does).",
+    )
+    health_port: int = Field(default=8080, description="Port of the liveness endpoint (/healthz).")
+
+    def workload_options(self) -> WorkloadOptions:
+        spot, on_demand = CAPACITY_LABELS[self.capacity_type_label]
+        return WorkloadOptions(
+            capacity_type_label=self.capacity_type_label,
+            spot_value=spot,
+            on_demand_value=on_demand,
+            cpu_per_gpu=self.cpu_per_gpu,
+            memory_per_gpu=self.memory_per_gpu,
+            prestop_delay_seconds=self.prestop_delay_seconds,
+            drain_seconds=self.drain_seconds,
+            startup_base_seconds=self.startup_base_seconds,
+        )

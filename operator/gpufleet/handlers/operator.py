@@ -1,0 +1,141 @@
+"""kopf registration: watches feed the work queue; the webhook shares the CLI's validation.
+
+Importing this module registers the handlers with kopf's default registry.
+Nothing here decides anything: decisions are in gpufleet.planning, the
+reconcile sequence is in gpufleet.handlers.reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+
+from gpufleet.adapters.certs import ensure_self_signed
+from gpufleet.adapters.kube import RestKubeApi, load_api_client
+from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
+from gpufleet.config import Settings
+from gpufleet.handlers.queue import Key, WorkQueue
+from gpufleet.handlers.reconcile import Reconciler
+from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
+
+log = logging.getLogger("gpufleet")
+
+WEBHOOK_CONFIGURATION = "gpufleet.io"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _configure_webhook(settings: kopf.OperatorSettings, config: Settings) -> None:
+    host = config.webhook_host or "127.0.0.1"
+    cert_dir = config.webhook_cert_dir
+    if cert_dir is None:
+        raise kopf.PermanentError("GPUFLEET_WEBHOOK_CERT_DIR must be set when the webhook is enabled")
+    certfile, pkeyfile = ensure_self_signed(cert_dir, [host])
+    cafile = cert_dir / "ca.crt"
+    settings.admission.server = kopf.WebhookServer(
+        addr=config.webhook_listen_address,
+        port=config.webhook_port,
+        host=host,
+        certfile=str(certfile),
+        pkeyfile=str(pkeyfile),
+        cafile=str(cafile if cafile.exists() else certfile),
+    )
+    settings.admission.managed = WEBHOOK_CONFIGURATION if config.webhook_managed else None
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = Settings()
+    # kopf's own events are for its handler failures; ours carry the decisions.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    if config.webhook_enabled:
+        _configure_webhook(settings, config)
+    kube = RestKubeApi(load_api_client())
+    reconciler = Reconciler(
+        kube,
+        config.workload_options(),
+        clock=_utcnow,
+        unschedulable_after=timedelta(seconds=config.unschedulable_after_seconds),
+    )
+    queue = WorkQueue(lambda _key, body: reconciler.reconcile(body), config.workers, config.resync_seconds)
+    queue.start()
+    memo.queue = queue
+    memo.reconciler = reconciler
+    memo.kube = kube
+    log.info("gpufleet started: %d workers, resync every %.0fs", config.workers, config.resync_seconds)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    queue: WorkQueue | None = getattr(memo, "queue", None)
+    if queue is not None:
+        await queue.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_deployment_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    if namespace is None:
+        return
+    key: Key = (namespace, name)
+    if event.get("type") == "DELETED":
+        memo.queue.set_body(key, None)
+        memo.reconciler.forget(key)
+        return
+    memo.queue.set_body(key, event["object"])
+
+
+def _owner_key(namespace: str | None, labels: kopf.Labels) -> Key | None:
+    owner = labels.get(LABEL_MODEL_DEPLOYMENT)
+    return (namespace, owner) if namespace and owner else None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
+def owned_deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    key = _owner_key(namespace, labels)
+    if key:
+        memo.queue.enqueue(key)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
+def owned_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    key = _owner_key(namespace, labels)
+    if key:
+        memo.queue.enqueue(key)
+
+
+@kopf.on.event("", "v1", "services", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
+def owned_service_event(
+    namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    key = _owner_key(namespace, labels)
+    if key:
+        memo.reconciler.invalidate(key, "Service", name)
+        memo.queue.enqueue(key)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
+def owned_pdb_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    key = _owner_key(namespace, labels)
+    # The disruption controller rewrites PDB status on every pod change; only
+    # a spec change or a deletion can need our attention.
+    if key and (event.get("type") == "DELETED" or _pdb_spec_changed(event, memo, key, name)):
+        memo.reconciler.invalidate(key, "PodDisruptionBudget", name)
+        memo.queue.enqueue(key)
+
+
+def _pdb_spec_changed(event: kopf.RawEvent, memo: kopf.Memo, key: Key, name: str) -> bool:
+    obj = event.get("object") or {}
+    remembered = memo.reconciler.cache.of(key).get(("PodDisruptionBudget", name))
+    generation = obj.get("metadata", {}).get("generation")
+    return remembered is None or remembered[1] != f"g{generation}"

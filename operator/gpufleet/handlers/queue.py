@@ -1,0 +1,109 @@
+"""A work queue of ModelDeployment keys, as controller-runtime has.
+
+Watch events of a ModelDeployment and of everything it owns only enqueue its
+key; workers reconcile each key with the latest body. A key is never worked
+on by two workers at once, a key enqueued while in progress runs once more
+afterwards, failures are retried with exponential back-off, and every key is
+re-checked every `resync` seconds so nothing depends on an event arriving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("gpufleet.queue")
+
+Key = tuple[str, str]
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        work: Callable[[Key, Mapping[str, Any]], object],
+        workers: int,
+        resync: float,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self._work = work
+        self._workers = workers
+        self._resync = resync
+        self._max_backoff = max_backoff
+        self.bodies: dict[Key, Mapping[str, Any]] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reconciles = 0
+        self.errors = 0
+
+    def set_body(self, key: Key, body: Mapping[str, Any] | None) -> None:
+        """Remember the latest body (None: deleted) and enqueue the key."""
+        if body is None:
+            self.bodies.pop(key, None)
+            self._failures.pop(key, None)
+            return
+        self.bodies[key] = body
+        self.enqueue(key)
+
+    def enqueue(self, key: Key) -> None:
+        if key not in self.bodies:
+            return
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    @property
+    def idle(self) -> bool:
+        return not (self._queued or self._running or self._dirty)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker(i)) for i in range(self._workers)]
+        self._tasks.append(loop.create_task(self._resync_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync)
+            for key in list(self.bodies):
+                self.enqueue(key)
+
+    async def _worker(self, number: int) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            body = self.bodies.get(key)
+            if body is None:
+                continue
+            self._running.add(key)
+            try:
+                await asyncio.to_thread(self._work, key, body)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(self._max_backoff, 0.5 * 2 ** (failures - 1))
+                log.exception(
+                    "reconcile of %s/%s failed (attempt %d); retrying in %.1fs", *key, failures, delay
+                )
+                asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+            finally:
+                self.reconciles += 1
+                self._running.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)

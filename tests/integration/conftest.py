@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config
+
+from tests.conftest import wait_until
+from tests.integration.fleet import FakeKubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
@@ -87,3 +94,116 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> Cluster:
+    """The generated CRD, installed and Established."""
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"))
+
+    def established() -> bool:
+        conditions = cluster.get_json("crd", "modeldeployments.gpufleet.io")["status"].get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, timeout=30, what="CRD Established")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def fleet(api: client.ApiClient) -> Iterator[FakeKubelet]:
+    kubelet = FakeKubelet(api)
+    kubelet.start()
+    yield kubelet
+    kubelet.stop()
+
+
+class OperatorProcess:
+    """`python -m gpufleet run` against the test control plane, with the webhook on loopback."""
+
+    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.health_port = _free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "GPUFLEET_HEALTH_PORT": str(self.health_port),
+            "GPUFLEET_RESYNC_SECONDS": "10",
+            "GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS": "5",
+            "GPUFLEET_WEBHOOK_ENABLED": "true",
+            "GPUFLEET_WEBHOOK_PORT": str(_free_port()),
+            "GPUFLEET_WEBHOOK_HOST": "127.0.0.1",
+            "GPUFLEET_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
+            "GPUFLEET_WEBHOOK_CERT_DIR": str(workdir / "webhook-certs"),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gpufleet", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+        def healthy() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout=60, what="operator liveness endpoint")
+
+        def webhook_registered() -> bool:
+            result = self.cluster.kubectl("get", "validatingwebhookconfiguration", "gpufleet.io", check=False)
+            return result.returncode == 0
+
+        wait_until(webhook_registered, timeout=30, what="ValidatingWebhookConfiguration gpufleet.io")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crd: Cluster, fleet: FakeKubelet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(crd, tmp_path_factory.mktemp("operator"))
+    process.start()
+    yield process
+    process.stop()
+    # A webhook left behind that points at a dead port would block every later ModelDeployment write.
+    crd.kubectl("delete", "validatingwebhookconfiguration", "gpufleet.io", "--ignore-not-found", check=False)

@@ -15,21 +15,8 @@ from tests.integration.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
 
-CRD_FILE = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
 SAMPLES = sorted((ROOT / "samples").glob("*.yaml"))
 SPOT_SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-
-    def established() -> bool:
-        conditions = cluster.get_json("crd", "modeldeployments.gpufleet.io")["status"].get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, timeout=30, what="CRD Established")
-    return cluster
 
 
 def _table(text: str) -> list[dict[str, str]]:

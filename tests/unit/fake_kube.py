@@ -1,0 +1,68 @@
+"""An in-memory KubeApi for reconcile tests: counts writes, bumps generations like the API server."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.applies: list[str] = []
+        self.deletes: list[str] = []
+        self.status_patches = 0
+        self.events: list[tuple[str, str, str]] = []
+        self._version = 0
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in sorted(self.objects.items())
+            if k == kind and ns == namespace and o["metadata"].get("labels", {}).get(key) == value
+        ]
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        self.applies.append(f"{obj['kind']}/{meta['name']}")
+        live = self.objects.get(key)
+        new = copy.deepcopy(obj)
+        generation = 1
+        if live is not None:
+            generation = live["metadata"].get("generation", 1)
+            if live.get("spec") != new.get("spec"):
+                generation += 1
+            new["status"] = live.get("status", {})
+        new["metadata"]["generation"] = generation
+        self._bump(new)
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    def edit(self, kind: str, namespace: str, name: str, change: Any) -> None:
+        """Someone else changes an object (kubectl edit): spec changes bump the generation."""
+        obj = self.objects[(kind, namespace, name)]
+        change(obj)
+        obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
+        self._bump(obj)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.deletes.append(f"{kind}/{name}")
+        self.objects.pop((kind, namespace, name), None)
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self.status_patches += 1
+        self.last_status = copy.deepcopy(status)
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+    ) -> None:
+        self.events.append((event_type, reason, message))

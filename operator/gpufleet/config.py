@@ -55,6 +55,7 @@ class Settings(BaseSettings):
         description="Let the operator create its ValidatingWebhookConfiguration (off when the chart does).",
     )
     health_port: int = Field(default=8080, description="Port of the liveness endpoint (/healthz).")
+    metrics_port: int = Field(default=8081, ge=0, description="Port of Prometheus /metrics; 0 turns it off.")
 
     def workload_options(self) -> WorkloadOptions:
         spot, on_demand = CAPACITY_LABELS[self.capacity_type_label]

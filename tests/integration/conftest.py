@@ -135,10 +135,12 @@ class OperatorProcess:
         self.cluster = cluster
         self.workdir = workdir
         self.health_port = _free_port()
+        self.metrics_port = _free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
             "GPUFLEET_HEALTH_PORT": str(self.health_port),
+            "GPUFLEET_METRICS_PORT": str(self.metrics_port),
             "GPUFLEET_RESYNC_SECONDS": "10",
             "GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS": "5",
             "GPUFLEET_WEBHOOK_ENABLED": "true",

@@ -17,8 +17,9 @@ from gpufleet.adapters.certs import ensure_self_signed
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
+from gpufleet.handlers import metrics
 from gpufleet.handlers.queue import Key, WorkQueue
-from gpufleet.handlers.reconcile import Reconciler
+from gpufleet.handlers.reconcile import Outcome, Reconciler
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
 log = logging.getLogger("gpufleet")
@@ -64,8 +65,29 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         clock=_utcnow,
         unschedulable_after=timedelta(seconds=config.unschedulable_after_seconds),
     )
-    queue = WorkQueue(lambda _key, body: reconciler.reconcile(body), config.workers, config.resync_seconds)
+
+    def work(_key: Key, body: Any) -> Outcome:
+        before = kube.requests
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                outcome = reconciler.reconcile(body)
+            except Exception:
+                metrics.RECONCILES.labels(result="error").inc()
+                raise
+            finally:
+                metrics.KUBE_REQUESTS.inc(kube.requests - before)
+        metrics.RECONCILES.labels(result="ok" if outcome.valid else "invalid").inc()
+        for applied in outcome.applied:
+            metrics.WRITES.labels(kind=applied.split("/", 1)[0], action="apply").inc()
+        for _deleted in outcome.deleted:
+            metrics.WRITES.labels(kind="Deployment", action="delete").inc()
+        metrics.MANAGED.set(len(queue.bodies))
+        metrics.QUEUE_DEPTH.set(queue.depth)
+        return outcome
+
+    queue = WorkQueue(work, config.workers, config.resync_seconds)
     queue.start()
+    metrics.serve(config.metrics_port)
     memo.queue = queue
     memo.reconciler = reconciler
     memo.kube = kube

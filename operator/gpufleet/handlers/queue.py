@@ -60,6 +60,10 @@ class WorkQueue:
             self._queue.put_nowait(key)
 
     @property
+    def depth(self) -> int:
+        return len(self._queued)
+
+    @property
     def idle(self) -> bool:
         return not (self._queued or self._running or self._dirty)
 

@@ -1,0 +1,614 @@
+"""Reconcile benchmark: gpufleet against the built-in Deployment controller, same API server.
+
+    python hack/bench/reconcile.py [--n 100 500] [--kubeconfig PATH]
+
+For each N it creates N ModelDeployments at once and times the operator until
+every one has status.observedGeneration == generation and its Deployments
+exist; then it creates N plain Deployments and times kube-controller-manager
+until every one is observed and has its ReplicaSet. It prints figures and never
+asserts timings: this is a benchmark, not a test. See hack/bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
+from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
+CRD_FILE = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
+SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+THREADS = 16
+# The sample at 2 replicas plans one on-demand and one spot group: two Deployments.
+DEPLOYMENTS_PER_MD = 2
+POLL_SECONDS = 0.5
+CONVERGE_TIMEOUT = 15 * 60
+PROGRESS_EVERY = 10.0
+# The first run on a fresh machine builds the control plane from source (~25 min on 2 cores).
+CLUSTER_UP_TIMEOUT = 60 * 60
+NAMESPACE_GONE_TIMEOUT = 180
+OPERATOR_READY_TIMEOUT = 60
+REFERENCE_IMAGE = "registry.k8s.io/pause:3.10"
+
+# Published figures of other systems (/work/shared/REFERENCE.md), printed for context only.
+ANCHORS = (
+    "controller-runtime, shipwright build #649: 1150 objects in 22 s with 10 workers and QPS 100 (≈ 52/s)",
+    "controller-runtime, NVSentinel #1512: ≈ 230 reconciles/s, P99 9-10 ms",
+)
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+class BenchError(Exception):
+    """The benchmark could not produce a figure; the message says why."""
+
+
+def log(message: str) -> None:
+    # Progress goes to stderr so stdout holds only the figures.
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- control plane -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    kubeconfig: Path
+    kubectl_path: str
+    # The state folder of hack/cluster.sh, when known: it holds the controller-manager's port and token.
+    state: Path | None
+
+    def kubectl(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run(
+            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result.stdout
+
+
+def _cluster_state(kubeconfig: Path) -> ControlPlane:
+    state = kubeconfig.parent
+    bin_file = state / "bin"
+    kubectl = str(Path(bin_file.read_text().strip()) / "kubectl") if bin_file.exists() else "kubectl"
+    return ControlPlane(kubeconfig, kubectl, state if (state / "ports.env").exists() else None)
+
+
+@contextmanager
+def control_plane(kubeconfig: Path | None, workdir: Path) -> Iterator[ControlPlane]:
+    """Reuse the given kubeconfig, or start a control plane in workdir and always stop it."""
+    if kubeconfig is not None:
+        yield _cluster_state(kubeconfig.resolve())
+        return
+    state = workdir / "cluster"
+    try:
+        log(f"starting a control plane in {state}")
+        up = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "up", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=CLUSTER_UP_TIMEOUT,
+            check=False,
+        )
+        if up.returncode != 0:
+            raise BenchError(f"hack/cluster.sh up failed:\n{up.stderr[-4000:]}")
+        yield _cluster_state(Path(up.stdout.strip().splitlines()[-1]))
+    finally:
+        log("stopping the control plane")
+        subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "down", str(state)], capture_output=True, timeout=120, check=False
+        )
+
+
+def install_crd(cp: ControlPlane) -> None:
+    cp.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    # One pooled connection per creating thread; urllib3 otherwise discards and reopens them.
+    configuration.connection_pool_maxsize = THREADS
+    return client.ApiClient(configuration)
+
+
+# --- Prometheus text -----------------------------------------------------------------------------
+
+
+def scrape(url: str, token: str | None = None) -> Samples:
+    request = urllib.request.Request(url)
+    context = None
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+        # The controller-manager serves a self-signed certificate on loopback.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of a metric over every label set that includes `labels`."""
+    return sum(
+        value
+        for sample_labels, value in samples.get(name, [])
+        if all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> float | None:
+    """Quantile of the observations made between two scrapes, interpolated inside buckets as PromQL does."""
+    counts: dict[float, float] = {}
+    for labels, value in after.get(f"{name}_bucket", []):
+        counts[float(labels["le"])] = value
+    for labels, value in before.get(f"{name}_bucket", []):
+        counts[float(labels["le"])] -= value
+    bounds = sorted(counts)
+    if not bounds or counts[bounds[-1]] <= 0:
+        return None
+    rank = q * counts[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if counts[bound] >= rank:
+            if bound == float("inf"):
+                return lower  # beyond the last finite bucket: its bound is all we know
+            inside = counts[bound] - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, counts[bound]
+    return lower
+
+
+# --- the operator under test ---------------------------------------------------------------------
+
+
+class Operator:
+    """`python -m gpufleet run` as a subprocess, with its health and metrics on free loopback ports."""
+
+    def __init__(self, kubeconfig: Path, log_file: Path) -> None:
+        self.log_file = log_file
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "GPUFLEET_HEALTH_PORT": str(self.health_port),
+            "GPUFLEET_METRICS_PORT": str(self.metrics_port),
+            "GPUFLEET_WEBHOOK_ENABLED": "false",
+            # A resync during the run would add reconciles that no event asked for.
+            "GPUFLEET_RESYNC_SECONDS": "600",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_file.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gpufleet", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + OPERATOR_READY_TIMEOUT
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise BenchError(f"the operator was not healthy within {OPERATOR_READY_TIMEOUT}s")
+            time.sleep(0.2)
+
+    def _healthy(self) -> bool:
+        self.check_alive()
+        try:
+            url = f"http://127.0.0.1:{self.health_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise BenchError(f"the operator exited (code {code}); last lines of its log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def error_lines(self) -> int:
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return sum(1 for line in text.splitlines() if "ERROR" in line or line.startswith("Traceback"))
+
+    def metrics(self) -> Samples:
+        self.check_alive()
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def peak_rss_mib(self) -> float | None:
+        """VmHWM: the resident set's high-water mark over the process's life."""
+        if self.process is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+        return None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+# --- objects and namespaces ----------------------------------------------------------------------
+
+
+def model_deployment(template: dict[str, Any], index: int, namespace: str) -> dict[str, Any]:
+    body = copy.deepcopy(template)
+    body["metadata"] = {"name": f"md-{index:04d}", "namespace": namespace}
+    body["spec"]["replicas"] = 2
+    # Autoscaling would make replicas depend on metrics; the benchmark wants a fixed plan.
+    body["spec"].setdefault("autoscaling", {})["enabled"] = False
+    return body
+
+
+def plain_deployment(index: int, namespace: str) -> dict[str, Any]:
+    labels = {"app": f"ref-{index:04d}"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"ref-{index:04d}", "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "pause", "image": REFERENCE_IMAGE}]},
+            },
+        },
+    }
+
+
+def create_namespace(api: client.ApiClient, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def delete_namespace(api: client.ApiClient, name: str) -> None:
+    try:
+        client.CoreV1Api(api).delete_namespace(name)
+    except ApiException as error:
+        if error.status != 404:
+            log(f"could not delete namespace {name}: {error.status} {error.reason}")
+
+
+def wait_namespaces_gone(api: client.ApiClient, names: Iterable[str]) -> None:
+    """Let the garbage collection of an earlier phase finish so it does not load the next one."""
+    core = client.CoreV1Api(api)
+    pending = set(names)
+    deadline = time.monotonic() + NAMESPACE_GONE_TIMEOUT
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            try:
+                core.read_namespace(name)
+            except ApiException as error:
+                if error.status == 404:
+                    pending.discard(name)
+        if pending:
+            time.sleep(POLL_SECONDS)
+    if pending:
+        log(f"namespaces still terminating after {NAMESPACE_GONE_TIMEOUT}s: {sorted(pending)}; going on")
+
+
+def create_all(create: Callable[[dict[str, Any]], object], bodies: Sequence[dict[str, Any]]) -> None:
+    """Create every body from a thread pool, as a burst of clients would; fail on the first error."""
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [pool.submit(create, body) for body in bodies]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise BenchError(f"{len(errors)} of {len(bodies)} creates failed; first: {errors[0]}")
+
+
+# --- convergence ---------------------------------------------------------------------------------
+
+
+def wait_converged(
+    what: str, progress: Callable[[], tuple[bool, str]], started: float, check: Callable[[], None]
+) -> float:
+    """Poll until `progress` says done; returns seconds since `started`."""
+    next_report = time.monotonic() + PROGRESS_EVERY
+    while True:
+        check()
+        done, state = progress()
+        now = time.monotonic()
+        if done:
+            return now - started
+        if now - started > CONVERGE_TIMEOUT:
+            raise BenchError(f"{what} did not converge within {CONVERGE_TIMEOUT}s: {state}")
+        if now >= next_report:
+            log(f"{what}: {now - started:.0f}s, {state}")
+            next_report = now + PROGRESS_EVERY
+        time.sleep(POLL_SECONDS)
+
+
+def observed(items: Iterable[dict[str, Any]]) -> int:
+    return sum(
+        1
+        for item in items
+        if (item.get("status") or {}).get("observedGeneration") == item["metadata"].get("generation")
+    )
+
+
+def ours_progress(api: client.ApiClient, namespace: str, n: int) -> tuple[bool, str]:
+    mds = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    done = observed(mds["items"])
+    deployments = client.AppsV1Api(api).list_namespaced_deployment(
+        namespace, label_selector=LABEL_MODEL_DEPLOYMENT, _preload_content=False
+    )
+    made = len(yaml.safe_load(deployments.data)["items"])
+    state = f"{done}/{n} ModelDeployments observed, {made}/{DEPLOYMENTS_PER_MD * n} Deployments"
+    return done == n and made == DEPLOYMENTS_PER_MD * n, state
+
+
+def reference_progress(api: client.ApiClient, namespace: str, n: int) -> tuple[bool, str]:
+    apps = client.AppsV1Api(api)
+    # Raw JSON: the client's model classes are slow to build for hundreds of objects.
+    deployments = yaml.safe_load(apps.list_namespaced_deployment(namespace, _preload_content=False).data)
+    done = observed(deployments["items"])
+    replica_sets = yaml.safe_load(apps.list_namespaced_replica_set(namespace, _preload_content=False).data)
+    made = len(replica_sets["items"])
+    state = f"{done}/{n} Deployments observed, {made}/{n} ReplicaSets"
+    return done == n and made == n, state
+
+
+# --- the two measurements ------------------------------------------------------------------------
+
+
+@dataclass
+class OursResult:
+    create_seconds: float
+    seconds: float
+    reconciles: dict[str, float]
+    requests: float
+    p50: float | None
+    p99: float | None
+    peak_rss_mib: float | None
+    error_lines: int
+    log_file: Path
+
+
+@dataclass
+class ReferenceResult:
+    create_seconds: float
+    seconds: float
+    syncs: float | None  # deployment workqueue items processed, when the controller-manager is reachable
+
+
+@dataclass
+class Figures:
+    n: int
+    ours: OursResult
+    reference: ReferenceResult
+    notes: list[str] = field(default_factory=list)
+
+
+def bench_ours(cp: ControlPlane, api: client.ApiClient, n: int, workdir: Path) -> OursResult:
+    template = yaml.safe_load(SAMPLE.read_text())
+    operator = Operator(cp.kubeconfig, workdir / f"operator-n{n}.log")
+    namespace = create_namespace(api, f"bench-md-{n}")
+    custom = client.CustomObjectsApi(api)
+    try:
+        operator.start()
+        bodies = [model_deployment(template, i, namespace) for i in range(n)]
+        before = operator.metrics()
+        log(f"ours, N={n}: creating {n} ModelDeployments in {namespace}")
+        started = time.monotonic()
+        create_all(lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, b), bodies)
+        created = time.monotonic() - started
+        seconds = wait_converged(
+            f"ours, N={n}", lambda: ours_progress(api, namespace, n), started, operator.check_alive
+        )
+        after = operator.metrics()
+        name = "gpufleet_reconciles_total"
+        return OursResult(
+            create_seconds=created,
+            seconds=seconds,
+            reconciles={r: delta(before, after, name, result=r) for r in ("ok", "invalid", "error")},
+            requests=delta(before, after, "gpufleet_kube_requests_total"),
+            p50=histogram_quantile(0.5, before, after, "gpufleet_reconcile_duration_seconds"),
+            p99=histogram_quantile(0.99, before, after, "gpufleet_reconcile_duration_seconds"),
+            peak_rss_mib=operator.peak_rss_mib(),
+            error_lines=operator.error_lines(),
+            log_file=operator.log_file,
+        )
+    finally:
+        operator.stop()
+        delete_namespace(api, namespace)
+
+
+def controller_manager_metrics(cp: ControlPlane) -> Samples | None:
+    """The controller-manager's own metrics, when hack/cluster.sh started it (its port and token are known)."""
+    if cp.state is None:
+        return None
+    try:
+        ports = dict(
+            line.split("=", 1) for line in (cp.state / "ports.env").read_text().splitlines() if "=" in line
+        )
+        token = (cp.state / "token").read_text().strip()
+        return scrape(f"https://127.0.0.1:{ports['CONTROLLER_PORT']}/metrics", token)
+    except (OSError, KeyError, ValueError) as error:
+        log(f"controller-manager metrics unavailable: {error}")
+        return None
+
+
+def bench_reference(cp: ControlPlane, api: client.ApiClient, n: int) -> ReferenceResult:
+    namespace = create_namespace(api, f"bench-ref-{n}")
+    apps = client.AppsV1Api(api)
+    try:
+        bodies = [plain_deployment(i, namespace) for i in range(n)]
+        before = controller_manager_metrics(cp)
+        log(f"reference, N={n}: creating {n} Deployments in {namespace}")
+        started = time.monotonic()
+        create_all(lambda b: apps.create_namespaced_deployment(namespace, b), bodies)
+        created = time.monotonic() - started
+        seconds = wait_converged(
+            f"reference, N={n}", lambda: reference_progress(api, namespace, n), started, lambda: None
+        )
+        after = controller_manager_metrics(cp)
+        syncs = None
+        if before is not None and after is not None:
+            syncs = delta(before, after, "workqueue_work_duration_seconds_count", name="deployment")
+        return ReferenceResult(create_seconds=created, seconds=seconds, syncs=syncs)
+    finally:
+        delete_namespace(api, namespace)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def ratio(ours: float, reference: float) -> str:
+    return f"{ours / reference:.2f}x" if reference else "n/a"
+
+
+def milliseconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f}ms"
+
+
+def report_lines(figures: Figures) -> list[str]:
+    n, ours, ref = figures.n, figures.ours, figures.reference
+    reconciles = sum(ours.reconciles.values())
+    by_result = ", ".join(f"{k}={v:.0f}" for k, v in ours.reconciles.items())
+    rate = reconciles / ours.seconds
+    lines = [
+        f"N={n} create burst ({THREADS} threads, inside time-to-converge): "
+        f"ours={ours.create_seconds:.2f}s reference={ref.create_seconds:.2f}s",
+        f"N={n} time-to-converge: ours={ours.seconds:.2f}s reference={ref.seconds:.2f}s "
+        f"ratio={ratio(ours.seconds, ref.seconds)}",
+    ]
+    if ref.syncs is None:
+        lines.append(f"N={n} reconciles/s: ours={rate:.1f} ({reconciles:.0f} reconciles: {by_result})")
+    else:
+        ref_rate = ref.syncs / ref.seconds
+        lines += [
+            f"N={n} reconciles/s: ours={rate:.1f} reference={ref_rate:.1f} ratio={ratio(rate, ref_rate)} "
+            "(reference: kube-controller-manager deployment workqueue syncs)",
+            f"N={n} reconciles per object: ours={reconciles / n:.2f} reference={ref.syncs / n:.2f} "
+            f"ratio={ratio(reconciles, ref.syncs)} (ours: {by_result})",
+        ]
+    rss = "n/a" if ours.peak_rss_mib is None else f"{ours.peak_rss_mib:.1f} MiB"
+    lines += [
+        f"N={n} API requests per ModelDeployment: ours={ours.requests / n:.1f} "
+        "(requests made by reconciles; kopf's watch streams are not counted)",
+        f"N={n} reconcile duration: ours p50={milliseconds(ours.p50)} p99={milliseconds(ours.p99)} "
+        "(interpolated from histogram buckets)",
+        f"N={n} operator peak RSS: ours={rss} (VmHWM)",
+        f"N={n} operator log: {ours.error_lines} ERROR/Traceback lines ({ours.log_file})",
+    ]
+    return lines
+
+
+def run(ns: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
+    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
+    log(f"work folder (operator logs): {workdir}")
+    results: list[Figures] = []
+    with control_plane(kubeconfig, workdir) as cp:
+        install_crd(cp)
+        api = api_client(cp.kubeconfig)
+        deleted: list[str] = []
+        for n in ns:
+            wait_namespaces_gone(api, deleted)
+            ours = bench_ours(cp, api, n, workdir)
+            deleted = [ns_ for ns_ in list_bench_namespaces(api)]
+            wait_namespaces_gone(api, deleted)
+            reference = bench_reference(cp, api, n)
+            deleted = list_bench_namespaces(api)
+            figures = Figures(n, ours, reference)
+            results.append(figures)
+            print("\n".join(report_lines(figures)), flush=True)
+    return results
+
+
+def list_bench_namespaces(api: client.ApiClient) -> list[str]:
+    items = client.CoreV1Api(api).list_namespace().items
+    return [item.metadata.name for item in items if item.metadata.name.startswith("bench-")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 500], help="object counts (default 100 500)")
+    parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.n):
+        parser.error("--n takes positive integers")
+    try:
+        results = run(args.n, args.kubeconfig)
+    except BenchError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    print("Published figures of other systems, for context only (not measured here):")
+    for anchor in ANCHORS:
+        print(f"  {anchor}")
+    last = max(results, key=lambda f: f.n)
+    ours, reference = last.ours.seconds, last.reference.seconds
+    print(f"reconcile: ours={ours:.2f} reference={reference:.2f} ratio={ours / reference:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 
 from gpufleet.api import validate_manifest
 from gpufleet.api.validation import admission_problems, memory_fit
+from tests.unit.dotted import with_changes
 
 BASE: dict[str, Any] = {
     "apiVersion": "gpufleet.io/v1alpha1",
@@ -31,17 +31,7 @@ BASE: dict[str, Any] = {
 
 def manifest(**changes: Any) -> dict[str, Any]:
     """BASE with dotted-path changes; a value of None removes the key."""
-    doc = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split("__")
-        node = doc
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return doc
+    return with_changes(BASE, changes)
 
 
 def test_base_manifest_is_valid() -> None:

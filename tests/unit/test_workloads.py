@@ -27,6 +27,7 @@ from gpufleet.planning.workloads import (
     template_hash,
     vllm_args,
 )
+from tests.unit.dotted import with_changes
 
 MD = "llama-3-70b"
 OWNER = Owner(name=MD, namespace="inference", uid="0b8e6f1c-1111-2222-3333-444455556666")
@@ -53,17 +54,7 @@ COMMON_LABELS = {
 
 def make_spec(**changes: Any) -> ModelDeploymentSpec:
     """LLAMA_70B with dotted-path changes (model__uri=...); a value of None removes the key."""
-    doc = copy.deepcopy(LLAMA_70B)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split("__")
-        node = doc
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return ModelDeploymentSpec.model_validate(doc)
+    return ModelDeploymentSpec.model_validate(with_changes(LLAMA_70B, changes))
 
 
 def render(

@@ -10,7 +10,7 @@ patched only when it changed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,13 +20,14 @@ from pydantic import ValidationError
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeploymentSpec
 from gpufleet.api.validation import validate_manifest
-from gpufleet.planning.placement import CapacityType, plan_placement
+from gpufleet.planning.placement import CapacityType, PlacementGroup, plan_placement
 from gpufleet.planning.status import (
     DEGRADED,
     SCALING_LIMITED,
     VALID,
     ObservedDeployment,
     ObservedPod,
+    ReplicaDecision,
     StatusInput,
     compute_status,
     decide_replicas,
@@ -146,7 +147,6 @@ class Reconciler:
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        generation = int(meta.get("generation", 0))
         selector = selector_string(name)
         outcome = Outcome()
 
@@ -170,23 +170,7 @@ class Reconciler:
         if spec is None:
             # Never shrink or delete serving capacity because of input we cannot understand.
             outcome.valid = False
-            pods = self.kube.list("v1", "Pod", namespace, selector)
-            self._write_status(
-                body,
-                StatusInput(
-                    generation=generation,
-                    desired=None,
-                    groups=[],
-                    pods=[observe_pod(p) for p in pods],
-                    deployments=[observe_deployment(d) for d in owned_deployments],
-                    selector=selector,
-                    problems=problems,
-                    previous_conditions=body.get("status", {}).get("conditions", []),
-                    unschedulable_after=self.unschedulable_after,
-                    previous_status=body.get("status", {}) or {},
-                ),
-                outcome,
-            )
+            self._observe_and_report(body, None, [], owned_deployments, problems, outcome)
             return outcome
 
         decision = decide_replicas(spec)
@@ -215,24 +199,36 @@ class Reconciler:
                 f"Deleted Deployment {live_name} ({replicas} replicas): no longer in the placement plan",
             )
 
-        pods = self.kube.list("v1", "Pod", namespace, selector)
-        current = [observe_deployment(d) for d in owned_deployments if d["metadata"]["name"] in wanted]
-        self._write_status(
-            body,
-            StatusInput(
-                generation=generation,
-                desired=decision,
-                groups=groups,
-                pods=[observe_pod(p) for p in pods],
-                deployments=current,
-                selector=selector,
-                previous_conditions=body.get("status", {}).get("conditions", []),
-                unschedulable_after=self.unschedulable_after,
-                previous_status=body.get("status", {}) or {},
-            ),
-            outcome,
-        )
+        current = [d for d in owned_deployments if d["metadata"]["name"] in wanted]
+        self._observe_and_report(body, decision, groups, current, [], outcome)
         return outcome
+
+    def _observe_and_report(
+        self,
+        body: Mapping[str, Any],
+        decision: ReplicaDecision | None,
+        groups: Sequence[PlacementGroup],
+        deployments: Sequence[Mapping[str, Any]],
+        problems: Sequence[str],
+        outcome: Outcome,
+    ) -> None:
+        meta = body["metadata"]
+        selector = selector_string(meta["name"])
+        previous = body.get("status") or {}
+        pods = self.kube.list("v1", "Pod", meta["namespace"], selector)
+        inp = StatusInput(
+            generation=int(meta.get("generation", 0)),
+            desired=decision,
+            groups=groups,
+            pods=[observe_pod(p) for p in pods],
+            deployments=[observe_deployment(d) for d in deployments],
+            selector=selector,
+            problems=problems,
+            previous_conditions=previous.get("conditions", []),
+            unschedulable_after=self.unschedulable_after,
+            previous_status=previous,
+        )
+        self._write_status(body, inp, outcome)
 
     def _ensure(
         self,

@@ -8,6 +8,7 @@ implements it over the kubernetes client's REST layer.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -74,10 +75,16 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 class RestKubeApi:
     """KubeApi over the kubernetes client's REST layer, returning JSON dicts."""
 
-    def __init__(self, api_client: client.ApiClient, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        timeout: float = 30.0,
+        on_request: Callable[[], object] | None = None,
+    ) -> None:
         self._api = api_client
         self._timeout = timeout
-        self.requests = 0  # counted for the reconcile benchmark
+        # Called once per request (from worker threads), e.g. a metrics counter's inc.
+        self._on_request = on_request
 
     def _call(
         self,
@@ -87,7 +94,8 @@ class RestKubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        self.requests += 1
+        if self._on_request is not None:
+            self._on_request()
         try:
             response = self._api.call_api(
                 path,

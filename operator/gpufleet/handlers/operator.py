@@ -58,7 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
     if config.webhook_enabled:
         _configure_webhook(settings, config)
-    kube = RestKubeApi(load_api_client())
+    kube = RestKubeApi(load_api_client(), on_request=metrics.KUBE_REQUESTS.inc)
     reconciler = Reconciler(
         kube,
         config.workload_options(),
@@ -67,15 +67,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
 
     def work(_key: Key, body: Any) -> Outcome:
-        before = kube.requests
         with metrics.RECONCILE_SECONDS.time():
             try:
                 outcome = reconciler.reconcile(body)
             except Exception:
                 metrics.RECONCILES.labels(result="error").inc()
                 raise
-            finally:
-                metrics.KUBE_REQUESTS.inc(kube.requests - before)
         metrics.RECONCILES.labels(result="ok" if outcome.valid else "invalid").inc()
         for applied in outcome.applied:
             metrics.WRITES.labels(kind=applied.split("/", 1)[0], action="apply").inc()

@@ -51,3 +51,7 @@ cluster-down: ## stop it
 
 clean: ## remove the virtualenv and local state (not the cached binaries)
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: bench
+bench: install controlplane ## benchmarks (not tests): hack/bench/
+	$(BIN)/python hack/bench/reconcile.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,13 @@ class ControlPlane:
         return result.stdout
 
 
-def _cluster_state(kubeconfig: Path) -> ControlPlane:
+def cluster_from_kubeconfig(kubeconfig: Path) -> ControlPlane:
+    if not kubeconfig.is_file():
+        raise BenchError(f"no kubeconfig at {kubeconfig}")
+    # hack/cluster.sh keeps the kubeconfig in its state folder next to `bin`, the binaries' folder.
     state = kubeconfig.parent
     bin_file = state / "bin"
-    kubectl = str(Path(bin_file.read_text().strip()) / "kubectl") if bin_file.exists() else "kubectl"
+    kubectl = str(Path(bin_file.read_text().strip()) / "kubectl") if bin_file.is_file() else "kubectl"
     return ControlPlane(kubeconfig, kubectl, state if (state / "ports.env").exists() else None)
 
 
@@ -114,7 +118,7 @@ def _cluster_state(kubeconfig: Path) -> ControlPlane:
 def control_plane(kubeconfig: Path | None, workdir: Path) -> Iterator[ControlPlane]:
     """Reuse the given kubeconfig, or start a control plane in workdir and always stop it."""
     if kubeconfig is not None:
-        yield _cluster_state(kubeconfig.resolve())
+        yield cluster_from_kubeconfig(kubeconfig.resolve())
         return
     state = workdir / "cluster"
     try:
@@ -128,7 +132,7 @@ def control_plane(kubeconfig: Path | None, workdir: Path) -> Iterator[ControlPla
         )
         if up.returncode != 0:
             raise BenchError(f"hack/cluster.sh up failed:\n{up.stderr[-4000:]}")
-        yield _cluster_state(Path(up.stdout.strip().splitlines()[-1]))
+        yield cluster_from_kubeconfig(Path(up.stdout.strip().splitlines()[-1]))
     finally:
         log("stopping the control plane")
         subprocess.run(
@@ -136,9 +140,21 @@ def control_plane(kubeconfig: Path | None, workdir: Path) -> Iterator[ControlPla
         )
 
 
-def install_crd(cp: ControlPlane) -> None:
+def install_crd(cp: ControlPlane, api: client.ApiClient) -> None:
     cp.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    # Established comes before the watch cache is filled: until then lists answer 429 "storage is
+    # (re)initializing", and the operator's first watch would back off in the middle of the burst.
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _preload_content=False)
+            return
+        except ApiException as error:
+            if error.status != 429 or time.monotonic() > deadline:
+                raise BenchError(f"listing {CRD_NAME} failed: {error.status} {error.reason}") from error
+            time.sleep(POLL_SECONDS)
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -170,17 +186,47 @@ def scrape(url: str, token: str | None = None) -> Samples:
     return samples
 
 
-def total(samples: Samples, name: str, **labels: str) -> float:
+def total(samples: Samples, metric: str, **labels: str) -> float:
     """Sum of a metric over every label set that includes `labels`."""
     return sum(
         value
-        for sample_labels, value in samples.get(name, [])
+        for sample_labels, value in samples.get(metric, [])
         if all(sample_labels.get(k) == v for k, v in labels.items())
     )
 
 
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return total(after, name, **labels) - total(before, name, **labels)
+def delta(before: Samples, after: Samples, metric: str, **labels: str) -> float:
+    return total(after, metric, **labels) - total(before, metric, **labels)
+
+
+# Requests to the API server that, in this benchmark, only gpufleet's reconciles make: server-side
+# applies of what it owns, ModelDeployment status patches and namespaced lists of Deployments and Pods
+# (controllers list cluster-wide through informers; the benchmark's own polls are cluster-scoped).
+# Events are left out: the controller-manager and the scheduler post them too.
+OPERATOR_ONLY_REQUESTS = (
+    {"verb": "APPLY", "group": "apps", "resource": "deployments"},
+    {"verb": "APPLY", "group": "", "resource": "services"},
+    {"verb": "APPLY", "group": "policy", "resource": "poddisruptionbudgets"},
+    {"verb": "PATCH", "group": GROUP, "resource": PLURAL, "subresource": "status"},
+    {"verb": "LIST", "group": "apps", "resource": "deployments", "scope": "namespace"},
+    {"verb": "LIST", "group": "", "resource": "pods", "scope": "namespace"},
+)
+
+
+def apiserver_metrics(api: client.ApiClient) -> Samples:
+    response = api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True
+    )
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.data.decode()):
+        if family.name == "apiserver_request":  # the parser drops _total from counter families
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def operator_requests_seen(before: Samples, after: Samples) -> float:
+    return sum(delta(before, after, "apiserver_request_total", **labels) for labels in OPERATOR_ONLY_REQUESTS)
 
 
 def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> float | None:
@@ -267,7 +313,10 @@ class Operator:
 
     def metrics(self) -> Samples:
         self.check_alive()
-        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        try:
+            return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        except OSError as error:
+            raise BenchError(f"reading the operator's /metrics failed: {error}\n{self.log_tail()}") from error
 
     def peak_rss_mib(self) -> float | None:
         """VmHWM: the resident set's high-water mark over the process's life."""
@@ -302,6 +351,9 @@ def model_deployment(template: dict[str, Any], index: int, namespace: str) -> di
     body = copy.deepcopy(template)
     body["metadata"] = {"name": f"md-{index:04d}", "namespace": namespace}
     body["spec"]["replicas"] = 2
+    # PyYAML reads YAML 1.1, where 70.6e9 (no sign in the exponent) is a string; kubectl reads a number.
+    model = body["spec"]["model"]
+    model["parameterCount"] = float(model["parameterCount"])
     # Autoscaling would make replicas depend on metrics; the benchmark wants a fixed plan.
     body["spec"].setdefault("autoscaling", {})["enabled"] = False
     return body
@@ -324,36 +376,48 @@ def plain_deployment(index: int, namespace: str) -> dict[str, Any]:
     }
 
 
-def create_namespace(api: client.ApiClient, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    return name
+class Namespaces:
+    """A fresh namespace per phase, deleted without waiting; `settle` waits before the next phase.
 
+    Waiting there, not at deletion, keeps an earlier phase's garbage collection
+    (hundreds of Deployments, ReplicaSets and pods) from loading the next one.
+    """
 
-def delete_namespace(api: client.ApiClient, name: str) -> None:
-    try:
-        client.CoreV1Api(api).delete_namespace(name)
-    except ApiException as error:
-        if error.status != 404:
-            log(f"could not delete namespace {name}: {error.status} {error.reason}")
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.deleted: list[str] = []
 
-
-def wait_namespaces_gone(api: client.ApiClient, names: Iterable[str]) -> None:
-    """Let the garbage collection of an earlier phase finish so it does not load the next one."""
-    core = client.CoreV1Api(api)
-    pending = set(names)
-    deadline = time.monotonic() + NAMESPACE_GONE_TIMEOUT
-    while pending and time.monotonic() < deadline:
-        for name in list(pending):
+    @contextmanager
+    def fresh(self, prefix: str) -> Iterator[str]:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.core.create_namespace({"metadata": {"name": name}})
+        try:
+            yield name
+        finally:
             try:
-                core.read_namespace(name)
+                self.core.delete_namespace(name)
+                self.deleted.append(name)
             except ApiException as error:
-                if error.status == 404:
-                    pending.discard(name)
-        if pending:
-            time.sleep(POLL_SECONDS)
-    if pending:
-        log(f"namespaces still terminating after {NAMESPACE_GONE_TIMEOUT}s: {sorted(pending)}; going on")
+                log(f"could not delete namespace {name}: {error.status} {error.reason}")
+
+    def settle(self) -> None:
+        deadline = time.monotonic() + NAMESPACE_GONE_TIMEOUT
+        while self.deleted and time.monotonic() < deadline:
+            self.deleted = [name for name in self.deleted if self._exists(name)]
+            if self.deleted:
+                time.sleep(POLL_SECONDS)
+        if self.deleted:
+            log(f"namespaces still terminating after {NAMESPACE_GONE_TIMEOUT}s: {self.deleted}; going on")
+            self.deleted = []
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.core.read_namespace(name, _preload_content=False)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
 
 
 def create_all(create: Callable[[dict[str, Any]], object], bodies: Sequence[dict[str, Any]]) -> None:
@@ -362,7 +426,9 @@ def create_all(create: Callable[[dict[str, Any]], object], bodies: Sequence[dict
         futures = [pool.submit(create, body) for body in bodies]
         errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
-        raise BenchError(f"{len(errors)} of {len(bodies)} creates failed; first: {errors[0]}")
+        first = errors[0]
+        detail = f"{first.status} {first.reason}: {first.body}" if isinstance(first, ApiException) else first
+        raise BenchError(f"{len(errors)} of {len(bodies)} creates failed; first: {detail}")
 
 
 # --- convergence ---------------------------------------------------------------------------------
@@ -387,34 +453,51 @@ def wait_converged(
         time.sleep(POLL_SECONDS)
 
 
-def observed(items: Iterable[dict[str, Any]]) -> int:
+def items(response: Any) -> list[dict[str, Any]]:
+    """Items of a list fetched with _preload_content=False: raw JSON, no client model classes to build."""
+    result: list[dict[str, Any]] = json.loads(response.data)["items"]
+    return result
+
+
+def observed(objects: Iterable[dict[str, Any]]) -> int:
     return sum(
         1
-        for item in items
-        if (item.get("status") or {}).get("observedGeneration") == item["metadata"].get("generation")
+        for obj in objects
+        if (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")
     )
 
 
 def ours_progress(api: client.ApiClient, namespace: str, n: int) -> tuple[bool, str]:
-    mds = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    done = observed(mds["items"])
-    deployments = client.AppsV1Api(api).list_namespaced_deployment(
-        namespace, label_selector=LABEL_MODEL_DEPLOYMENT, _preload_content=False
+    custom = client.CustomObjectsApi(api)
+    done = observed(
+        items(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False))
     )
-    made = len(yaml.safe_load(deployments.data)["items"])
-    state = f"{done}/{n} ModelDeployments observed, {made}/{DEPLOYMENTS_PER_MD * n} Deployments"
-    return done == n and made == DEPLOYMENTS_PER_MD * n, state
+    if done < n:
+        # Status is written after the Deployments are applied: listing them earlier adds load, not news.
+        return False, f"{done}/{n} ModelDeployments observed"
+    # Cluster-scoped with a namespace field selector, so the API server's count of namespaced
+    # Deployment lists stays the operator's alone (see OPERATOR_ONLY_REQUESTS).
+    made = len(
+        items(
+            client.AppsV1Api(api).list_deployment_for_all_namespaces(
+                field_selector=f"metadata.namespace={namespace}",
+                label_selector=LABEL_MODEL_DEPLOYMENT,
+                _preload_content=False,
+            )
+        )
+    )
+    want = DEPLOYMENTS_PER_MD * n
+    return made == want, f"{done}/{n} ModelDeployments observed, {made}/{want} Deployments"
 
 
 def reference_progress(api: client.ApiClient, namespace: str, n: int) -> tuple[bool, str]:
     apps = client.AppsV1Api(api)
-    # Raw JSON: the client's model classes are slow to build for hundreds of objects.
-    deployments = yaml.safe_load(apps.list_namespaced_deployment(namespace, _preload_content=False).data)
-    done = observed(deployments["items"])
-    replica_sets = yaml.safe_load(apps.list_namespaced_replica_set(namespace, _preload_content=False).data)
-    made = len(replica_sets["items"])
-    state = f"{done}/{n} Deployments observed, {made}/{n} ReplicaSets"
-    return done == n and made == n, state
+    done = observed(items(apps.list_namespaced_deployment(namespace, _preload_content=False)))
+    if done < n:
+        # The controller records observedGeneration after it has made the ReplicaSet.
+        return False, f"{done}/{n} Deployments observed"
+    made = len(items(apps.list_namespaced_replica_set(namespace, _preload_content=False)))
+    return made == n, f"{done}/{n} Deployments observed, {made}/{n} ReplicaSets"
 
 
 # --- the two measurements ------------------------------------------------------------------------
@@ -426,6 +509,7 @@ class OursResult:
     seconds: float
     reconciles: dict[str, float]
     requests: float
+    requests_seen: float  # by the API server; see OPERATOR_ONLY_REQUESTS
     p50: float | None
     p99: float | None
     peak_rss_mib: float | None
@@ -437,53 +521,66 @@ class OursResult:
 class ReferenceResult:
     create_seconds: float
     seconds: float
-    syncs: float | None  # deployment workqueue items processed, when the controller-manager is reachable
+    # From the controller-manager's metrics, when it is reachable: deployment workqueue items processed,
+    # API requests of all its controllers, and their summed wait in client-side rate limiters.
+    syncs: float | None = None
+    requests: float | None = None
+    throttled_seconds: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Figures:
     n: int
     ours: OursResult
     reference: ReferenceResult
-    notes: list[str] = field(default_factory=list)
 
 
-def bench_ours(cp: ControlPlane, api: client.ApiClient, n: int, workdir: Path) -> OursResult:
+def bench_ours(
+    cp: ControlPlane, api: client.ApiClient, namespaces: Namespaces, n: int, workdir: Path
+) -> OursResult:
     template = yaml.safe_load(SAMPLE.read_text())
-    operator = Operator(cp.kubeconfig, workdir / f"operator-n{n}.log")
-    namespace = create_namespace(api, f"bench-md-{n}")
     custom = client.CustomObjectsApi(api)
-    try:
-        operator.start()
-        bodies = [model_deployment(template, i, namespace) for i in range(n)]
-        before = operator.metrics()
-        log(f"ours, N={n}: creating {n} ModelDeployments in {namespace}")
-        started = time.monotonic()
-        create_all(lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, b), bodies)
-        created = time.monotonic() - started
-        seconds = wait_converged(
-            f"ours, N={n}", lambda: ours_progress(api, namespace, n), started, operator.check_alive
-        )
-        after = operator.metrics()
-        name = "gpufleet_reconciles_total"
-        return OursResult(
-            create_seconds=created,
-            seconds=seconds,
-            reconciles={r: delta(before, after, name, result=r) for r in ("ok", "invalid", "error")},
-            requests=delta(before, after, "gpufleet_kube_requests_total"),
-            p50=histogram_quantile(0.5, before, after, "gpufleet_reconcile_duration_seconds"),
-            p99=histogram_quantile(0.99, before, after, "gpufleet_reconcile_duration_seconds"),
-            peak_rss_mib=operator.peak_rss_mib(),
-            error_lines=operator.error_lines(),
-            log_file=operator.log_file,
-        )
-    finally:
-        operator.stop()
-        delete_namespace(api, namespace)
+    operator = Operator(cp.kubeconfig, workdir / f"operator-n{n}.log")
+    with namespaces.fresh(f"bench-md-{n}") as namespace:
+        try:
+            operator.start()
+            bodies = [model_deployment(template, i, namespace) for i in range(n)]
+            before, server_before = operator.metrics(), apiserver_metrics(api)
+            log(f"ours, N={n}: creating {n} ModelDeployments in {namespace}")
+            started = time.monotonic()
+            create_all(
+                lambda b: custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, b, _preload_content=False
+                ),
+                bodies,
+            )
+            created = time.monotonic() - started
+            seconds = wait_converged(
+                f"ours, N={n}", lambda: ours_progress(api, namespace, n), started, operator.check_alive
+            )
+            after, server_after = operator.metrics(), apiserver_metrics(api)
+            return OursResult(
+                create_seconds=created,
+                seconds=seconds,
+                reconciles={
+                    result: delta(before, after, "gpufleet_reconciles_total", result=result)
+                    for result in ("ok", "invalid", "error")
+                },
+                requests=delta(before, after, "gpufleet_kube_requests_total"),
+                requests_seen=operator_requests_seen(server_before, server_after),
+                p50=histogram_quantile(0.5, before, after, "gpufleet_reconcile_duration_seconds"),
+                p99=histogram_quantile(0.99, before, after, "gpufleet_reconcile_duration_seconds"),
+                peak_rss_mib=operator.peak_rss_mib(),
+                error_lines=operator.error_lines(),
+                log_file=operator.log_file,
+            )
+        finally:
+            # Stopped before its namespace goes, so the deletion is not part of what it does.
+            operator.stop()
 
 
 def controller_manager_metrics(cp: ControlPlane) -> Samples | None:
-    """The controller-manager's own metrics, when hack/cluster.sh started it (its port and token are known)."""
+    """kube-controller-manager's own metrics, when hack/cluster.sh started it (port and token known)."""
     if cp.state is None:
         return None
     try:
@@ -497,26 +594,27 @@ def controller_manager_metrics(cp: ControlPlane) -> Samples | None:
         return None
 
 
-def bench_reference(cp: ControlPlane, api: client.ApiClient, n: int) -> ReferenceResult:
-    namespace = create_namespace(api, f"bench-ref-{n}")
+def bench_reference(
+    cp: ControlPlane, api: client.ApiClient, namespaces: Namespaces, n: int
+) -> ReferenceResult:
     apps = client.AppsV1Api(api)
-    try:
+    with namespaces.fresh(f"bench-ref-{n}") as namespace:
         bodies = [plain_deployment(i, namespace) for i in range(n)]
         before = controller_manager_metrics(cp)
         log(f"reference, N={n}: creating {n} Deployments in {namespace}")
         started = time.monotonic()
-        create_all(lambda b: apps.create_namespaced_deployment(namespace, b), bodies)
+        create_all(lambda b: apps.create_namespaced_deployment(namespace, b, _preload_content=False), bodies)
         created = time.monotonic() - started
         seconds = wait_converged(
             f"reference, N={n}", lambda: reference_progress(api, namespace, n), started, lambda: None
         )
         after = controller_manager_metrics(cp)
-        syncs = None
-        if before is not None and after is not None:
-            syncs = delta(before, after, "workqueue_work_duration_seconds_count", name="deployment")
-        return ReferenceResult(create_seconds=created, seconds=seconds, syncs=syncs)
-    finally:
-        delete_namespace(api, namespace)
+    result = ReferenceResult(create_seconds=created, seconds=seconds)
+    if before is not None and after is not None:
+        result.syncs = delta(before, after, "workqueue_work_duration_seconds_count", name="deployment")
+        result.requests = delta(before, after, "rest_client_requests_total")
+        result.throttled_seconds = delta(before, after, "rest_client_rate_limiter_duration_seconds_sum")
+    return result
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -551,10 +649,18 @@ def report_lines(figures: Figures) -> list[str]:
             f"N={n} reconciles per object: ours={reconciles / n:.2f} reference={ref.syncs / n:.2f} "
             f"ratio={ratio(reconciles, ref.syncs)} (ours: {by_result})",
         ]
+    if ref.requests is not None and ref.throttled_seconds is not None:
+        lines.append(
+            f"N={n} reference throttling: kube-controller-manager made {ref.requests:.0f} API requests "
+            f"({ref.requests / ref.seconds:.1f}/s, all controllers) that waited {ref.throttled_seconds:.0f}s "
+            "in total in its client-side rate limiters (--kube-api-qps 20, --kube-api-burst 30: defaults)"
+        )
     rss = "n/a" if ours.peak_rss_mib is None else f"{ours.peak_rss_mib:.1f} MiB"
     lines += [
         f"N={n} API requests per ModelDeployment: ours={ours.requests / n:.1f} "
-        "(requests made by reconciles; kopf's watch streams are not counted)",
+        "(gpufleet_kube_requests_total; kopf's watch streams are not counted)",
+        f"N={n} API requests per ModelDeployment, API server's count: ours={ours.requests_seen / n:.1f} "
+        "(applies, status patches, namespaced lists; Events excluded)",
         f"N={n} reconcile duration: ours p50={milliseconds(ours.p50)} p99={milliseconds(ours.p99)} "
         "(interpolated from histogram buckets)",
         f"N={n} operator peak RSS: ours={rss} (VmHWM)",
@@ -563,42 +669,42 @@ def report_lines(figures: Figures) -> list[str]:
     return lines
 
 
-def run(ns: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
+def run(counts: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
     workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     log(f"work folder (operator logs): {workdir}")
     results: list[Figures] = []
     with control_plane(kubeconfig, workdir) as cp:
-        install_crd(cp)
         api = api_client(cp.kubeconfig)
-        deleted: list[str] = []
-        for n in ns:
-            wait_namespaces_gone(api, deleted)
-            ours = bench_ours(cp, api, n, workdir)
-            deleted = [ns_ for ns_ in list_bench_namespaces(api)]
-            wait_namespaces_gone(api, deleted)
-            reference = bench_reference(cp, api, n)
-            deleted = list_bench_namespaces(api)
+        install_crd(cp, api)
+        namespaces = Namespaces(api)
+        for n in counts:
+            namespaces.settle()
+            ours = bench_ours(cp, api, namespaces, n, workdir)
+            namespaces.settle()
+            reference = bench_reference(cp, api, namespaces, n)
             figures = Figures(n, ours, reference)
             results.append(figures)
             print("\n".join(report_lines(figures)), flush=True)
     return results
 
 
-def list_bench_namespaces(api: client.ApiClient) -> list[str]:
-    items = client.CoreV1Api(api).list_namespace().items
-    return [item.metadata.name for item in items if item.metadata.name.startswith("bench-")]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[100, 500], help="object counts (default 100 500)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--n", type=int, nargs="+", default=[100, 500], help="object counts (default 100 500)"
+    )
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.n):
         parser.error("--n takes positive integers")
     try:
         results = run(args.n, args.kubeconfig)
-    except BenchError as error:
+    except ApiException as error:
+        print(f"benchmark failed: API request: {error.status} {error.reason}: {error.body}", file=sys.stderr)
+        return 1
+    except (BenchError, OSError, subprocess.SubprocessError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     print("Published figures of other systems, for context only (not measured here):")

@@ -85,6 +85,8 @@ def _cmd_api_reference(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.verbose:
+        os.environ["GPUFLEET_VERBOSE_WATCH_LOG"] = "true"
     # Imported here so `validate` and `crds` stay fast and need no cluster libraries.
     import kopf
 

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         default=True,
         description="Let the operator create its ValidatingWebhookConfiguration (off when the chart does).",
     )
+    verbose_watch_log: bool = Field(default=False, description="Log every watch event kopf handles (INFO).")
     health_port: int = Field(default=8080, description="Port of the liveness endpoint (/healthz).")
     metrics_port: int = Field(default=8081, ge=0, description="Port of Prometheus /metrics; 0 turns it off.")
 

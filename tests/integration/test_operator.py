@@ -239,6 +239,13 @@ def test_hand_edits_and_deletions_of_owned_deployments_are_reverted(
     wait_until(reverted, timeout=30, what="hand edits reverted")
     cluster.kubectl("delete", "deployment/llama-3-70b-us-east-1b-spot", "-n", namespace)
     wait_for_groups(cluster, namespace, "llama-3-70b", SAMPLE_GROUPS)
+    cluster.kubectl("delete", "service/llama-3-70b", "pdb/llama-3-70b", "-n", namespace)
+
+    def service_and_pdb_back() -> bool:
+        found = cluster.kubectl("get", "service/llama-3-70b", "pdb/llama-3-70b", "-n", namespace, check=False)
+        return found.returncode == 0
+
+    wait_until(service_and_pdb_back, timeout=30, what="Service and PDB recreated")
     reasons = cluster.kubectl(
         "get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}"
     ).stdout.split()

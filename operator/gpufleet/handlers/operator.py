@@ -19,7 +19,7 @@ from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.handlers import metrics
 from gpufleet.handlers.queue import Key, WorkQueue
-from gpufleet.handlers.reconcile import Outcome, Reconciler
+from gpufleet.handlers.reconcile import Outcome, Reconciler, version_of
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
 log = logging.getLogger("gpufleet")
@@ -54,6 +54,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = Settings()
     # kopf's own events are for its handler failures; ours carry the decisions.
     settings.posting.level = logging.WARNING
+    # kopf logs every handled watch event at INFO ("Handler ... succeeded"): thousands of
+    # lines a minute at scale that say nothing. `gpufleet run --verbose` brings them back.
+    if not config.verbose_watch_log:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if config.webhook_enabled:
@@ -133,10 +137,10 @@ def owned_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
 
 @kopf.on.event("", "v1", "services", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
 def owned_service_event(
-    namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     key = _owner_key(namespace, labels)
-    if key:
+    if key and _changed_by_someone_else(event, memo, key, "Service", name):
         memo.reconciler.invalidate(key, "Service", name)
         memo.queue.enqueue(key)
 
@@ -146,15 +150,19 @@ def owned_pdb_event(
     event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     key = _owner_key(namespace, labels)
-    # The disruption controller rewrites PDB status on every pod change; only
-    # a spec change or a deletion can need our attention.
-    if key and (event.get("type") == "DELETED" or _pdb_spec_changed(event, memo, key, name)):
+    if key and _changed_by_someone_else(event, memo, key, "PodDisruptionBudget", name):
         memo.reconciler.invalidate(key, "PodDisruptionBudget", name)
         memo.queue.enqueue(key)
 
 
-def _pdb_spec_changed(event: kopf.RawEvent, memo: kopf.Memo, key: Key, name: str) -> bool:
-    obj = event.get("object") or {}
-    remembered = memo.reconciler.cache.of(key).get(("PodDisruptionBudget", name))
-    generation = obj.get("metadata", {}).get("generation")
-    return remembered is None or remembered[1] != f"g{generation}"
+def _changed_by_someone_else(event: kopf.RawEvent, memo: kopf.Memo, key: Key, kind: str, name: str) -> bool:
+    """True unless the event is the echo of gpufleet's own last write.
+
+    The version compared is the generation where the kind has one (a PDB's
+    status is rewritten by the disruption controller on every pod change,
+    which must not count) and the resourceVersion otherwise (Services).
+    """
+    if event.get("type") == "DELETED":
+        return True
+    remembered = memo.reconciler.cache.of(key).get((kind, name))
+    return remembered is None or remembered[1] != version_of(event.get("object") or {})

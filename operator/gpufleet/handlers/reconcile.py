@@ -74,7 +74,8 @@ class AppliedCache:
         return self.objects.setdefault(key, {})
 
 
-def _version_of(obj: Mapping[str, Any]) -> str:
+def version_of(obj: Mapping[str, Any]) -> str:
+    """What changes when someone changes the object: its generation, else its resourceVersion."""
     meta = obj.get("metadata", {})
     generation = meta.get("generation")
     return f"g{generation}" if generation is not None else f"rv{meta.get('resourceVersion', '')}"
@@ -248,7 +249,7 @@ class Reconciler:
         remembered = applied.get(key)
         live_digest = (live or {}).get("metadata", {}).get("annotations", {}).get(ANNOTATION_TEMPLATE_HASH)
         if live is not None and remembered is not None:
-            if live_digest == digest and remembered == (digest, _version_of(live)):
+            if live_digest == digest and remembered == (digest, version_of(live)):
                 return
         elif (
             live is None
@@ -260,7 +261,7 @@ class Reconciler:
             # invalidate this cache (see invalidate), which makes the next pass re-apply.
             return
         result = self.kube.apply(desired)
-        applied[key] = (digest, _version_of(result))
+        applied[key] = (digest, version_of(result))
         outcome.applied.append(f"{desired['kind']}/{meta['name']}")
         if desired["kind"] != "Deployment":
             return

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install controlplane lint crds unit integration test demo cluster-up cluster-down clean
+.PHONY: help install controlplane simdeps lint crds unit integration test demo cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,9 @@ install: $(INSTALLED) ## create .venv with the operator and its dev tools
 
 controlplane: ## build (once, cached) the Kubernetes control-plane binaries
 	bash hack/controlplane/build.sh >/dev/null
+
+simdeps: ## what the fleet simulator needs from Debian (Prometheus), installed once
+	bash hack/install-simdeps.sh >/dev/null
 
 crds: install ## regenerate crds/ and docs/api-reference.md from the API models
 	$(BIN)/gpufleet crds > crds/gpufleet.io_modeldeployments.yaml

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import wait_until
-from tests.integration.conftest import ROOT, Cluster
+from tests.conftest import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -4,17 +4,18 @@ scheduler placing their pods on fake GPU nodes, drift, scale, deletion, restart,
 from __future__ import annotations
 
 import copy
+import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import wait_until
-from tests.integration.conftest import ROOT, Cluster, OperatorProcess
+from tests.conftest import ROOT, Cluster, OperatorProcess, wait_until
 from tests.integration.fleet import TEST_FLEET
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fleet")]
 
 SPOT_SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
 MIG_SAMPLE = ROOT / "samples" / "llama-3-8b-mig.yaml"
@@ -112,6 +113,12 @@ def test_sample_becomes_groups_whose_pods_bind_to_matching_nodes(
         "get", "events", "-n", namespace, "--field-selector", "reason=CreatedGroup"
     ).stdout
     assert "llama-3-70b-us-east-1a-on-demand" in events
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
+        exported = response.read().decode()
+    assert re.search(r'^gpufleet_reconciles_total\{result="ok"\} [1-9]', exported, re.MULTILINE)
+    assert re.search(
+        r'^gpufleet_object_writes_total\{action="apply",kind="Deployment"\} [1-9]', exported, re.MULTILINE
+    )
 
 
 def test_tensor_parallel_4_never_lands_on_a_node_with_two_gpus(

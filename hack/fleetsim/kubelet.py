@@ -1,0 +1,454 @@
+"""The simulated kubelet of every simulated GPU node, in one asyncio process.
+
+For nodes it owns it renews the Lease and the Ready condition (otherwise the
+real node lifecycle controller taints them NotReady after ~40 s and evicts).
+For pods the real scheduler bound to those nodes it does what a kubelet and
+vLLM would: pull the image, load the weights (delays from the model's size
+and source, REFERENCE.md), then start a simulated vLLM server on the pod's
+loopback IP and mark the pod Ready. On deletion it honours preStop (vLLM
+keeps serving), then drains (new requests get 503) until in-flight requests
+finish or the grace period ends, and completes the deletion. A node that
+disappears takes its pods with it, abruptly, as a reclaimed spot instance does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from fleetsim.clock import SimClock
+from fleetsim.dcgm import DcgmExporter, GpuSample
+from fleetsim.models import gpu_model_name
+from fleetsim.params import KubeletParams
+from fleetsim.podspec import PodPlan, load_seconds, plan_pod
+from fleetsim.vllm_model import EngineConfigError, EngineProfile, profile_for, weights_bytes
+from fleetsim.vllm_server import VllmServer
+
+log = logging.getLogger("fleetsim.kubelet")
+
+NODE_LABEL = "fleetsim.gpufleet.io/node"
+DCGM_PORT = 9400
+
+
+class Server(Protocol):
+    draining: bool
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def start_draining(self) -> None: ...
+    def gpu_utilization(self) -> float: ...
+    def in_flight(self) -> int: ...
+
+
+ServerFactory = Callable[[str, int, str, EngineProfile, SimClock, Sequence[str]], Server]
+
+
+def _default_server(
+    host: str, port: int, name: str, profile: EngineProfile, clock: SimClock, loras: Sequence[str]
+) -> Server:
+    return VllmServer(host, port, name, profile, clock, lora_names=loras)
+
+
+class AddressBook:
+    """Loopback addresses: nodes in 127.1.0.0/16, pods in 127.2.0.0/16 (nothing else may be used)."""
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[ipaddress.IPv4Address]] = {}
+        self._next = {
+            "node": int(ipaddress.IPv4Address("127.1.0.2")),
+            "pod": int(ipaddress.IPv4Address("127.2.0.2")),
+        }
+        self._limit = {
+            "node": int(ipaddress.IPv4Address("127.1.255.254")),
+            "pod": int(ipaddress.IPv4Address("127.2.255.254")),
+        }
+
+    def take(self, kind: str) -> str:
+        free = self._free.setdefault(kind, [])
+        if free:
+            return str(free.pop(0))
+        if self._next[kind] > self._limit[kind]:
+            raise RuntimeError(f"no loopback {kind} address left")
+        address = ipaddress.IPv4Address(self._next[kind])
+        self._next[kind] += 1
+        return str(address)
+
+    def give_back(self, kind: str, address: str) -> None:
+        self._free.setdefault(kind, []).append(ipaddress.IPv4Address(address))
+
+
+@dataclass
+class Device:
+    index: int
+    uuid: str
+    mig_profile: str | None
+    gpu_instance_id: int | None
+    pod_uid: str | None = None
+
+
+@dataclass
+class SimPod:
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    plan: PodPlan | None
+    devices: list[Device] = field(default_factory=list)
+    server: Server | None = None
+    task: asyncio.Task[None] | None = None
+    terminating: bool = False
+    weights_gib: float = 0.0
+
+
+@dataclass
+class SimNode:
+    name: str
+    ip: str
+    product: str
+    devices: list[Device]
+    memory_mib: int
+    exporter: DcgmExporter | None = None
+    image_cached: bool = False
+
+
+def _devices(node: dict[str, Any]) -> list[Device]:
+    allocatable: dict[str, str] = node["status"]["allocatable"]
+    name = node["metadata"]["name"]
+    for resource, amount in allocatable.items():
+        if resource.startswith("nvidia.com/mig-"):
+            profile = resource.removeprefix("nvidia.com/mig-")
+            return [Device(i, f"MIG-{name}-{i}", profile, i) for i in range(int(amount))]
+    count = int(allocatable.get("nvidia.com/gpu", "0"))
+    return [Device(i, f"GPU-{name}-{i}", None, None) for i in range(count)]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SimKubelet:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        clock: SimClock,
+        params: KubeletParams | None = None,
+        addresses: AddressBook | None = None,
+        server_factory: ServerFactory = _default_server,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.leases = client.CoordinationV1Api(api)
+        self.clock = clock
+        self.params = params or KubeletParams()
+        self.addresses = addresses or AddressBook()
+        self.server_factory = server_factory
+        self.poll_seconds = poll_seconds
+        self.nodes: dict[str, SimNode] = {}
+        self.pods: dict[str, SimPod] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- nodes -------------------------------------------------------------------------------
+
+    async def add_node(self, manifest: dict[str, Any], ip: str) -> SimNode:
+        """Register a Node built from a pool with InternalIP `ip` (from self.addresses) and keep it Ready."""
+        name = manifest["metadata"]["name"]
+        labels = manifest["metadata"].setdefault("labels", {})
+        labels[NODE_LABEL] = "true"
+        try:
+            await asyncio.to_thread(self.core.create_node, manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        # Node status is a subresource: capacity, addresses and conditions go there.
+        await asyncio.to_thread(self.core.patch_node_status, name, {"status": manifest["status"]})
+        node = SimNode(
+            name=name,
+            ip=ip,
+            product=labels.get("nvidia.com/gpu.product", ""),
+            devices=_devices(manifest),
+            memory_mib=int(labels.get("nvidia.com/gpu.memory", "81920")),
+        )
+
+        def samples() -> list[GpuSample]:
+            return self._gpu_samples(node)
+
+        node.exporter = DcgmExporter(ip, DCGM_PORT, name, samples)
+        await node.exporter.start()
+        self.nodes[name] = node
+        await self._heartbeat(node)
+        return node
+
+    async def remove_node(self, name: str) -> None:
+        """The instance is gone: its pods die with it and the Node object is deleted."""
+        node = self.nodes.pop(name, None)
+        for pod in [p for p in self.pods.values() if p.node == name]:
+            await self._forget(pod, delete=True)
+        with contextlib.suppress(ApiException):
+            await asyncio.to_thread(self.core.delete_node, name)
+        if node is not None:
+            if node.exporter is not None:
+                await node.exporter.stop()
+            self.addresses.give_back("node", node.ip)
+
+    async def _heartbeat(self, node: SimNode) -> None:
+        stamp = _now()
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "fleetsim kubelet is posting ready status",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
+        await asyncio.to_thread(self.core.patch_node_status, node.name, {"status": {"conditions": [ready]}})
+        lease = {
+            "metadata": {"name": node.name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": node.name, "leaseDurationSeconds": 40, "renewTime": datetime.now(UTC)},
+        }
+        try:
+            await asyncio.to_thread(self.leases.patch_namespaced_lease, node.name, "kube-node-lease", lease)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            await asyncio.to_thread(self.leases.create_namespaced_lease, "kube-node-lease", lease)
+
+    async def _heartbeats(self) -> None:
+        # Leases are real-time objects (the node lifecycle controller is not simulated): never scaled.
+        while True:
+            for node in list(self.nodes.values()):
+                try:
+                    await self._heartbeat(node)
+                except ApiException as error:
+                    log.warning("heartbeat of %s failed: %s", node.name, error.reason)
+            await asyncio.sleep(min(self.params.heartbeat_seconds, 10.0))
+
+    # ---- pods ----------------------------------------------------------------------------------
+
+    def _gpu_samples(self, node: SimNode) -> list[GpuSample]:
+        samples = []
+        per_device_mib = node.memory_mib
+        for device in node.devices:
+            pod = self.pods.get(device.pod_uid or "")
+            utilization = pod.server.gpu_utilization() if pod and pod.server else 0.0
+            used = int(per_device_mib * 0.9) if pod and pod.server else 0
+            samples.append(
+                GpuSample(
+                    gpu=device.index,
+                    uuid=device.uuid,
+                    model_name=gpu_model_name(node.product),
+                    utilization=utilization,
+                    fb_used_mib=used,
+                    fb_free_mib=per_device_mib - used,
+                    power_w=90.0 + 310.0 * utilization,
+                    mig_profile=device.mig_profile,
+                    gpu_instance_id=device.gpu_instance_id,
+                    namespace=pod.namespace if pod else None,
+                    pod=pod.name if pod else None,
+                    container="vllm" if pod else None,
+                )
+            )
+        return samples
+
+    def _allocate(self, node: SimNode, plan: PodPlan | None, uid: str) -> list[Device]:
+        if plan is None or plan.gpu_count == 0:
+            return []
+        wanted_mig = plan.mig_profile
+        free = [d for d in node.devices if d.pod_uid is None and d.mig_profile == wanted_mig]
+        chosen = free[: plan.gpu_count]
+        for device in chosen:
+            device.pod_uid = uid
+        return chosen
+
+    async def _patch_pod_status(self, pod: SimPod, status: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(
+                self.core.patch_namespaced_pod_status, pod.name, pod.namespace, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def _conditions(self, ready: bool) -> list[dict[str, str]]:
+        stamp = _now()
+        state = "True" if ready else "False"
+        return [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
+            {"type": "ContainersReady", "status": state, "lastTransitionTime": stamp},
+            {"type": "Ready", "status": state, "lastTransitionTime": stamp},
+        ]
+
+    async def _run_pod(self, pod: SimPod, raw: dict[str, Any]) -> None:
+        node = self.nodes[pod.node]
+        containers = raw["spec"].get("containers", [])
+        running_status: dict[str, Any] = {
+            "phase": "Running",
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
+            "hostIP": node.ip,
+            "hostIPs": [{"ip": node.ip}],
+            "startTime": _now(),
+            "conditions": self._conditions(False),
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": True,
+                    "state": {"running": {"startedAt": _now()}},
+                }
+                for c in containers
+            ],
+        }
+        await self._patch_pod_status(pod, running_status)
+        if pod.plan is not None:
+            if not node.image_cached:
+                await self.clock.sleep(self.params.image_pull_seconds)
+                node.image_cached = True
+            weights = weights_bytes(pod.plan.model_id, pod.plan.dtype_bytes)
+            await self.clock.sleep(load_seconds(weights, pod.plan.source, self.params))
+            try:
+                profile = profile_for(
+                    pod.plan.model_id,
+                    tensor_parallel_size=max(1, pod.plan.tensor_parallel_size),
+                    gpu_product=node.product,
+                    mig_profile=pod.plan.mig_profile,
+                    dtype_bytes=pod.plan.dtype_bytes,
+                    gpu_memory_utilization=pod.plan.gpu_memory_utilization,
+                    max_model_len=pod.plan.max_model_len,
+                )
+            except EngineConfigError as error:
+                # vLLM exits at start-up when the model does not fit; the pod crash-loops.
+                await self._patch_pod_status(pod, self._crash_loop(running_status, str(error)))
+                log.warning("pod %s/%s: vLLM would not start: %s", pod.namespace, pod.name, error)
+                return
+            server = self.server_factory(
+                pod.ip, pod.plan.port, pod.plan.served_name, profile, self.clock, pod.plan.lora_names
+            )
+            await server.start()
+            pod.server = server
+        ready_status = {
+            "conditions": self._conditions(True),
+            "containerStatuses": [{**s, "ready": True} for s in running_status["containerStatuses"]],
+        }
+        await self._patch_pod_status(pod, ready_status)
+
+    @staticmethod
+    def _crash_loop(running: dict[str, Any], message: str) -> dict[str, Any]:
+        waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": message[:1024]}}
+        return {
+            "containerStatuses": [
+                {**s, "ready": False, "started": False, "restartCount": 1, "state": waiting}
+                for s in running["containerStatuses"]
+            ]
+        }
+
+    async def _terminate(self, pod: SimPod) -> None:
+        """preStop (still serving), then drain until idle or the grace period ends."""
+        plan = pod.plan
+        if pod.task is not None and not pod.task.done():
+            pod.task.cancel()  # still starting: nothing to drain
+        elif pod.server is not None and plan is not None:
+            await self.clock.sleep(plan.prestop_seconds)
+            pod.server.start_draining()
+            remaining = max(0.0, plan.grace_seconds - plan.prestop_seconds)
+            waited = 0.0
+            while pod.server.in_flight() > 0 and waited < remaining:
+                await self.clock.sleep(1.0)
+                waited += 1.0
+        await self._forget(pod, delete=True)
+
+    async def _forget(self, pod: SimPod, delete: bool) -> None:
+        if pod.task is not None and not pod.task.done():
+            pod.task.cancel()
+        if pod.server is not None:
+            await pod.server.stop()
+            pod.server = None
+        for device in pod.devices:
+            device.pod_uid = None
+        if self.pods.pop(pod.uid, None) is not None:
+            self.addresses.give_back("pod", pod.ip)
+        if delete:
+            with contextlib.suppress(ApiException):
+                await asyncio.to_thread(
+                    self.core.delete_namespaced_pod, pod.name, pod.namespace, grace_period_seconds=0
+                )
+
+    async def sync_pods(self) -> None:
+        response = await asyncio.to_thread(self.core.list_pod_for_all_namespaces, _preload_content=False)
+        seen: set[str] = set()
+        for raw in json.loads(response.data)["items"]:
+            meta, spec = raw["metadata"], raw.get("spec", {})
+            node_name = spec.get("nodeName")
+            if node_name not in self.nodes:
+                continue
+            uid = meta["uid"]
+            seen.add(uid)
+            known = self.pods.get(uid)
+            if meta.get("deletionTimestamp"):
+                if known is None:
+                    with contextlib.suppress(ApiException):
+                        await asyncio.to_thread(
+                            self.core.delete_namespaced_pod,
+                            meta["name"],
+                            meta["namespace"],
+                            grace_period_seconds=0,
+                        )
+                elif not known.terminating:
+                    known.terminating = True
+                    asyncio.get_running_loop().create_task(self._terminate(known))
+                continue
+            if known is not None:
+                continue
+            plan = plan_pod(raw)
+            sim_pod = SimPod(
+                uid, meta["namespace"], meta["name"], node_name, self.addresses.take("pod"), plan
+            )
+            sim_pod.devices = self._allocate(self.nodes[node_name], plan, uid)
+            self.pods[uid] = sim_pod
+            sim_pod.task = asyncio.get_running_loop().create_task(self._start(sim_pod, raw))
+        for uid in [u for u in self.pods if u not in seen and not self.pods[u].terminating]:
+            await self._forget(self.pods[uid], delete=False)
+
+    async def _start(self, pod: SimPod, raw: dict[str, Any]) -> None:
+        try:
+            await self._run_pod(pod, raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pod %s/%s failed to start", pod.namespace, pod.name)
+
+    async def _pod_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_pods()
+            except Exception:
+                log.exception("pod sync failed")
+            await asyncio.sleep(self.poll_seconds)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._pod_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pod in list(self.pods.values()):
+            await self._forget(pod, delete=False)
+        for node in list(self.nodes.values()):
+            if node.exporter is not None:
+                await node.exporter.stop()

@@ -1,0 +1,121 @@
+"""Read what the simulated kubelet needs from a pod: model, engine shape, GPUs, shutdown timing.
+
+Pure: takes the pod as the API returns it (a dict) and parameters, returns data.
+The simulator learns everything from the pod spec the operator wrote, as a
+real kubelet and vLLM would: `vllm serve` arguments, resource requests,
+preStop and the grace period.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleetsim.params import KubeletParams
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    model_id: str
+    served_name: str
+    tensor_parallel_size: int
+    max_model_len: int | None
+    dtype_bytes: float
+    gpu_memory_utilization: float
+    gpu_resource: str  # "nvidia.com/gpu" or "nvidia.com/mig-<profile>"
+    gpu_count: int
+    lora_names: tuple[str, ...]
+    source: str  # hf | s3 | pvc
+    prestop_seconds: float
+    grace_seconds: float
+    port: int
+
+    @property
+    def mig_profile(self) -> str | None:
+        prefix = "nvidia.com/mig-"
+        return self.gpu_resource[len(prefix) :] if self.gpu_resource.startswith(prefix) else None
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _lora_names(args: Sequence[str]) -> tuple[str, ...]:
+    names: list[str] = []
+    if "--lora-modules" not in args:
+        return ()
+    for arg in args[args.index("--lora-modules") + 1 :]:
+        if arg.startswith("-"):
+            break
+        names.append(arg.split("=", 1)[0])
+    return tuple(names)
+
+
+def _source(model_id: str) -> str:
+    if model_id.startswith("s3://"):
+        return "s3"
+    if model_id.startswith("/"):
+        return "pvc"
+    return "hf"
+
+
+def _dtype_bytes(args: Sequence[str]) -> float:
+    quantization = _flag(args, "--quantization")
+    if quantization == "fp8":
+        return 1.0
+    if quantization in ("awq", "gptq"):
+        return 0.5
+    return 2.0
+
+
+def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
+    """The vLLM container's plan, or None for pods that are not vLLM (those just run)."""
+    spec = pod.get("spec", {})
+    containers = spec.get("containers", [])
+    vllm = next((c for c in containers if c.get("command", [])[:2] == ["vllm", "serve"]), None)
+    if vllm is None:
+        return None
+    args: list[str] = list(vllm.get("args", []))
+    model_id = args[0] if args and not args[0].startswith("-") else "unknown"
+    limits: Mapping[str, str] = vllm.get("resources", {}).get("limits", {})
+    gpu_resource, gpu_count = "nvidia.com/gpu", 0
+    for name, value in limits.items():
+        if name == "nvidia.com/gpu" or name.startswith("nvidia.com/mig-"):
+            gpu_resource, gpu_count = name, int(value)
+    prestop = 0.0
+    command = vllm.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(command) == 2 and command[0] == "sleep":
+        prestop = float(command[1])
+    max_len = _flag(args, "--max-model-len")
+    return PodPlan(
+        model_id=model_id,
+        served_name=_flag(args, "--served-model-name") or model_id,
+        tensor_parallel_size=int(_flag(args, "--tensor-parallel-size") or 1),
+        max_model_len=int(max_len) if max_len else None,
+        dtype_bytes=_dtype_bytes(args),
+        gpu_memory_utilization=float(_flag(args, "--gpu-memory-utilization") or 0.9),
+        gpu_resource=gpu_resource,
+        gpu_count=gpu_count,
+        lora_names=_lora_names(args),
+        source=_source(model_id),
+        prestop_seconds=prestop,
+        grace_seconds=float(spec.get("terminationGracePeriodSeconds", 30)),
+        port=int(_flag(args, "--port") or 8000),
+    )
+
+
+def load_seconds(weights_bytes: float, source: str, params: KubeletParams) -> float:
+    """Simulated seconds to load the weights from their source, plus engine warm-up."""
+    rate = {"s3": params.s3_gib_per_second, "pvc": params.pvc_gib_per_second}.get(
+        source, params.hf_gib_per_second
+    )
+    return math.ceil(weights_bytes / GIB / rate) + params.engine_warmup_seconds

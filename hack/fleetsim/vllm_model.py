@@ -1,0 +1,445 @@
+"""A pure model of one vLLM engine: its capacity profile and its continuous-batching scheduler.
+
+`profile_for` derives, from first principles and the constants below, how many
+KV-cache tokens a deployment holds and what a scheduler step costs.
+`Engine` is a discrete-event state machine of vLLM's scheduler: time is passed
+in, nothing sleeps, so the same code drives the HTTP simulator (vllm_server.py)
+and fast unit tests.
+
+What is modelled, per step (one forward pass of the batch):
+- FCFS admission while running < max_num_seqs and the KV cache has room for the
+  request's prompt (plus anything it had generated before a preemption);
+- a token budget per step (max_num_batched_tokens, as vLLM's chunked prefill):
+  running decodes first, one token each, then prefill chunks;
+- one KV token more per decode; when the cache is full the newest running
+  request is preempted back to the head of the queue and recomputed later;
+- step time = weights read once + prefill FLOPs + per-sequence decode FLOPs +
+  KV reads of every decoding sequence's context.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleetsim.models import GIB, gpu_spec, model_spec
+
+# vLLM's profile run keeps this much per GPU beside weights and KV cache: activation
+# peak and non-torch memory (CUDA context, NCCL, CUDA graphs). vLLM's logs show
+# 0.6 GiB (vllm PR #14447, 0.8.x) to 3.05 GiB (Llama 3 8B on A100, PR #10511); 2 GiB
+# sits between and puts Llama 3 70B TP4 near REFERENCE.md's 450K tokens.
+ACTIVATION_RESERVE_GIB = 2.0
+# Fraction of datasheet HBM bandwidth a decode step achieves reading weights and KV.
+DECODE_BANDWIDTH_EFFICIENCY = 0.7
+# Model FLOPs utilisation of the tensor cores for a token's 2 × params FLOPs.
+MFU = 0.5
+# vLLM allocates the KV cache in blocks of this many tokens (--block-size default).
+KV_BLOCK_TOKENS = 16
+
+
+class EngineConfigError(ValueError):
+    """vLLM would refuse to start with this configuration (the pod would crash-loop)."""
+
+
+class RequestRejectedError(ValueError):
+    """vLLM answers 400 to this request."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineProfile:
+    """Capacity and cost constants of one engine (one replica, all its TP ranks)."""
+
+    kv_cache_tokens: int
+    prefill_tokens_per_s: float
+    # decode step = base + per_seq × sequences + per_context_token × Σ context lengths
+    decode_step_base_s: float
+    decode_step_per_seq_s: float
+    decode_step_per_context_token_s: float = 0.0
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    # Descriptive, for other simulators (dcgm-exporter memory, logs).
+    model_id: str = ""
+    tensor_parallel_size: int = 1
+    weights_gib_per_gpu: float = 0.0
+    gpu_memory_gib_per_gpu: float = 0.0
+
+    def decode_step_s(self, batch: int, context_tokens: int) -> float:
+        """One decode step of `batch` sequences holding `context_tokens` KV tokens in total."""
+        return (
+            self.decode_step_base_s
+            + batch * self.decode_step_per_seq_s
+            + context_tokens * self.decode_step_per_context_token_s
+        )
+
+
+def weights_bytes(model_id: str, dtype_bytes: float = 2) -> float:
+    """Bytes of weights the engine loads (all TP ranks together)."""
+    return model_spec(model_id).weight_bytes(dtype_bytes)
+
+
+def _batch_defaults(memory_gib: float, product: str) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) as vLLM's EngineArgs.get_batch_defaults picks for
+    its OpenAI server: 8192 / 1024 on GPUs with >= 70 GiB that are not A100, else 2048 / 256."""
+    if memory_gib >= 70 and "A100" not in product:
+        return 8192, 1024
+    return 2048, 256
+
+
+def profile_for(
+    model_id: str,
+    tensor_parallel_size: int,
+    gpu_product: str,
+    mig_profile: str | None = None,
+    dtype_bytes: float = 2,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    *,
+    kv_cache_dtype_bytes: float = 2,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+) -> EngineProfile:
+    """The profile of `vllm serve model_id --tensor-parallel-size tp` on `gpu_product` GPUs.
+
+    `dtype_bytes` is bytes per weight (2 bf16, 1 fp8/int8, 0.5 4-bit); the KV cache stays
+    bf16 unless `kv_cache_dtype_bytes` says otherwise (vLLM's --kv-cache-dtype auto).
+
+    - weights per GPU = params × dtype_bytes / TP
+    - KV tokens = (GPU memory × utilization − weights per GPU − ACTIVATION_RESERVE_GIB)
+      × TP / KV bytes per token, rounded down to whole blocks
+    - decode step = weights per GPU / (bandwidth × efficiency)          (weights read once)
+      + sequences × 2 × params / (TP × FLOPS × MFU)                     (each token's FLOPs)
+      + Σ context × KV bytes per token / TP / (bandwidth × efficiency)  (attention reads)
+    - prefill tokens/s = TP × FLOPS × MFU / (2 × params)
+
+    Raises EngineConfigError where vLLM fails at startup: weights do not fit, or the KV
+    cache cannot hold one max_model_len sequence.
+    """
+    if tensor_parallel_size < 1:
+        raise EngineConfigError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise EngineConfigError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    model = model_spec(model_id)
+    gpu = gpu_spec(gpu_product, mig_profile)
+    if gpu.mig_profile is not None and tensor_parallel_size > 1:
+        # MIG slices have no peer-to-peer/NVLink path, so NCCL cannot span them.
+        raise EngineConfigError("tensor parallelism across MIG slices is not supported")
+
+    weights_per_gpu = model.weight_bytes(dtype_bytes) / tensor_parallel_size
+    budget = gpu.memory_gib * GIB * gpu_memory_utilization
+    kv_per_gpu = budget - weights_per_gpu - ACTIVATION_RESERVE_GIB * GIB
+    if kv_per_gpu <= 0:
+        raise EngineConfigError(
+            f"No available memory for the cache blocks: {model.name} needs "
+            f"{weights_per_gpu / GIB:.1f} GiB of weights per GPU, {gpu.product} allows "
+            f"{budget / GIB:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}. "
+            "Try increasing `gpu_memory_utilization` or tensor_parallel_size."
+        )
+    kv_token_bytes = model.kv_bytes_per_token(kv_cache_dtype_bytes)
+    kv_tokens = int(kv_per_gpu * tensor_parallel_size / kv_token_bytes) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS
+
+    context = max_model_len if max_model_len is not None else model.max_position_embeddings
+    if context > model.max_position_embeddings:
+        raise EngineConfigError(
+            f"max_model_len {context} exceeds the model's max_position_embeddings "
+            f"{model.max_position_embeddings}"
+        )
+    if kv_tokens < context:
+        raise EngineConfigError(
+            f"The model's max seq len ({context}) is larger than the maximum number of tokens "
+            f"that can be stored in KV cache ({kv_tokens}). Try increasing `gpu_memory_utilization` "
+            "or decreasing `max_model_len` when initializing the engine."
+        )
+
+    bandwidth = gpu.hbm_bandwidth_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
+    token_flops = 2 * model.params
+    compute = tensor_parallel_size * gpu.bf16_dense_flops * MFU
+    default_batched, default_seqs = _batch_defaults(gpu.memory_gib, gpu.product)
+    return EngineProfile(
+        kv_cache_tokens=kv_tokens,
+        prefill_tokens_per_s=compute / token_flops,
+        decode_step_base_s=weights_per_gpu / bandwidth,
+        decode_step_per_seq_s=token_flops / compute,
+        decode_step_per_context_token_s=kv_token_bytes / tensor_parallel_size / bandwidth,
+        max_model_len=context,
+        max_num_seqs=max_num_seqs if max_num_seqs is not None else default_seqs,
+        max_num_batched_tokens=(
+            max_num_batched_tokens if max_num_batched_tokens is not None else default_batched
+        ),
+        model_id=model_id,
+        tensor_parallel_size=tensor_parallel_size,
+        weights_gib_per_gpu=weights_per_gpu / GIB,
+        gpu_memory_gib_per_gpu=budget / GIB,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FirstToken:
+    request_id: str
+    ttft: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    request_id: str
+    prompt_tokens: int
+    generated_tokens: int
+    arrival: float
+    finished_at: float
+    # Time in WAITING before first scheduled, as vllm:request_queue_time_seconds.
+    queue_time: float
+    ttft: float
+    finish_reason: str = "length"
+
+    @property
+    def e2e_latency(self) -> float:
+        return self.finished_at - self.arrival
+
+
+@dataclass(slots=True)
+class StepResult:
+    """One scheduler step that starts at `start` and whose outputs exist at `end`."""
+
+    start: float
+    duration: float
+    # Requests that produced a token this step (for streaming).
+    tokens: list[str] = field(default_factory=list)
+    first_tokens: list[FirstToken] = field(default_factory=list)
+    finished: list[FinishedRequest] = field(default_factory=list)
+    # inter-token latency → how many tokens saw it (most of a batch shares one value).
+    inter_token_latencies: dict[float, int] = field(default_factory=dict)
+    # Counted as vLLM does: a request's prompt when its first token is out.
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    preemptions: int = 0
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+@dataclass(slots=True)
+class _Seq:
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    arrival: float
+    generated: int = 0
+    # Tokens to (re)compute before the next token: the prompt, plus generated ones after preemption.
+    to_prefill: int = 0
+    prefilled: int = 0
+    kv: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float = 0.0
+
+
+class Engine:
+    """vLLM's continuous-batching scheduler as a pure state machine; see the module docstring."""
+
+    def __init__(self, profile: EngineProfile, busy_window_s: float = 10.0) -> None:
+        self.profile = profile
+        self.busy_window_s = busy_window_s
+        self.num_preemptions = 0
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._ids: set[str] = set()
+        self._kv_used = 0
+        # Merged busy intervals [start, end] within the last busy_window_s.
+        self._busy: deque[list[float]] = deque()
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self._kv_used / self.profile.kv_cache_tokens
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def submit(self, request_id: str, prompt_tokens: int, max_tokens: int, now: float) -> None:
+        """Queue a request; RequestRejectedError where vLLM returns 400."""
+        if request_id in self._ids:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        if prompt_tokens < 1 or max_tokens < 1:
+            raise RequestRejectedError("prompt and max_tokens must each be at least 1 token")
+        total = prompt_tokens + max_tokens
+        if total > self.profile.max_model_len:
+            raise RequestRejectedError(
+                f"This model's maximum context length is {self.profile.max_model_len} tokens. "
+                f"However, you requested {total} tokens ({prompt_tokens} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or completion."
+            )
+        self._ids.add(request_id)
+        self._waiting.append(_Seq(request_id, prompt_tokens, max_tokens, now, to_prefill=prompt_tokens))
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request (client gone); True if it was known."""
+        if request_id not in self._ids:
+            return False
+        self._ids.discard(request_id)
+        for seq in self._running:
+            if seq.request_id == request_id:
+                self._running.remove(seq)
+                self._kv_used -= seq.kv
+                return True
+        for seq in self._waiting:
+            if seq.request_id == request_id:
+                self._waiting.remove(seq)
+                return True
+        return True
+
+    def busy_fraction(self, now: float) -> float:
+        """Share of the last busy_window_s the engine spent in steps (GPU 'utilization')."""
+        lo = now - self.busy_window_s
+        busy = sum(max(0.0, min(end, now) - max(start, lo)) for start, end in self._busy)
+        return min(1.0, busy / self.busy_window_s)
+
+    def _preempt_newest(self) -> _Seq:
+        victim = self._running.pop()
+        self._kv_used -= victim.kv
+        victim.kv = 0
+        # Recompute: prompt and generated tokens are prefilled again on readmission.
+        victim.to_prefill = victim.prompt_tokens + victim.generated
+        victim.prefilled = 0
+        self._waiting.appendleft(victim)
+        self.num_preemptions += 1
+        return victim
+
+    def step(self, now: float) -> StepResult:
+        """Schedule and run one step starting at `now`; a zero-duration result means no work."""
+        profile = self.profile
+        budget = profile.max_num_batched_tokens
+        capacity = profile.kv_cache_tokens
+        decodes: list[_Seq] = []
+        prefills: list[tuple[_Seq, int]] = []
+        preemptions = 0
+
+        # Running requests first, in admission order, as vLLM's scheduler does.
+        i = 0
+        while i < len(self._running) and budget > 0:
+            seq = self._running[i]
+            if seq.prefilled < seq.to_prefill:
+                chunk = min(seq.to_prefill - seq.prefilled, budget)
+                prefills.append((seq, chunk))
+                budget -= chunk
+                i += 1
+                continue
+            victim = None
+            while self._kv_used + 1 > capacity and victim is not seq:
+                victim = self._preempt_newest()
+                preemptions += 1
+            if victim is seq:
+                break
+            self._kv_used += 1
+            seq.kv += 1
+            decodes.append(seq)
+            budget -= 1
+            i += 1
+
+        # Then the queue, FCFS, unless this step had to preempt (vLLM admits nothing then).
+        while (
+            not preemptions
+            and self._waiting
+            and budget > 0
+            and len(self._running) < profile.max_num_seqs
+            and self._kv_used + self._waiting[0].to_prefill <= capacity
+        ):
+            seq = self._waiting.popleft()
+            self._kv_used += seq.to_prefill
+            seq.kv = seq.to_prefill
+            if seq.scheduled_at is None:
+                seq.scheduled_at = now
+            self._running.append(seq)
+            chunk = min(seq.to_prefill, budget)
+            prefills.append((seq, chunk))
+            budget -= chunk
+
+        if not decodes and not prefills:
+            return StepResult(start=now, duration=0.0, preemptions=preemptions)
+
+        prefill_tokens = sum(chunk for _, chunk in prefills)
+        duration = profile.decode_step_s(len(decodes), sum(seq.kv for seq in decodes))
+        duration += prefill_tokens / profile.prefill_tokens_per_s
+        end = now + duration
+        result = StepResult(start=now, duration=duration, preemptions=preemptions)
+
+        itl = result.inter_token_latencies
+        for seq in decodes:
+            gap = end - seq.last_token_at
+            itl[gap] = itl.get(gap, 0) + 1
+            seq.generated += 1
+            seq.last_token_at = end
+            result.tokens.append(seq.request_id)
+        for seq, chunk in prefills:
+            seq.prefilled += chunk
+            if seq.prefilled < seq.to_prefill:
+                continue
+            # The step that completes a prefill also samples the next token.
+            if seq.generated == 0:
+                seq.first_token_at = end
+                result.first_tokens.append(FirstToken(seq.request_id, end - seq.arrival))
+                result.prompt_tokens += seq.prompt_tokens
+            else:
+                gap = end - seq.last_token_at
+                itl[gap] = itl.get(gap, 0) + 1
+            seq.generated += 1
+            seq.last_token_at = end
+            result.tokens.append(seq.request_id)
+
+        still_running: list[_Seq] = []
+        for seq in self._running:
+            if seq.generated < seq.max_tokens:
+                still_running.append(seq)
+                continue
+            self._kv_used -= seq.kv
+            self._ids.discard(seq.request_id)
+            arrival = seq.arrival
+            result.finished.append(
+                FinishedRequest(
+                    request_id=seq.request_id,
+                    prompt_tokens=seq.prompt_tokens,
+                    generated_tokens=seq.generated,
+                    arrival=arrival,
+                    finished_at=end,
+                    queue_time=max(0.0, (seq.scheduled_at or arrival) - arrival),
+                    ttft=(seq.first_token_at or end) - arrival,
+                )
+            )
+        self._running = still_running
+        self._record_busy(now, end)
+        result.generation_tokens = len(result.tokens)
+        return result
+
+    def _record_busy(self, start: float, end: float) -> None:
+        if self._busy and start <= self._busy[-1][1]:
+            self._busy[-1][1] = max(self._busy[-1][1], end)
+        else:
+            self._busy.append([start, end])
+        horizon = end - self.busy_window_s
+        while self._busy and self._busy[0][1] < horizon:
+            self._busy.popleft()
+
+
+__all__ = [
+    "ACTIVATION_RESERVE_GIB",
+    "DECODE_BANDWIDTH_EFFICIENCY",
+    "KV_BLOCK_TOKENS",
+    "MFU",
+    "Engine",
+    "EngineConfigError",
+    "EngineProfile",
+    "FinishedRequest",
+    "FirstToken",
+    "RequestRejectedError",
+    "StepResult",
+    "profile_for",
+    "weights_bytes",
+]

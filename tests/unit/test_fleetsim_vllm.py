@@ -1,0 +1,280 @@
+"""The simulated vLLM: model facts, the engine's capacity and scheduling, and its HTTP face."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import aiohttp
+import pytest
+
+from fleetsim.clock import SimClock
+from fleetsim.models import gpu_model_name, gpu_spec, model_spec, weight_dtype_bytes
+from fleetsim.vllm_model import (
+    Engine,
+    EngineConfigError,
+    EngineProfile,
+    FinishedRequest,
+    RequestRejectedError,
+    profile_for,
+)
+from fleetsim.vllm_server import VllmServer
+
+A100 = "NVIDIA-A100-SXM4-80GB"
+LLAMA_70B = "meta-llama/Meta-Llama-3-70B-Instruct"
+LLAMA_8B = "meta-llama/Meta-Llama-3-8B-Instruct"
+
+
+def _small_profile(**overrides: float) -> EngineProfile:
+    """A toy engine whose numbers are easy to reason about."""
+    values: dict[str, float] = {
+        "kv_cache_tokens": 100_000,
+        "prefill_tokens_per_s": 10_000.0,
+        "decode_step_base_s": 0.02,
+        "decode_step_per_seq_s": 0.001,
+        "max_model_len": 4096,
+        "max_num_seqs": 8,
+        "max_num_batched_tokens": 2048,
+    }
+    values.update(overrides)
+    return EngineProfile(
+        kv_cache_tokens=int(values["kv_cache_tokens"]),
+        prefill_tokens_per_s=values["prefill_tokens_per_s"],
+        decode_step_base_s=values["decode_step_base_s"],
+        decode_step_per_seq_s=values["decode_step_per_seq_s"],
+        max_model_len=int(values["max_model_len"]),
+        max_num_seqs=int(values["max_num_seqs"]),
+        max_num_batched_tokens=int(values["max_num_batched_tokens"]),
+    )
+
+
+def _run(engine: Engine, arrivals: list[tuple[float, int, int]]) -> tuple[list[FinishedRequest], int]:
+    """Drive the engine on simulated time through (arrival, prompt, max_tokens) requests.
+
+    Returns the finished requests in arrival order and the deepest queue seen.
+    """
+    now, next_arrival, deepest = 0.0, 0, 0
+    finished: dict[str, FinishedRequest] = {}
+    while next_arrival < len(arrivals) or engine.has_work:
+        while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now:
+            at, prompt, max_tokens = arrivals[next_arrival]
+            engine.submit(str(next_arrival), prompt, max_tokens, at)
+            next_arrival += 1
+        if not engine.has_work:
+            now = arrivals[next_arrival][0]
+            continue
+        result = engine.step(now)
+        deepest = max(deepest, engine.num_waiting)
+        now = result.end
+        finished.update((done.request_id, done) for done in result.finished)
+    return [finished[str(i)] for i in range(len(arrivals))], deepest
+
+
+def test_model_catalog() -> None:
+    llama70 = model_spec(LLAMA_70B)
+    assert llama70.kv_bytes_per_token() == 320 * 1024  # REFERENCE.md
+    assert model_spec(LLAMA_8B).kv_bytes_per_token() == 128 * 1024
+    # a bucket or volume path names the model by its last component
+    assert model_spec("s3://models/llama/Meta-Llama-3-70B-Instruct/") == llama70
+    assert model_spec("/mnt/models/llama-3.1-8b-instruct").max_position_embeddings == 131072
+    guessed = model_spec("Qwen/Qwen2.5-32B-Instruct")
+    assert guessed.assumed
+    assert guessed.params == 32e9
+    assert guessed.layers == 80  # nearest Llama geometry: 70B
+    with pytest.raises(ValueError, match="parameter count"):
+        model_spec("my-model")
+    assert weight_dtype_bytes("x/Meta-Llama-3-70B-Instruct-FP8") == 1
+    assert weight_dtype_bytes(LLAMA_70B, "awq") == 0.5
+    assert weight_dtype_bytes(LLAMA_70B) == 2
+
+
+def test_gpu_catalog_and_mig_slices() -> None:
+    whole = gpu_spec(A100)
+    third = gpu_spec(A100, "3g.40gb")
+    assert third.bf16_dense_flops == pytest.approx(whole.bf16_dense_flops * 3 / 7)
+    assert third.memory_gib == pytest.approx(whole.memory_gib / 2)
+    assert third.hbm_bandwidth_bytes_per_s == pytest.approx(whole.hbm_bandwidth_bytes_per_s / 2)
+    assert gpu_spec(f"{A100}-MIG-3g.40gb") == third
+    assert gpu_spec(A100, "mig-3g.40gb") == third  # the device-plugin resource spelling
+    assert gpu_spec("NVIDIA-H100-80GB-HBM3").hbm_bandwidth_bytes_per_s == 3.35e12
+    assert gpu_model_name(f"{A100}-MIG-2g.20gb") == "NVIDIA A100-SXM4-80GB"
+    with pytest.raises(ValueError, match="no MIG profile"):
+        gpu_spec("NVIDIA-A100-SXM4-40GB", "3g.40gb")
+
+
+def test_llama3_70b_tp4_a100_profile() -> None:
+    profile = profile_for(LLAMA_70B, 4, A100)
+    # REFERENCE.md: ≈ 33 GiB of weights per GPU, ≈ 450K KV tokens in total
+    assert profile.weights_gib_per_gpu == pytest.approx(32.9, abs=0.2)
+    assert 450_000 * 0.85 <= profile.kv_cache_tokens <= 450_000 * 1.15
+    # The bandwidth roofline is 4 × 2.039 TB/s / 141 GB ≈ 58 tokens/s; public single-stream
+    # reports for 70B TP4 on A100 are ≈ 30-40. The model must land between.
+    single_stream = 1 / profile.decode_step_s(1, 1000)
+    assert 25 <= single_stream <= 58
+    assert profile.max_num_seqs == 256
+    assert profile.max_model_len == 8192
+
+
+def test_startup_failures_and_quantized_profile() -> None:
+    with pytest.raises(EngineConfigError, match="No available memory"):
+        profile_for(LLAMA_70B, 1, A100)
+    fp8 = profile_for(LLAMA_70B, 2, A100, dtype_bytes=1)
+    assert 200_000 < fp8.kv_cache_tokens < 280_000  # half of TP4's KV with the same memory per GPU
+    # 8B in a 20 GB slice at the default 0.9 cannot hold one 8K-token sequence: vLLM refuses to start.
+    with pytest.raises(EngineConfigError, match="max seq len"):
+        profile_for(LLAMA_8B, 1, A100, "2g.20gb")
+    assert profile_for(LLAMA_8B, 1, A100, "2g.20gb", max_model_len=4096).kv_cache_tokens >= 4096
+    with pytest.raises(EngineConfigError, match="MIG"):
+        profile_for(LLAMA_8B, 2, A100, "3g.40gb")
+
+
+def test_mig_slice_is_slower_than_the_whole_gpu() -> None:
+    whole = profile_for(LLAMA_8B, 1, A100)
+    slice_ = profile_for(LLAMA_8B, 1, A100, "2g.20gb", gpu_memory_utilization=0.95)
+    assert slice_.decode_step_s(1, 500) > 3 * whole.decode_step_s(1, 500)
+    assert slice_.prefill_tokens_per_s < whole.prefill_tokens_per_s / 3
+    assert slice_.kv_cache_tokens < whole.kv_cache_tokens / 10
+
+
+def test_throughput_rises_with_concurrency_then_saturates() -> None:
+    profile = profile_for(LLAMA_8B, 1, A100)
+    throughput = {}
+    for concurrency in (1, 16, 128, 256, 512):
+        finished, _ = _run(Engine(profile), [(0.0, 256, 64)] * concurrency)
+        elapsed = max(done.finished_at for done in finished)
+        throughput[concurrency] = sum(done.generated_tokens for done in finished) / elapsed
+    assert throughput[1] < throughput[16] < throughput[128] < throughput[256]
+    assert throughput[16] > 8 * throughput[1]  # batching is nearly free while memory-bound
+    # beyond max_num_seqs requests only queue
+    assert throughput[512] < 1.1 * throughput[256]
+
+
+def test_queueing_grows_when_arrivals_exceed_capacity() -> None:
+    profile = _small_profile()
+    # 8 sequences × 50 tokens per ≈ 0.03 s steps: ≈ 5 requests/s at most
+    light = [(i * 0.5, 100, 50) for i in range(40)]
+    heavy = [(i * 0.05, 100, 50) for i in range(200)]
+    light_done, light_queue = _run(Engine(profile), light)
+    heavy_done, heavy_queue = _run(Engine(profile), heavy)
+    assert light_queue == 0
+    assert max(done.ttft for done in light_done) < 0.1
+    assert heavy_queue > 50
+    early = sum(done.ttft for done in heavy_done[:10]) / 10
+    late = sum(done.ttft for done in heavy_done[-10:]) / 10
+    assert late > 20 * early
+    assert heavy_done[-1].queue_time > 10
+
+
+def test_kv_exhaustion_preempts_and_everyone_still_finishes() -> None:
+    engine = Engine(_small_profile(kv_cache_tokens=2000, max_model_len=1024, max_num_seqs=64))
+    finished, _ = _run(engine, [(0.0, 150, 300)] * 10)  # 1500 admitted, 4500 needed eventually
+    assert engine.num_preemptions > 0
+    assert [done.generated_tokens for done in finished] == [300] * 10
+    assert engine.kv_cache_usage == 0
+    assert not engine.has_work
+
+
+def test_kv_usage_and_busy_fraction() -> None:
+    engine = Engine(_small_profile())
+    for i in range(4):
+        engine.submit(str(i), 1000, 500, 0.0)
+    now = 0.0
+    while now < 12:
+        now = engine.step(now).end
+    assert engine.num_running == 4
+    assert 0.04 < engine.kv_cache_usage < 0.06  # 4 × (1000 + generated) of 100K
+    assert engine.busy_fraction(now) > 0.99
+    assert engine.busy_fraction(now + 30) == 0
+
+
+def test_requests_beyond_max_model_len_are_rejected() -> None:
+    engine = Engine(profile_for(LLAMA_8B, 1, A100))
+    with pytest.raises(RequestRejectedError, match="maximum context length is 8192"):
+        engine.submit("a", 8000, 500, 0.0)
+    engine.submit("b", 8000, 192, 0.0)
+    assert engine.num_waiting == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _exercise_server() -> None:
+    port = _free_port()
+    name = "llama-8b"
+    server = VllmServer(
+        "127.0.0.1", port, name, profile_for(LLAMA_8B, 1, A100), SimClock(1000), lora_names=["sql-lora"]
+    )
+    await server.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/health") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/v1/models") as response:
+                ids = [card["id"] for card in (await response.json())["data"]]
+                assert ids == [name, "sql-lora"]
+
+            completion = {"model": name, "prompt": "x" * 400, "max_tokens": 20}
+            async with http.post(f"{base}/v1/completions", json=completion) as response:
+                assert response.status == 200
+                body = await response.json()
+            assert body["model"] == name
+            assert body["usage"] == {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+            assert body["choices"][0]["finish_reason"] == "length"
+
+            chat = {
+                "model": "sql-lora",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 5,
+                "stream": True,
+            }
+            async with http.post(f"{base}/v1/chat/completions", json=chat) as response:
+                assert response.status == 200
+                events = [line for line in (await response.text()).split("\n\n") if line]
+            assert events[-1] == "data: [DONE]"
+            chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+            assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) == 5
+            assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+            async with http.post(f"{base}/v1/completions", json={**completion, "model": "gpt-4"}) as response:
+                assert response.status == 404
+                assert (await response.json())["error"]["type"] == "NotFoundError"
+            too_long = {**completion, "max_tokens": 9000}
+            async with http.post(f"{base}/v1/completions", json=too_long) as response:
+                assert response.status == 400
+
+            async with http.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+            assert f'vllm:num_requests_running{{model_name="{name}"}} 0.0' in metrics
+            assert f'vllm:generation_tokens_total{{model_name="{name}"}} 25.0' in metrics
+            assert f'vllm:prompt_tokens_total{{model_name="{name}"}} 105.0' in metrics
+            assert f'vllm:time_to_first_token_seconds_count{{model_name="{name}"}} 2.0' in metrics
+            assert f'vllm:request_success_total{{finished_reason="length",model_name="{name}"}}' in metrics
+
+            # Draining: the request in flight finishes, new ones get 503.
+            long = {**completion, "max_tokens": 2000}  # ≈ 25 simulated s, 25 ms real
+            in_flight = asyncio.create_task(http.post(f"{base}/v1/completions", json=long))
+            while server.in_flight() == 0:
+                await asyncio.sleep(0.001)
+            server.start_draining()
+            async with http.post(f"{base}/v1/completions", json=completion) as response:
+                assert response.status == 503
+            async with http.get(f"{base}/health") as response:
+                assert response.status == 503
+            response = await asyncio.wait_for(in_flight, 10)
+            assert response.status == 200
+            assert (await response.json())["usage"]["completion_tokens"] == 2000
+            response.release()
+            assert server.in_flight() == 0
+            assert server.gpu_utilization() > 0
+    finally:
+        await server.stop()
+
+
+def test_server_speaks_vllm_http() -> None:
+    asyncio.run(asyncio.wait_for(_exercise_server(), 20))

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install controlplane simdeps lint crds unit integration test demo cluster-up cluster-down clean
+.PHONY: help install controlplane simdeps lint crds unit integration e2e test demo cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,7 +40,10 @@ unit: install ## fast tests of pure code
 integration: install controlplane ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
-test: install controlplane lint ## everything: lint, types, layers, unit, integration
+e2e: install controlplane simdeps ## the operator on the simulated fleet
+	$(BIN)/pytest tests/e2e -q
+
+test: install controlplane simdeps lint ## everything: lint, types, layers, unit, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane ## local control plane + CRD + samples, `kubectl get md`, then stop

@@ -1,0 +1,54 @@
+"""One simulated fleet per test session, on the shared control plane, driven by the real operator.
+
+Time runs 50x: a 70B replica's ~5 simulated minutes of image pull and weight
+loading take ~7 real seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetsim.background import BackgroundSimulation
+from fleetsim.scenario import parse_scenario
+from fleetsim.sim import Simulation
+from tests.conftest import ROOT, Cluster, OperatorProcess
+
+HERE = Path(__file__).resolve().parent
+NAMESPACE = "fleetsim-e2e"
+MODEL = "llama-3-70b-west"
+
+
+@pytest.fixture(scope="session")
+def sim(
+    operator: OperatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundSimulation]:
+    cluster: Cluster = operator.cluster
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    scenario = parse_scenario(
+        {
+            "name": "e2e",
+            "timeScale": 50,
+            "duration": 60,
+            "fleet": str(HERE / "fleet-us-west-2.yaml"),
+            "namespace": NAMESPACE,
+            "apply": [str(HERE / "llama-3-70b-west.yaml")],
+        },
+        ROOT,
+    )
+    simulation = Simulation(
+        scenario,
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("fleetsim"),
+        kubectl=cluster.kubectl_path,
+        run_operator=False,
+    )
+    background = BackgroundSimulation(simulation)
+    try:
+        background.start()
+        yield background
+    finally:
+        background.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)

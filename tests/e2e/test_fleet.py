@@ -1,0 +1,117 @@
+"""The operator on a simulated A100 fleet: real scheduler, real Prometheus, real HTTP to vLLM pods."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from fleetsim.background import BackgroundSimulation
+from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
+from tests.conftest import wait_until
+from tests.e2e.conftest import MODEL, NAMESPACE
+
+pytestmark = pytest.mark.e2e
+
+MD_LABEL = "gpufleet.io/model-deployment"
+
+
+def _pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:
+    return [p for p in sim.simulation._pods() if p["metadata"]["labels"].get(MD_LABEL) == MODEL]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _node_labels(sim: BackgroundSimulation, name: str) -> dict[str, str]:
+    labels: dict[str, str] = sim.simulation.core.read_node(name).metadata.labels
+    return labels
+
+
+def wait_for_ready_pods(sim: BackgroundSimulation, count: int, timeout: float = 120) -> list[dict[str, Any]]:
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [p for p in _pods(sim) if _ready(p)]
+        return pods if len(pods) == count else None
+
+    return wait_until(ready, timeout=timeout, interval=0.5, what=f"{count} ready pods of {MODEL}")
+
+
+def test_the_sample_becomes_ready_pods_on_simulated_nodes_of_the_right_zones(
+    sim: BackgroundSimulation,
+) -> None:
+    pods = wait_for_ready_pods(sim, 2)
+    for pod in pods:
+        node = _node_labels(sim, pod["spec"]["nodeName"])
+        assert node["fleetsim.gpufleet.io/node"] == "true"
+        assert node["topology.kubernetes.io/zone"] == pod["metadata"]["labels"]["gpufleet.io/zone"]
+        assert node["karpenter.sh/capacity-type"] == pod["metadata"]["labels"]["gpufleet.io/capacity-type"]
+        assert ipaddress.ip_address(pod["status"]["podIP"]).is_loopback
+    assert {p["metadata"]["labels"]["gpufleet.io/zone"] for p in pods} == {"us-west-2a", "us-west-2b"}
+
+    def md_ready() -> bool:
+        status = sim.simulation.custom.get_namespaced_custom_object(
+            "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", MODEL
+        ).get("status", {})
+        return status.get("readyReplicas") == 2
+
+    wait_until(md_ready, timeout=30, what="status.readyReplicas 2")
+
+
+def test_prometheus_returns_vllm_metrics_for_the_model(sim: BackgroundSimulation) -> None:
+    wait_for_ready_pods(sim, 2)
+    prometheus = PrometheusConnect(url=sim.simulation.prometheus.url, disable_ssl=True)
+
+    def series() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = prometheus.custom_query(
+            f'vllm:num_requests_running{{model_name="{MODEL}"}}'
+        )
+        return found if len(found) == 2 else None
+
+    found = wait_until(series, timeout=60, interval=1, what="two vllm:num_requests_running series")
+    assert {s["metric"]["namespace"] for s in found} == {NAMESPACE}
+    gpu = prometheus.custom_query(f'DCGM_FI_DEV_GPU_UTIL{{namespace="{NAMESPACE}"}}')
+    assert len(gpu) == 8  # two replicas x tensor parallel 4, labelled with the pod that holds each GPU
+
+
+def test_the_load_generator_gets_answers_from_the_served_model(sim: BackgroundSimulation) -> None:
+    wait_for_ready_pods(sim, 2)
+    simulation = sim.simulation
+    load = LoadGenerator(
+        lambda: ready_endpoints(simulation.core, NAMESPACE, MODEL),
+        MODEL,
+        parse_trace({"kind": "constant", "rate": 2}),
+        simulation.clock,
+        prompt_tokens=256,
+        max_tokens=32,
+    )
+    report = sim.call(load.run(30), timeout=120)
+    assert report.sent > 20
+    assert report.ok == report.sent
+    assert dict(report.errors) == {}
+    assert report.models == (MODEL,)
+    assert report.tokens == 32 * report.ok
+
+
+def test_a_lost_node_loses_its_pods_and_the_replacement_lands_elsewhere(sim: BackgroundSimulation) -> None:
+    pods = wait_for_ready_pods(sim, 2)
+    victim = next(p for p in pods if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot")
+    lost = victim["spec"]["nodeName"]
+    sim.call(sim.simulation.lose_node(lost, "deleted by the e2e test"))
+
+    def replaced() -> list[dict[str, Any]] | None:
+        current = [p for p in _pods(sim) if _ready(p)]
+        names = {p["metadata"]["name"] for p in current}
+        if len(current) == 2 and victim["metadata"]["name"] not in names:
+            return current
+        return None
+
+    # The spot pool's only node is gone: the provisioner launches another (80 simulated s), then
+    # the replacement pulls the image and loads the weights.
+    current = wait_until(replaced, timeout=120, interval=0.5, what="a ready replacement pod")
+    replacement = next(p for p in current if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot")
+    assert replacement["spec"]["nodeName"] != lost
+    assert _node_labels(sim, replacement["spec"]["nodeName"])["topology.kubernetes.io/zone"] == "us-west-2b"

@@ -73,15 +73,22 @@ class AddressBook:
             "pod": int(ipaddress.IPv4Address("127.2.255.254")),
         }
 
+        self._reserved: set[str] = set()
+
+    def reserve(self, addresses: Sequence[str]) -> None:
+        """Never hand out these (held by objects this simulator did not create)."""
+        self._reserved.update(addresses)
+
     def take(self, kind: str) -> str:
         free = self._free.setdefault(kind, [])
         if free:
             return str(free.pop(0))
-        if self._next[kind] > self._limit[kind]:
-            raise RuntimeError(f"no loopback {kind} address left")
-        address = ipaddress.IPv4Address(self._next[kind])
-        self._next[kind] += 1
-        return str(address)
+        while self._next[kind] <= self._limit[kind]:
+            address = str(ipaddress.IPv4Address(self._next[kind]))
+            self._next[kind] += 1
+            if address not in self._reserved:
+                return address
+        raise RuntimeError(f"no loopback {kind} address left")
 
     def give_back(self, kind: str, address: str) -> None:
         self._free.setdefault(kind, []).append(ipaddress.IPv4Address(address))
@@ -157,6 +164,15 @@ class SimKubelet:
         self.nodes: dict[str, SimNode] = {}
         self.pods: dict[str, SimPod] = {}
         self._tasks: list[asyncio.Task[None]] = []
+
+    def reserve_addresses_in_use(self) -> None:
+        """Skip loopback addresses that pods and nodes already in the cluster hold (a reused control
+        plane may keep an earlier run's objects), so no two scrape targets share an address."""
+        pods = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)["items"]
+        nodes = json.loads(self.core.list_node(_preload_content=False).data)["items"]
+        taken = [p.get("status", {}).get("podIP", "") for p in pods]
+        taken += [a["address"] for n in nodes for a in n.get("status", {}).get("addresses", [])]
+        self.addresses.reserve([a for a in taken if a.startswith("127.")])
 
     # ---- nodes -------------------------------------------------------------------------------
 
@@ -447,8 +463,7 @@ class SimKubelet:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pod in list(self.pods.values()):
-            await self._forget(pod, delete=False)
-        for node in list(self.nodes.values()):
-            if node.exporter is not None:
-                await node.exporter.stop()
+        # The simulated instances end with the simulation: their Nodes leave the cluster too
+        # (and the pod garbage collector removes what was bound to them).
+        for name in list(self.nodes):
+            await self.remove_node(name)

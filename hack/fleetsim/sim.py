@@ -325,6 +325,7 @@ class Simulation:
         await asyncio.to_thread(self.moto.start)
         self.cloud = CloudEvents(self.moto.endpoint_url, self.fleet.region)
         await asyncio.to_thread(self.cloud.create_queue)
+        await asyncio.to_thread(self.kubelet.reserve_addresses_in_use)
         self.kubelet.start()
         for pool in self.fleet.pools:
             for _ in range(pool.count):

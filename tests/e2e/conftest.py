@@ -6,6 +6,7 @@ loading take ~7 real seconds.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from fleetsim.sim import Simulation
 from tests.conftest import ROOT, Cluster, OperatorProcess
 
 HERE = Path(__file__).resolve().parent
-NAMESPACE = "fleetsim-e2e"
+# Unique per session: a reused control plane may still be deleting an earlier run's namespace.
+NAMESPACE = f"fleetsim-e2e-{uuid.uuid4().hex[:6]}"
 MODEL = "llama-3-70b-west"
 
 

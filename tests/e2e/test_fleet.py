@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 from typing import Any
 
 import pytest
 from prometheus_api_client import PrometheusConnect
 
 from fleetsim.background import BackgroundSimulation
+from fleetsim.cloud import client
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from tests.conftest import wait_until
 from tests.e2e.conftest import MODEL, NAMESPACE
@@ -115,3 +118,41 @@ def test_a_lost_node_loses_its_pods_and_the_replacement_lands_elsewhere(sim: Bac
     replacement = next(p for p in current if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot")
     assert replacement["spec"]["nodeName"] != lost
     assert _node_labels(sim, replacement["spec"]["nodeName"])["topology.kubernetes.io/zone"] == "us-west-2b"
+
+
+def test_a_spot_interruption_reaches_sqs_and_the_node_goes_after_the_notice(
+    sim: BackgroundSimulation,
+) -> None:
+    simulation = sim.simulation
+    cloud = simulation.cloud
+    assert cloud is not None
+    record = simulation.nodes["west-2c-od-1"]  # hosts none of the model's pods (zones 2a and 2b)
+    sqs = client("sqs", simulation.moto.endpoint_url, "us-west-2")
+    # Drain earlier events (the node-loss test terminated an instance) so only this story is read.
+    while sqs.receive_message(QueueUrl=cloud.queue_url, MaxNumberOfMessages=10).get("Messages"):
+        pass
+    task = asyncio.run_coroutine_threadsafe(simulation.interrupt(record.name, None), sim.loop)
+
+    def warning() -> dict[str, Any] | None:
+        for message in sqs.receive_message(QueueUrl=cloud.queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            event = json.loads(message["Body"])
+            if event["detail-type"] == "EC2 Spot Instance Interruption Warning":
+                return dict(event)
+        return None
+
+    event = wait_until(warning, timeout=30, interval=0.2, what="the interruption warning on SQS")
+    assert event["source"] == "aws.ec2"
+    assert event["detail"] == {"instance-id": record.instance_id, "instance-action": "terminate"}
+    assert record.name in simulation.nodes  # two minutes of notice (2.4 s real at 50x) still running
+    task.result(timeout=60)
+    assert record.name not in simulation.nodes
+    state = cloud.describe_instance(record.instance_id)["State"]["Name"]
+    assert state in ("shutting-down", "terminated")
+
+    def node_deleted() -> bool:
+        names = [n.metadata.name for n in simulation.core.list_node().items]
+        return record.name not in names
+
+    wait_until(node_deleted, timeout=30, what="the Node object deleted")

@@ -46,7 +46,7 @@ e2e: install controlplane simdeps ## the operator on the simulated fleet
 test: install controlplane simdeps lint ## everything: lint, types, layers, unit, integration, e2e
 	$(BIN)/pytest tests
 
-demo: install controlplane ## local control plane + CRD + samples, `kubectl get md`, then stop
+demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary
 	bash hack/demo.sh
 
 cluster-up: controlplane ## start a control plane for manual use (prints the kubeconfig)

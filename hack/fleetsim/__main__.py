@@ -33,6 +33,7 @@ def live_view(snapshot: Snapshot, title: str) -> Group:
     signals = Table(show_header=False)
     signals.add_row("queue depth (vllm:num_requests_waiting)", _fmt(snapshot.queue_depth))
     signals.add_row("running (vllm:num_requests_running)", _fmt(snapshot.running))
+    signals.add_row("answered requests per second", f"{snapshot.ok_per_second:.1f}")
     signals.add_row("requests sent / ok / errors", f"{snapshot.sent} / {snapshot.ok} / {snapshot.errors}")
     signals.add_row("nodes", ", ".join(f"{k}: {v}" for k, v in sorted(snapshot.nodes.items())) or "-")
     events = Table(title="events", show_header=False)

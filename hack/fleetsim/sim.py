@@ -60,6 +60,7 @@ class Snapshot:
     sent: int = 0
     ok: int = 0
     errors: int = 0
+    ok_per_second: float = 0.0
     events: list[str] = field(default_factory=list)
 
 
@@ -251,6 +252,7 @@ class Simulation:
             )
             if self.loadgen is not None:
                 report = self.loadgen.report()
+                self.snapshot.ok_per_second = (report.ok - self.snapshot.ok) / interval
                 self.snapshot.sent, self.snapshot.ok = report.sent, report.ok
                 self.snapshot.errors = sum(report.errors.values())
             if self.on_tick is not None:

@@ -8,21 +8,20 @@ Tests wait on conditions with deadlines (`wait_until`), never on fixed sleeps.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from kubernetes import client, config
+
+from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane, free_port
+from fleetsim.local import OperatorProcess as LocalOperator
+
+__all__ = ["ROOT", "Cluster", "OperatorProcess", "wait_until"]
 
 T = TypeVar("T")
 
@@ -45,67 +44,18 @@ def wait_until(
         time.sleep(interval)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
-# The first run on a fresh machine builds the control plane from source.
-CLUSTER_UP_TIMEOUT = 60 * 60
-
-
-@dataclass(frozen=True)
-class Cluster:
-    kubeconfig: Path
-    kubectl_path: str
-
-    def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def get_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-
-
-def _kubectl_for(kubeconfig: Path) -> str:
-    bin_file = kubeconfig.parent / "bin"
-    if bin_file.exists():
-        return str(Path(bin_file.read_text().strip()) / "kubectl")
-    return "kubectl"
+# The tests' Cluster is the shared local stack's ControlPlane (fleetsim.local).
+Cluster = ControlPlane
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     reuse = os.environ.get("GPUFLEET_KUBECONFIG")
-    if reuse:
-        kubeconfig = Path(reuse)
-        yield Cluster(kubeconfig, _kubectl_for(kubeconfig))
-        return
-    state = tmp_path_factory.mktemp("cluster")
     try:
-        up = subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "up", str(state)],
-            capture_output=True,
-            text=True,
-            timeout=CLUSTER_UP_TIMEOUT,
-            check=False,
-        )
-        if up.returncode != 0:
-            pytest.fail(f"hack/cluster.sh up failed:\n{up.stderr[-4000:]}", pytrace=False)
-        kubeconfig = Path(up.stdout.strip().splitlines()[-1])
-        yield Cluster(kubeconfig, _kubectl_for(kubeconfig))
-    finally:
-        subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "down", str(state)], capture_output=True, timeout=120, check=False
-        )
+        with control_plane(Path(reuse) if reuse else None, tmp_path_factory.mktemp("cluster")) as plane:
+            yield plane
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture
@@ -117,16 +67,10 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Cluster:
     """The generated CRD, installed and Established."""
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"))
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
 
     def established() -> bool:
         conditions = cluster.get_json("crd", "modeldeployments.gpufleet.io")["status"].get("conditions", [])
@@ -141,75 +85,32 @@ def api(cluster: Cluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-class OperatorProcess:
-    """`python -m gpufleet run` against the test control plane, with the webhook on loopback."""
+class OperatorProcess(LocalOperator):
+    """The operator against the test control plane, with its webhook on loopback and short timers."""
 
     def __init__(self, cluster: Cluster, workdir: Path) -> None:
+        super().__init__(
+            cluster.kubeconfig,
+            workdir,
+            {
+                "GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS": "5",
+                "GPUFLEET_WEBHOOK_ENABLED": "true",
+                "GPUFLEET_WEBHOOK_PORT": str(free_port()),
+                "GPUFLEET_WEBHOOK_HOST": "127.0.0.1",
+                "GPUFLEET_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
+                "GPUFLEET_WEBHOOK_CERT_DIR": str(workdir / "webhook-certs"),
+            },
+        )
         self.cluster = cluster
-        self.workdir = workdir
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "GPUFLEET_HEALTH_PORT": str(self.health_port),
-            "GPUFLEET_METRICS_PORT": str(self.metrics_port),
-            "GPUFLEET_RESYNC_SECONDS": "10",
-            "GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS": "5",
-            "GPUFLEET_WEBHOOK_ENABLED": "true",
-            "GPUFLEET_WEBHOOK_PORT": str(_free_port()),
-            "GPUFLEET_WEBHOOK_HOST": "127.0.0.1",
-            "GPUFLEET_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
-            "GPUFLEET_WEBHOOK_CERT_DIR": str(workdir / "webhook-certs"),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
-    @property
-    def log(self) -> Path:
-        return self.workdir / f"operator-{self.starts}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gpufleet", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-        def healthy() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise AssertionError(f"the operator exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_until(healthy, timeout=60, what="operator liveness endpoint")
+    def start(self, timeout: float = 60.0) -> None:
+        super().start(timeout)
 
         def webhook_registered() -> bool:
             result = self.cluster.kubectl("get", "validatingwebhookconfiguration", "gpufleet.io", check=False)
             return result.returncode == 0
 
         wait_until(webhook_registered, timeout=30, what="ValidatingWebhookConfiguration gpufleet.io")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self, kill: bool = False) -> None:
-        self.stop(kill=kill)
-        self.start()
 
 
 @pytest.fixture(scope="session")

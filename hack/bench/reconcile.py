@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,12 +33,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane
+from fleetsim.local import OperatorProcess as LocalOperator
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
-ROOT = Path(__file__).resolve().parents[2]
-CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
-CRD_FILE = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
 SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
@@ -51,8 +47,6 @@ DEPLOYMENTS_PER_MD = 2
 POLL_SECONDS = 0.5
 CONVERGE_TIMEOUT = 15 * 60
 PROGRESS_EVERY = 10.0
-# The first run on a fresh machine builds the control plane from source (~25 min on 2 cores).
-CLUSTER_UP_TIMEOUT = 60 * 60
 NAMESPACE_GONE_TIMEOUT = 180
 OPERATOR_READY_TIMEOUT = 60
 REFERENCE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -73,71 +67,6 @@ class BenchError(Exception):
 def log(message: str) -> None:
     # Progress goes to stderr so stdout holds only the figures.
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- control plane -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControlPlane:
-    kubeconfig: Path
-    kubectl_path: str
-    # The state folder of hack/cluster.sh, when known: it holds the controller-manager's port and token.
-    state: Path | None
-
-    def kubectl(self, *args: str, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result.stdout
-
-
-def cluster_from_kubeconfig(kubeconfig: Path) -> ControlPlane:
-    if not kubeconfig.is_file():
-        raise BenchError(f"no kubeconfig at {kubeconfig}")
-    # hack/cluster.sh keeps the kubeconfig in its state folder next to `bin`, the binaries' folder.
-    state = kubeconfig.parent
-    bin_file = state / "bin"
-    kubectl = str(Path(bin_file.read_text().strip()) / "kubectl") if bin_file.is_file() else "kubectl"
-    return ControlPlane(kubeconfig, kubectl, state if (state / "ports.env").exists() else None)
-
-
-@contextmanager
-def control_plane(kubeconfig: Path | None, workdir: Path) -> Iterator[ControlPlane]:
-    """Reuse the given kubeconfig, or start a control plane in workdir and always stop it."""
-    if kubeconfig is not None:
-        yield cluster_from_kubeconfig(kubeconfig.resolve())
-        return
-    state = workdir / "cluster"
-    try:
-        log(f"starting a control plane in {state}")
-        up = subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "up", str(state)],
-            capture_output=True,
-            text=True,
-            timeout=CLUSTER_UP_TIMEOUT,
-            check=False,
-        )
-        if up.returncode != 0:
-            raise BenchError(f"hack/cluster.sh up failed:\n{up.stderr[-4000:]}")
-        yield cluster_from_kubeconfig(Path(up.stdout.strip().splitlines()[-1]))
-    finally:
-        log("stopping the control plane")
-        subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "down", str(state)], capture_output=True, timeout=120, check=False
-        )
 
 
 def install_crd(cp: ControlPlane, api: client.ApiClient) -> None:
@@ -254,61 +183,28 @@ def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> 
 # --- the operator under test ---------------------------------------------------------------------
 
 
-class Operator:
-    """`python -m gpufleet run` as a subprocess, with its health and metrics on free loopback ports."""
+class Operator(LocalOperator):
+    """The operator with the figures the benchmark reads: /metrics, errors in its log, peak RSS."""
 
-    def __init__(self, kubeconfig: Path, log_file: Path) -> None:
-        self.log_file = log_file
-        self.health_port = free_port()
-        self.metrics_port = free_port()
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "GPUFLEET_HEALTH_PORT": str(self.health_port),
-            "GPUFLEET_METRICS_PORT": str(self.metrics_port),
-            "GPUFLEET_WEBHOOK_ENABLED": "false",
-            # A resync during the run would add reconciles that no event asked for.
-            "GPUFLEET_RESYNC_SECONDS": "600",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
+    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
+        # A resync during the run would add reconciles that no event asked for.
+        super().__init__(
+            kubeconfig, workdir, {"GPUFLEET_WEBHOOK_ENABLED": "false", "GPUFLEET_RESYNC_SECONDS": "600"}
+        )
 
-    def start(self) -> None:
-        with self.log_file.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gpufleet", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + OPERATOR_READY_TIMEOUT
-        while not self._healthy():
-            if time.monotonic() > deadline:
-                raise BenchError(f"the operator was not healthy within {OPERATOR_READY_TIMEOUT}s")
-            time.sleep(0.2)
-
-    def _healthy(self) -> bool:
-        self.check_alive()
+    def start(self, timeout: float = OPERATOR_READY_TIMEOUT) -> None:
         try:
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+            super().start(timeout)
+        except RuntimeError as error:
+            raise BenchError(str(error)) from error
 
     def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if not self.alive():
             code = None if self.process is None else self.process.returncode
             raise BenchError(f"the operator exited (code {code}); last lines of its log:\n{self.log_tail()}")
 
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
     def error_lines(self) -> int:
-        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return sum(1 for line in text.splitlines() if "ERROR" in line or line.startswith("Traceback"))
 
     def metrics(self) -> Samples:
@@ -330,18 +226,6 @@ class Operator:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
         return None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
 
 
 # --- objects and namespaces ----------------------------------------------------------------------
@@ -540,7 +424,7 @@ def bench_ours(
 ) -> OursResult:
     template = yaml.safe_load(SAMPLE.read_text())
     custom = client.CustomObjectsApi(api)
-    operator = Operator(cp.kubeconfig, workdir / f"operator-n{n}.log")
+    operator = Operator(cp.kubeconfig, workdir / f"operator-n{n}")
     with namespaces.fresh(f"bench-md-{n}") as namespace:
         try:
             operator.start()
@@ -572,7 +456,7 @@ def bench_ours(
                 p99=histogram_quantile(0.99, before, after, "gpufleet_reconcile_duration_seconds"),
                 peak_rss_mib=operator.peak_rss_mib(),
                 error_lines=operator.error_lines(),
-                log_file=operator.log_file,
+                log_file=operator.log,
             )
         finally:
             # Stopped before its namespace goes, so the deletion is not part of what it does.
@@ -673,7 +557,8 @@ def run(counts: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
     workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     log(f"work folder (operator logs): {workdir}")
     results: list[Figures] = []
-    with control_plane(kubeconfig, workdir) as cp:
+    log("starting a control plane" if kubeconfig is None else f"reusing {kubeconfig}")
+    with control_plane(kubeconfig, workdir / "cluster") as cp:
         api = api_client(cp.kubeconfig)
         install_crd(cp, api)
         namespaces = Namespaces(api)
@@ -704,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiException as error:
         print(f"benchmark failed: API request: {error.status} {error.reason}: {error.body}", file=sys.stderr)
         return 1
-    except (BenchError, OSError, subprocess.SubprocessError) as error:
+    except (BenchError, RuntimeError, OSError, subprocess.SubprocessError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     print("Published figures of other systems, for context only (not measured here):")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,10 +17,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from fleetsim.scenario import load_scenario
-from fleetsim.sim import ROOT, Simulation, Snapshot, Summary
-
-CLUSTER = ROOT / "hack" / "cluster.sh"
+from fleetsim.local import control_plane
+from fleetsim.scenario import Scenario, load_scenario
+from fleetsim.sim import Simulation, Snapshot, Summary
 
 
 def live_view(snapshot: Snapshot, title: str) -> Group:
@@ -72,54 +70,41 @@ def summary_tables(summary: Summary) -> list[Table]:
     return tables
 
 
-def _cluster(workdir: Path) -> tuple[Path, str]:
-    up = subprocess.run(
-        ["bash", str(CLUSTER), "up", str(workdir)], capture_output=True, text=True, check=False
-    )
-    if up.returncode != 0:
-        raise RuntimeError(f"hack/cluster.sh up failed:\n{up.stderr[-3000:]}")
-    kubeconfig = Path(up.stdout.strip().splitlines()[-1])
-    return kubeconfig, str(Path((workdir / "bin").read_text().strip()) / "kubectl")
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     scenario = load_scenario(Path(args.scenario))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fleetsim-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    cluster_dir = workdir / "cluster"
-    own_cluster = args.kubeconfig is None
     try:
-        if own_cluster:
-            kubeconfig, kubectl = _cluster(cluster_dir)
-        else:
-            kubeconfig, kubectl = Path(args.kubeconfig), args.kubectl
-        console.print(f"[bold]{scenario.name}[/]: {scenario.description.strip()}")
-        console.print(f"time scale {scenario.time_scale:g}x; logs in {workdir}")
-        if args.live:
-            with Live(console=console, refresh_per_second=4) as live:
-                simulation = Simulation(
-                    scenario,
-                    kubeconfig,
-                    workdir,
-                    kubectl=kubectl,
-                    on_tick=lambda s: live.update(live_view(s, scenario.name)),
-                )
-                summary = asyncio.run(simulation.run())
-        else:
-            simulation = Simulation(scenario, kubeconfig, workdir, kubectl=kubectl)
-            summary = asyncio.run(simulation.run())
-        for line in summary.events:
-            console.print(line)
-        for table in summary_tables(summary):
-            console.print(table)
-        return 0
+        with control_plane(Path(args.kubeconfig) if args.kubeconfig else None, workdir / "cluster") as plane:
+            return _run(console, scenario, plane.kubeconfig, plane.kubectl_path, workdir, args.live)
     except (RuntimeError, ValueError) as error:
         console.print(f"[red]fleetsim: {error}[/]")
         return 1
-    finally:
-        if own_cluster:
-            subprocess.run(["bash", str(CLUSTER), "down", str(cluster_dir)], capture_output=True, check=False)
+
+
+def _run(
+    console: Console, scenario: Scenario, kubeconfig: Path, kubectl: str, workdir: Path, live: bool
+) -> int:
+    console.print(f"[bold]{scenario.name}[/]: {scenario.description.strip()}")
+    console.print(f"time scale {scenario.time_scale:g}x; logs in {workdir}")
+    if live:
+        with Live(console=console, refresh_per_second=4) as view:
+            simulation = Simulation(
+                scenario,
+                kubeconfig,
+                workdir,
+                kubectl=kubectl,
+                on_tick=lambda s: view.update(live_view(s, scenario.name)),
+            )
+            summary = asyncio.run(simulation.run())
+    else:
+        summary = asyncio.run(Simulation(scenario, kubeconfig, workdir, kubectl=kubectl).run())
+    for line in summary.events:
+        console.print(line)
+    for table in summary_tables(summary):
+        console.print(table)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd = commands.add_parser("run", help="run a scenario file")
     run_cmd.add_argument("scenario", help="scenario YAML (see hack/scenarios/)")
     run_cmd.add_argument("--kubeconfig", help="use this control plane instead of starting one")
-    run_cmd.add_argument("--kubectl", default="kubectl", help="kubectl binary when --kubeconfig is given")
     run_cmd.add_argument("--workdir", help="where logs and state go (default: a new temp folder)")
     run_cmd.add_argument("--live", action="store_true", help="show a live terminal view")
     args = parser.parse_args(argv)

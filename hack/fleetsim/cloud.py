@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import boto3
 from botocore.config import Config
 
 from fleetsim.clock import SimClock
+from fleetsim.local import free_port
 from fleetsim.pools import Pool
 
 # moto's default account id (also the one AWS documentation examples use).
@@ -74,13 +74,6 @@ def require_loopback(endpoint_url: str) -> str:
             "is allowed (never real AWS)"
         )
     return endpoint_url
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def client(service: str, endpoint_url: str, region: str) -> Any:

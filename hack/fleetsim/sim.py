@@ -26,7 +26,7 @@ from fleetsim.clock import SimClock
 from fleetsim.cloud import CloudEvents, MotoServer
 from fleetsim.kubelet import SimKubelet
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
-from fleetsim.operator_process import OperatorProcess, free_port
+from fleetsim.local import CRD_FILE, OperatorProcess, free_port
 from fleetsim.pools import Fleet, Pool, load_fleet, node_manifest
 from fleetsim.prometheus import PrometheusServer, TargetWriter
 from fleetsim.provisioner import Provisioner
@@ -34,8 +34,6 @@ from fleetsim.scenario import Event, Scenario
 
 log = logging.getLogger("fleetsim")
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
 MD_LABEL = "gpufleet.io/model-deployment"
 
 
@@ -335,7 +333,7 @@ class Simulation:
         await asyncio.to_thread(self.targets.write)
         await asyncio.to_thread(self.prometheus.start)
         self._background.append(loop.create_task(self._targets()))
-        await asyncio.to_thread(self._kubectl, "apply", "--server-side", "-f", str(CRD))
+        await asyncio.to_thread(self._kubectl, "apply", "--server-side", "-f", str(CRD_FILE))
         await asyncio.to_thread(
             self._kubectl,
             "wait",

@@ -20,6 +20,8 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from gpufleet.api.catalog import MIG_PROFILES
+
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX: Final = "nvidia.com/mig-"
 GPU_TAINT: Final[dict[str, str]] = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -51,24 +53,10 @@ SPOT_PRICE_FRACTION: Final = 0.43
 MAX_PODS: Final = 110
 _EVICTION_HARD_MIB: Final = 100
 
-# MIG profiles and instances per GPU (REFERENCE.md for A100 80GB; NVIDIA's MIG user guide lists
-# the same set for H100 80GB and the halved set for A100 40GB).
-_MIG_80GB: Final[Mapping[str, int]] = {
-    "1g.10gb": 7,
-    "1g.20gb": 4,
-    "2g.20gb": 3,
-    "3g.40gb": 2,
-    "4g.40gb": 1,
-    "7g.80gb": 1,
-}
-_MIG_40GB: Final[Mapping[str, int]] = {
-    "1g.5gb": 7,
-    "1g.10gb": 4,
-    "2g.10gb": 3,
-    "3g.20gb": 2,
-    "4g.20gb": 1,
-    "7g.40gb": 1,
-}
+# MIG profiles and instances per GPU are NVIDIA's facts, kept once in gpufleet's catalog
+# (REFERENCE.md for A100 80GB; NVIDIA's MIG user guide for H100 80GB and A100 40GB).
+_MIG_80GB: Final[Mapping[str, int]] = MIG_PROFILES["NVIDIA-A100-SXM4-80GB"]
+_MIG_40GB: Final[Mapping[str, int]] = MIG_PROFILES["NVIDIA-A100-SXM4-40GB"]
 
 
 @dataclass(frozen=True)

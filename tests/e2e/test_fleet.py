@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from prometheus_api_client import PrometheusConnect
 from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import client
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
+from gpufleet.adapters.metrics import ModelMetrics, PrometheusMetrics
 from tests.conftest import wait_until
 from tests.e2e.conftest import MODEL, NAMESPACE
 
@@ -156,3 +158,20 @@ def test_a_spot_interruption_reaches_sqs_and_the_node_goes_after_the_notice(
         return record.name not in names
 
     wait_until(node_deleted, timeout=30, what="the Node object deleted")
+
+
+def test_the_operator_metrics_adapter_reads_the_model_from_real_prometheus(sim: BackgroundSimulation) -> None:
+    pods = wait_for_ready_pods(sim, 2)
+    reader = PrometheusMetrics(sim.simulation.prometheus.url)
+    names = [p["metadata"]["name"] for p in pods]
+
+    def complete() -> ModelMetrics | None:
+        found = reader.read(NAMESPACE, MODEL, names, mig=False, now=datetime.now(UTC))
+        return found if found.gpu_utilization is not None and found.kv_cache_usage is not None else None
+
+    metrics = wait_until(complete, timeout=60, interval=1, what="every signal from Prometheus")
+    assert metrics.error is None
+    assert metrics.waiting is not None
+    assert metrics.running is not None
+    assert 0 <= metrics.kv_cache_usage <= 1
+    assert 0 <= metrics.gpu_utilization <= 1

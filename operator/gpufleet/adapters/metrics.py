@@ -1,0 +1,95 @@
+"""Serving signals of one ModelDeployment from Prometheus (prometheus-api-client).
+
+The queries are templates (string.Template: $namespace, $model, $pods) so
+clusters whose label names differ can change them without code; the
+defaults fit vLLM's own metrics scraped by a kube-prometheus-stack PodMonitor
+(labels namespace, pod, model_name) and the dcgm-exporter chart with its pod
+mapping (labels namespace, pod). GPU utilisation of MIG slices comes from
+DCGM_FI_PROF_GR_ENGINE_ACTIVE: DCGM_FI_DEV_GPU_UTIL is not reported for them
+(REFERENCE.md).
+
+An empty answer is not zero: it means no series, which the planner must
+treat as missing data (hold), never as an idle model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from string import Template
+from typing import Any, Protocol
+
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests import RequestException
+from urllib3.util.retry import Retry
+
+
+@dataclass(frozen=True)
+class MetricQueries:
+    waiting: str = 'sum(vllm:num_requests_waiting{namespace="$namespace",model_name="$model"})'
+    running: str = 'sum(vllm:num_requests_running{namespace="$namespace",model_name="$model"})'
+    kv_cache_usage: str = 'avg(vllm:kv_cache_usage_perc{namespace="$namespace",model_name="$model"})'
+    gpu_utilization: str = 'avg(DCGM_FI_DEV_GPU_UTIL{namespace="$namespace",pod=~"$pods"}) / 100'
+    mig_utilization: str = 'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="$namespace",pod=~"$pods"})'
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    sampled_at: datetime
+    waiting: float | None
+    running: float | None
+    kv_cache_usage: float | None
+    gpu_utilization: float | None
+    error: str | None = None
+
+
+class MetricsReader(Protocol):
+    def read(
+        self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime
+    ) -> ModelMetrics: ...
+
+
+def _pod_regex(pods: Sequence[str]) -> str:
+    # Exact names from the API server: a prefix match could take another model's pods.
+    return "|".join(p.replace(".", "\\\\.") for p in pods) or "^$"
+
+
+class PrometheusMetrics:
+    def __init__(self, url: str, queries: MetricQueries | None = None, timeout_seconds: float = 5.0) -> None:
+        self.url = url
+        self.queries = queries or MetricQueries()
+        self.timeout_seconds = timeout_seconds
+        # One quick retry: an evaluation that cannot read its signals holds, and the next one
+        # comes seconds later; a long retry loop would only delay the hold.
+        self._client = PrometheusConnect(
+            url=url,
+            disable_ssl=True,
+            retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+            timeout=int(max(1, timeout_seconds)),
+        )
+
+    def _scalar(self, template: str, values: dict[str, str]) -> float | None:
+        query = Template(template).substitute(values)
+        result: list[dict[str, Any]] = self._client.custom_query(
+            query, params={"timeout": f"{int(self.timeout_seconds * 1000)}ms"}
+        )
+        if not result:
+            return None
+        return float(result[0]["value"][1])
+
+    def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
+        values = {"namespace": namespace, "model": model, "pods": _pod_regex(pods)}
+        try:
+            gpu_query = self.queries.mig_utilization if mig else self.queries.gpu_utilization
+            return ModelMetrics(
+                sampled_at=now,
+                waiting=self._scalar(self.queries.waiting, values),
+                running=self._scalar(self.queries.running, values),
+                kv_cache_usage=self._scalar(self.queries.kv_cache_usage, values),
+                gpu_utilization=self._scalar(gpu_query, values),
+            )
+        except (PrometheusApiClientException, RequestException, ValueError, KeyError) as error:
+            message = f"Prometheus at {self.url}: {type(error).__name__}: {error}"
+            return ModelMetrics(now, None, None, None, None, error=message[:500])

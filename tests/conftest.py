@@ -89,6 +89,7 @@ class OperatorProcess(LocalOperator):
     """The operator against the test control plane, with its webhook on loopback and short timers."""
 
     def __init__(self, cluster: Cluster, workdir: Path) -> None:
+        prometheus_port = free_port()
         super().__init__(
             cluster.kubeconfig,
             workdir,
@@ -99,9 +100,13 @@ class OperatorProcess(LocalOperator):
                 "GPUFLEET_WEBHOOK_HOST": "127.0.0.1",
                 "GPUFLEET_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
                 "GPUFLEET_WEBHOOK_CERT_DIR": str(workdir / "webhook-certs"),
+                # The e2e simulator's Prometheus will listen here; until it does, autoscaling holds.
+                "GPUFLEET_PROMETHEUS_URL": f"http://127.0.0.1:{prometheus_port}",
+                "GPUFLEET_AUTOSCALE_INTERVAL_SECONDS": "2",
             },
         )
         self.cluster = cluster
+        self.prometheus_port = prometheus_port
 
     def start(self, timeout: float = 60.0) -> None:
         super().start(timeout)

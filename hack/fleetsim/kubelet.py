@@ -345,6 +345,7 @@ class SimKubelet:
                     dtype_bytes=pod.plan.dtype_bytes,
                     gpu_memory_utilization=pod.plan.gpu_memory_utilization,
                     max_model_len=pod.plan.max_model_len,
+                    max_num_seqs=pod.plan.max_num_seqs,
                 )
             except EngineConfigError as error:
                 # vLLM exits at start-up when the model does not fit; the pod crash-loops.

@@ -26,6 +26,7 @@ class PodPlan:
     max_model_len: int | None
     dtype_bytes: float
     gpu_memory_utilization: float
+    max_num_seqs: int | None
     gpu_resource: str  # "nvidia.com/gpu" or "nvidia.com/mig-<profile>"
     gpu_count: int
     lora_names: tuple[str, ...]
@@ -103,6 +104,7 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         max_model_len=int(max_len) if max_len else None,
         dtype_bytes=_dtype_bytes(args),
         gpu_memory_utilization=float(_flag(args, "--gpu-memory-utilization") or 0.9),
+        max_num_seqs=int(seqs) if (seqs := _flag(args, "--max-num-seqs")) else None,
         gpu_resource=gpu_resource,
         gpu_count=gpu_count,
         lora_names=_lora_names(args),

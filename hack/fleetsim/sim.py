@@ -80,6 +80,7 @@ class Simulation:
         kubectl: str = "kubectl",
         on_tick: Callable[[Snapshot], None] | None = None,
         run_operator: bool = True,
+        prometheus_port: int | None = None,
     ) -> None:
         self.scenario = scenario
         self.kubeconfig = kubeconfig
@@ -98,12 +99,17 @@ class Simulation:
         self.accounting = Accounting()
         self.moto = MotoServer(free_port(), log=workdir / "moto.log")
         self.cloud: CloudEvents | None = None
-        self.prometheus = PrometheusServer(workdir / "prometheus", free_port())
+        self.prometheus = PrometheusServer(workdir / "prometheus", prometheus_port or free_port())
         self.targets = TargetWriter(self.core, workdir / "prometheus")
         self.operator = OperatorProcess(
             kubeconfig,
-            workdir / "operator.log",
-            {"GPUFLEET_WEBHOOK_ENABLED": "false", **scenario.operator_env},
+            workdir / "operator",
+            {
+                "GPUFLEET_WEBHOOK_ENABLED": "false",
+                # The autoscaler reads the simulator's Prometheus, as it would the cluster's.
+                "GPUFLEET_PROMETHEUS_URL": self.prometheus.url,
+                **scenario.operator_env,
+            },
         )
         self.loadgen: LoadGenerator | None = None
         self.run_operator = run_operator

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         default=300, ge=0, description="A pod pending this long makes the ModelDeployment Degraded."
     )
     workers: int = Field(default=8, ge=1, description="ModelDeployments reconciled at once.")
+    prometheus_url: str | None = Field(
+        default=None, description="Prometheus the autoscaler reads; unset: autoscaling holds replicas."
+    )
+    autoscale_interval_seconds: float = Field(default=15.0, gt=0, description="How often to evaluate.")
     webhook_enabled: bool = Field(default=False, description="Serve the validating admission webhook.")
     webhook_listen_address: str = "0.0.0.0"
     webhook_port: int = 9443

@@ -46,6 +46,7 @@ def sim(
         tmp_path_factory.mktemp("fleetsim"),
         kubectl=cluster.kubectl_path,
         run_operator=False,
+        prometheus_port=operator.prometheus_port,
     )
     background = BackgroundSimulation(simulation)
     try:

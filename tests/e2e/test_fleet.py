@@ -15,8 +15,8 @@ from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import client
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from gpufleet.adapters.metrics import ModelMetrics, PrometheusMetrics
-from tests.conftest import wait_until
-from tests.e2e.conftest import MODEL, NAMESPACE
+from tests.conftest import OperatorProcess, wait_until
+from tests.e2e.conftest import HERE, MODEL, NAMESPACE
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +120,98 @@ def test_a_lost_node_loses_its_pods_and_the_replacement_lands_elsewhere(sim: Bac
     replacement = next(p for p in current if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot")
     assert replacement["spec"]["nodeName"] != lost
     assert _node_labels(sim, replacement["spec"]["nodeName"])["topology.kubernetes.io/zone"] == "us-west-2b"
+
+
+AUTOSCALED = "llama-3-8b-auto"
+
+
+def _md(sim: BackgroundSimulation, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = sim.simulation.custom.get_namespaced_custom_object(
+        "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", name
+    )
+    return found
+
+
+def _condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in md.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def _ready_pods_of(sim: BackgroundSimulation, name: str) -> int:
+    pods = sim.simulation.core.list_namespaced_pod(NAMESPACE, label_selector=f"{MD_LABEL}={name}").items
+    ready = 0
+    for pod in pods:
+        conditions = pod.status.conditions or []
+        if not pod.metadata.deletion_timestamp and any(
+            c.type == "Ready" and c.status == "True" for c in conditions
+        ):
+            ready += 1
+    return ready
+
+
+def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_down(
+    sim: BackgroundSimulation, operator: OperatorProcess
+) -> None:
+    operator.cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(HERE / "llama-3-8b-autoscaled.yaml"))
+    wait_until(lambda: _ready_pods_of(sim, AUTOSCALED) == 1, timeout=60, what="the first replica ready")
+    simulation = sim.simulation
+    load = LoadGenerator(
+        lambda: ready_endpoints(simulation.core, NAMESPACE, AUTOSCALED),
+        AUTOSCALED,
+        parse_trace({"kind": "constant", "rate": 2}),
+        simulation.clock,
+        prompt_tokens=128,
+        max_tokens=64,
+        max_in_flight=64,
+    )
+    running = asyncio.run_coroutine_threadsafe(load.run(100_000), sim.loop)
+    try:
+        # One sequence per replica at ~85 tokens/s serves ~1.3 requests/s: 2/s queues, and the
+        # queue outgrows capacity (panic), so the autoscaler goes to maxReplicas at once.
+        wait_until(lambda: _md(sim, AUTOSCALED)["spec"]["replicas"] == 3, timeout=60, what="scale up to 3")
+        wait_until(lambda: _ready_pods_of(sim, AUTOSCALED) == 3, timeout=60, what="three ready replicas")
+        scaled = _md(sim, AUTOSCALED)["status"]["autoscaler"]
+        assert scaled["active"] is True
+        assert scaled["lastScaleTime"]
+    finally:
+        running.cancel()
+
+    # Prometheus down: the autoscaler must hold, not read the silence as an idle model.
+    simulation.prometheus.stop()
+    try:
+        inactive = wait_until(
+            lambda: _condition(_md(sim, AUTOSCALED), "ScalingActive").get("status") == "False",
+            timeout=30,
+            what="ScalingActive=False",
+        )
+        assert inactive
+        held_since = datetime.now(UTC)
+        # Longer than scaleDownDelaySeconds (10 s) plus a step: a scale-down would have happened.
+        wait_until(
+            lambda: (
+                (datetime.now(UTC) - held_since).total_seconds() > 20
+                and _md(sim, AUTOSCALED)["spec"]["replicas"] == 3
+            ),
+            timeout=40,
+            what="replicas held while Prometheus is down",
+        )
+        assert _condition(_md(sim, AUTOSCALED), "ScalingActive")["reason"] == "MetricsMissing"
+    finally:
+        simulation.prometheus.start()
+
+    # Metrics back, load gone: one replica at a time, back to minReplicas.
+    wait_until(lambda: _md(sim, AUTOSCALED)["spec"]["replicas"] == 1, timeout=150, what="scale down to 1")
+    assert _condition(_md(sim, AUTOSCALED), "ScalingActive")["status"] == "True"
+    reasons = operator.cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        f"involvedObject.name={AUTOSCALED}",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout.split()
+    assert reasons.count("Autoscaled") >= 3  # 1 -> 3, 3 -> 2, 2 -> 1
 
 
 def test_a_spot_interruption_reaches_sqs_and_the_node_goes_after_the_notice(

@@ -24,7 +24,9 @@ MD = "gpufleet.io/model-deployment"
 
 
 def load(path: Path, **spec: Any) -> dict[str, Any]:
+    """A sample with changes; autoscaling off, since these tests set replicas themselves."""
     doc = yaml.safe_load(path.read_text())
+    doc["spec"].setdefault("autoscaling", {})["enabled"] = False
     doc["spec"].update(spec)
     return doc
 

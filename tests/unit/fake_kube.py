@@ -13,6 +13,7 @@ class FakeKube:
         self.applies: list[str] = []
         self.deletes: list[str] = []
         self.status_patches = 0
+        self.scales: list[tuple[str, int]] = []
         self.events: list[tuple[str, str, str]] = []
         self._version = 0
 
@@ -61,6 +62,9 @@ class FakeKube:
     ) -> None:
         self.status_patches += 1
         self.last_status = copy.deepcopy(status)
+
+    def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
+        self.scales.append((name, replicas))
 
     def create_event(
         self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime

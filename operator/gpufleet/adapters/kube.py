@@ -53,6 +53,8 @@ class KubeApi(Protocol):
         self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
     ) -> None: ...
 
+    def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None: ...
+
 
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     try:
@@ -155,6 +157,15 @@ class RestKubeApi:
             "PATCH",
             _path(api_version, kind, namespace, name) + "/status",
             body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
+        """Write spec.replicas through the scale subresource, as kubectl scale and an HPA do."""
+        self._call(
+            "PATCH",
+            _path(api_version, kind, namespace, name) + "/scale",
+            body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
 

@@ -361,6 +361,55 @@ class Condition(_Model):
     ] = None
 
 
+class AutoscalerMetrics(_Model):
+    """The signals of the last evaluation (absent: Prometheus had no value)."""
+
+    waiting: Annotated[
+        float | None, Field(description="Requests waiting (sum of vllm:num_requests_waiting).")
+    ] = None
+    running: Annotated[
+        float | None, Field(description="Requests running (sum of vllm:num_requests_running).")
+    ] = None
+    kv_cache_usage: Annotated[
+        float | None,
+        Field(alias="kvCacheUsage", description="Mean KV-cache usage of ready replicas (0-1)."),
+    ] = None
+    gpu_utilization: Annotated[
+        float | None,
+        Field(alias="gpuUtilization", description="Mean GPU utilisation of the model's GPUs (0-1)."),
+    ] = None
+    ready_replicas: Annotated[int, Field(description="Ready replicas when sampled.", ge=0)] = 0
+    starting_replicas: Annotated[int, Field(description="Replicas starting when sampled.", ge=0)] = 0
+
+
+class AutoscalerStatus(_Model):
+    """What the autoscaler saw and decided last, like an HPA's status."""
+
+    active: Annotated[
+        bool, Field(description="False while holding replicas because metrics are missing.")
+    ] = True
+    reason: Annotated[str, Field(description="Why the last decision is what it is (CamelCase).")] = ""
+    message: Annotated[str, Field(description="The numbers behind the last decision.")] = ""
+    limited: Annotated[
+        bool, Field(description="minReplicas, maxReplicas or a schedule stopped the decision.")
+    ] = False
+    desired_replicas: Annotated[int, Field(description="Replicas the autoscaler asked for last.", ge=0)] = 0
+    last_evaluation_time: Annotated[datetime | None, Field(description="When it last evaluated.")] = None
+    last_scale_time: Annotated[datetime | None, Field(description="When it last changed spec.replicas.")] = (
+        None
+    )
+    metrics: Annotated[AutoscalerMetrics, Field(description="Signals of the last evaluation.")] = (
+        AutoscalerMetrics()
+    )
+    state: Annotated[
+        dict[str, Any],
+        Field(
+            description="Recommendation history and timers the autoscaler keeps across operator restarts.",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ] = {}
+
+
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -378,10 +427,13 @@ class ModelDeploymentStatus(_Model):
     placement: Annotated[
         list[PlacementStatus], Field(description="Replicas per zone and capacity type.")
     ] = []
+    autoscaler: Annotated[
+        AutoscalerStatus | None, Field(description="The autoscaler's last evaluation (autoscaling.enabled).")
+    ] = None
     conditions: Annotated[
         list[Condition],
         Field(
-            description="Ready, Progressing, Degraded, Valid and others.",
+            description="Ready, Progressing, Degraded, Valid, ScalingActive, ScalingLimited.",
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),
     ] = []

@@ -14,6 +14,9 @@ KUBE_REQUESTS = Counter("gpufleet_kube_requests_total", "Kubernetes API requests
 WRITES = Counter(
     "gpufleet_object_writes_total", "Objects applied or deleted, by kind and action.", ["kind", "action"]
 )
+SCALE_DECISIONS = Counter(
+    "gpufleet_autoscaler_decisions_total", "Autoscaler evaluations, by the decision's reason.", ["reason"]
+)
 MANAGED = Gauge("gpufleet_model_deployments", "ModelDeployments the operator knows.")
 QUEUE_DEPTH = Gauge("gpufleet_work_queue_depth", "ModelDeployments waiting for a reconcile.")
 

@@ -7,6 +7,7 @@ reconcile sequence is in gpufleet.handlers.reconcile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +16,11 @@ import kopf
 
 from gpufleet.adapters.certs import ensure_self_signed
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
+from gpufleet.adapters.metrics import PrometheusMetrics
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.handlers import metrics
+from gpufleet.handlers.autoscale import Autoscaler
 from gpufleet.handlers.queue import Key, WorkQueue
 from gpufleet.handlers.reconcile import Outcome, Reconciler, version_of
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
@@ -88,6 +91,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue = WorkQueue(work, config.workers, config.resync_seconds)
     queue.start()
+    reader = PrometheusMetrics(config.prometheus_url) if config.prometheus_url else None
+    autoscaler = Autoscaler(kube, reader, clock=_utcnow)
+    memo.autoscale_task = asyncio.get_running_loop().create_task(
+        _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)
+    )
     metrics.serve(config.metrics_port)
     memo.queue = queue
     memo.reconciler = reconciler
@@ -95,8 +103,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("gpufleet started: %d workers, resync every %.0fs", config.workers, config.resync_seconds)
 
 
+async def _autoscale_loop(queue: WorkQueue, autoscaler: Autoscaler, interval: float) -> None:
+    """Evaluate every known ModelDeployment with autoscaling on, every `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        for key, body in list(queue.bodies.items()):
+            try:
+                decision = await asyncio.to_thread(autoscaler.evaluate, body)
+            except Exception:
+                log.exception("autoscaling %s/%s failed; replicas left as they are", *key)
+                continue
+            if decision is not None:
+                metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "autoscale_task", None)
+    if task is not None:
+        task.cancel()
     queue: WorkQueue | None = getattr(memo, "queue", None)
     if queue is not None:
         await queue.stop()

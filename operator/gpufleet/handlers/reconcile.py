@@ -91,6 +91,10 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _autoscaling(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("spec") or {}).get("autoscaling", {}).get("enabled"))
+
+
 def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
     meta, status = pod.get("metadata", {}), pod.get("status", {})
     labels = meta.get("labels", {})
@@ -228,6 +232,7 @@ class Reconciler:
             previous_conditions=previous.get("conditions", []),
             unschedulable_after=self.unschedulable_after,
             previous_status=previous,
+            autoscaler=previous.get("autoscaler") if decision is not None and _autoscaling(body) else None,
         )
         self._write_status(body, inp, outcome)
 
@@ -303,7 +308,8 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         status = compute_status(inp, self.clock())
-        current = body.get("status") or {}
+        # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone.
+        current = {k: v for k, v in (body.get("status") or {}).items() if k != "autoscaler"}
         if status == current or status == self.cache.statuses.get(key):
             return
         self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], status)

@@ -20,6 +20,7 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 VALID = "Valid"
 SCALING_LIMITED = "ScalingLimited"
+SCALING_ACTIVE = "ScalingActive"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class StatusInput:
     previous_conditions: Sequence[Mapping[str, Any]] = ()
     unschedulable_after: timedelta = timedelta(minutes=5)
     previous_status: Mapping[str, Any] = field(default_factory=dict)
+    # status.autoscaler as the autoscaler last wrote it; None when autoscaling is off.
+    autoscaler: Mapping[str, Any] | None = None
 
 
 def _condition(
@@ -159,7 +162,17 @@ def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
     else:
         conditions.append(cond(VALID, True, "Valid", "spec is valid"))
         desired = inp.desired.desired
-        conditions.append(cond(SCALING_LIMITED, inp.desired.clamped, inp.desired.reason, inp.desired.message))
+        auto = inp.autoscaler
+        if not inp.desired.clamped and auto is not None and auto.get("limited"):
+            conditions.append(cond(SCALING_LIMITED, True, str(auto.get("reason")), str(auto.get("message"))))
+        else:
+            conditions.append(
+                cond(SCALING_LIMITED, inp.desired.clamped, inp.desired.reason, inp.desired.message)
+            )
+        if auto is not None:
+            active = bool(auto.get("active"))
+            reason = "ValidMetrics" if active else str(auto.get("reason") or "MetricsMissing")
+            conditions.append(cond(SCALING_ACTIVE, active, reason, str(auto.get("message", ""))))
 
     if desired == 0:
         reason = "ScaledToZero" if not live else "ScalingToZero"

@@ -1,0 +1,130 @@
+"""One autoscaler evaluation of one ModelDeployment: observe → decide (planning.scaling) → scale → status.
+
+It writes spec.replicas through the scale subresource, as kubectl scale and
+an HPA do, so the reconciler turns it into Deployments like any other
+change. Its state lives in status.autoscaler, so a restarted operator carries
+on with the same recommendation history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet.adapters.kube import KubeApi
+from gpufleet.adapters.metrics import MetricsReader, ModelMetrics
+from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeploymentSpec
+from gpufleet.planning.scaling import Decision, ScalingPolicy, ScalingState, Signals, decide
+from gpufleet.planning.workloads import selector_string
+
+log = logging.getLogger("gpufleet.autoscale")
+
+NO_PROMETHEUS = "no Prometheus configured (set GPUFLEET_PROMETHEUS_URL); holding replicas"
+
+
+def policy_for(spec: ModelDeploymentSpec) -> ScalingPolicy:
+    auto = spec.autoscaling
+    return ScalingPolicy(
+        min_replicas=spec.min_replicas,
+        # Validation requires maxReplicas with autoscaling; without it nothing may grow.
+        max_replicas=spec.max_replicas if spec.max_replicas is not None else spec.replicas,
+        target_queue_depth=auto.target_queue_depth,
+        target_kv_cache_usage=auto.target_kv_cache_usage,
+        target_gpu_utilization=auto.target_gpu_utilization,
+        scale_down_delay_seconds=auto.scale_down_delay_seconds,
+        scale_to_zero_after_seconds=auto.scale_to_zero_after_seconds,
+    )
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+class Autoscaler:
+    def __init__(self, kube: KubeApi, metrics: MetricsReader | None, clock: Callable[[], datetime]) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.clock = clock
+
+    def evaluate(self, body: Mapping[str, Any]) -> Decision | None:
+        """Evaluate once; None when autoscaling is off or the spec is not usable."""
+        meta = body["metadata"]
+        try:
+            spec = ModelDeploymentSpec.model_validate(body["spec"])
+        except ValidationError:
+            return None  # the reconciler reports Valid=False; never scale on a spec we cannot read
+        if not spec.autoscaling.enabled:
+            return None
+        namespace, name = meta["namespace"], meta["name"]
+        now = self.clock()
+        pods = [
+            p
+            for p in self.kube.list("v1", "Pod", namespace, selector_string(name))
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        ready = [p for p in pods if _ready(p)]
+        if self.metrics is None:
+            observed = ModelMetrics(now, None, None, None, None, error=NO_PROMETHEUS)
+        else:
+            observed = self.metrics.read(
+                namespace,
+                spec.model.served_name or name,
+                [p["metadata"]["name"] for p in ready],
+                mig=spec.accelerator.mig_profile is not None,
+                now=now,
+            )
+        signals = Signals(
+            sampled_at=observed.sampled_at,
+            waiting=observed.waiting,
+            running=observed.running,
+            kv_cache_usage=observed.kv_cache_usage,
+            gpu_utilization=observed.gpu_utilization,
+            ready_replicas=len(ready),
+            starting_replicas=len(pods) - len(ready),
+            error=observed.error,
+        )
+        previous = (body.get("status") or {}).get("autoscaler") or {}
+        state = ScalingState.from_json(previous.get("state"))
+        decision = decide(policy_for(spec), spec.replicas, signals, state, now)
+        last_scale = previous.get("lastScaleTime")
+        if decision.replicas != spec.replicas:
+            self.kube.patch_scale(API_VERSION, KIND, namespace, name, decision.replicas)
+            last_scale = _iso(now)
+            self._event(body, decision, spec.replicas, now)
+        block = {
+            "active": decision.active,
+            "reason": decision.reason,
+            "message": decision.message[:1024],
+            "limited": decision.limited,
+            "desiredReplicas": decision.replicas,
+            "lastScaleTime": last_scale,
+            "metrics": {
+                "waiting": signals.waiting,
+                "running": signals.running,
+                "kvCacheUsage": signals.kv_cache_usage,
+                "gpuUtilization": signals.gpu_utilization,
+                "readyReplicas": signals.ready_replicas,
+                "startingReplicas": signals.starting_replicas,
+            },
+            "state": decision.state.to_json(),
+        }
+        # Written only when something changed: an idle fleet costs no writes.
+        if block != previous:
+            self.kube.patch_status(API_VERSION, KIND, namespace, name, {"autoscaler": block})
+        return decision
+
+    def _event(self, body: Mapping[str, Any], decision: Decision, before: int, now: datetime) -> None:
+        text = f"Scaled from {before} to {decision.replicas} replicas ({decision.reason}): {decision.message}"
+        try:
+            self.kube.create_event(dict(body), "Normal", "Autoscaled", text, now)
+        except Exception:  # an event lost is not worth failing the evaluation
+            log.warning("could not post the scale event of %s", body["metadata"]["name"], exc_info=True)

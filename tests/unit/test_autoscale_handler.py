@@ -1,0 +1,120 @@
+"""One autoscaler evaluation against an in-memory API and a scripted metrics reader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpufleet.adapters.metrics import ModelMetrics
+from gpufleet.handlers.autoscale import NO_PROMETHEUS, Autoscaler
+from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
+from tests.unit.fake_kube import FakeKube
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class ScriptedMetrics:
+    def __init__(self, **values: float | None) -> None:
+        self.values = values
+        self.calls: list[tuple[str, str, tuple[str, ...], bool]] = []
+
+    def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
+        self.calls.append((namespace, model, tuple(pods), mig))
+        return ModelMetrics(
+            now,
+            self.values.get("waiting"),
+            self.values.get("running"),
+            self.values.get("kv"),
+            self.values.get("gpu"),
+            error=None,
+        )
+
+
+def body(replicas: int = 2, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "samples" / "llama-3-70b-a100-spot.yaml").read_text())
+    doc["metadata"].update(namespace="ml", uid="u", generation=1)
+    doc["spec"]["replicas"] = replicas
+    doc["status"] = status or {}
+    return doc
+
+
+def with_pods(kube: FakeKube, ready: int, starting: int = 0) -> None:
+    for index in range(ready + starting):
+        kube.objects[("Pod", "ml", f"p{index}")] = {
+            "metadata": {
+                "name": f"p{index}",
+                "namespace": "ml",
+                "labels": {LABEL_MODEL_DEPLOYMENT: "llama-3-70b"},
+            },
+            "status": {"conditions": [{"type": "Ready", "status": "True" if index < ready else "False"}]},
+        }
+
+
+def test_a_queue_scales_up_through_the_scale_subresource_and_records_state() -> None:
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    reader = ScriptedMetrics(waiting=40, running=60, kv=0.9, gpu=0.99)
+    decision = Autoscaler(kube, reader, clock=lambda: NOW).evaluate(body())
+    assert decision is not None
+    assert decision.replicas > 2
+    assert kube.scales == [("llama-3-70b", decision.replicas)]
+    assert reader.calls == [("ml", "llama-3-70b", ("p0", "p1"), False)]
+    block = kube.last_status["autoscaler"]
+    assert (block["active"], block["desiredReplicas"]) == (True, decision.replicas)
+    assert block["metrics"]["waiting"] == 40
+    assert block["lastScaleTime"] == "2026-11-22T12:00:00Z"
+    assert kube.events[-1][1] == "Autoscaled"
+
+
+def test_without_prometheus_it_holds_and_says_why() -> None:
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    decision = Autoscaler(kube, None, clock=lambda: NOW).evaluate(body(replicas=3))
+    assert decision is not None
+    assert (decision.replicas, decision.active, decision.reason) == (3, False, "MetricsMissing")
+    assert kube.scales == []
+    assert NO_PROMETHEUS in kube.last_status["autoscaler"]["message"]
+
+
+def test_an_unchanged_evaluation_writes_nothing() -> None:
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    autoscaler = Autoscaler(kube, None, clock=lambda: NOW)
+    autoscaler.evaluate(body())
+    written = kube.last_status
+    patches = kube.status_patches
+    autoscaler.clock = lambda: NOW + timedelta(seconds=15)
+    autoscaler.evaluate(body(status=written))
+    assert kube.status_patches == patches
+
+
+def test_autoscaling_off_or_an_unreadable_spec_is_left_alone() -> None:
+    kube = FakeKube()
+    off = body()
+    off["spec"]["autoscaling"]["enabled"] = False
+    assert Autoscaler(kube, None, clock=lambda: NOW).evaluate(off) is None
+    broken = body()
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 3
+    assert Autoscaler(kube, None, clock=lambda: NOW).evaluate(broken) is None
+    assert (kube.scales, kube.status_patches) == ([], 0)
+
+
+def test_the_state_survives_a_restart_through_status() -> None:
+    kube = FakeKube()
+    with_pods(kube, ready=4)
+    idle = ScriptedMetrics(waiting=0, running=1, kv=0.05, gpu=0.3)
+    first = Autoscaler(kube, idle, clock=lambda: NOW).evaluate(body(replicas=4))
+    assert first is not None
+    assert first.replicas == 4  # lower need, but the scale-down delay has not passed
+    status = {"autoscaler": kube.last_status["autoscaler"]}
+    later = NOW + timedelta(seconds=301)
+    # A new Autoscaler (a restarted operator) reads the history back from status.
+    second = Autoscaler(kube, idle, clock=lambda: later).evaluate(body(replicas=4, status=status))
+    assert second is not None
+    assert second.replicas == 3
+    assert kube.scales == [("llama-3-70b", 3)]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gpufleet.adapters.metrics import MetricQueries
 from gpufleet.planning.workloads import WorkloadOptions
 
 # Capacity-type node labels and their values, per provisioner.
@@ -45,6 +46,26 @@ class Settings(BaseSettings):
         default=None, description="Prometheus the autoscaler reads; unset: autoscaling holds replicas."
     )
     autoscale_interval_seconds: float = Field(default=15.0, gt=0, description="How often to evaluate.")
+    # PromQL templates ($namespace, $model, $pods) for clusters whose labels differ from the defaults.
+    query_waiting: str = MetricQueries.waiting
+    query_running: str = MetricQueries.running
+    query_kv_cache_usage: str = MetricQueries.kv_cache_usage
+    query_gpu_utilization: str = MetricQueries.gpu_utilization
+    query_mig_utilization: str = MetricQueries.mig_utilization
+    query_activation: str | None = Field(
+        default=None, description="A gateway's request signal for the model; wakes a model at zero replicas."
+    )
+
+    def metric_queries(self) -> MetricQueries:
+        return MetricQueries(
+            waiting=self.query_waiting,
+            running=self.query_running,
+            kv_cache_usage=self.query_kv_cache_usage,
+            gpu_utilization=self.query_gpu_utilization,
+            mig_utilization=self.query_mig_utilization,
+            activation=self.query_activation,
+        )
+
     webhook_enabled: bool = Field(default=False, description="Serve the validating admission webhook.")
     webhook_listen_address: str = "0.0.0.0"
     webhook_port: int = 9443

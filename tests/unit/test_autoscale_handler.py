@@ -118,3 +118,24 @@ def test_the_state_survives_a_restart_through_status() -> None:
     assert second is not None
     assert second.replicas == 3
     assert kube.scales == [("llama-3-70b", 3)]
+
+
+def test_a_schedule_in_the_spec_raises_the_floor_even_without_metrics() -> None:
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    doc = body()
+    # NOW is a Sunday, 12:00 UTC; 13:00 in Berlin.
+    doc["spec"]["autoscaling"]["schedules"] = [
+        {
+            "name": "weekend-peak",
+            "days": ["Sun"],
+            "start": "12:30",
+            "end": "14:00",
+            "timeZone": "Europe/Berlin",
+            "minReplicas": 5,
+        }
+    ]
+    decision = Autoscaler(kube, None, clock=lambda: NOW).evaluate(doc)
+    assert decision is not None
+    assert decision.replicas == 5
+    assert kube.scales == [("llama-3-70b", 5)]

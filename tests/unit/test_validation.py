@@ -203,6 +203,52 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "spec.autoscaling.targetKVCacheUsage",
         ("at most 1",),
     ),
+    "schedule with an unknown time zone": (
+        {
+            "spec__autoscaling": {
+                "schedules": [
+                    {
+                        "name": "peak",
+                        "start": "08:00",
+                        "end": "18:00",
+                        "timeZone": "Mars/Olympus",
+                        "minReplicas": 4,
+                    }
+                ]
+            }
+        },
+        "spec.autoscaling.schedules[0].timeZone",
+        ("Mars/Olympus", "IANA"),
+    ),
+    "schedule floor above max": (
+        {
+            "spec__autoscaling": {
+                "schedules": [{"name": "peak", "start": "08:00", "end": "18:00", "minReplicas": 20}]
+            }
+        },
+        "spec.autoscaling.schedules[0].minReplicas",
+        ("above maxReplicas (12)",),
+    ),
+    "schedule time not HH:MM": (
+        {
+            "spec__autoscaling": {
+                "schedules": [{"name": "peak", "start": "8am", "end": "18:00", "minReplicas": 2}]
+            }
+        },
+        "spec.autoscaling.schedules[0].start",
+        ("pattern",),
+    ),
+    "schedule on a day that does not exist": (
+        {
+            "spec__autoscaling": {
+                "schedules": [
+                    {"name": "p", "days": ["Funday"], "start": "08:00", "end": "18:00", "minReplicas": 2}
+                ]
+            }
+        },
+        "spec.autoscaling.schedules[0].days[0]",
+        ("'Mon'",),
+    ),
     "misspelled field": (
         {"spec__accelerator__tensorParallel": 4},
         "spec.accelerator.tensorParallel",

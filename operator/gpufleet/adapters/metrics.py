@@ -33,6 +33,9 @@ class MetricQueries:
     kv_cache_usage: str = 'avg(vllm:kv_cache_usage_perc{namespace="$namespace",model_name="$model"})'
     gpu_utilization: str = 'avg(DCGM_FI_DEV_GPU_UTIL{namespace="$namespace",pod=~"$pods"}) / 100'
     mig_utilization: str = 'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="$namespace",pod=~"$pods"})'
+    # Requests a gateway saw for the model (e.g. its request rate), the only signal that can wake a
+    # model at zero replicas: with no pods there are no vLLM series. None: not configured.
+    activation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ModelMetrics:
     kv_cache_usage: float | None
     gpu_utilization: float | None
     error: str | None = None
+    activation: float | None = None
 
 
 class MetricsReader(Protocol):
@@ -89,6 +93,7 @@ class PrometheusMetrics:
                 running=self._scalar(self.queries.running, values),
                 kv_cache_usage=self._scalar(self.queries.kv_cache_usage, values),
                 gpu_utilization=self._scalar(gpu_query, values),
+                activation=self._scalar(self.queries.activation, values) if self.queries.activation else None,
             )
         except (PrometheusApiClientException, RequestException, ValueError, KeyError) as error:
             message = f"Prometheus at {self.url}: {type(error).__name__}: {error}"

@@ -223,6 +223,37 @@ class Accelerator(_Model):
     ] = None
 
 
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WEEKDAYS: tuple[str, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class ScalingSchedule(_Model):
+    """A daily window that raises the replica floor, e.g. business hours."""
+
+    name: Annotated[
+        str, Field(description="Name of the window, shown in events.", pattern=_DNS_LABEL, max_length=63)
+    ]
+    days: Annotated[
+        list[Weekday],
+        Field(
+            description="Days the window starts on (Mon..Sun). Empty: every day.",
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = []
+    start: Annotated[
+        str, Field(description="Start, HH:MM in timeZone.", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    ]
+    end: Annotated[
+        str,
+        Field(
+            description="End, HH:MM in timeZone; before start means the window crosses midnight.",
+            pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        ),
+    ]
+    time_zone: Annotated[str, Field(description="IANA time zone, e.g. Europe/Berlin.", min_length=1)] = "UTC"
+    min_replicas: Annotated[int, Field(description="Replica floor while the window is open.", ge=0)]
+
+
 class Autoscaling(_Model):
     """How the operator sets spec.replicas from serving metrics."""
 
@@ -269,6 +300,13 @@ class Autoscaling(_Model):
             ge=0,
         ),
     ] = None
+    schedules: Annotated[
+        list[ScalingSchedule],
+        Field(
+            description="Daily windows that raise the floor above minReplicas (pre-scaling for peak hours).",
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        ),
+    ] = []
 
 
 class Capacity(_Model):

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
@@ -381,6 +382,19 @@ def _check_autoscaling(spec: ModelDeploymentSpec) -> Iterator[Problem]:
             "spec.maxReplicas",
             "is required when autoscaling.enabled is true; set the most replicas the autoscaler may run",
         )
+    for i, schedule in enumerate(auto.schedules):
+        try:
+            ZoneInfo(schedule.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            yield Problem(
+                f"spec.autoscaling.schedules[{i}].timeZone",
+                f"unknown time zone {schedule.time_zone!r}; use an IANA name such as UTC or Europe/Berlin",
+            )
+        if spec.max_replicas is not None and schedule.min_replicas > spec.max_replicas:
+            yield Problem(
+                f"spec.autoscaling.schedules[{i}].minReplicas",
+                f"the floor ({schedule.min_replicas}) is above maxReplicas ({spec.max_replicas}); lower it",
+            )
     if auto.scale_to_zero_after_seconds is not None and spec.min_replicas > 0:
         yield Problem(
             "spec.autoscaling.scaleToZeroAfterSeconds",

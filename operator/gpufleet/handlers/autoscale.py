@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 
 from pydantic import ValidationError
 
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.adapters.metrics import MetricsReader, ModelMetrics
-from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeploymentSpec
-from gpufleet.planning.scaling import Decision, ScalingPolicy, ScalingState, Signals, decide
+from gpufleet.api.v1alpha1 import API_VERSION, KIND, WEEKDAYS, ModelDeploymentSpec
+from gpufleet.planning.scaling import Decision, ScalingPolicy, ScalingState, Schedule, Signals, decide
 from gpufleet.planning.workloads import selector_string
 
 log = logging.getLogger("gpufleet.autoscale")
@@ -37,6 +37,17 @@ def policy_for(spec: ModelDeploymentSpec) -> ScalingPolicy:
         target_gpu_utilization=auto.target_gpu_utilization,
         scale_down_delay_seconds=auto.scale_down_delay_seconds,
         scale_to_zero_after_seconds=auto.scale_to_zero_after_seconds,
+        schedules=tuple(
+            Schedule(
+                name=window.name,
+                days=frozenset(WEEKDAYS.index(day) for day in (window.days or WEEKDAYS)),
+                start=time.fromisoformat(window.start),
+                end=time.fromisoformat(window.end),
+                min_replicas=window.min_replicas,
+                timezone=window.time_zone,
+            )
+            for window in auto.schedules
+        ),
     )
 
 
@@ -88,6 +99,7 @@ class Autoscaler:
             running=observed.running,
             kv_cache_usage=observed.kv_cache_usage,
             gpu_utilization=observed.gpu_utilization,
+            activation=observed.activation,
             ready_replicas=len(ready),
             starting_replicas=len(pods) - len(ready),
             error=observed.error,

@@ -91,7 +91,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue = WorkQueue(work, config.workers, config.resync_seconds)
     queue.start()
-    reader = PrometheusMetrics(config.prometheus_url) if config.prometheus_url else None
+    reader = (
+        PrometheusMetrics(config.prometheus_url, config.metric_queries()) if config.prometheus_url else None
+    )
     autoscaler = Autoscaler(kube, reader, clock=_utcnow)
     memo.autoscale_task = asyncio.get_running_loop().create_task(
         _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)

@@ -59,5 +59,6 @@ clean: ## remove the virtualenv and local state (not the cached binaries)
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
 
 .PHONY: bench
-bench: install controlplane ## benchmarks (not tests): hack/bench/
+bench: install controlplane simdeps ## benchmarks (not tests): hack/bench/
 	$(BIN)/python hack/bench/reconcile.py
+	$(BIN)/python hack/bench/autoscale.py

@@ -512,6 +512,10 @@ class LoadGenerator:
             self._running = False
         return self.report()
 
+    def ttfts(self) -> list[float]:
+        """Time to first token of every answered request so far, simulated seconds, in completion order."""
+        return list(self._tally.ttfts)
+
     def report(self) -> LoadReport:
         tally = self._tally
         return LoadReport(

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.e2e
 MD_LABEL = "gpufleet.io/model-deployment"
 
 
-def _pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:
-    return [p for p in sim.simulation._pods() if p["metadata"]["labels"].get(MD_LABEL) == MODEL]
+def _pods(sim: BackgroundSimulation, name: str = MODEL) -> list[dict[str, Any]]:
+    return [p for p in sim.simulation._pods() if p["metadata"]["labels"].get(MD_LABEL) == name]
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -137,15 +137,7 @@ def _condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _ready_pods_of(sim: BackgroundSimulation, name: str) -> int:
-    pods = sim.simulation.core.list_namespaced_pod(NAMESPACE, label_selector=f"{MD_LABEL}={name}").items
-    ready = 0
-    for pod in pods:
-        conditions = pod.status.conditions or []
-        if not pod.metadata.deletion_timestamp and any(
-            c.type == "Ready" and c.status == "True" for c in conditions
-        ):
-            ready += 1
-    return ready
+    return sum(1 for p in _pods(sim, name) if _ready(p))
 
 
 def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_down(

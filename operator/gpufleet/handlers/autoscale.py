@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.adapters.metrics import MetricsReader, ModelMetrics
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, WEEKDAYS, ModelDeploymentSpec
+from gpufleet.handlers.reconcile import observe_pod
 from gpufleet.planning.scaling import Decision, ScalingPolicy, ScalingState, Schedule, Signals, decide
 from gpufleet.planning.workloads import selector_string
 
@@ -51,11 +52,6 @@ def policy_for(spec: ModelDeploymentSpec) -> ScalingPolicy:
     )
 
 
-def _ready(pod: Mapping[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def _iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -77,19 +73,20 @@ class Autoscaler:
             return None
         namespace, name = meta["namespace"], meta["name"]
         now = self.clock()
+        # The reconciler's reading of a pod, so both count ready and terminating pods alike.
         pods = [
-            p
-            for p in self.kube.list("v1", "Pod", namespace, selector_string(name))
-            if not p["metadata"].get("deletionTimestamp")
+            observed
+            for observed in map(observe_pod, self.kube.list("v1", "Pod", namespace, selector_string(name)))
+            if not observed.terminating
         ]
-        ready = [p for p in pods if _ready(p)]
+        ready = [p for p in pods if p.ready]
         if self.metrics is None:
             observed = ModelMetrics(now, None, None, None, None, error=NO_PROMETHEUS)
         else:
             observed = self.metrics.read(
                 namespace,
                 spec.model.served_name or name,
-                [p["metadata"]["name"] for p in ready],
+                [p.name for p in ready],
                 mig=spec.accelerator.mig_profile is not None,
                 now=now,
             )

@@ -66,6 +66,48 @@ class Settings(BaseSettings):
             activation=self.query_activation,
         )
 
+    # Spot interruptions (issue 6). Credentials come from the environment or IRSA, never from here.
+    interruption_queue_url: str | None = Field(
+        default=None,
+        description="SQS queue receiving EventBridge EC2 spot/rebalance/state-change and AWS Health events.",
+    )
+    aws_region: str | None = Field(
+        default=None, description="AWS region of the queue (default: from the URL)."
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None, description="Override of the AWS endpoint (a local moto server in tests)."
+    )
+    rebalance_starts_replacements: bool = Field(
+        default=True,
+        description="Order replacements on a rebalance recommendation (no draining until a warning).",
+    )
+    max_surge_replicas: int = Field(
+        default=4, ge=0, description="Replacement replicas allowed above spec.replicas while capacity moves."
+    )
+    spot_fallback_after_seconds: int = Field(
+        default=300, ge=0, description="Spot pods unschedulable this long in every zone → on-demand fallback."
+    )
+    spot_return_after_seconds: int = Field(
+        default=900,
+        ge=0,
+        description="Spot schedulable again this long → move fallback replicas back to spot.",
+    )
+    prices: dict[str, dict[str, object]] = Field(
+        default_factory=dict,
+        description=(
+            "Per GPU product: {onDemand: $/GPU-hour, spot: {zone: $/GPU-hour}, instanceType, gpusPerInstance}"
+            " as JSON; used for placement and the cost estimate."
+        ),
+    )
+    spot_price_refresh_seconds: int = Field(
+        default=0, ge=0, description="Refresh spot prices from EC2 spot price history this often; 0 = never."
+    )
+    # Two operator replicas: the one holding the Lease works, the other keeps its watches warm.
+    leader_election: bool = Field(default=False, description="Coordinate replicas through a Lease.")
+    leader_election_namespace: str = Field(default="default", description="Namespace of the Lease.")
+    leader_election_name: str = Field(default="gpufleet-leader", description="Name of the Lease.")
+    pod_name: str | None = Field(default=None, description="This replica's identity in the Lease (pod name).")
+
     webhook_enabled: bool = Field(default=False, description="Serve the validating admission webhook.")
     webhook_listen_address: str = "0.0.0.0"
     webhook_port: int = 9443

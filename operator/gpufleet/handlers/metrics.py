@@ -1,4 +1,10 @@
-"""Prometheus metrics of the operator itself (prometheus-client), served on GPUFLEET_METRICS_PORT."""
+"""Prometheus metrics of the operator itself (prometheus-client), served on GPUFLEET_METRICS_PORT.
+
+These names are an interface: the chart's PrometheusRule, its Grafana dashboard
+and the runbooks (docs/runbooks/) query them. Per-ModelDeployment series carry
+`namespace` and `name` and are removed when the ModelDeployment goes
+(`forget_model_deployment`), so a deleted model leaves no alert behind.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,76 @@ SCALE_DECISIONS = Counter(
 )
 MANAGED = Gauge("gpufleet_model_deployments", "ModelDeployments the operator knows.")
 QUEUE_DEPTH = Gauge("gpufleet_work_queue_depth", "ModelDeployments waiting for a reconcile.")
+LEADER = Gauge("gpufleet_leader", "1 while this operator process holds the leader lease (or runs alone).")
+
+_MD = ["namespace", "name"]
+CONDITION = Gauge(
+    "gpufleet_condition",
+    "1 when the ModelDeployment's condition of this type is True, 0 when False.",
+    [*_MD, "type"],
+)
+PLACEMENT_REPLICAS = Gauge(
+    "gpufleet_placement_replicas",
+    "Replicas per zone and capacity type: desired (the plan) and ready (pods serving).",
+    [*_MD, "zone", "capacity_type", "state"],
+)
+UNSCHEDULABLE_REPLICAS = Gauge(
+    "gpufleet_unschedulable_replicas",
+    "Pods of the ModelDeployment the scheduler has not placed for GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS.",
+    _MD,
+)
+SIGNAL_AGE = Gauge(
+    "gpufleet_autoscaler_signal_age_seconds",
+    "Seconds since the autoscaler last read a complete set of signals for the ModelDeployment.",
+    _MD,
+)
+COST_PER_HOUR = Gauge(
+    "gpufleet_estimated_cost_per_hour",
+    "Estimated cost per hour of the ModelDeployment's replicas at configured prices (GPUFLEET_PRICES).",
+    _MD,
+)
+ON_DEMAND_COST_PER_HOUR = Gauge(
+    "gpufleet_on_demand_equivalent_cost_per_hour",
+    "What the same replicas would cost per hour all on on-demand capacity.",
+    _MD,
+)
+INTERRUPTION_EVENTS = Counter(
+    "gpufleet_interruption_events_total",
+    "Capacity events seen (SQS messages and node signals), by type and what was done with them.",
+    ["source", "type", "outcome"],
+)
+REPLACEMENTS = Counter(
+    "gpufleet_replacements_total",
+    "Replacement replicas ordered ahead of a capacity loss, by reason.",
+    [*_MD, "reason"],
+)
+INTERRUPTION_QUEUE_UP = Gauge(
+    "gpufleet_interruption_queue_up",
+    "1 when the last receive from the interruption SQS queue succeeded, 0 when it failed.",
+)
+INTERRUPTION_QUEUE_LAST_RECEIVE = Gauge(
+    "gpufleet_interruption_queue_last_success_timestamp_seconds",
+    "Unix time of the last successful receive from the interruption SQS queue.",
+)
+INTERRUPTION_QUEUE_ERRORS = Counter(
+    "gpufleet_interruption_queue_errors_total", "Failed receives or deletes on the interruption SQS queue."
+)
+
+_PER_MODEL_DEPLOYMENT = (
+    CONDITION,
+    PLACEMENT_REPLICAS,
+    UNSCHEDULABLE_REPLICAS,
+    SIGNAL_AGE,
+    COST_PER_HOUR,
+    ON_DEMAND_COST_PER_HOUR,
+    REPLACEMENTS,
+)
+
+
+def forget_model_deployment(namespace: str, name: str) -> None:
+    """Drop every series of a deleted ModelDeployment."""
+    for metric in _PER_MODEL_DEPLOYMENT:
+        metric.remove_by_labels({"namespace": namespace, "name": name})
 
 
 def serve(port: int) -> None:

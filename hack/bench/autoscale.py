@@ -16,8 +16,8 @@ Poisson arrivals with the same seed) against one ModelDeployment:
 The baselines read the trial's Prometheus and write spec.replicas through the
 scale subresource, as an HPA does; the operator turns replicas into Deployments
 in every trial. Every policy timer is divided by the time scale, ours included
-(scaleDownDelaySeconds, GPUFLEET_AUTOSCALE_INTERVAL_SECONDS), except the
-planner's fixed constants (see the caveat it prints). Per policy it prints
+(scaleDownDelaySeconds, GPUFLEET_AUTOSCALE_INTERVAL_SECONDS and the planner's
+panic window, scale-down step and stale-after settings). Per policy it prints
 GPU-hours, the share of requests over the TTFT SLO, p95 TTFT and scale
 events; it never asserts: this is a benchmark, not a test. See hack/bench/README.md.
 """
@@ -97,11 +97,12 @@ KUBEAI_INTERVAL_S = 10.0
 KUBEAI_WINDOW_S = 600.0
 KUBEAI_SCALE_DOWN_DELAY_S = 30.0  # KubeAI's scaleDownDelaySeconds default
 
-# Constants of gpufleet.planning.scaling that no setting reaches: they stay in real seconds.
-UNSCALED = {
-    "panic window": "panic_window_seconds",
-    "scale-down step": "scale_down_step_seconds",
-    "stale after": "stale_after_seconds",
+# The planner's windows, set through the operator's settings and divided by the time scale like
+# every other timer: label → (ScalingPolicy field, GPUFLEET_ setting).
+PLANNER_WINDOWS = {
+    "panic window": ("panic_window_seconds", "GPUFLEET_AUTOSCALE_PANIC_WINDOW_SECONDS"),
+    "scale-down step": ("scale_down_step_seconds", "GPUFLEET_AUTOSCALE_SCALE_DOWN_STEP_SECONDS"),
+    "stale after": ("stale_after_seconds", "GPUFLEET_AUTOSCALE_STALE_AFTER_SECONDS"),
 }
 
 ENDPOINT_REFRESH_S = 4.0  # simulated seconds between the load generator's endpoint lists
@@ -589,7 +590,11 @@ class Trial:
                 "namespace": self.namespace,
                 "apply": [str(manifest)],
                 "operatorEnv": {
-                    "GPUFLEET_AUTOSCALE_INTERVAL_SECONDS": f"{OURS_INTERVAL_S / settings.scale:g}"
+                    "GPUFLEET_AUTOSCALE_INTERVAL_SECONDS": f"{OURS_INTERVAL_S / settings.scale:g}",
+                    **{
+                        env: str(max(1, round(planner_default(field) / settings.scale)))
+                        for field, env in PLANNER_WINDOWS.values()
+                    },
                 },
             },
             ROOT,
@@ -666,9 +671,9 @@ def wait_namespace_gone(core: client.CoreV1Api, name: str) -> bool:
 
 
 def caveat_lines(scale: float) -> list[str]:
-    constants = ", ".join(
-        f"{label} {planner_default(name):g} s (= {planner_default(name) * scale:g} s simulated)"
-        for label, name in UNSCALED.items()
+    windows = ", ".join(
+        f"{label} {max(1, round(planner_default(field) / scale))} s real (= {planner_default(field):g} s)"
+        for label, (field, _) in PLANNER_WINDOWS.items()
     )
     return [
         f"caveat: time scale {scale:g}; every policy timer is divided by it (ours: scaleDownDelaySeconds "
@@ -676,8 +681,7 @@ def caveat_lines(scale: float) -> list[str]:
         f"real; hpa: sync {HPA_SYNC_S / scale:g} s, "
         f"stabilisation {HPA_SCALE_DOWN_WINDOW_S / scale:g} s real; "
         f"kubeai: interval {KUBEAI_INTERVAL_S / scale:g} s, window {KUBEAI_WINDOW_S / scale:g} s real)",
-        f"caveat: ours' planner constants are not settings and run in real seconds: {constants}; "
-        "they slow ours' scale-down, so they can only add GPU-hours to ours",
+        f"caveat: ours' planner windows are scaled through its settings: {windows}",
         f"caveat: Prometheus scrapes every 1 s real (= {scale:g} s simulated) for every policy",
     ]
 

@@ -46,6 +46,24 @@ class Settings(BaseSettings):
         default=None, description="Prometheus the autoscaler reads; unset: autoscaling holds replicas."
     )
     autoscale_interval_seconds: float = Field(default=15.0, gt=0, description="How often to evaluate.")
+    # The planner's windows (gpufleet.planning.scaling); the defaults are its published anchors.
+    autoscale_panic_window_seconds: int = Field(
+        default=60, ge=0, description="No scale-down this long after a panic (queue ≥ 2× capacity)."
+    )
+    autoscale_scale_down_step_seconds: int = Field(
+        default=30, ge=0, description="Time between two single-replica scale-down steps."
+    )
+    autoscale_stale_after_seconds: int = Field(
+        default=90, gt=0, description="Samples older than this count as missing: replicas are held."
+    )
+
+    def scaling_timings(self) -> dict[str, int]:
+        return {
+            "panic_window_seconds": self.autoscale_panic_window_seconds,
+            "scale_down_step_seconds": self.autoscale_scale_down_step_seconds,
+            "stale_after_seconds": self.autoscale_stale_after_seconds,
+        }
+
     # PromQL templates ($namespace, $model, $pods) for clusters whose labels differ from the defaults.
     query_waiting: str = MetricQueries.waiting
     query_running: str = MetricQueries.running

@@ -448,6 +448,82 @@ class AutoscalerStatus(_Model):
     ] = {}
 
 
+class CapacityCooldown(_Model):
+    """A zone (or only its spot capacity) the placement avoids until a time."""
+
+    zone: Annotated[str, Field(description="Availability zone.")]
+    scope: Annotated[
+        Literal["spot", "zone"],
+        Field(description="spot: only spot capacity there is avoided; zone: the whole zone is."),
+    ]
+    until: Annotated[datetime, Field(description="When new replicas may go there again.")]
+    reason: Annotated[
+        str, Field(description="Interruption, Rebalance, NodeLost, SpotUnavailable or ZoneLost.")
+    ] = ""
+    strikes: Annotated[
+        int,
+        Field(description="Times in a row this capacity was found unavailable (lengthens the wait).", ge=1),
+    ] = 1
+
+
+class DoomedNode(_Model):
+    """A node hosting replicas that the cloud or the cluster is about to take away."""
+
+    node: Annotated[str, Field(description="Node name.")]
+    instance_id: Annotated[str, Field(description="Cloud instance id, when known.")] = ""
+    zone: Annotated[str, Field(description="Availability zone of the node.")] = ""
+    capacity_type: Annotated[CapacityType, Field(description="spot or on-demand.")] = "spot"
+    kind: Annotated[
+        str,
+        Field(
+            description=(
+                "interruption, rebalance, stopping, terminated, scheduled-change, disruption or not-ready."
+            )
+        ),
+    ]
+    since: Annotated[datetime, Field(description="When the signal was raised.")]
+    deadline: Annotated[
+        datetime | None, Field(description="When the capacity goes; replicas are drained before it.")
+    ] = None
+    detail: Annotated[str, Field(description="The signal as received, for people.")] = ""
+
+
+class SpotStatus(_Model):
+    """Interruption handling: what is going, what is avoided, and what was handled."""
+
+    interruptions_handled: Annotated[
+        int, Field(description="Capacity signals that moved replicas of this model, since creation.", ge=0)
+    ] = 0
+    last_interruption_time: Annotated[
+        datetime | None, Field(description="When the last such signal was raised.")
+    ] = None
+    doomed_nodes: Annotated[
+        list[DoomedNode], Field(description="Nodes with replicas that are being replaced.")
+    ] = []
+    cooldowns: Annotated[
+        list[CapacityCooldown], Field(description="Zones or spot capacity new replicas avoid for now.")
+    ] = []
+    fallback_since: Annotated[
+        datetime | None,
+        Field(description="Since when spot replicas run on on-demand capacity (OnDemandFallback)."),
+    ] = None
+
+
+class CostStatus(_Model):
+    """Estimated cost of the replicas that exist, at the operator's configured prices."""
+
+    currency: Annotated[str, Field(description="Currency of the prices (the operator's configuration).")] = (
+        "USD"
+    )
+    per_hour: Annotated[
+        float | None, Field(description="Estimated cost per hour of the current replicas.", ge=0)
+    ] = None
+    on_demand_equivalent_per_hour: Annotated[
+        float | None, Field(description="What the same replicas would cost all on on-demand.", ge=0)
+    ] = None
+    message: Annotated[str, Field(description="How the estimate was made, or why there is none.")] = ""
+
+
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -468,10 +544,17 @@ class ModelDeploymentStatus(_Model):
     autoscaler: Annotated[
         AutoscalerStatus | None, Field(description="The autoscaler's last evaluation (autoscaling.enabled).")
     ] = None
+    spot: Annotated[
+        SpotStatus | None, Field(description="Interruption handling and capacity the placement avoids.")
+    ] = None
+    cost: Annotated[CostStatus | None, Field(description="Estimated cost of the current replicas.")] = None
     conditions: Annotated[
         list[Condition],
         Field(
-            description="Ready, Progressing, Degraded, Valid, ScalingActive, ScalingLimited.",
+            description=(
+                "Ready, Progressing, Degraded, Valid, ScalingActive, ScalingLimited, SpotInterrupted, "
+                "OnDemandFallback, ZoneDegraded."
+            ),
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),
     ] = []

@@ -27,9 +27,11 @@ log = logging.getLogger("gpufleet.autoscale")
 NO_PROMETHEUS = "no Prometheus configured (set GPUFLEET_PROMETHEUS_URL); holding replicas"
 
 
-def policy_for(spec: ModelDeploymentSpec) -> ScalingPolicy:
+def policy_for(spec: ModelDeploymentSpec, timings: Mapping[str, int] | None = None) -> ScalingPolicy:
+    """The spec's policy; `timings` overrides the planner's windows (operator settings)."""
     auto = spec.autoscaling
     return ScalingPolicy(
+        **(timings or {}),
         min_replicas=spec.min_replicas,
         # Validation requires maxReplicas with autoscaling; without it nothing may grow.
         max_replicas=spec.max_replicas if spec.max_replicas is not None else spec.replicas,
@@ -57,10 +59,17 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 class Autoscaler:
-    def __init__(self, kube: KubeApi, metrics: MetricsReader | None, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        metrics: MetricsReader | None,
+        clock: Callable[[], datetime],
+        timings: Mapping[str, int] | None = None,
+    ) -> None:
         self.kube = kube
         self.metrics = metrics
         self.clock = clock
+        self.timings = dict(timings or {})
 
     def evaluate(self, body: Mapping[str, Any]) -> Decision | None:
         """Evaluate once; None when autoscaling is off or the spec is not usable."""
@@ -103,7 +112,7 @@ class Autoscaler:
         )
         previous = (body.get("status") or {}).get("autoscaler") or {}
         state = ScalingState.from_json(previous.get("state"))
-        decision = decide(policy_for(spec), spec.replicas, signals, state, now)
+        decision = decide(policy_for(spec, self.timings), spec.replicas, signals, state, now)
         last_scale = previous.get("lastScaleTime")
         if decision.replicas != spec.replicas:
             self.kube.patch_scale(API_VERSION, KIND, namespace, name, decision.replicas)

@@ -94,7 +94,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reader = (
         PrometheusMetrics(config.prometheus_url, config.metric_queries()) if config.prometheus_url else None
     )
-    autoscaler = Autoscaler(kube, reader, clock=_utcnow)
+    autoscaler = Autoscaler(kube, reader, clock=_utcnow, timings=config.scaling_timings())
     memo.autoscale_task = asyncio.get_running_loop().create_task(
         _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)
     )

@@ -6,39 +6,51 @@ sets spec.replicas. The numbers below are the anchors in REFERENCE.md
 ("Autoscaling anchors"); where this planner departs from them it says why.
 
 Load, per signal, in replicas ("how many replicas at the target would carry it")
-    queue            L = residual / targetQueueDepth   (waiting is a sum over pods: HPA AverageValue)
+    queue            L = running / b + max(0, waiting − ready × t) / (b + t)   (b known)
+                     L = waiting / t                                          (b unknown)
     kvCache          L = ready × meanKVCacheUsage / targetKVCacheUsage
     gpuUtilization   L = ready × meanGPUUtilization / targetGPUUtilization
+with t = targetQueueDepth and b the batch one replica admits (below).
 A signal asks for ceil(L) replicas, or for no change (the current count) when L
 is within the tolerance band of the capacity: |L / capacity − 1| ≤ tolerance
 (0.1, HPA and AIBrix). The largest ask wins.
 
+The queue signal counts requests in flight, not only the queue. vLLM queues
+only when a replica's batch is full, so while requests wait, b = running /
+ready is what one replica admits (its max-num-seqs, or less when the KV cache
+is the limit). The planner remembers the last such b in its state.
+- Up to the target (waiting ≤ ready × t) the fleet is as busy as its running
+  requests: running / b replicas' worth of batch slots are taken. A fleet of
+  full batches and a short queue is loaded, though the queue alone (HPA's
+  ceil(waiting / t)) would read 0 and order a scale-down into a queue.
+- Beyond it, each replica added takes b requests into its batch and holds t
+  waiting, so the excess queue needs (waiting − ready × t) / (b + t) more
+  replicas, not (waiting / t) as HPA/KEDA order: with b = 16 and t = 8, a
+  queue of 88 behind 2 full replicas needs 3 more, not 11.
+- L is continuous: at waiting = ready × t with full batches it is exactly
+  `ready` (the target); it grows by one replica per b + t queued requests.
+- Until b has been seen (no queue yet) the queue signal is waiting / t, which
+  asks for nothing when empty, so it cannot scale down on its own (below).
+
 Cold start. capacity = ready + starting replicas: a replica that is loading
 weights (minutes for 70B, REFERENCE.md "Cold start") is capacity coming.
-- The averages (KV, GPU) are measured on ready replicas only, so they are
-  multiplied by `ready`, never by `capacity`: L is the load the fleet carries
-  now, an absolute number, and asking ceil(L) again while the ordered replicas
-  start asks for the same number, not more. (The per-ready average times
-  ready + starting would count starting replicas as loaded and compound at
-  every evaluation of a burst.) HPA does the same with unready pods on
-  scale-up (their usage counts as 0).
-- The queue is credited with what the starting replicas will admit. vLLM
-  queues only when its replicas are full, so while requests wait,
-  running / ready is what one replica admits, and
-      residual = max(0, waiting − starting × running / ready)
-  is the queue still waiting once they are ready. With nothing starting the
-  residual is the whole queue (HPA/KEDA's ceil(waiting / target)). While
-  crediting, the queue keeps asking for the ready replicas plus the starting
-  ones it counted on, so a cold start longer than the scale-down delay does
-  not remove them and bring the queue back.
+- Every L above is the load the fleet carries now, in replicas: running and
+  waiting are measured at the ready replicas and averages (KV, GPU) are
+  multiplied by `ready`, never by `capacity`. Asking ceil(L) again while the
+  ordered replicas start asks for the same number, not more: starting
+  replicas are part of it. (The per-ready average times ready + starting
+  would count starting replicas as loaded and compound at every evaluation
+  of a burst.) HPA does the same with unready pods on scale-up (their usage
+  counts as 0).
 - Capacity, not ready, is what the tolerance band and the panic threshold
   compare against.
 
 GPU utilisation is a guard, not the driver: under batching it reads near 100 %
 whatever the load (llm-d, REFERENCE.md), so on its own it would add replicas up
 to maxReplicas under any traffic. It only counts when it asks for more than
-the capacity AND requests are waiting (vLLM queues only when it cannot admit
-more: the replicas really are full). It never lowers the number.
+the capacity AND the queue is at or above its target (waiting ≥ ready × t:
+the replicas really are full, not one request caught between two batches).
+It never lowers the number.
 
 Scale up: at once, in the same evaluation. Outside panic a decision adds at
 most max(+maxScaleUpReplicas, ×maxScaleUpRate) (defaults +4 and ×2: HPA's
@@ -46,8 +58,8 @@ most max(+maxScaleUpReplicas, ×maxScaleUpRate) (defaults +4 and ×2: HPA's
 order the whole fleet.
 
 Panic (Knative KPA, AIBrix: threshold 200 %, window 6 s / 60 s): when the queue
-alone asks ceil(residual / target) ≥ panicThreshold × capacity, it is
-outgrowing even the capacity on its way. The planner then goes straight to the
+alone asks ceil(L) ≥ panicThreshold × capacity, it is outgrowing even the
+capacity on its way. The planner then goes straight to the
 ask (no rate limit, still ≤ maxReplicas) and does not scale down for
 panicWindowSeconds; each evaluation still in that state extends the window.
 
@@ -63,10 +75,10 @@ stabilisation window, 300 s by default; KubeAI's scaleDownDelaySeconds), the
 history reaches back to the start of that window (a fresh or lost history
 never scales down), and the last scale event is at least scaleDownStepSeconds
 old (30 s: one dcgm interval / KEDA poll, so the metrics have seen the last
-step before the next). Scale-down needs a load signal: with the KV-cache
-usage missing (or no replica ready) the queue alone cannot tell how busy the
-replicas are (an empty queue says nothing), so the planner holds
-(reason NoLoadSignal) and records "no lower than now". Metric-driven
+step before the next). Scale-down needs a load signal: with no
+replica ready, or with the KV-cache usage missing and b never seen, the queue
+cannot tell how busy the replicas are (an empty queue says nothing), so the
+planner holds (reason NoLoadSignal) and records "no lower than now". Metric-driven
 decisions never go below one replica; zero is reached only by the idle rule.
 
 Scale to zero (KEDA cooldown, Knative grace): when scaleToZeroAfterSeconds is
@@ -190,6 +202,16 @@ def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
     return None if value is None else _parse_time(value)
 
 
+def _optional_batch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a batch size: {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"not a batch size: {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ScalingState:
     """What the windows need across evaluations; persisted in the status so a restart loses nothing."""
@@ -198,6 +220,7 @@ class ScalingState:
     last_scale_time: datetime | None = None
     last_active_time: datetime | None = None  # last time a request was running, waiting or at the gateway
     panic_until: datetime | None = None
+    batch_per_replica: float | None = None  # b: running / ready last seen while requests waited
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -210,6 +233,8 @@ class ScalingState:
         ):
             if value is not None:
                 data[key] = _iso(value)
+        if self.batch_per_replica is not None:
+            data["batchPerReplica"] = round(self.batch_per_replica, 3)
         return data
 
     @classmethod
@@ -236,6 +261,7 @@ class ScalingState:
                 last_scale_time=_optional_time(data, "lastScaleTime"),
                 last_active_time=_optional_time(data, "lastActiveTime"),
                 panic_until=_optional_time(data, "panicUntil"),
+                batch_per_replica=_optional_batch(data.get("batchPerReplica")),
             )
         except (KeyError, TypeError, ValueError):
             return cls()
@@ -300,37 +326,42 @@ def _ask(load: float, capacity: int, current: int, tolerance: float, summary: st
     return _Ask(load, replicas, f"{summary} → {replicas}")
 
 
-def _queue_ask(policy: ScalingPolicy, current: int, signals: Signals, waiting: float, running: float) -> _Ask:
-    ready, starting = signals.ready_replicas, signals.starting_replicas
-    capacity = ready + starting
+def _batch(signals: Signals, waiting: float, running: float, remembered: float | None) -> float | None:
+    """What one full replica admits: measured while requests wait, else the last measurement."""
+    if signals.ready_replicas > 0 and waiting > 0 and running > 0:
+        return running / signals.ready_replicas
+    return remembered
+
+
+def _queue_ask(
+    policy: ScalingPolicy, current: int, signals: Signals, waiting: float, running: float, batch: float | None
+) -> _Ask:
+    ready = signals.ready_replicas
+    capacity = ready + signals.starting_replicas
     target = policy.target_queue_depth
-    # Requests wait only when the ready replicas are full, so running / ready is what one
-    # replica admits; each starting replica will take that much of the queue when it is ready.
-    per_replica = running / ready if ready > 0 and waiting > 0 and running > 0 else 0.0
-    coming = starting * per_replica
-    residual = max(0.0, waiting - coming)
-    summary = f"queue {waiting:g} waiting"
-    if coming > 0:
-        summary += f", {waiting - residual:g} of them for {starting} starting ({per_replica:g}/replica)"
-    ask = _ask(
-        residual / target, capacity, current, policy.tolerance, f"{summary} (target {target:g}/replica)"
-    )
-    if coming > 0:
-        # Keep asking for the starting replicas the credit relies on, or removing them would
-        # bring the queue back (a flap on every cold start longer than the scale-down delay).
-        relied_on = ready + _ceil((waiting - residual) / per_replica)
-        if relied_on > ask.replicas:
-            return _Ask(ask.load, relied_on, f"{ask.summary}, keeps {relied_on}")
-    return ask
+    summary = f"queue {waiting:g} waiting, {running:g} running"
+    if batch is None:
+        load = waiting / target
+        summary += f" (target {target:g} waiting/replica)"
+    else:
+        excess = max(0.0, waiting - ready * target)
+        load = running / batch + excess / (batch + target)
+        summary += f" (batch {batch:g}/replica, target {target:g} waiting/replica)"
+    return _ask(load, capacity, current, policy.tolerance, summary)
 
 
 def _asks(
-    policy: ScalingPolicy, current: int, signals: Signals, waiting: float, running: float
+    policy: ScalingPolicy,
+    current: int,
+    signals: Signals,
+    waiting: float,
+    running: float,
+    batch: float | None,
 ) -> dict[str, _Ask]:
     ready = signals.ready_replicas
     capacity = ready + signals.starting_replicas
     tol = policy.tolerance
-    asks = {QUEUE: _queue_ask(policy, current, signals, waiting, running)}
+    asks = {QUEUE: _queue_ask(policy, current, signals, waiting, running, batch)}
     # Averages over ready replicas mean nothing with none ready.
     if signals.kv_cache_usage is not None and ready > 0:
         asks[KV_CACHE] = _ask(
@@ -438,6 +469,7 @@ def decide(
     panic_until = state.panic_until if state.panic_until is not None and state.panic_until > now else None
     last_scale = state.last_scale_time
     window = timedelta(seconds=policy.scale_down_delay_seconds)
+    batch = _batch(signals, waiting, running, state.batch_per_replica)
 
     def finish(
         target: int,
@@ -456,6 +488,7 @@ def decide(
             last_scale_time=now if replicas != current else last_scale,
             last_active_time=last_active,
             panic_until=panic_until,
+            batch_per_replica=batch,
         )
         return Decision(replicas, reason, message, True, limited, per_signal, new_state)
 
@@ -476,17 +509,18 @@ def decide(
         return finish(0, "ScaleToZero", message, False, {}, ())
 
     capacity = signals.ready_replicas + signals.starting_replicas
-    asks = _asks(policy, current, signals, waiting, running)
+    asks = _asks(policy, current, signals, waiting, running, batch)
     per_signal = {name: ask.replicas for name, ask in asks.items()}
     votes = {QUEUE: asks[QUEUE].replicas}
     if KV_CACHE in asks:
         votes[KV_CACHE] = asks[KV_CACHE].replicas
     gpu = asks.get(GPU_UTILIZATION)
-    if gpu is not None and waiting > 0 and gpu.replicas > max(capacity, current):
+    queue_full = signals.ready_replicas > 0 and waiting >= signals.ready_replicas * policy.target_queue_depth
+    if gpu is not None and queue_full and gpu.replicas > max(capacity, current):
         votes[GPU_UTILIZATION] = gpu.replicas
     winner = max(votes, key=lambda name: votes[name])  # first of queue, kv, gpu on a tie
     need = max(votes[winner], 1)
-    can_down = KV_CACHE in asks
+    can_down = signals.ready_replicas > 0 and (KV_CACHE in asks or batch is not None)
     capacity_text = f"capacity {signals.ready_replicas} ready + {signals.starting_replicas} starting"
     detail = "; ".join(ask.summary for ask in asks.values()) + f"; {capacity_text}"
 
@@ -512,7 +546,11 @@ def decide(
         return finish(target, _SIGNAL_REASONS[winner], message, limited, per_signal, history)
 
     if need < current and not can_down:
-        why = "no replica is ready" if signals.ready_replicas == 0 else "kv-cache usage is missing"
+        why = (
+            "no replica is ready"
+            if signals.ready_replicas == 0
+            else "kv-cache usage is missing and no full batch was seen yet"
+        )
         message = f"{detail}; not scaling down: {why}, and the queue alone cannot tell how busy replicas are"
         return finish(current, "NoLoadSignal", message, limited, per_signal, history)
 

@@ -1,0 +1,573 @@
+"""Capacity signals + the model's pods → where replicas go, what to keep, what to drain.
+
+`plan_failover()` is pure: the handler maps SQS messages and node state to
+`Doom`s (gpufleet.planning.signals), passes the clock in, persists
+`FailoverPlan.state` in status.spot and applies `FailoverPlan.groups`.
+
+Rules, in order:
+
+1. Cooldowns. A spot node that is interrupted, recommended for rebalance,
+   stopping, terminated or lost (NotReady, deleted) puts its zone's spot
+   capacity in cooldown for `capacity.zoneCooldownSeconds` from the signal:
+   new spot replicas avoid that zone (Karpenter marks the offering unavailable
+   for 3 minutes; SkyServe marks the location PREEMPTED, REFERENCE.md).
+   A group whose pods stay unschedulable for `unavailable_after` makes its
+   capacity unavailable: spot → that zone's spot, on-demand → the whole zone
+   (reason SpotUnavailable / ZoneLost) for `return_after` × 2^(strikes − 1),
+   at most 4×: each time it is found unavailable again right after a retry,
+   the wait doubles, so a zone without capacity is not retried in a tight
+   create/delete loop. A zone the node index reports lost (all its nodes
+   gone or NotReady) is out for every capacity type.
+2. Placement. gpufleet.planning.placement with those cooldowns as
+   constraints: spot replicas go to the other zones' spot, cheaper first on
+   ties; with no spot zone left they run on on-demand when
+   `capacity.fallbackToOnDemand` (condition OnDemandFallback) and return to
+   spot once a cooldown ends.
+3. Make before break. `filled` counts the target slots held by ready pods on
+   healthy nodes; `shortfall = desired − filled`. Until the replacements are
+   ready, up to min(shortfall, max_surge) pods that are leaving but still
+   serve are kept: first healthy pods in groups above their new target (the
+   old placement, e.g. on-demand fallback replicas while spot returns), then
+   ready pods on doomed nodes, latest deadline first. A kept doomed pod is
+   counted on top of its group's target, so its Deployment also starts a
+   replacement when its own group still wants one.
+4. Drain. A pod on a doomed node is deleted (gracefully: preStop, then the
+   grace period) as soon as it is not kept: its replacement is ready, it is
+   not ready itself, or the deadline is less than `drain` away. Deletion
+   takes it out of the Service at once (a terminating pod is not a ready
+   endpoint).
+
+Never fewer ready replicas because of a signal: nothing serving is removed
+before its replacement is ready, unless the cloud's deadline forces it.
+Never a loop: pods are only deleted when their node is going; moves between
+healthy groups happen through Deployment counts after the replacements are
+ready, and an unavailable capacity is retried after an increasing wait.
+
+Signals come in two kinds. Cloud events (SQS) happen once: they are kept in
+the state until no pod of the model is left on the node. Node state (taints,
+NotReady) is re-read every time: a node that recovers clears its doom.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from gpufleet.api.v1alpha1 import Capacity
+from gpufleet.planning.placement import CapacityType, Constraints, PlacementGroup, plan_placement
+
+SPOT_INTERRUPTED = "SpotInterrupted"
+ON_DEMAND_FALLBACK = "OnDemandFallback"
+ZONE_DEGRADED = "ZoneDegraded"
+
+# Signals that say the zone's spot market is taking capacity back. A disruption
+# (Karpenter consolidation or drift) and a scheduled change are the cluster's or
+# AWS's plans, not a shortage, so they move replicas without a cooldown.
+_SPOT_PRESSURE = {"interruption", "rebalance", "stopping", "terminated", "not-ready"}
+_EVENT_REASONS = {
+    "interruption": "SpotInterruption",
+    "rebalance": "RebalanceRecommendation",
+    "stopping": "InstanceStopping",
+    "terminated": "InstanceTerminated",
+    "scheduled-change": "ScheduledChange",
+    "disruption": "NodeDisruption",
+    "not-ready": "NodeNotReady",
+}
+_COOLDOWN_REASONS = {
+    "interruption": "Interruption",
+    "rebalance": "Rebalance",
+    "stopping": "Interruption",
+    "terminated": "NodeLost",
+    "not-ready": "NodeLost",
+}
+MAX_BACKOFF_FACTOR = 4
+Scope = Literal["spot", "zone"]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {value!r}")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Doom:
+    """A node that is going (or may go), with the replicas' deadline."""
+
+    node: str
+    zone: str
+    capacity_type: CapacityType
+    kind: str  # a gpufleet.planning.signals SignalKind
+    since: datetime
+    deadline: datetime | None = None
+    instance_id: str = ""
+    detail: str = ""
+    source: Literal["sqs", "node"] = "sqs"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "node": self.node,
+            "zone": self.zone,
+            "capacityType": self.capacity_type,
+            "kind": self.kind,
+            "since": _iso(self.since),
+            "instanceId": self.instance_id,
+            "detail": self.detail[:256],
+        }
+        if self.deadline is not None:
+            data["deadline"] = _iso(self.deadline)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Doom:
+        capacity_type = data.get("capacityType", "spot")
+        if capacity_type not in ("spot", "on-demand"):
+            raise ValueError(f"not a capacity type: {capacity_type!r}")
+        deadline = data.get("deadline")
+        return cls(
+            node=str(data["node"]),
+            zone=str(data.get("zone", "")),
+            capacity_type=capacity_type,
+            kind=str(data["kind"]),
+            since=_time(data["since"]),
+            deadline=None if deadline is None else _time(deadline),
+            instance_id=str(data.get("instanceId", "")),
+            detail=str(data.get("detail", "")),
+            # Only cloud events are persisted: node state is re-read from the node.
+            source="sqs",
+        )
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    zone: str
+    scope: Literal["spot", "zone"]
+    until: datetime
+    reason: str
+    strikes: int = 1
+
+    def active(self, now: datetime) -> bool:
+        return self.until > now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "zone": self.zone,
+            "scope": self.scope,
+            "until": _iso(self.until),
+            "reason": self.reason,
+            "strikes": self.strikes,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cooldown:
+        scope = data.get("scope")
+        if scope not in ("spot", "zone"):
+            raise ValueError(f"not a cooldown scope: {scope!r}")
+        strikes = data.get("strikes", 1)
+        if isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 1:
+            raise ValueError(f"not a strike count: {strikes!r}")
+        return cls(str(data["zone"]), scope, _time(data["until"]), str(data.get("reason", "")), strikes)
+
+
+@dataclass(frozen=True)
+class FailoverState:
+    """What survives a restart, in status.spot."""
+
+    doomed: tuple[Doom, ...] = ()  # cloud events only
+    cooldowns: tuple[Cooldown, ...] = ()  # active ones, and expired ones remembered for their strikes
+    interruptions_handled: int = 0
+    last_interruption: datetime | None = None
+    fallback_since: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "interruptionsHandled": self.interruptions_handled,
+            "doomedNodes": [d.to_json() for d in self.doomed],
+            "cooldowns": [c.to_json() for c in self.cooldowns],
+        }
+        if self.last_interruption is not None:
+            data["lastInterruptionTime"] = _iso(self.last_interruption)
+        if self.fallback_since is not None:
+            data["fallbackSince"] = _iso(self.fallback_since)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> FailoverState:
+        """status.spot as written by to_json; anything unreadable → an empty state.
+
+        Empty loses cooldowns and pending drains, never replicas: the next
+        signals rebuild them, and nothing is deleted without a signal.
+        """
+        if not isinstance(data, Mapping):
+            return cls()
+        try:
+            handled = data.get("interruptionsHandled", 0)
+            if isinstance(handled, bool) or not isinstance(handled, int) or handled < 0:
+                raise ValueError(f"not a count: {handled!r}")
+            last = data.get("lastInterruptionTime")
+            since = data.get("fallbackSince")
+            return cls(
+                doomed=tuple(Doom.from_json(d) for d in data.get("doomedNodes") or []),
+                cooldowns=tuple(Cooldown.from_json(c) for c in data.get("cooldowns") or []),
+                interruptions_handled=handled,
+                last_interruption=None if last is None else _time(last),
+                fallback_since=None if since is None else _time(since),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One live (not terminating) pod of the model."""
+
+    name: str
+    zone: str  # the group's zone label ("" without zones)
+    capacity_type: CapacityType
+    node: str  # "" while unscheduled
+    ready: bool
+    unschedulable_since: datetime | None = None
+
+    @property
+    def group(self) -> tuple[str, CapacityType]:
+        return (self.zone, self.capacity_type)
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    capacity: Capacity
+    max_surge: int = 4
+    drain: timedelta = timedelta(seconds=60)  # retire this long before a deadline
+    unavailable_after: timedelta = timedelta(seconds=300)  # pending this long → capacity unavailable
+    return_after: timedelta = timedelta(seconds=900)  # first wait before unavailable capacity is retried
+    spot_prices: Mapping[str, float] = field(default_factory=dict)  # zone → price, cheaper first
+
+    @property
+    def cooldown(self) -> timedelta:
+        return timedelta(seconds=self.capacity.zone_cooldown_seconds)
+
+
+@dataclass(frozen=True)
+class ConditionView:
+    type: str
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EventView:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FailoverPlan:
+    groups: tuple[PlacementGroup, ...]  # Deployment counts to apply: targets plus kept pods
+    targets: tuple[PlacementGroup, ...]  # where the desired replicas go
+    retire: tuple[str, ...]  # pods to delete now
+    kept: tuple[str, ...]  # leaving pods kept serving until their replacements are ready
+    state: FailoverState
+    conditions: tuple[ConditionView, ...]
+    events: tuple[EventView, ...]
+    requeue_after: float | None  # seconds until a kept pod must be drained
+
+
+def _merge_cooldown(cooldowns: dict[tuple[str, Scope], Cooldown], new: Cooldown) -> None:
+    key = (new.zone, new.scope)
+    old = cooldowns.get(key)
+    if old is None or new.until > old.until:
+        cooldowns[key] = new if old is None else replace(new, strikes=max(new.strikes, old.strikes))
+
+
+def _unavailable(
+    policy: FailoverPolicy,
+    pods: Sequence[PodView],
+    cooldowns: Mapping[tuple[str, Scope], Cooldown],
+    now: datetime,
+) -> list[Cooldown]:
+    """Groups pending past `unavailable_after` → cooldowns that grow with each repeat."""
+    found = []
+    stuck = {
+        p.group
+        for p in pods
+        if p.unschedulable_since is not None and now - p.unschedulable_since >= policy.unavailable_after
+    }
+    for zone, capacity_type in sorted(stuck):
+        if not zone:
+            continue  # no zone constraint: nowhere else to send them
+        scope: Literal["spot", "zone"] = "spot" if capacity_type == "spot" else "zone"
+        old = cooldowns.get((zone, scope))
+        if old is not None and old.active(now):
+            continue
+        # Found unavailable again within a wait of its last cooldown: wait longer this time.
+        recent = old is not None and now - old.until <= policy.return_after
+        strikes = old.strikes + 1 if recent and old is not None else 1
+        factor = min(2 ** (strikes - 1), MAX_BACKOFF_FACTOR)
+        reason = "SpotUnavailable" if scope == "spot" else "ZoneLost"
+        found.append(Cooldown(zone, scope, now + policy.return_after * factor, reason, strikes))
+    return found
+
+
+def _groups(groups: Iterable[PlacementGroup]) -> dict[tuple[str, CapacityType], int]:
+    return {g.key: g.replicas for g in groups}
+
+
+def plan_failover(
+    policy: FailoverPolicy,
+    desired: int,
+    pods: Sequence[PodView],
+    state: FailoverState,
+    now: datetime,
+    *,
+    cloud_dooms: Sequence[Doom] = (),
+    node_dooms: Sequence[Doom] = (),
+    lost_zones: Mapping[str, datetime] = {},
+) -> FailoverPlan:
+    """The placement, the pods to keep and drain, and the state to persist."""
+    if now.tzinfo is None:
+        raise ValueError("plan_failover() needs a timezone-aware now")
+    capacity = policy.capacity
+    zones = list(capacity.zones)
+    events: list[EventView] = []
+    pods_on: dict[str, list[PodView]] = {}
+    for pod in pods:
+        if pod.node:
+            pods_on.setdefault(pod.node, []).append(pod)
+
+    # 1. Dooms: cloud events persist until the node holds none of our pods; node state is as read now.
+    known = {d.node: d for d in state.doomed}
+    handled, last = state.interruptions_handled, state.last_interruption
+    fresh: list[Doom] = []
+    for doom in cloud_dooms:
+        old = known.get(doom.node)
+        if old is None or (
+            doom.deadline is not None and (old.deadline is None or doom.deadline < old.deadline)
+        ):
+            # New, or escalated (a rebalance recommendation followed by the warning: now a deadline).
+            known[doom.node] = doom if old is None else replace(doom, since=old.since)
+            if old is None:
+                fresh.append(doom)
+            elif pods_on.get(doom.node):
+                events.append(_doom_event(doom, pods_on[doom.node], policy, "escalated"))
+    linger = max(policy.cooldown, timedelta(minutes=10))
+    cloud = {
+        node: d for node, d in known.items() if pods_on.get(node) or now - (d.deadline or d.since) < linger
+    }
+    node_level = {d.node: d for d in node_dooms if d.node not in cloud}
+    dooms = {**cloud, **node_level}
+    previous_nodes = {d.node for d in state.doomed}
+    for doom in fresh + [d for d in node_level.values() if d.node not in previous_nodes]:
+        hit = pods_on.get(doom.node, [])
+        if hit:
+            handled += 1
+            last = doom.since if last is None else max(last, doom.since)
+            events.append(_doom_event(doom, hit, policy, "new"))
+
+    # 2. Cooldowns: spot pressure per zone, unavailable groups, lost zones.
+    cooldowns = {(c.zone, c.scope): c for c in state.cooldowns if now - c.until < policy.return_after * 4}
+    before_active = {key for key, c in cooldowns.items() if c.active(now)}
+    if zones:
+        for doom in dooms.values():
+            if doom.capacity_type == "spot" and doom.kind in _SPOT_PRESSURE and doom.zone in zones:
+                until = doom.since + policy.cooldown
+                if until > now:
+                    _merge_cooldown(
+                        cooldowns, Cooldown(doom.zone, "spot", until, _COOLDOWN_REASONS[doom.kind])
+                    )
+        for zone, since in lost_zones.items():
+            if zone in zones:
+                _merge_cooldown(
+                    cooldowns, Cooldown(zone, "zone", max(since, now) + policy.cooldown, "ZoneLost")
+                )
+        for cooldown in _unavailable(policy, pods, cooldowns, now):
+            _merge_cooldown(cooldowns, cooldown)
+    active = [c for c in cooldowns.values() if c.active(now)]
+    for cooldown in sorted(active, key=lambda c: (c.zone, c.scope)):
+        if (cooldown.zone, cooldown.scope) not in before_active and cooldown.reason in (
+            "ZoneLost",
+            "SpotUnavailable",
+        ):
+            what = "zone" if cooldown.scope == "zone" else "spot capacity in zone"
+            events.append(
+                EventView(
+                    "Warning",
+                    cooldown.reason,
+                    f"{what} {cooldown.zone} unavailable ({cooldown.reason}); new replicas avoid it until "
+                    f"{_iso(cooldown.until)}",
+                )
+            )
+
+    # 3. Placement with the constraints.
+    constraints = Constraints(
+        lost_zones=frozenset(c.zone for c in active if c.scope == "zone"),
+        spot_excluded_zones=frozenset(c.zone for c in active if c.scope == "spot"),
+        fallback=capacity.fallback_to_on_demand,
+        spot_prices=policy.spot_prices,
+    )
+    targets = plan_placement(desired, capacity, constraints)
+    target = _groups(targets)
+    wants_spot = any(g.capacity_type == "spot" for g in plan_placement(desired, capacity))
+    fallback = wants_spot and constraints.spot_falls_back(capacity.zones or [""])
+    fallback_since = state.fallback_since
+    if fallback and fallback_since is None:
+        fallback_since = now
+        events.append(
+            EventView(
+                "Warning",
+                "OnDemandFallback",
+                "no zone has spot capacity to use; spot replicas run on on-demand until a spot cooldown ends",
+            )
+        )
+    elif not fallback and fallback_since is not None:
+        fallback_since = None
+        if wants_spot:
+            events.append(
+                EventView("Normal", "SpotRestored", "spot capacity is usable again; replicas return to spot")
+            )
+
+    # 4. Make before break.
+    doomed_nodes = set(dooms)
+    healthy: Counter[tuple[str, CapacityType]] = Counter()
+    healthy_ready: Counter[tuple[str, CapacityType]] = Counter()
+    for pod in pods:
+        if pod.node not in doomed_nodes:
+            healthy[pod.group] += 1
+            healthy_ready[pod.group] += pod.ready
+    filled = sum(min(healthy_ready[key], target.get(key, 0)) for key in set(healthy_ready) | set(target))
+    budget = min(max(0, desired - filled), policy.max_surge)
+    counts = dict(target)
+    for key in sorted(healthy):
+        excess_ready = min(healthy_ready[key], max(0, healthy[key] - target.get(key, 0)))
+        keep = min(budget, excess_ready)
+        if keep:
+            counts[key] = counts.get(key, 0) + keep
+            budget -= keep
+    doomed_pods = [p for p in pods if p.node in doomed_nodes]
+
+    def time_left(pod: PodView) -> float:
+        deadline = dooms[pod.node].deadline
+        return float("inf") if deadline is None else (deadline - now).total_seconds()
+
+    retire: list[str] = []
+    kept_pods: list[str] = []
+    requeue: float | None = None
+    drain = policy.drain.total_seconds()
+    for pod in sorted(doomed_pods, key=lambda p: (-time_left(p), p.name)):
+        left = time_left(pod)
+        if pod.ready and budget > 0 and left > drain:
+            budget -= 1
+            counts[pod.group] = counts.get(pod.group, 0) + 1
+            kept_pods.append(pod.name)
+            if left != float("inf"):
+                requeue = left - drain if requeue is None else min(requeue, left - drain)
+            continue
+        retire.append(pod.name)
+        why = (
+            "its replacement is ready"
+            if pod.ready and left > drain
+            else ("it is not serving" if not pod.ready else f"the deadline is {max(0.0, left):.0f}s away")
+        )
+        events.append(
+            EventView("Normal", "DrainedReplica", f"Deleting pod {pod.name} on node {pod.node}: {why}")
+        )
+
+    groups = tuple(
+        PlacementGroup(zone, capacity_type, counts[(zone, capacity_type)])
+        for zone, capacity_type in sorted(counts)
+        if counts[(zone, capacity_type)] > 0
+    )
+    new_state = FailoverState(
+        doomed=tuple(sorted(cloud.values(), key=lambda d: d.node)),
+        cooldowns=tuple(sorted(cooldowns.values(), key=lambda c: (c.zone, c.scope))),
+        interruptions_handled=handled,
+        last_interruption=last,
+        fallback_since=fallback_since,
+    )
+    conditions = _conditions(
+        dooms, pods_on, kept_pods, retire, active, fallback, fallback_since, handled, last
+    )
+    return FailoverPlan(
+        groups=groups,
+        targets=tuple(targets),
+        retire=tuple(retire),
+        kept=tuple(kept_pods),
+        state=new_state,
+        conditions=conditions,
+        events=tuple(events),
+        requeue_after=None if requeue is None else max(1.0, requeue),
+    )
+
+
+def _doom_event(doom: Doom, hit: Sequence[PodView], policy: FailoverPolicy, what: str) -> EventView:
+    where = f"node {doom.node}" + (f" ({doom.instance_id})" if doom.instance_id else "")
+    where += f" in {doom.zone or 'an unknown zone'}, {doom.capacity_type}"
+    names = ", ".join(sorted(p.name for p in hit))
+    text = f"{doom.detail or doom.kind}: {where} hosts {len(hit)} replica(s) ({names})"
+    if doom.deadline is not None:
+        text += (
+            f"; draining by {_iso(doom.deadline - policy.drain)}, before the deadline {_iso(doom.deadline)}"
+        )
+    text += "; replacements ordered in the other zones" if what == "new" else "; the deadline moved closer"
+    return EventView("Warning", _EVENT_REASONS.get(doom.kind, "CapacitySignal"), text)
+
+
+def _conditions(
+    dooms: Mapping[str, Doom],
+    pods_on: Mapping[str, Sequence[PodView]],
+    kept: Sequence[str],
+    retire: Sequence[str],
+    active: Sequence[Cooldown],
+    fallback: bool,
+    fallback_since: datetime | None,
+    handled: int,
+    last: datetime | None,
+) -> tuple[ConditionView, ...]:
+    hit = [d for d in dooms.values() if pods_on.get(d.node)]
+    if hit:
+        first = min(hit, key=lambda d: (d.deadline or datetime.max.replace(tzinfo=UTC), d.node))
+        reason = _EVENT_REASONS.get(first.kind, "CapacitySignal")
+        message = (
+            f"{len(hit)} node(s) going ({', '.join(sorted(d.node for d in hit))}); "
+            f"{len(kept)} replica(s) kept serving until replaced, {len(retire)} draining now"
+        )
+        interrupted = ConditionView(SPOT_INTERRUPTED, True, reason, message)
+    else:
+        seen = f"; last at {_iso(last)}" if last is not None else ""
+        interrupted = ConditionView(
+            SPOT_INTERRUPTED, False, "NoneInProgress", f"{handled} capacity signal(s) handled{seen}"
+        )
+    if fallback:
+        cooling = ", ".join(sorted(f"{c.zone} ({c.reason})" for c in active)) or "all zones"
+        since = _iso(fallback_since) if fallback_since else "now"
+        fallback_view = ConditionView(
+            ON_DEMAND_FALLBACK,
+            True,
+            "SpotUnavailable",
+            f"spot replicas on on-demand since {since}: {cooling}",
+        )
+    else:
+        fallback_view = ConditionView(ON_DEMAND_FALLBACK, False, "SpotAvailable", "spot replicas run on spot")
+    lost = sorted((c for c in active if c.scope == "zone"), key=lambda c: c.zone)
+    spot = sorted((c for c in active if c.scope == "spot"), key=lambda c: c.zone)
+    if lost or spot:
+        parts = [f"{c.zone} until {_iso(c.until)} ({c.reason})" for c in lost] + [
+            f"spot in {c.zone} until {_iso(c.until)} ({c.reason})" for c in spot
+        ]
+        degraded = ConditionView(
+            ZONE_DEGRADED, True, "ZoneLost" if lost else "SpotCoolingDown", "avoiding " + "; ".join(parts)
+        )
+    else:
+        degraded = ConditionView(ZONE_DEGRADED, False, "AllZonesAvailable", "no zone is avoided")
+    return (interrupted, fallback_view, degraded)

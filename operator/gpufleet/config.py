@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpufleet.adapters.metrics import MetricQueries
+from gpufleet.planning.cost import ProductPrices
 from gpufleet.planning.workloads import WorkloadOptions
 
 # Capacity-type node labels and their values, per provisioner.
@@ -16,6 +18,27 @@ CAPACITY_LABELS: dict[str, tuple[str, str]] = {
     "karpenter.sh/capacity-type": ("spot", "on-demand"),
     "eks.amazonaws.com/capacityType": ("SPOT", "ON_DEMAND"),
 }
+
+
+class ProductPriceSetting(BaseModel):
+    """Prices of the instance a GPU product comes in, per instance-hour (AWS's unit)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    instance_type: str = ""
+    gpus_per_instance: int = Field(default=8, ge=1)
+    on_demand: float = Field(ge=0)
+    spot: dict[str, float] = Field(default_factory=dict)
+    currency: str = "USD"
+
+    def book(self) -> ProductPrices:
+        return ProductPrices(
+            on_demand=self.on_demand,
+            gpus_per_instance=self.gpus_per_instance,
+            spot=dict(self.spot),
+            instance_type=self.instance_type,
+            currency=self.currency,
+        )
 
 
 class Settings(BaseSettings):
@@ -95,6 +118,9 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(
         default=None, description="Override of the AWS endpoint (a local moto server in tests)."
     )
+    interruption_queue_max_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait between attempts while the queue cannot be read."
+    )
     rebalance_starts_replacements: bool = Field(
         default=True,
         description="Order replacements on a rebalance recommendation (no draining until a warning).",
@@ -110,11 +136,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Spot schedulable again this long → move fallback replicas back to spot.",
     )
-    prices: dict[str, dict[str, object]] = Field(
+    interruption_drain_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Delete a doomed replica this long before its deadline (preStop + in-flight requests).",
+    )
+    prices: dict[str, ProductPriceSetting] = Field(
         default_factory=dict,
         description=(
-            "Per GPU product: {onDemand: $/GPU-hour, spot: {zone: $/GPU-hour}, instanceType, gpusPerInstance}"
-            " as JSON; used for placement and the cost estimate."
+            "Per GPU product (node label nvidia.com/gpu.product), as JSON: {instanceType, gpusPerInstance, "
+            "onDemand: price per instance-hour, spot: {zone: price per instance-hour}}."
         ),
     )
     spot_price_refresh_seconds: int = Field(
@@ -155,3 +186,6 @@ class Settings(BaseSettings):
             drain_seconds=self.drain_seconds,
             startup_base_seconds=self.startup_base_seconds,
         )
+
+    def price_books(self) -> dict[str, ProductPrices]:
+        return {product: setting.book() for product, setting in self.prices.items()}

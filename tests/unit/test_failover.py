@@ -204,8 +204,13 @@ def test_a_node_that_recovers_clears_its_doom() -> None:
     not_ready = Doom("b-spot-0", "b", "spot", "not-ready", NOW, None, source="node")
     first = plan_failover(pol, 4, pods, FailoverState(), NOW, node_dooms=[not_ready])
     assert first.kept == ("p-b-spot-0",)
-    assert first.state.doomed == ()  # node state is not persisted: it is read again
-    recovered = plan_failover(pol, 4, pods, first.state, at(30))
+    assert first.state.interruptions_handled == 1
+    # seen again: the same doom, not a new one
+    still = plan_failover(pol, 4, pods, first.state, at(10), node_dooms=[not_ready])
+    assert still.state.interruptions_handled == 1
+    assert not [e for e in still.events if e.reason == "NodeNotReady"]
+    recovered = plan_failover(pol, 4, pods, still.state, at(30))
+    assert recovered.state.doomed == ()
     assert condition(recovered, SPOT_INTERRUPTED)[0] is False
     assert recovered.retire == recovered.kept == ()
 

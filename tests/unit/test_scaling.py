@@ -337,6 +337,16 @@ def test_a_full_batch_is_load_though_nothing_waits() -> None:
     assert changes(steps) == [(310, 3), (340, 2)]
 
 
+def test_a_wait_at_one_replica_under_light_load_does_not_shrink_the_batch() -> None:
+    # One request waits at a full replica while 5 others are nearly idle: 9 running on 6 ready.
+    state = ScalingState(batch_per_replica=4)
+    decision = decide(
+        policy(target_queue_depth=2), 6, signals(waiting=1, running=9, kv=0.01, ready=6), state, NOW
+    )
+    assert decision.state.batch_per_replica == 4
+    assert decision.per_signal["queue"] == 3  # 9 / 4 = 2.25 replicas of load, not 9 / 1.5 = 6
+
+
 # --- GPU utilisation guard -----------------------------------------------------------------------
 
 

@@ -8,6 +8,9 @@ and the runbooks (docs/runbooks/) query them. Per-ModelDeployment series carry
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter("gpufleet_reconciles_total", "Reconciles of ModelDeployments, by result.", ["result"])
@@ -95,6 +98,34 @@ def forget_model_deployment(namespace: str, name: str) -> None:
     """Drop every series of a deleted ModelDeployment."""
     for metric in _PER_MODEL_DEPLOYMENT:
         metric.remove_by_labels({"namespace": namespace, "name": name})
+
+
+def export_status(key: tuple[str, str], status: Mapping[str, Any], unschedulable: int) -> None:
+    """Gauges of one ModelDeployment from the status a reconcile computed (empty: nothing computed)."""
+    if not status:
+        return
+    namespace, name = key
+    for condition in status.get("conditions", []):
+        CONDITION.labels(namespace=namespace, name=name, type=condition["type"]).set(
+            1 if condition["status"] == "True" else 0
+        )
+    PLACEMENT_REPLICAS.remove_by_labels({"namespace": namespace, "name": name})
+    for row in status.get("placement", []):
+        labels = {
+            "namespace": namespace,
+            "name": name,
+            "zone": row["zone"],
+            "capacity_type": row["capacityType"],
+        }
+        PLACEMENT_REPLICAS.labels(**labels, state="desired").set(row["replicas"])
+        PLACEMENT_REPLICAS.labels(**labels, state="ready").set(row["readyReplicas"])
+    UNSCHEDULABLE_REPLICAS.labels(namespace=namespace, name=name).set(unschedulable)
+    cost = status.get("cost") or {}
+    for gauge, field in ((COST_PER_HOUR, "perHour"), (ON_DEMAND_COST_PER_HOUR, "onDemandEquivalentPerHour")):
+        if field in cost:
+            gauge.labels(namespace=namespace, name=name).set(cost[field])
+        else:
+            gauge.remove_by_labels({"namespace": namespace, "name": name})
 
 
 def serve(port: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +22,10 @@ from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.handlers import metrics
 from gpufleet.handlers.autoscale import Autoscaler
+from gpufleet.handlers.capacity import CapacityStore
+from gpufleet.handlers.interruptions import InterruptionConsumer
 from gpufleet.handlers.queue import Key, WorkQueue
-from gpufleet.handlers.reconcile import Outcome, Reconciler, version_of
+from gpufleet.handlers.reconcile import FailoverOptions, Outcome, Reconciler, version_of
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
 log = logging.getLogger("gpufleet")
@@ -66,11 +69,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.webhook_enabled:
         _configure_webhook(settings, config)
     kube = RestKubeApi(load_api_client(), on_request=metrics.KUBE_REQUESTS.inc)
+    options = config.workload_options()
+    store = CapacityStore(options.capacity_type_label, options.spot_value)
     reconciler = Reconciler(
         kube,
-        config.workload_options(),
+        options,
         clock=_utcnow,
         unschedulable_after=timedelta(seconds=config.unschedulable_after_seconds),
+        capacity=store,
+        failover=FailoverOptions(
+            max_surge=config.max_surge_replicas,
+            drain=timedelta(seconds=config.interruption_drain_seconds),
+            unavailable_after=timedelta(seconds=config.spot_fallback_after_seconds),
+            return_after=timedelta(seconds=config.spot_return_after_seconds),
+            rebalance=config.rebalance_starts_replacements,
+        ),
+        prices=config.price_books(),
     )
 
     def work(_key: Key, body: Any) -> Outcome:
@@ -85,8 +99,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             metrics.WRITES.labels(kind=applied.split("/", 1)[0], action="apply").inc()
         for _deleted in outcome.deleted:
             metrics.WRITES.labels(kind="Deployment", action="delete").inc()
+        metrics.REPLACEMENTS.labels(namespace=_key[0], name=_key[1], reason="drained").inc(
+            len(outcome.drained)
+        )
+        metrics.export_status(_key, outcome.status, outcome.unschedulable)
         metrics.MANAGED.set(len(queue.bodies))
         metrics.QUEUE_DEPTH.set(queue.depth)
+        if outcome.requeue_after is not None:
+            queue.enqueue_after(_key, outcome.requeue_after)
         return outcome
 
     queue = WorkQueue(work, config.workers, config.resync_seconds)
@@ -98,10 +118,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.autoscale_task = asyncio.get_running_loop().create_task(
         _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)
     )
+    if config.interruption_queue_url:
+        consumer = _start_consumer(config, store, queue)
+        memo.consumer = consumer
     metrics.serve(config.metrics_port)
     memo.queue = queue
     memo.reconciler = reconciler
     memo.kube = kube
+    memo.capacity = store
     log.info("gpufleet started: %d workers, resync every %.0fs", config.workers, config.resync_seconds)
 
 
@@ -119,8 +143,29 @@ async def _autoscale_loop(queue: WorkQueue, autoscaler: Autoscaler, interval: fl
                 metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
 
 
+def _start_consumer(config: Settings, store: CapacityStore, queue: WorkQueue) -> InterruptionConsumer:
+    # boto3 is imported only when a queue is configured: clusters without AWS never load it.
+    from gpufleet.adapters.sqs import InterruptionQueue
+
+    sqs = InterruptionQueue(config.interruption_queue_url or "", config.aws_region, config.aws_endpoint_url)
+    loop = asyncio.get_running_loop()
+
+    def enqueue(key: Key) -> None:
+        loop.call_soon_threadsafe(queue.enqueue, key)
+
+    consumer = InterruptionConsumer(
+        sqs, store, enqueue, _utcnow, config.interruption_queue_max_backoff_seconds
+    )
+    threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()
+    log.info("reading capacity signals from %s (%s)", sqs.queue_url, sqs.region)
+    return consumer
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    consumer: InterruptionConsumer | None = getattr(memo, "consumer", None)
+    if consumer is not None:
+        consumer.stopped.set()
     task: asyncio.Task[None] | None = getattr(memo, "autoscale_task", None)
     if task is not None:
         task.cancel()
@@ -139,6 +184,7 @@ def model_deployment_event(
     if event.get("type") == "DELETED":
         memo.queue.set_body(key, None)
         memo.reconciler.forget(key)
+        metrics.forget_model_deployment(namespace, name)
         return
     memo.queue.set_body(key, event["object"])
 
@@ -156,10 +202,34 @@ def owned_deployment_event(namespace: str | None, labels: kopf.Labels, memo: kop
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
-def owned_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+def owned_pod_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     key = _owner_key(namespace, labels)
     if key:
+        pod_id = f"{namespace}/{name}"
+        if event.get("type") == "DELETED":
+            memo.capacity.delete_pod(pod_id)
+        else:
+            memo.capacity.update_pod(
+                key, pod_id, ((event.get("object") or {}).get("spec") or {}).get("nodeName")
+            )
         memo.queue.enqueue(key)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Node taints, readiness and deletion are capacity signals that need no cloud access."""
+    store: CapacityStore = memo.capacity
+    now = _utcnow()
+    if event.get("type") == "DELETED":
+        store.delete_node(name, now)
+        changed = True
+    else:
+        changed = store.update_node(event.get("object") or {}, now)
+    if changed:
+        for key in store.models_on(name):
+            memo.queue.enqueue(key)
 
 
 @kopf.on.event("", "v1", "services", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})

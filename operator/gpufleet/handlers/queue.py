@@ -38,6 +38,7 @@ class WorkQueue:
         self._dirty: set[Key] = set()
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.reconciles = 0
         self.errors = 0
 
@@ -59,6 +60,12 @@ class WorkQueue:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        """Look at `key` again in `delay` seconds (a drain deadline); from the event loop's thread or not."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.call_later, delay, self.enqueue, key)
+
     @property
     def depth(self) -> int:
         return len(self._queued)
@@ -68,7 +75,7 @@ class WorkQueue:
         return not (self._queued or self._running or self._dirty)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._worker(i)) for i in range(self._workers)]
         self._tasks.append(loop.create_task(self._resync_loop()))
 

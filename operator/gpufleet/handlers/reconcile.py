@@ -18,9 +18,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpufleet.adapters.kube import KubeApi
+from gpufleet.api.catalog import MIG_PROFILES
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeploymentSpec
 from gpufleet.api.validation import validate_manifest
-from gpufleet.planning.placement import CapacityType, PlacementGroup, plan_placement
+from gpufleet.handlers.capacity import CapacityStore
+from gpufleet.planning.cost import CostEstimate, ProductPrices, estimate, product_for
+from gpufleet.planning.failover import (
+    Doom,
+    FailoverPlan,
+    FailoverPolicy,
+    FailoverState,
+    PodView,
+    plan_failover,
+)
+from gpufleet.planning.placement import CapacityType, PlacementGroup
 from gpufleet.planning.status import (
     DEGRADED,
     SCALING_LIMITED,
@@ -54,8 +65,23 @@ class Outcome:
 
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)  # pods deleted ahead of a capacity loss
     status_written: bool = False
     valid: bool = True
+    requeue_after: float | None = None  # seconds until a drain deadline needs another look
+    status: dict[str, Any] = field(default_factory=dict)  # the status computed (for metrics)
+    unschedulable: int = 0
+
+
+@dataclass(frozen=True)
+class FailoverOptions:
+    """Operator-wide knobs of the failover planner (GPUFLEET_* settings)."""
+
+    max_surge: int = 4
+    drain: timedelta = timedelta(seconds=60)
+    unavailable_after: timedelta = timedelta(seconds=300)
+    return_after: timedelta = timedelta(seconds=900)
+    rebalance: bool = True  # a rebalance recommendation starts replacements (else only a warning does)
 
 
 @dataclass
@@ -112,6 +138,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         or status.get("phase") in ("Succeeded", "Failed"),
         unschedulable_since=_parse_time(scheduled.get("lastTransitionTime")) if unschedulable else None,
         unschedulable_message=scheduled.get("message", "") if unschedulable else "",
+        node=(pod.get("spec") or {}).get("nodeName") or "",
     )
 
 
@@ -136,11 +163,18 @@ class Reconciler:
         options: WorkloadOptions,
         clock: Callable[[], datetime],
         unschedulable_after: timedelta = timedelta(minutes=5),
+        capacity: CapacityStore | None = None,
+        failover: FailoverOptions = FailoverOptions(),
+        prices: Mapping[str, ProductPrices] | None = None,
     ) -> None:
         self.kube = kube
         self.options = options
         self.clock = clock
         self.unschedulable_after = unschedulable_after
+        self.capacity = capacity
+        self.failover = failover
+        # Read on every reconcile, so a price refresh (a new mapping assigned here) takes effect.
+        self.prices: Mapping[str, ProductPrices] = prices or {}
         self.cache = AppliedCache()
 
     def event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
@@ -179,7 +213,20 @@ class Reconciler:
             return outcome
 
         decision = decide_replicas(spec)
-        groups = plan_placement(decision.desired, spec.capacity)
+        observed = [observe_pod(p) for p in self.kube.list("v1", "Pod", namespace, selector)]
+        plan = self._plan_capacity(body, spec, decision.desired, observed)
+        # Drain before applying counts: a Deployment lowered first could remove a healthy pod instead.
+        for pod_name in plan.retire:
+            self.kube.delete("v1", "Pod", namespace, pod_name)
+            outcome.drained.append(pod_name)
+        for event in plan.events:
+            self.event(body, event.type, event.reason, event.message)
+        outcome.requeue_after = plan.requeue_after
+        drained = set(plan.retire)
+        observed = [
+            ObservedPod(**{**p.__dict__, "terminating": True}) if p.name in drained else p for p in observed
+        ]
+        groups = list(plan.groups)
         desired = desired_workloads(Owner(name, namespace, uid), spec, groups, self.options)
         live_by_name = {d["metadata"]["name"]: d for d in owned_deployments}
 
@@ -205,8 +252,56 @@ class Reconciler:
             )
 
         current = [d for d in owned_deployments if d["metadata"]["name"] in wanted]
-        self._observe_and_report(body, decision, groups, current, [], outcome)
+        cost = self._cost(spec, [p for p in observed if not p.terminating])
+        self._report(body, decision, groups, current, [], outcome, observed, plan, cost)
         return outcome
+
+    def _plan_capacity(
+        self,
+        body: Mapping[str, Any],
+        spec: ModelDeploymentSpec,
+        desired: int,
+        observed: Sequence[ObservedPod],
+    ) -> FailoverPlan:
+        meta = body["metadata"]
+        now = self.clock()
+        # The status this operator last wrote is newer than a body the watch has not caught up with.
+        written = self.cache.statuses.get((meta["namespace"], meta["name"]), {})
+        state = FailoverState.from_json(written.get("spot", (body.get("status") or {}).get("spot")))
+        live = [p for p in observed if not p.terminating]
+        views = [
+            PodView(p.name, p.zone, p.capacity_type, p.node, p.ready, p.unschedulable_since) for p in live
+        ]
+        cloud: list[Doom] = []
+        node: list[Doom] = []
+        lost: dict[str, datetime] = {}
+        if self.capacity is not None:
+            cloud, node = self.capacity.dooms({p.node for p in live if p.node}, spec.capacity.zones)
+            if not self.failover.rebalance:
+                cloud = [d for d in cloud if d.kind != "rebalance"]
+                node = [d for d in node if d.kind != "rebalance"]
+            lost = self.capacity.lost_zones(now)
+        _, book = product_for(spec.accelerator.gpu_product, self.prices)
+        policy = FailoverPolicy(
+            capacity=spec.capacity,
+            max_surge=self.failover.max_surge,
+            drain=self.failover.drain,
+            unavailable_after=self.failover.unavailable_after,
+            return_after=self.failover.return_after,
+            spot_prices=book.spot_per_gpu_by_zone() if book else {},
+        )
+        return plan_failover(
+            policy, desired, views, state, now, cloud_dooms=cloud, node_dooms=node, lost_zones=lost
+        )
+
+    def _cost(self, spec: ModelDeploymentSpec, live: Sequence[ObservedPod]) -> CostEstimate:
+        product, book = product_for(spec.accelerator.gpu_product, self.prices)
+        gpus: float = spec.accelerator.tensor_parallel_size
+        profile = spec.accelerator.mig_profile
+        if profile:
+            slices = MIG_PROFILES.get(product or "", {}).get(profile)
+            gpus = 1 / slices if slices else 1.0
+        return estimate([(p.zone, p.capacity_type) for p in live], gpus, product, book)
 
     def _observe_and_report(
         self,
@@ -217,15 +312,39 @@ class Reconciler:
         problems: Sequence[str],
         outcome: Outcome,
     ) -> None:
+        """Status for a spec that cannot be acted on: workloads, spot state and cost are left alone."""
+        meta = body["metadata"]
+        pods = self.kube.list("v1", "Pod", meta["namespace"], selector_string(meta["name"]))
+        self._report(body, decision, groups, deployments, problems, outcome, [observe_pod(p) for p in pods])
+
+    def _report(
+        self,
+        body: Mapping[str, Any],
+        decision: ReplicaDecision | None,
+        groups: Sequence[PlacementGroup],
+        deployments: Sequence[Mapping[str, Any]],
+        problems: Sequence[str],
+        outcome: Outcome,
+        pods: Sequence[ObservedPod],
+        plan: FailoverPlan | None = None,
+        cost: CostEstimate | None = None,
+    ) -> None:
         meta = body["metadata"]
         selector = selector_string(meta["name"])
         previous = body.get("status") or {}
-        pods = self.kube.list("v1", "Pod", meta["namespace"], selector)
+        now = self.clock()
+        outcome.unschedulable = sum(
+            1
+            for p in pods
+            if not p.terminating
+            and p.unschedulable_since is not None
+            and now - p.unschedulable_since >= self.unschedulable_after
+        )
         inp = StatusInput(
             generation=int(meta.get("generation", 0)),
             desired=decision,
             groups=groups,
-            pods=[observe_pod(p) for p in pods],
+            pods=pods,
             deployments=[observe_deployment(d) for d in deployments],
             selector=selector,
             problems=problems,
@@ -233,6 +352,11 @@ class Reconciler:
             unschedulable_after=self.unschedulable_after,
             previous_status=previous,
             autoscaler=previous.get("autoscaler") if decision is not None and _autoscaling(body) else None,
+            capacity_conditions=[(c.type, c.ok, c.reason, c.message) for c in plan.conditions]
+            if plan
+            else (),
+            spot=plan.state.to_json() if plan else None,
+            cost=cost.to_json() if cost else None,
         )
         self._write_status(body, inp, outcome)
 
@@ -308,8 +432,14 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         status = compute_status(inp, self.clock())
-        # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone.
-        current = {k: v for k, v in (body.get("status") or {}).items() if k != "autoscaler"}
+        outcome.status = status
+        # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
+        # as it leaves spot and cost alone when they were not computed (an invalid spec).
+        current = {
+            k: v
+            for k, v in (body.get("status") or {}).items()
+            if k != "autoscaler" and (k in status or k not in ("spot", "cost"))
+        }
         if status == current or status == self.cache.statuses.get(key):
             return
         self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], status)

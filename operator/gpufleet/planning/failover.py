@@ -123,6 +123,7 @@ class Doom:
             "since": _iso(self.since),
             "instanceId": self.instance_id,
             "detail": self.detail[:256],
+            "source": self.source,
         }
         if self.deadline is not None:
             data["deadline"] = _iso(self.deadline)
@@ -134,6 +135,9 @@ class Doom:
         if capacity_type not in ("spot", "on-demand"):
             raise ValueError(f"not a capacity type: {capacity_type!r}")
         deadline = data.get("deadline")
+        source = data.get("source", "sqs")
+        if source not in ("sqs", "node"):
+            raise ValueError(f"not a signal source: {source!r}")
         return cls(
             node=str(data["node"]),
             zone=str(data.get("zone", "")),
@@ -143,8 +147,7 @@ class Doom:
             deadline=None if deadline is None else _time(deadline),
             instance_id=str(data.get("instanceId", "")),
             detail=str(data.get("detail", "")),
-            # Only cloud events are persisted: node state is re-read from the node.
-            source="sqs",
+            source=source,
         )
 
 
@@ -183,7 +186,7 @@ class Cooldown:
 class FailoverState:
     """What survives a restart, in status.spot."""
 
-    doomed: tuple[Doom, ...] = ()  # cloud events only
+    doomed: tuple[Doom, ...] = ()  # cloud events, and node state as last read (to tell what is new)
     cooldowns: tuple[Cooldown, ...] = ()  # active ones, and expired ones remembered for their strikes
     interruptions_handled: int = 0
     last_interruption: datetime | None = None
@@ -347,7 +350,8 @@ def plan_failover(
             pods_on.setdefault(pod.node, []).append(pod)
 
     # 1. Dooms: cloud events persist until the node holds none of our pods; node state is as read now.
-    known = {d.node: d for d in state.doomed}
+    known = {d.node: d for d in state.doomed if d.source == "sqs"}
+    previous_nodes = {d.node for d in state.doomed}
     handled, last = state.interruptions_handled, state.last_interruption
     fresh: list[Doom] = []
     for doom in cloud_dooms:
@@ -367,7 +371,6 @@ def plan_failover(
     }
     node_level = {d.node: d for d in node_dooms if d.node not in cloud}
     dooms = {**cloud, **node_level}
-    previous_nodes = {d.node for d in state.doomed}
     for doom in fresh + [d for d in node_level.values() if d.node not in previous_nodes]:
         hit = pods_on.get(doom.node, [])
         if hit:
@@ -489,7 +492,7 @@ def plan_failover(
         if counts[(zone, capacity_type)] > 0
     )
     new_state = FailoverState(
-        doomed=tuple(sorted(cloud.values(), key=lambda d: d.node)),
+        doomed=tuple(sorted(dooms.values(), key=lambda d: d.node)),
         cooldowns=tuple(sorted(cooldowns.values(), key=lambda c: (c.zone, c.scope))),
         interruptions_handled=handled,
         last_interruption=last,

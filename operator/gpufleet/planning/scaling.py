@@ -18,7 +18,9 @@ is within the tolerance band of the capacity: |L / capacity − 1| ≤ tolerance
 The queue signal counts requests in flight, not only the queue. vLLM queues
 only when a replica's batch is full, so while requests wait, b = running /
 ready is what one replica admits (its max-num-seqs, or less when the KV cache
-is the limit). The planner remembers the last such b in its state.
+is the limit). The planner keeps the largest such b in its state: one replica
+can be full and queue while a round-robin balancer leaves the others half
+empty, which reads low.
 - Up to the target (waiting ≤ ready × t) the fleet is as busy as its running
   requests: running / b replicas' worth of batch slots are taken. A fleet of
   full batches and a short queue is loaded, though the queue alone (HPA's
@@ -327,9 +329,16 @@ def _ask(load: float, capacity: int, current: int, tolerance: float, summary: st
 
 
 def _batch(signals: Signals, waiting: float, running: float, remembered: float | None) -> float | None:
-    """What one full replica admits: measured while requests wait, else the last measurement."""
+    """What one full replica admits: the most running / ready seen while requests waited.
+
+    The most, not the last: a request waits at one replica as soon as that one is
+    full, while a load balancer that is not queue-aware leaves others half empty,
+    so a single reading under light load says less than a full batch. A low b
+    would make every running request look like a whole replica's load.
+    """
     if signals.ready_replicas > 0 and waiting > 0 and running > 0:
-        return running / signals.ready_replicas
+        measured = running / signals.ready_replicas
+        return measured if remembered is None else max(measured, remembered)
     return remembered
 
 

@@ -35,6 +35,7 @@ class ObservedPod:
     template_hash: str = ""
     unschedulable_since: datetime | None = None
     unschedulable_message: str = ""
+    node: str = ""  # spec.nodeName; "" while unscheduled
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class StatusInput:
     previous_status: Mapping[str, Any] = field(default_factory=dict)
     # status.autoscaler as the autoscaler last wrote it; None when autoscaling is off.
     autoscaler: Mapping[str, Any] | None = None
+    # From the failover planner: (type, status True?, reason, message), status.spot and status.cost.
+    capacity_conditions: Sequence[tuple[str, bool, str, str]] = ()
+    spot: Mapping[str, Any] | None = None
+    cost: Mapping[str, Any] | None = None
 
 
 def _condition(
@@ -212,8 +217,11 @@ def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
         )
     else:
         conditions.append(cond(DEGRADED, False, "AsExpected", "no pod is stuck"))
+    conditions.extend(
+        cond(kind, ok, reason, message) for kind, ok, reason, message in inp.capacity_conditions
+    )
 
-    return {
+    status: dict[str, Any] = {
         "observedGeneration": inp.generation,
         "replicas": len(live),
         "readyReplicas": ready,
@@ -222,3 +230,8 @@ def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
         "placement": _placement(inp.groups, live),
         "conditions": conditions,
     }
+    if inp.spot is not None:
+        status["spot"] = dict(inp.spot)
+    if inp.cost is not None:
+        status["cost"] = dict(inp.cost)
+    return status

@@ -8,6 +8,7 @@ Tests wait on conditions with deadlines (`wait_until`), never on fixed sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -20,10 +21,16 @@ from kubernetes import client, config
 
 from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane, free_port
 from fleetsim.local import OperatorProcess as LocalOperator
+from fleetsim.pools import load_fleet, operator_prices
+from fleetsim.sim import operator_cloud_env
 
 __all__ = ["ROOT", "Cluster", "OperatorProcess", "wait_until"]
 
 T = TypeVar("T")
+
+# The e2e simulator's fleet and time scale (tests/e2e/conftest.py): the session operator is set up for it.
+E2E_FLEET = ROOT / "tests" / "e2e" / "fleet-us-west-2.yaml"
+E2E_TIME_SCALE = 50
 
 
 def wait_until(
@@ -90,6 +97,8 @@ class OperatorProcess(LocalOperator):
 
     def __init__(self, cluster: Cluster, workdir: Path) -> None:
         prometheus_port = free_port()
+        moto_port = free_port()
+        e2e_fleet = load_fleet(E2E_FLEET)
         super().__init__(
             cluster.kubeconfig,
             workdir,
@@ -103,10 +112,14 @@ class OperatorProcess(LocalOperator):
                 # The e2e simulator's Prometheus will listen here; until it does, autoscaling holds.
                 "GPUFLEET_PROMETHEUS_URL": f"http://127.0.0.1:{prometheus_port}",
                 "GPUFLEET_AUTOSCALE_INTERVAL_SECONDS": "2",
+                # ... and its moto server here: the operator reads its interruption queue.
+                **operator_cloud_env(f"http://127.0.0.1:{moto_port}", e2e_fleet.region, E2E_TIME_SCALE),
+                "GPUFLEET_PRICES": json.dumps(operator_prices(e2e_fleet.pools)),
             },
         )
         self.cluster = cluster
         self.prometheus_port = prometheus_port
+        self.moto_port = moto_port
 
     def start(self, timeout: float = 60.0) -> None:
         super().start(timeout)

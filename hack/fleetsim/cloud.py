@@ -196,6 +196,11 @@ class CloudEvents:
     def queue_url(self) -> str:
         return self.create_queue()
 
+    def reset_queue(self) -> str:
+        """Create the queue again, after the moto server restarted and forgot it."""
+        self._queue_url = None
+        return self.create_queue()
+
     def image_id(self) -> str:
         """An x86_64 Amazon Linux 2 AMI from moto's built-in catalog (moto knows no EKS GPU AMI)."""
         if self._image_id is None:

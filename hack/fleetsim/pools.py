@@ -612,3 +612,30 @@ def _cheapest_pool(
 def pools_in_zone(pools: Iterable[Pool], zone: str, capacity_type: str | None = None) -> list[Pool]:
     """The pools a zone outage (or a zone running out of spot) takes away."""
     return [p for p in pools if p.zone == zone and capacity_type in (None, p.capacity_type)]
+
+
+def operator_prices(pools: Iterable[Pool]) -> dict[str, dict[str, object]]:
+    """The fleet's prices as gpufleet reads them (GPUFLEET_PRICES): per GPU product, per instance-hour.
+
+    Spot prices are per zone; a product priced differently by two on-demand pools keeps the first.
+    """
+    prices: dict[str, dict[str, object]] = {}
+    for pool in pools:
+        if pool.mig_profile:
+            continue  # a MIG pool is the same instance type; its price is the whole instance's
+        entry = prices.setdefault(
+            pool.instance.gpu_product,
+            {
+                "instanceType": pool.instance_type,
+                "gpusPerInstance": pool.instance.gpu_count,
+                "onDemand": pool.instance.on_demand_per_hour,
+                "spot": {},
+            },
+        )
+        if pool.capacity_type == "spot":
+            spot = entry["spot"]
+            assert isinstance(spot, dict)
+            spot.setdefault(pool.zone, round(pool.hourly_price(), 4))
+        elif pool.price_per_hour is not None:
+            entry["onDemand"] = pool.price_per_hour
+    return prices

@@ -39,6 +39,9 @@ class Interrupt(_Model):
     rebalance_first_seconds: float | None = Field(
         None, ge=0, alias="rebalanceFirstSeconds", description="Send a rebalance recommendation this early."
     )
+    notice_seconds: float | None = Field(
+        None, ge=0, alias="noticeSeconds", description="Warning-to-reclaim time; default the fleet's (120 s)."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Interrupt:

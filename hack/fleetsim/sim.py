@@ -23,11 +23,11 @@ from kubernetes.client.exceptions import ApiException
 
 from fleetsim.accounting import Accounting, NodeSample, ReplicaSample
 from fleetsim.clock import SimClock
-from fleetsim.cloud import CloudEvents, MotoServer
+from fleetsim.cloud import DEFAULT_ACCOUNT, DEFAULT_QUEUE, CloudEvents, MotoServer
 from fleetsim.kubelet import SimKubelet
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
 from fleetsim.local import CRD_FILE, OperatorProcess, free_port
-from fleetsim.pools import Fleet, Pool, load_fleet, node_manifest
+from fleetsim.pools import Fleet, Pool, load_fleet, node_manifest, operator_prices
 from fleetsim.prometheus import PrometheusServer, TargetWriter
 from fleetsim.provisioner import Provisioner
 from fleetsim.scenario import Event, Scenario
@@ -81,6 +81,7 @@ class Simulation:
         on_tick: Callable[[Snapshot], None] | None = None,
         run_operator: bool = True,
         prometheus_port: int | None = None,
+        moto_port: int | None = None,
     ) -> None:
         self.scenario = scenario
         self.kubeconfig = kubeconfig
@@ -97,7 +98,7 @@ class Simulation:
         self.lost_zones: set[str] = set()
         self.snapshot = Snapshot()
         self.accounting = Accounting()
-        self.moto = MotoServer(free_port(), log=workdir / "moto.log")
+        self.moto = MotoServer(moto_port or free_port(), log=workdir / "moto.log")
         self.cloud: CloudEvents | None = None
         self.prometheus = PrometheusServer(workdir / "prometheus", prometheus_port or free_port())
         self.targets = TargetWriter(self.core, workdir / "prometheus")
@@ -108,6 +109,8 @@ class Simulation:
                 "GPUFLEET_WEBHOOK_ENABLED": "false",
                 # The autoscaler reads the simulator's Prometheus, as it would the cluster's.
                 "GPUFLEET_PROMETHEUS_URL": self.prometheus.url,
+                **operator_cloud_env(self.moto.endpoint_url, self.fleet.region, scenario.time_scale),
+                "GPUFLEET_PRICES": json.dumps(operator_prices(self.fleet.pools)),
                 **scenario.operator_env,
             },
         )
@@ -146,7 +149,9 @@ class Simulation:
             )
         self._note(f"node {name} gone ({reason})")
 
-    async def interrupt(self, name: str, rebalance_first: float | None) -> None:
+    async def interrupt(
+        self, name: str, rebalance_first: float | None, notice_s: float | None = None
+    ) -> None:
         record = self.nodes.get(name)
         if record is None or self.cloud is None:
             self._note(f"interrupt: no node {name}")
@@ -160,7 +165,7 @@ class Simulation:
         await asyncio.to_thread(
             self.cloud.spot_interruption_warning, record.instance_id, record.pool.zone, datetime.now(UTC)
         )
-        notice = self.scenario.params.cloud.spot_notice_seconds
+        notice = self.scenario.params.cloud.spot_notice_seconds if notice_s is None else notice_s
         self._note(f"spot interruption warning for {name} ({record.instance_id}), {notice:.0f}s notice")
         await self.clock.sleep(notice)
         await self.lose_node(name, "spot instance reclaimed")
@@ -173,7 +178,9 @@ class Simulation:
             if target is None:
                 self._note(f"interrupt: pool {event.interrupt.pool} has no node")
                 return
-            await self.interrupt(target, event.interrupt.rebalance_first_seconds)
+            await self.interrupt(
+                target, event.interrupt.rebalance_first_seconds, event.interrupt.notice_seconds
+            )
         elif event.zone_outage is not None:
             zone = event.zone_outage
             self.lost_zones.add(zone)
@@ -414,3 +421,29 @@ class Simulation:
         with contextlib.suppress(asyncio.CancelledError):
             await timeline
         return report
+
+
+def operator_cloud_env(moto_endpoint: str, region: str, time_scale: float) -> dict[str, str]:
+    """What a gpufleet operator needs to read this simulator's interruption queue, timers time-scaled.
+
+    The queue URL is known before the queue exists (moto's account, fleetsim's queue name), so an
+    operator can be started first; it backs off for at most 2 s while the queue is missing.
+    The failover timers are divided by the time scale like every simulated delay: the drain margin
+    before a deadline, the pending time that makes spot unavailable, and the wait before retrying it.
+    """
+
+    def scaled(seconds: float) -> str:
+        return str(max(1, round(seconds / time_scale)))
+
+    return {
+        "GPUFLEET_INTERRUPTION_QUEUE_URL": f"{moto_endpoint}/{DEFAULT_ACCOUNT}/{DEFAULT_QUEUE}",
+        "GPUFLEET_AWS_REGION": region,
+        "GPUFLEET_AWS_ENDPOINT_URL": moto_endpoint,
+        "GPUFLEET_INTERRUPTION_QUEUE_MAX_BACKOFF_SECONDS": "2",
+        # moto accepts any credentials; these keep boto3 from looking for real ones.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "GPUFLEET_INTERRUPTION_DRAIN_SECONDS": scaled(60),
+        "GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS": scaled(300),
+        "GPUFLEET_SPOT_RETURN_AFTER_SECONDS": scaled(900),
+    }

@@ -15,7 +15,7 @@ import pytest
 from fleetsim.background import BackgroundSimulation
 from fleetsim.scenario import parse_scenario
 from fleetsim.sim import Simulation
-from tests.conftest import ROOT, Cluster, OperatorProcess
+from tests.conftest import E2E_FLEET, E2E_TIME_SCALE, ROOT, Cluster, OperatorProcess
 
 HERE = Path(__file__).resolve().parent
 # Unique per session: a reused control plane may still be deleting an earlier run's namespace.
@@ -32,9 +32,9 @@ def sim(
     scenario = parse_scenario(
         {
             "name": "e2e",
-            "timeScale": 50,
+            "timeScale": E2E_TIME_SCALE,
             "duration": 60,
-            "fleet": str(HERE / "fleet-us-west-2.yaml"),
+            "fleet": str(E2E_FLEET),
             "namespace": NAMESPACE,
             "apply": [str(HERE / "llama-3-70b-west.yaml")],
         },
@@ -47,6 +47,7 @@ def sim(
         kubectl=cluster.kubectl_path,
         run_operator=False,
         prometheus_port=operator.prometheus_port,
+        moto_port=operator.moto_port,
     )
     background = BackgroundSimulation(simulation)
     try:

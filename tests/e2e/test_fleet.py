@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +16,7 @@ from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from gpufleet.adapters.metrics import ModelMetrics, PrometheusMetrics
 from tests.conftest import OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, MODEL, NAMESPACE
+from tests.e2e.scrape import metric
 
 pytestmark = pytest.mark.e2e
 
@@ -114,12 +114,15 @@ def test_a_lost_node_loses_its_pods_and_the_replacement_lands_elsewhere(sim: Bac
             return current
         return None
 
-    # The spot pool's only node is gone: the provisioner launches another (80 simulated s), then
-    # the replacement pulls the image and loads the weights.
+    # A spot node lost puts spot in its zone (2b) in cooldown: the replacement goes to spot in the
+    # model's other zone (2a), where it pulls the image and loads the weights.
     current = wait_until(replaced, timeout=120, interval=0.5, what="a ready replacement pod")
     replacement = next(p for p in current if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot")
     assert replacement["spec"]["nodeName"] != lost
-    assert _node_labels(sim, replacement["spec"]["nodeName"])["topology.kubernetes.io/zone"] == "us-west-2b"
+    assert _node_labels(sim, replacement["spec"]["nodeName"])["topology.kubernetes.io/zone"] == "us-west-2a"
+    degraded = _condition(_md(sim, MODEL), "ZoneDegraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "SpotCoolingDown")
+    assert "spot in us-west-2b" in degraded["message"]
 
 
 AUTOSCALED = "llama-3-8b-auto"
@@ -206,32 +209,28 @@ def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_
     assert reasons.count("Autoscaled") >= 3  # 1 -> 3, 3 -> 2, 2 -> 1
 
 
-def test_a_spot_interruption_reaches_sqs_and_the_node_goes_after_the_notice(
-    sim: BackgroundSimulation,
+def test_a_spot_interruption_reaches_the_operator_through_sqs_and_the_node_goes_after_the_notice(
+    sim: BackgroundSimulation, operator: OperatorProcess
 ) -> None:
     simulation = sim.simulation
     cloud = simulation.cloud
     assert cloud is not None
     record = simulation.nodes["west-2c-od-1"]  # hosts none of the model's pods (zones 2a and 2b)
-    sqs = client("sqs", simulation.moto.endpoint_url, "us-west-2")
-    # Drain earlier events (the node-loss test terminated an instance) so only this story is read.
-    while sqs.receive_message(QueueUrl=cloud.queue_url, MaxNumberOfMessages=10).get("Messages"):
-        pass
+    labels = {"source": "sqs", "type": "interruption", "outcome": "handled"}
+    before = metric(operator.metrics_port, "gpufleet_interruption_events_total", **labels)
     task = asyncio.run_coroutine_threadsafe(simulation.interrupt(record.name, None), sim.loop)
 
-    def warning() -> dict[str, Any] | None:
-        for message in sqs.receive_message(QueueUrl=cloud.queue_url, MaxNumberOfMessages=10).get(
-            "Messages", []
-        ):
-            event = json.loads(message["Body"])
-            if event["detail-type"] == "EC2 Spot Instance Interruption Warning":
-                return dict(event)
-        return None
+    def handled() -> bool:
+        return metric(operator.metrics_port, "gpufleet_interruption_events_total", **labels) > before
 
-    event = wait_until(warning, timeout=30, interval=0.2, what="the interruption warning on SQS")
-    assert event["source"] == "aws.ec2"
-    assert event["detail"] == {"instance-id": record.instance_id, "instance-action": "terminate"}
+    # The operator long-polls the queue, maps detail.instance-id to the node by its providerID,
+    # and deletes the message.
+    wait_until(handled, timeout=30, interval=0.2, what="the operator to handle the interruption warning")
     assert record.name in simulation.nodes  # two minutes of notice (2.4 s real at 50x) still running
+    sqs = client("sqs", simulation.moto.endpoint_url, "us-west-2")
+    attributes = sqs.get_queue_attributes(QueueUrl=cloud.queue_url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert metric(operator.metrics_port, "gpufleet_interruption_queue_up") == 1
     task.result(timeout=60)
     assert record.name not in simulation.nodes
     state = cloud.describe_instance(record.instance_id)["State"]["Name"]

@@ -366,10 +366,13 @@ def plan_failover(
             elif pods_on.get(doom.node):
                 events.append(_doom_event(doom, pods_on[doom.node], policy, "escalated"))
     linger = max(policy.cooldown, timedelta(minutes=10))
+    # Only dooms of nodes with our pods are ours to persist; the others only cool their zone down.
     cloud = {
-        node: d for node, d in known.items() if pods_on.get(node) or now - (d.deadline or d.since) < linger
+        node: d
+        for node, d in known.items()
+        if pods_on.get(node) or (node in previous_nodes and now - (d.deadline or d.since) < linger)
     }
-    node_level = {d.node: d for d in node_dooms if d.node not in cloud}
+    node_level = {d.node: d for d in node_dooms if d.node not in cloud and pods_on.get(d.node)}
     dooms = {**cloud, **node_level}
     for doom in fresh + [d for d in node_level.values() if d.node not in previous_nodes]:
         hit = pods_on.get(doom.node, [])
@@ -382,7 +385,7 @@ def plan_failover(
     cooldowns = {(c.zone, c.scope): c for c in state.cooldowns if now - c.until < policy.return_after * 4}
     before_active = {key for key, c in cooldowns.items() if c.active(now)}
     if zones:
-        for doom in dooms.values():
+        for doom in [*cloud_dooms, *node_dooms, *cloud.values()]:
             if doom.capacity_type == "spot" and doom.kind in _SPOT_PRESSURE and doom.zone in zones:
                 until = doom.since + policy.cooldown
                 if until > now:

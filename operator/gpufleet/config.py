@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         )
 
     # Spot interruptions (issue 6). Credentials come from the environment or IRSA, never from here.
+    spot_failover: bool = Field(
+        default=True,
+        description=(
+            "React to capacity signals (SQS, node taints, lost nodes and zones); off: plain placement, "
+            "pods die with their nodes (for comparison)."
+        ),
+    )
     interruption_queue_url: str | None = Field(
         default=None,
         description="SQS queue receiving EventBridge EC2 spot/rebalance/state-change and AWS Health events.",

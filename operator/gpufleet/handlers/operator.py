@@ -76,7 +76,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         options,
         clock=_utcnow,
         unschedulable_after=timedelta(seconds=config.unschedulable_after_seconds),
-        capacity=store,
+        capacity=store if config.spot_failover else None,
         failover=FailoverOptions(
             max_surge=config.max_surge_replicas,
             drain=timedelta(seconds=config.interruption_drain_seconds),
@@ -118,7 +118,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.autoscale_task = asyncio.get_running_loop().create_task(
         _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)
     )
-    if config.interruption_queue_url:
+    if config.interruption_queue_url and config.spot_failover:
         consumer = _start_consumer(config, store, queue)
         memo.consumer = consumer
     metrics.serve(config.metrics_port)

@@ -24,14 +24,13 @@ from gpufleet.api.validation import validate_manifest
 from gpufleet.handlers.capacity import CapacityStore
 from gpufleet.planning.cost import CostEstimate, ProductPrices, estimate, product_for
 from gpufleet.planning.failover import (
-    Doom,
     FailoverPlan,
     FailoverPolicy,
     FailoverState,
     PodView,
     plan_failover,
 )
-from gpufleet.planning.placement import CapacityType, PlacementGroup
+from gpufleet.planning.placement import CapacityType, PlacementGroup, plan_placement
 from gpufleet.planning.status import (
     DEGRADED,
     SCALING_LIMITED,
@@ -265,6 +264,10 @@ class Reconciler:
     ) -> FailoverPlan:
         meta = body["metadata"]
         now = self.clock()
+        if self.capacity is None:
+            # Spot failover off (GPUFLEET_SPOT_FAILOVER=false): plain placement, no drains, no state.
+            groups = tuple(plan_placement(desired, spec.capacity))
+            return FailoverPlan(groups, groups, (), (), FailoverState(), (), (), None)
         # The status this operator last wrote is newer than a body the watch has not caught up with.
         written = self.cache.statuses.get((meta["namespace"], meta["name"]), {})
         state = FailoverState.from_json(written.get("spot", (body.get("status") or {}).get("spot")))
@@ -272,15 +275,11 @@ class Reconciler:
         views = [
             PodView(p.name, p.zone, p.capacity_type, p.node, p.ready, p.unschedulable_since) for p in live
         ]
-        cloud: list[Doom] = []
-        node: list[Doom] = []
-        lost: dict[str, datetime] = {}
-        if self.capacity is not None:
-            cloud, node = self.capacity.dooms({p.node for p in live if p.node}, spec.capacity.zones)
-            if not self.failover.rebalance:
-                cloud = [d for d in cloud if d.kind != "rebalance"]
-                node = [d for d in node if d.kind != "rebalance"]
-            lost = self.capacity.lost_zones(now)
+        cloud, node = self.capacity.dooms({p.node for p in live if p.node}, spec.capacity.zones)
+        if not self.failover.rebalance:
+            cloud = [d for d in cloud if d.kind != "rebalance"]
+            node = [d for d in node if d.kind != "rebalance"]
+        lost = self.capacity.lost_zones(now)
         _, book = product_for(spec.accelerator.gpu_product, self.prices)
         policy = FailoverPolicy(
             capacity=spec.capacity,

@@ -101,6 +101,11 @@ class CapacityStore:
                     name, info.zone, info.capacity_type, "terminated", now, now, info.instance_id, "deleted"
                 )
 
+    def zones(self) -> set[str]:
+        """Zones of the nodes known now."""
+        with self._lock:
+            return {n.zone for n in self._nodes.values() if n.zone}
+
     def node_for_instance(self, instance_id: str) -> NodeInfo | None:
         with self._lock:
             name = self._by_instance.get(instance_id)

@@ -46,8 +46,11 @@ class InterruptionConsumer:
         enqueue: Callable[[Key], None],
         clock: Callable[[], datetime],
         max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
+        leading: threading.Event | None = None,
     ) -> None:
         self.max_backoff = max_backoff_seconds
+        # Only the leader reads: a standby would delete messages the leader never sees.
+        self.leading = leading
         self.queue = queue
         self.store = store
         self.enqueue = enqueue
@@ -104,6 +107,8 @@ class InterruptionConsumer:
         """Poll until stopped; failures back off exponentially up to a minute."""
         failures = 0
         while not self.stopped.is_set():
+            if self.leading is not None and not self.leading.wait(1.0):
+                continue
             try:
                 self.poll_once()
                 failures = 0

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +27,8 @@ from gpufleet.handlers import metrics
 from gpufleet.handlers.autoscale import Autoscaler
 from gpufleet.handlers.capacity import CapacityStore
 from gpufleet.handlers.interruptions import InterruptionConsumer
+from gpufleet.handlers.leader import LeaderElector
+from gpufleet.handlers.prices import SpotPriceRefresher
 from gpufleet.handlers.queue import Key, WorkQueue
 from gpufleet.handlers.reconcile import FailoverOptions, Outcome, Reconciler, version_of
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
@@ -87,7 +92,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prices=config.price_books(),
     )
 
+    leading = _start_leader_election(config, kube, lambda: queue)
+
     def work(_key: Key, body: Any) -> Outcome:
+        if not leading.is_set():
+            return Outcome()  # a standby keeps its caches warm and acts once it leads
         with metrics.RECONCILE_SECONDS.time():
             try:
                 outcome = reconciler.reconcile(body)
@@ -116,11 +125,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     autoscaler = Autoscaler(kube, reader, clock=_utcnow, timings=config.scaling_timings())
     memo.autoscale_task = asyncio.get_running_loop().create_task(
-        _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds)
+        _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds, leading)
     )
     if config.interruption_queue_url and config.spot_failover:
-        consumer = _start_consumer(config, store, queue)
-        memo.consumer = consumer
+        memo.consumer = _start_consumer(config, store, queue, leading)
+    if config.spot_price_refresh_seconds and config.prices:
+        memo.refresher = _start_price_refresh(config, reconciler, store, leading)
     metrics.serve(config.metrics_port)
     memo.queue = queue
     memo.reconciler = reconciler
@@ -129,10 +139,67 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("gpufleet started: %d workers, resync every %.0fs", config.workers, config.resync_seconds)
 
 
-async def _autoscale_loop(queue: WorkQueue, autoscaler: Autoscaler, interval: float) -> None:
+def _start_leader_election(
+    config: Settings, kube: RestKubeApi, queue: Callable[[], WorkQueue]
+) -> threading.Event:
+    """The Event set while this replica leads: always, without leader election."""
+    metrics.LEADER.set(0 if config.leader_election else 1)
+    if not config.leader_election:
+        leading = threading.Event()
+        leading.set()
+        return leading
+    loop = asyncio.get_running_loop()
+
+    def resync() -> None:
+        # Whatever the watches saw while standing by is reconciled once this replica leads.
+        work = queue()
+        for key in list(work.bodies):
+            loop.call_soon_threadsafe(work.enqueue, key)
+
+    identity = config.pod_name or socket.gethostname()
+    elector = LeaderElector(
+        kube,
+        config.leader_election_namespace,
+        config.leader_election_name,
+        identity,
+        _utcnow,
+        on_started_leading=resync,
+    )
+    threading.Thread(target=elector.run, name="leader-election", daemon=True).start()
+    _ELECTORS.append(elector)
+    return elector.leading
+
+
+_ELECTORS: list[LeaderElector] = []
+
+
+def _start_price_refresh(
+    config: Settings, reconciler: Reconciler, store: CapacityStore, leading: threading.Event
+) -> SpotPriceRefresher:
+    from gpufleet.adapters.prices import latest_spot_prices
+
+    region = config.aws_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+
+    def fetch(instance_types: list[str], zones: list[str], now: datetime) -> dict[tuple[str, str], float]:
+        return latest_spot_prices(
+            instance_types, zones, region=region, endpoint_url=config.aws_endpoint_url, now=now
+        )
+
+    refresher = SpotPriceRefresher(
+        reconciler, store.zones, fetch, _utcnow, config.spot_price_refresh_seconds, leading
+    )
+    threading.Thread(target=refresher.run, name="spot-prices", daemon=True).start()
+    return refresher
+
+
+async def _autoscale_loop(
+    queue: WorkQueue, autoscaler: Autoscaler, interval: float, leading: threading.Event
+) -> None:
     """Evaluate every known ModelDeployment with autoscaling on, every `interval` seconds."""
     while True:
         await asyncio.sleep(interval)
+        if not leading.is_set():
+            continue
         for key, body in list(queue.bodies.items()):
             try:
                 decision = await asyncio.to_thread(autoscaler.evaluate, body)
@@ -143,7 +210,9 @@ async def _autoscale_loop(queue: WorkQueue, autoscaler: Autoscaler, interval: fl
                 metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
 
 
-def _start_consumer(config: Settings, store: CapacityStore, queue: WorkQueue) -> InterruptionConsumer:
+def _start_consumer(
+    config: Settings, store: CapacityStore, queue: WorkQueue, leading: threading.Event
+) -> InterruptionConsumer:
     # boto3 is imported only when a queue is configured: clusters without AWS never load it.
     from gpufleet.adapters.sqs import InterruptionQueue
 
@@ -154,7 +223,7 @@ def _start_consumer(config: Settings, store: CapacityStore, queue: WorkQueue) ->
         loop.call_soon_threadsafe(queue.enqueue, key)
 
     consumer = InterruptionConsumer(
-        sqs, store, enqueue, _utcnow, config.interruption_queue_max_backoff_seconds
+        sqs, store, enqueue, _utcnow, config.interruption_queue_max_backoff_seconds, leading
     )
     threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()
     log.info("reading capacity signals from %s (%s)", sqs.queue_url, sqs.region)
@@ -166,6 +235,11 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     consumer: InterruptionConsumer | None = getattr(memo, "consumer", None)
     if consumer is not None:
         consumer.stopped.set()
+    refresher: SpotPriceRefresher | None = getattr(memo, "refresher", None)
+    if refresher is not None:
+        refresher.stopped.set()
+    for elector in _ELECTORS:
+        await asyncio.to_thread(elector.release)
     task: asyncio.Task[None] | None = getattr(memo, "autoscale_task", None)
     if task is not None:
         task.cancel()

@@ -11,7 +11,7 @@ of the known spot prices, and at on-demand when none is known.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gpufleet.planning.placement import CapacityType
 
@@ -85,3 +85,14 @@ def estimate(
     if on_demand > 0:
         message += f"; {100 * (1 - per_hour / on_demand):.0f}% below all on-demand"
     return CostEstimate(per_hour, on_demand, prices.currency, message)
+
+
+def with_spot_prices(
+    books: Mapping[str, ProductPrices], latest: Mapping[tuple[str, str], float]
+) -> dict[str, ProductPrices]:
+    """The books with spot prices from the price history; configured prices stay where none is known."""
+    updated = {}
+    for product, book in books.items():
+        fresh = {zone: price for (kind, zone), price in latest.items() if kind == book.instance_type}
+        updated[product] = replace(book, spot={**book.spot, **fresh}) if fresh else book
+    return updated

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from fleetsim.pools import Fleet, InFlight, NodeState, PendingPod, Pool, plan_provisioning
+from fleetsim.pools import LABEL_SIM_NODE, Fleet, InFlight, NodeState, PendingPod, Pool, plan_provisioning
 
 
 class _Record(Protocol):
@@ -44,8 +44,18 @@ class Provisioner:
         self.in_flight: list[InFlight] = []
         self.last_reasons: list[str] = []
 
-    def decide(self, nodes: Mapping[str, _Record], lost_zones: Collection[str]) -> list[Pool]:
-        """Pools to launch one node each in, now; records them as in flight."""
+    def decide(
+        self,
+        nodes: Mapping[str, _Record],
+        lost_zones: Collection[str],
+        spot_out_zones: Collection[str] = (),
+    ) -> list[Pool]:
+        """Pools to launch one node each in, now; records them as in flight.
+
+        `lost_zones`: no pool there may launch. `spot_out_zones`: no spot pool there may launch
+        (a spotOutage event). Cordoned nodes (spec.unschedulable) take no pending pod, as in
+        Karpenter's scheduling simulation: their pods need a new node even if GPUs are free there.
+        """
         response = self.core.list_pod_for_all_namespaces(_preload_content=False)
         pods: list[dict[str, Any]] = json.loads(response.data)["items"]
         pending = [PendingPod.from_manifest(p) for p in pods if _unschedulable(p) and _requests(p)]
@@ -57,6 +67,7 @@ class Provisioner:
             if node in nodes and not pod["metadata"].get("deletionTimestamp"):
                 for name, count in _requests(pod).items():
                     used.setdefault(node, {})[name] = used.setdefault(node, {}).get(name, 0) + count
+        cordoned = self._cordoned()
         states = []
         for name, record in nodes.items():
             capacity = record.pool.capacity()
@@ -65,8 +76,12 @@ class Provisioner:
                 for k, v in capacity.items()
                 if k.startswith("nvidia.com/")
             }
-            states.append(NodeState(name, record.pool.name, free))
-        unavailable = {p.name: math.inf for p in self.fleet.pools if p.zone in lost_zones}
+            states.append(NodeState(name, record.pool.name, free, schedulable=name not in cordoned))
+        unavailable = {
+            p.name: math.inf
+            for p in self.fleet.pools
+            if p.zone in lost_zones or (p.capacity_type == "spot" and p.zone in spot_out_zones)
+        }
         plan = plan_provisioning(
             pending, states, self.fleet.pools, self.in_flight, time.monotonic(), unavailable
         )
@@ -76,6 +91,11 @@ class Provisioner:
             self.in_flight.append(InFlight(launch.pool.name))
             launched.append(launch.pool)
         return launched
+
+    def _cordoned(self) -> set[str]:
+        response = self.core.list_node(label_selector=f"{LABEL_SIM_NODE}=true", _preload_content=False)
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return {n["metadata"]["name"] for n in items if (n.get("spec") or {}).get("unschedulable")}
 
     def landed(self, pool: Pool) -> None:
         """The node launched for `pool` registered (or failed): it is no longer in flight."""

@@ -55,28 +55,46 @@ class Scale(_Model):
     replicas: int = Field(ge=0)
 
 
+class SpotOutage(_Model):
+    """A zone's spot capacity runs out for a while: the provisioner launches no spot node there.
+
+    Nodes already running stay (an outage of capacity, not of the zone); interrupt them with
+    `interrupt` events if the story needs it. On-demand capacity in the zone is untouched.
+    """
+
+    zone: str = Field(min_length=1)
+    seconds: float = Field(gt=0, description="Simulated seconds until spot can be launched there again.")
+
+
 class Event(_Model):
     at: float = Field(ge=0, description="Simulated seconds after the load starts.")
     interrupt: Interrupt | None = None
     zone_outage: str | None = Field(None, alias="zoneOutage")
+    spot_outage: SpotOutage | None = Field(None, alias="spotOutage")
     delete_node: str | None = Field(None, alias="deleteNode")
     scale: Scale | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Event:
         actions = [
-            a for a in (self.interrupt, self.zone_outage, self.delete_node, self.scale) if a is not None
+            a
+            for a in (self.interrupt, self.zone_outage, self.spot_outage, self.delete_node, self.scale)
+            if a is not None
         ]
         if len(actions) != 1:
-            raise ValueError("each event needs exactly one of interrupt, zoneOutage, deleteNode, scale")
+            raise ValueError(
+                "each event needs exactly one of interrupt, zoneOutage, spotOutage, deleteNode, scale"
+            )
         return self
 
     @property
-    def kind(self) -> Literal["interrupt", "zoneOutage", "deleteNode", "scale"]:
+    def kind(self) -> Literal["interrupt", "zoneOutage", "spotOutage", "deleteNode", "scale"]:
         if self.interrupt is not None:
             return "interrupt"
         if self.zone_outage is not None:
             return "zoneOutage"
+        if self.spot_outage is not None:
+            return "spotOutage"
         if self.delete_node is not None:
             return "deleteNode"
         return "scale"

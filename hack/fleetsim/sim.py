@@ -96,6 +96,7 @@ class Simulation:
         self.kubelet = SimKubelet(self.api, self.clock, scenario.params.kubelet)
         self.nodes: dict[str, NodeRecord] = {}
         self.lost_zones: set[str] = set()
+        self.spot_out_zones: set[str] = set()  # zones whose spot capacity ran out (spotOutage events)
         self.snapshot = Snapshot()
         self.accounting = Accounting()
         self.moto = MotoServer(moto_port or free_port(), log=workdir / "moto.log")
@@ -170,6 +171,16 @@ class Simulation:
         await self.clock.sleep(notice)
         await self.lose_node(name, "spot instance reclaimed")
 
+    async def spot_outage(self, zone: str, seconds: float) -> None:
+        """No spot node can be launched in `zone` for `seconds` simulated seconds; running ones stay."""
+        self.spot_out_zones.add(zone)
+        self._note(f"spot capacity out in {zone} for {seconds:.0f}s")
+        try:
+            await self.clock.sleep(seconds)
+        finally:
+            self.spot_out_zones.discard(zone)
+        self._note(f"spot capacity back in {zone}")
+
     async def _run_event(self, event: Event) -> None:
         if event.interrupt is not None:
             target = event.interrupt.node or next(
@@ -187,6 +198,8 @@ class Simulation:
             self._note(f"zone outage: {zone}")
             for name in [n for n, r in self.nodes.items() if r.pool.zone == zone]:
                 await self.lose_node(name, f"zone {zone} down")
+        elif event.spot_outage is not None:
+            await self.spot_outage(event.spot_outage.zone, event.spot_outage.seconds)
         elif event.delete_node is not None:
             await self.lose_node(event.delete_node, "deleted")
         elif event.scale is not None:
@@ -317,7 +330,9 @@ class Simulation:
         while True:
             await asyncio.sleep(1.0)
             try:
-                for pool in await asyncio.to_thread(provisioner.decide, self.nodes, self.lost_zones):
+                for pool in await asyncio.to_thread(
+                    provisioner.decide, self.nodes, self.lost_zones, self.spot_out_zones
+                ):
                     asyncio.get_running_loop().create_task(self._provision(pool, provisioner))
             except Exception:
                 log.exception("provisioning failed")

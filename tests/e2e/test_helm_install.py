@@ -352,7 +352,8 @@ def test_the_operator_serves_a_model_deployment_with_the_chart_service_account(
     tmp_path: Path,
 ) -> None:
     cluster = operator.cluster
-    env = _chart_environment(cluster, release, f"{release.fullname}-local")
+    pod_name = f"{release.fullname}-local"
+    env = _chart_environment(cluster, release, pod_name)
     assert env["GPUFLEET_WEBHOOK_MANAGED"] == "false"
     assert env["GPUFLEET_LEADER_ELECTION"] == "true"
     # Here instead of in a pod: free local ports, and a webhook on loopback with a certificate for
@@ -393,6 +394,16 @@ def test_the_operator_serves_a_model_deployment_with_the_chart_service_account(
     try:
         process.start()
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(local))
+
+        def holder() -> str | None:
+            lease = cluster.kubectl(
+                "get", "lease", env["GPUFLEET_LEADER_ELECTION_NAME"], "-n", release.namespace,
+                "-o", "jsonpath={.spec.holderIdentity}", check=False,
+            )  # fmt: skip
+            return lease.stdout.strip() or None
+
+        # The chart's leader election: the Lease in the release namespace, held under the pod's name.
+        assert wait_until(holder, timeout=30, what="the leader Lease") == pod_name
         # Admission goes through this process's webhook: a bad spec is refused with the CLI's rules.
         bad = {**MANIFEST, "spec": {**MANIFEST["spec"], "minReplicas": 5}}
         denied = cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(bad), check=False)

@@ -101,6 +101,18 @@ def test_every_operator_variable_the_chart_sets_is_a_setting_the_operator_reads(
     assert chart - known == set()
 
 
+def test_every_operator_setting_can_be_set_from_values() -> None:
+    optional = render(
+        "-f", EVERYTHING,
+        "--set", "spot.awsEndpointUrl=https://sqs.us-east-1.amazonaws.com",
+        *[arg for name in ("running", "kvCacheUsage", "gpuUtilization", "migUtilization", "activation")
+          for arg in ("--set", f"autoscaling.queries.{name}=up")],
+    )  # fmt: skip
+    chart = set(_env(optional))
+    missing = {f"GPUFLEET_{name.upper()}" for name in Settings.model_fields} - chart
+    assert missing == set(), "settings the chart cannot set: add a value, or document why not"
+
+
 def test_the_settings_render_into_values_the_operator_parses(everything: list[dict[str, Any]]) -> None:
     env = {k: v for k, v in _env(everything).items() if isinstance(v, str) and k.startswith("GPUFLEET_")}
     # extraEnv comes last and wins (GPUFLEET_DRAIN_SECONDS twice); Kubernetes does the same.

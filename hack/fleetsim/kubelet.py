@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,11 +63,15 @@ def _default_server(
 class AddressBook:
     """Loopback addresses: nodes in 127.1.0.0/16, pods in 127.2.0.0/16 (nothing else may be used)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int | None = None) -> None:
         self._free: dict[str, list[ipaddress.IPv4Address]] = {}
+        # Another simulator on this machine (a test run, the demo, a benchmark) uses the same
+        # ranges against another control plane, which reserve_addresses_in_use cannot see: each
+        # simulator starts at a random place in the ranges, so two rarely meet.
+        start = random.randrange(0, 32768) if offset is None else offset
         self._next = {
-            "node": int(ipaddress.IPv4Address("127.1.0.2")),
-            "pod": int(ipaddress.IPv4Address("127.2.0.2")),
+            "node": int(ipaddress.IPv4Address("127.1.0.2")) + start,
+            "pod": int(ipaddress.IPv4Address("127.2.0.2")) + start,
         }
         self._limit = {
             "node": int(ipaddress.IPv4Address("127.1.255.254")),

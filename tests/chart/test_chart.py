@@ -145,7 +145,7 @@ def test_leader_election_and_pod_identity_come_from_the_downward_api(default: li
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "update", "patch"],
+            "verbs": ["get", "create", "patch"],
         }
     ]
 
@@ -163,11 +163,11 @@ def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 NAMESPACED = {
     *{("gpufleet.io", "modeldeployments", v) for v in ("get", "list", "watch", "patch")},
     *{("gpufleet.io", "modeldeployments/status", v) for v in ("get", "patch")},
-    *{("gpufleet.io", "modeldeployments/scale", v) for v in ("get", "patch", "update")},
+    *{("gpufleet.io", "modeldeployments/scale", v) for v in ("get", "patch")},
     *{
         (g, r, v)
         for g, r in (("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets"))
-        for v in ("get", "list", "watch", "create", "patch", "update", "delete")
+        for v in ("get", "list", "watch", "create", "patch", "delete")
     },
     *{("", "pods", v) for v in ("get", "list", "watch", "delete")},
     *{("", "events", v) for v in ("create", "patch")},

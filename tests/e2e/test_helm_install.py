@@ -203,7 +203,7 @@ def _can(cluster: Cluster, user: str, verb: str, resource: str, namespace: str |
 ALLOWED = [
     ("watch", "modeldeployments.gpufleet.io", "other"),
     ("patch", "modeldeployments.gpufleet.io/status", "other"),
-    ("update", "modeldeployments.gpufleet.io/scale", "other"),
+    ("patch", "modeldeployments.gpufleet.io/scale", "other"),
     ("create", "deployments.apps", "other"),
     ("delete", "services", "other"),
     ("patch", "poddisruptionbudgets.policy", "other"),
@@ -211,7 +211,7 @@ ALLOWED = [
     ("create", "events", "other"),
     ("watch", "nodes", None),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ("update", "leases.coordination.k8s.io", "release"),
+    ("patch", "leases.coordination.k8s.io", "release"),
 ]
 DENIED = [
     ("get", "secrets", "release"),
@@ -229,7 +229,10 @@ DENIED = [
     ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
     ("create", "serviceaccounts/token", "release"),
-    ("update", "leases.coordination.k8s.io", "other"),
+    ("patch", "leases.coordination.k8s.io", "other"),
+    # gpufleet writes only with server-side apply and merge patches: no PUT anywhere.
+    ("update", "deployments.apps", "other"),
+    ("update", "leases.coordination.k8s.io", "release"),
     ("update", "leases.coordination.k8s.io", "kube-node-lease"),
     ("list", "namespaces", None),
 ]

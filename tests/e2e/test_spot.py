@@ -2,7 +2,8 @@
 
 The stories run in order on one model (Llama 3 8B, one GPU per replica, zones
 us-west-2a and us-west-2b, one on-demand replica and two spot): a warning with
-enough notice, messages that are not ours, a zone outage, and last a node
+enough notice, messages that are not ours, spot capacity gone everywhere (on-demand
+fallback and the return to spot), a zone outage, and last a node
 taint while the queue is down (the restarted moto server has forgotten the
 fleet's instances). Time runs 50x (tests/e2e/conftest.py).
 """
@@ -206,6 +207,53 @@ def _warning(instance_id: str) -> dict[str, Any]:
         "resources": [f"arn:aws:ec2:us-west-2a:instance/{instance_id}"],
         "detail": {"instance-id": instance_id, "instance-action": "terminate"},
     }
+
+
+def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and_return_later(
+    sim: BackgroundSimulation, operator: OperatorProcess, spot_model: str
+) -> None:
+    simulation = sim.simulation
+    # No spot launches in either zone for 1500 simulated seconds (30 s real), and the spot
+    # nodes that hold the model's replicas are reclaimed.
+    outages = [
+        asyncio.run_coroutine_threadsafe(simulation.spot_outage(zone, 1500), sim.loop)
+        for zone in ("us-west-2a", "us-west-2b")
+    ]
+    spot_nodes = {
+        p["spec"]["nodeName"]
+        for p in _ready_pods(sim)
+        if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot"
+    }
+    assert spot_nodes
+    for name in sorted(spot_nodes):
+        sim.call(simulation.lose_node(name, "spot capacity reclaimed by the e2e test"))
+
+    def on_demand_only() -> bool:
+        ready = _ready_pods(sim)
+        kinds = {p["metadata"]["labels"]["gpufleet.io/capacity-type"] for p in ready}
+        return (
+            len(ready) == 3
+            and kinds == {"on-demand"}
+            and _condition(sim, "OnDemandFallback").get("status") == "True"
+        )
+
+    wait_until(on_demand_only, timeout=120, interval=0.5, what="three ready on-demand replicas in fallback")
+    assert _events(operator, "OnDemandFallback")
+    for outage in outages:
+        outage.result(timeout=120)
+
+    def back_on_spot() -> bool:
+        ready = _ready_pods(sim)
+        spot = [p for p in ready if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot"]
+        return (
+            len(spot) == 2
+            and len(ready) == 3
+            and _condition(sim, "OnDemandFallback").get("status") == "False"
+        )
+
+    # Cooldowns end, spot is tried again with growing waits; on-demand serves until spot is ready.
+    wait_until(back_on_spot, timeout=180, interval=0.5, what="spot replicas back, fallback over")
+    assert _events(operator, "SpotRestored")
 
 
 def test_a_zone_outage_moves_the_replicas_into_the_other_zone(

@@ -486,6 +486,12 @@ class DoomedNode(_Model):
         datetime | None, Field(description="When the capacity goes; replicas are drained before it.")
     ] = None
     detail: Annotated[str, Field(description="The signal as received, for people.")] = ""
+    source: Annotated[
+        Literal["sqs", "node"],
+        Field(
+            description="sqs: a cloud event, kept until the node's replicas are gone; node: taints, state."
+        ),
+    ] = "sqs"
 
 
 class SpotStatus(_Model):

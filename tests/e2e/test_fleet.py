@@ -190,6 +190,9 @@ def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_
             what="replicas held while Prometheus is down",
         )
         assert _condition(_md(sim, AUTOSCALED), "ScalingActive")["reason"] == "MetricsMissing"
+        # The age the AutoscalerMetricsStale alert reads has grown over the 20 s held.
+        age = metric(operator.metrics_port, "gpufleet_autoscaler_signal_age_seconds", name=AUTOSCALED)
+        assert age >= 15
     finally:
         simulation.prometheus.start()
 

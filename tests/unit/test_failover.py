@@ -156,6 +156,7 @@ def test_the_deadline_drains_even_without_a_replacement() -> None:
     first = plan_failover(pol, 4, pods, FailoverState(), NOW, cloud_dooms=[warning("b-spot-0", "b")])
     late = plan_failover(pol, 4, pods, first.state, at(61))
     assert late.retire == ("p-b-spot-0",)
+    assert late.retire_reasons == ("deadline",)
     assert "deadline is 59s away" in next(e.message for e in late.events if e.reason == "DrainedReplica")
 
 
@@ -169,6 +170,7 @@ def test_surge_is_bounded_and_the_rest_drain_at_once() -> None:
     )
     assert len(plan.kept) == 1
     assert len(plan.retire) == 1
+    assert plan.retire_reasons == ("surge-limit",)
     assert sum(groups(plan).values()) == 8
 
 

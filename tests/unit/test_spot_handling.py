@@ -302,7 +302,7 @@ def test_a_reconcile_keeps_the_doomed_replica_until_its_replacement_is_ready_the
     body["status"] = kube.last_status
     clock[0] = NOW + timedelta(seconds=20)
     outcome = reconciler.reconcile(body)
-    assert outcome.drained == ["p-us-east-1b"]
+    assert outcome.drained == [("p-us-east-1b", "replaced")]
     assert "Pod/p-us-east-1b" in kube.deletes
     assert "llama-3-70b-us-east-1b-spot" not in deployments(kube)
     interrupted = next(c for c in kube.last_status["conditions"] if c["type"] == "SpotInterrupted")

@@ -68,7 +68,7 @@ INTERRUPTION_EVENTS = Counter(
 )
 REPLACEMENTS = Counter(
     "gpufleet_replacements_total",
-    "Replacement replicas ordered ahead of a capacity loss, by reason.",
+    "Replicas on going nodes drained, by why then: replaced, not-ready, deadline or surge-limit.",
     [*_MD, "reason"],
 )
 INTERRUPTION_QUEUE_UP = Gauge(

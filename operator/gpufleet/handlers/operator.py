@@ -108,9 +108,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             metrics.WRITES.labels(kind=applied.split("/", 1)[0], action="apply").inc()
         for _deleted in outcome.deleted:
             metrics.WRITES.labels(kind="Deployment", action="delete").inc()
-        metrics.REPLACEMENTS.labels(namespace=_key[0], name=_key[1], reason="drained").inc(
-            len(outcome.drained)
-        )
+        for _pod, why in outcome.drained:
+            metrics.REPLACEMENTS.labels(namespace=_key[0], name=_key[1], reason=why).inc()
         metrics.export_status(_key, outcome.status, outcome.unschedulable)
         metrics.MANAGED.set(len(queue.bodies))
         metrics.QUEUE_DEPTH.set(queue.depth)
@@ -196,6 +195,8 @@ async def _autoscale_loop(
     queue: WorkQueue, autoscaler: Autoscaler, interval: float, leading: threading.Event
 ) -> None:
     """Evaluate every known ModelDeployment with autoscaling on, every `interval` seconds."""
+    # When each model last had every signal; a model never seen with them counts from the first look.
+    last_complete: dict[Key, datetime] = {}
     while True:
         await asyncio.sleep(interval)
         if not leading.is_set():
@@ -206,8 +207,16 @@ async def _autoscale_loop(
             except Exception:
                 log.exception("autoscaling %s/%s failed; replicas left as they are", *key)
                 continue
-            if decision is not None:
-                metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
+            if decision is None:
+                continue
+            metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
+            now = _utcnow()
+            if decision.active or key not in last_complete:
+                last_complete[key] = now
+            age = (now - last_complete[key]).total_seconds()
+            metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
+        for gone in set(last_complete) - set(queue.bodies):
+            del last_complete[gone]
 
 
 def _start_consumer(

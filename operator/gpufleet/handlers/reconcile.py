@@ -64,7 +64,7 @@ class Outcome:
 
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    drained: list[str] = field(default_factory=list)  # pods deleted ahead of a capacity loss
+    drained: list[tuple[str, str]] = field(default_factory=list)  # (pod, why) deleted on a doomed node
     status_written: bool = False
     valid: bool = True
     requeue_after: float | None = None  # seconds until a drain deadline needs another look
@@ -215,9 +215,9 @@ class Reconciler:
         observed = [observe_pod(p) for p in self.kube.list("v1", "Pod", namespace, selector)]
         plan = self._plan_capacity(body, spec, decision.desired, observed)
         # Drain before applying counts: a Deployment lowered first could remove a healthy pod instead.
-        for pod_name in plan.retire:
+        for pod_name, why in zip(plan.retire, plan.retire_reasons, strict=True):
             self.kube.delete("v1", "Pod", namespace, pod_name)
-            outcome.drained.append(pod_name)
+            outcome.drained.append((pod_name, why))
         for event in plan.events:
             self.event(body, event.type, event.reason, event.message)
         outcome.requeue_after = plan.requeue_after
@@ -267,7 +267,7 @@ class Reconciler:
         if self.capacity is None:
             # Spot failover off (GPUFLEET_SPOT_FAILOVER=false): plain placement, no drains, no state.
             groups = tuple(plan_placement(desired, spec.capacity))
-            return FailoverPlan(groups, groups, (), (), FailoverState(), (), (), None)
+            return FailoverPlan(groups, groups, (), (), (), FailoverState(), (), (), None)
         # The status this operator last wrote is newer than a body the watch has not caught up with.
         written = self.cache.statuses.get((meta["namespace"], meta["name"]), {})
         state = FailoverState.from_json(written.get("spot", (body.get("status") or {}).get("spot")))

@@ -280,6 +280,7 @@ class FailoverPlan:
     groups: tuple[PlacementGroup, ...]  # Deployment counts to apply: targets plus kept pods
     targets: tuple[PlacementGroup, ...]  # where the desired replicas go
     retire: tuple[str, ...]  # pods to delete now
+    retire_reasons: tuple[str, ...]  # per retired pod: replaced, not-ready, deadline or surge-limit
     kept: tuple[str, ...]  # leaving pods kept serving until their replacements are ready
     state: FailoverState
     conditions: tuple[ConditionView, ...]
@@ -452,7 +453,8 @@ def plan_failover(
             healthy[pod.group] += 1
             healthy_ready[pod.group] += pod.ready
     filled = sum(min(healthy_ready[key], target.get(key, 0)) for key in set(healthy_ready) | set(target))
-    budget = min(max(0, desired - filled), policy.max_surge)
+    shortfall = max(0, desired - filled)
+    budget = min(shortfall, policy.max_surge)
     counts = dict(target)
     for key in sorted(healthy):
         excess_ready = min(healthy_ready[key], max(0, healthy[key] - target.get(key, 0)))
@@ -467,6 +469,7 @@ def plan_failover(
         return float("inf") if deadline is None else (deadline - now).total_seconds()
 
     retire: list[str] = []
+    reasons: list[str] = []
     kept_pods: list[str] = []
     requeue: float | None = None
     drain = policy.drain.total_seconds()
@@ -480,11 +483,15 @@ def plan_failover(
                 requeue = left - drain if requeue is None else min(requeue, left - drain)
             continue
         retire.append(pod.name)
-        why = (
-            "its replacement is ready"
-            if pod.ready and left > drain
-            else ("it is not serving" if not pod.ready else f"the deadline is {max(0.0, left):.0f}s away")
-        )
+        if not pod.ready:
+            reason, why = "not-ready", "it is not serving"
+        elif left <= drain:
+            reason, why = "deadline", f"the deadline is {max(0.0, left):.0f}s away"
+        elif shortfall > policy.max_surge:
+            reason, why = "surge-limit", f"more replacements are needed than maxSurge {policy.max_surge}"
+        else:
+            reason, why = "replaced", "its replacement is ready"
+        reasons.append(reason)
         events.append(
             EventView("Normal", "DrainedReplica", f"Deleting pod {pod.name} on node {pod.node}: {why}")
         )
@@ -508,6 +515,7 @@ def plan_failover(
         groups=groups,
         targets=tuple(targets),
         retire=tuple(retire),
+        retire_reasons=tuple(reasons),
         kept=tuple(kept_pods),
         state=new_state,
         conditions=conditions,

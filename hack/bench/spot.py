@@ -650,6 +650,9 @@ def caveat_lines(scale: float) -> list[str]:
         f"caveat: not scaled: the simulated kubelet's 0.5 s pod poll (= {0.5 * scale:.0f} s simulated), the "
         f"provisioner's 1 s loop (= {scale:.0f} s), the operator's and API server's own latency; they "
         "delay every replacement in every trial",
+        f"caveat: not scaled either: the operator's zone-loss window (10 min real = {600 * scale:.0f} s "
+        "simulated): two nodes of a zone lost in it with no Ready node left mark the zone lost for every "
+        "capacity type, which here lasts the rest of the run",
         "caveat: a reclaimed node's pods vanish at once and leave the endpoints within one refresh "
         f"({ENDPOINT_REFRESH_S:g} s); on a cluster they stay endpoints until the node is NotReady (~40 s), "
         "so failures of 'none' are a lower bound",

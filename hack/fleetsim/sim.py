@@ -110,7 +110,12 @@ class Simulation:
                 "GPUFLEET_WEBHOOK_ENABLED": "false",
                 # The autoscaler reads the simulator's Prometheus, as it would the cluster's.
                 "GPUFLEET_PROMETHEUS_URL": self.prometheus.url,
-                **operator_cloud_env(self.moto.endpoint_url, self.fleet.region, scenario.time_scale),
+                **operator_cloud_env(
+                    self.moto.endpoint_url,
+                    self.fleet.region,
+                    scenario.time_scale,
+                    scenario.params.cloud.spot_notice_seconds,
+                ),
                 "GPUFLEET_PRICES": json.dumps(operator_prices(self.fleet.pools)),
                 **scenario.operator_env,
             },
@@ -438,13 +443,17 @@ class Simulation:
         return report
 
 
-def operator_cloud_env(moto_endpoint: str, region: str, time_scale: float) -> dict[str, str]:
+def operator_cloud_env(
+    moto_endpoint: str, region: str, time_scale: float, notice_s: float = 120.0
+) -> dict[str, str]:
     """What a gpufleet operator needs to read this simulator's interruption queue, timers time-scaled.
 
     The queue URL is known before the queue exists (moto's account, fleetsim's queue name), so an
     operator can be started first; it backs off for at most 2 s while the queue is missing.
-    The failover timers are divided by the time scale like every simulated delay: the drain margin
-    before a deadline, the pending time that makes spot unavailable, and the wait before retrying it.
+    The failover timers are divided by the time scale like every simulated delay: the spot notice
+    (the operator counts a warning's deadline from it), the drain margin before a deadline, the
+    pending time that makes spot unavailable, the wait before retrying it, and the window in which
+    lost nodes make a zone lost.
     """
 
     def scaled(seconds: float) -> str:
@@ -458,6 +467,8 @@ def operator_cloud_env(moto_endpoint: str, region: str, time_scale: float) -> di
         # moto accepts any credentials; these keep boto3 from looking for real ones.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
+        "GPUFLEET_SPOT_NOTICE_SECONDS": scaled(notice_s),
+        "GPUFLEET_ZONE_LOSS_WINDOW_SECONDS": scaled(600),
         "GPUFLEET_INTERRUPTION_DRAIN_SECONDS": scaled(60),
         "GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS": scaled(300),
         "GPUFLEET_SPOT_RETURN_AFTER_SECONDS": scaled(900),

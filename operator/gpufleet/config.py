@@ -143,6 +143,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Spot schedulable again this long → move fallback replicas back to spot.",
     )
+    spot_notice_seconds: int = Field(
+        default=120,
+        ge=0,
+        description="Interruption warning to reclaim: AWS 120 s (GCP and Azure spot: 30 s, for taints).",
+    )
+    zone_loss_window_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="Two nodes (one on-demand) of a zone lost within this and none Ready: the zone is lost.",
+    )
     interruption_drain_seconds: int = Field(
         default=60,
         ge=0,

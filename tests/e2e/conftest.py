@@ -15,7 +15,7 @@ import pytest
 from fleetsim.background import BackgroundSimulation
 from fleetsim.scenario import parse_scenario
 from fleetsim.sim import Simulation
-from tests.conftest import E2E_FLEET, E2E_TIME_SCALE, ROOT, Cluster, OperatorProcess
+from tests.conftest import E2E_FLEET, E2E_SPOT_NOTICE_SECONDS, E2E_TIME_SCALE, ROOT, Cluster, OperatorProcess
 
 HERE = Path(__file__).resolve().parent
 # Unique per session: a reused control plane may still be deleting an earlier run's namespace.
@@ -33,6 +33,7 @@ def sim(
         {
             "name": "e2e",
             "timeScale": E2E_TIME_SCALE,
+            "params": {"cloud": {"spotNoticeSeconds": E2E_SPOT_NOTICE_SECONDS}},
             "duration": 60,
             "fleet": str(E2E_FLEET),
             "namespace": NAMESPACE,

@@ -7,7 +7,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def metric(port: int, name: str, **labels: str) -> float:
+def metric(port: int, name: str, /, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()

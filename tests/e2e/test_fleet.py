@@ -229,7 +229,7 @@ def test_a_spot_interruption_reaches_the_operator_through_sqs_and_the_node_goes_
     # The operator long-polls the queue, maps detail.instance-id to the node by its providerID,
     # and deletes the message.
     wait_until(handled, timeout=30, interval=0.2, what="the operator to handle the interruption warning")
-    assert record.name in simulation.nodes  # two minutes of notice (2.4 s real at 50x) still running
+    assert record.name in simulation.nodes  # five minutes of notice (6 s real at 50x) still running
     sqs = client("sqs", simulation.moto.endpoint_url, "us-west-2")
     attributes = sqs.get_queue_attributes(QueueUrl=cloud.queue_url, AttributeNames=["All"])["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"

@@ -63,6 +63,27 @@ def _zone_of(sim: BackgroundSimulation, pod: dict[str, Any]) -> str:
     return labels[ZONE_LABEL]
 
 
+def _wait(sim: BackgroundSimulation, probe: Any, timeout: float, what: str) -> Any:
+    """wait_until, and on a timeout the model's pods and conditions, to tell why."""
+    try:
+        return wait_until(probe, timeout=timeout, interval=0.5, what=what)
+    except AssertionError as error:
+        pods = [
+            (
+                p["metadata"]["name"],
+                p["metadata"]["labels"].get("gpufleet.io/zone"),
+                p["metadata"]["labels"].get("gpufleet.io/capacity-type"),
+                p["spec"].get("nodeName"),
+                _ready(p),
+            )
+            for p in _pods(sim)
+        ]
+        status = _md(sim).get("status", {})
+        raise AssertionError(
+            f"{error}\npods: {pods}\nconditions: {status.get('conditions')}\nspot: {status.get('spot')}"
+        ) from None
+
+
 def _events(operator: OperatorProcess, reason: str) -> list[str]:
     result = operator.cluster.kubectl(
         "get",
@@ -110,8 +131,9 @@ def test_a_warning_gets_a_ready_replacement_in_another_zone_before_the_node_goes
     )
     # 900 simulated seconds of load (18 s real) span the whole story.
     running = asyncio.run_coroutine_threadsafe(load.run(900), sim.loop)
-    # Five minutes of notice (6 s real), longer than an 8B replica takes to start (about a minute).
-    interruption = asyncio.run_coroutine_threadsafe(simulation.interrupt(node, None, notice_s=300), sim.loop)
+    # The e2e fleet's five minutes of notice (6 s real; tests/conftest.py), longer than an 8B replica
+    # takes to start (about a minute).
+    interruption = asyncio.run_coroutine_threadsafe(simulation.interrupt(node, None), sim.loop)
 
     def replacement_ready() -> dict[str, Any] | None:
         return next(
@@ -214,16 +236,13 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
 ) -> None:
     simulation = sim.simulation
     # No spot launches in either zone for 1500 simulated seconds (30 s real), and the spot
-    # nodes that hold the model's replicas are reclaimed.
+    # nodes are reclaimed.
     outages = [
         asyncio.run_coroutine_threadsafe(simulation.spot_outage(zone, 1500), sim.loop)
         for zone in ("us-west-2a", "us-west-2b")
     ]
-    spot_nodes = {
-        p["spec"]["nodeName"]
-        for p in _ready_pods(sim)
-        if p["metadata"]["labels"]["gpufleet.io/capacity-type"] == "spot"
-    }
+    # Every spot node goes (those with room left would take the replicas back at once).
+    spot_nodes = [name for name, record in simulation.nodes.items() if record.pool.capacity_type == "spot"]
     assert spot_nodes
     for name in sorted(spot_nodes):
         sim.call(simulation.lose_node(name, "spot capacity reclaimed by the e2e test"))
@@ -237,7 +256,7 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
             and _condition(sim, "OnDemandFallback").get("status") == "True"
         )
 
-    wait_until(on_demand_only, timeout=120, interval=0.5, what="three ready on-demand replicas in fallback")
+    _wait(sim, on_demand_only, 120, "three ready on-demand replicas in fallback")
     assert _events(operator, "OnDemandFallback")
     for outage in outages:
         outage.result(timeout=120)
@@ -252,7 +271,7 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
         )
 
     # Cooldowns end, spot is tried again with growing waits; on-demand serves until spot is ready.
-    wait_until(back_on_spot, timeout=180, interval=0.5, what="spot replicas back, fallback over")
+    _wait(sim, back_on_spot, 180, "spot replicas back, fallback over")
     assert _events(operator, "SpotRestored")
 
 
@@ -266,7 +285,7 @@ def test_a_zone_outage_moves_the_replicas_into_the_other_zone(
         ready = _ready_pods(sim)
         return len(ready) == 3 and all(_zone_of(sim, p) == "us-west-2b" for p in ready)
 
-    wait_until(all_in_2b, timeout=90, interval=0.5, what="three ready replicas in us-west-2b")
+    _wait(sim, all_in_2b, 90, "three ready replicas in us-west-2b")
     degraded = _condition(sim, "ZoneDegraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "ZoneLost")
     assert "us-west-2a" in degraded["message"]

@@ -125,6 +125,27 @@ def test_a_zone_is_lost_when_its_nodes_go_and_none_is_ready() -> None:
     assert s.lost_zones(NOW + timedelta(minutes=11)) == {}  # the window passed
 
 
+def test_spot_reclaims_alone_never_make_a_zone_lost() -> None:
+    # A Karpenter zone holding only the spot nodes it keeps losing: a cooldown, not an outage.
+    s = store()
+    for name in ("s1", "s2", "s3"):
+        s.update_node(node(name, "us-east-1b"), NOW)
+        s.delete_node(name, NOW)
+    assert s.lost_zones(NOW) == {}
+
+
+def test_the_notice_is_a_setting() -> None:
+    s = CapacityStore(CAPACITY_LABEL, "spot", notice=timedelta(seconds=30))  # GCP and Azure spot
+    taint = [{"key": "aws-node-termination-handler/spot-itn", "effect": "NoSchedule"}]
+    s.update_node(node("n1", "us-east-1b", taints=taint), NOW)
+    _, (doom,) = s.dooms({"n1"}, [])
+    assert doom.deadline == NOW + timedelta(seconds=30)
+    consumer = InterruptionConsumer(FakeQueue([]), s, lambda key: None, lambda: NOW)
+    consumer.handle(QueueMessage("m", "r", warning_body(instance("n1"))))
+    (cloud,), _ = s.dooms({"n1"}, [])
+    assert cloud.deadline == NOW + timedelta(seconds=30)
+
+
 # --- the consumer --------------------------------------------------------------------------------
 
 

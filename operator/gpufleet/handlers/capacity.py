@@ -16,12 +16,10 @@ from typing import Any
 
 from gpufleet.planning.failover import Doom
 from gpufleet.planning.placement import CapacityType
-from gpufleet.planning.signals import CapacitySignal, node_signals, provider_instance
+from gpufleet.planning.signals import SPOT_NOTICE, CapacitySignal, node_signals, provider_instance
 
 Key = tuple[str, str]
 ZONE_LABEL = "topology.kubernetes.io/zone"
-# A zone whose nodes all went NotReady or away within this window is lost (an outage, not a reclaim).
-ZONE_LOSS_WINDOW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -38,16 +36,25 @@ def _capacity_type(labels: Mapping[str, str], label: str, spot_value: str) -> Ca
 
 
 class CapacityStore:
-    def __init__(self, capacity_type_label: str, spot_value: str) -> None:
+    def __init__(
+        self,
+        capacity_type_label: str,
+        spot_value: str,
+        notice: timedelta = SPOT_NOTICE,
+        zone_loss_window: timedelta = timedelta(minutes=10),
+    ) -> None:
         self._label = capacity_type_label
         self._spot = spot_value
+        self.notice = notice
+        self.zone_loss_window = zone_loss_window
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
         self._by_instance: dict[str, str] = {}
         self._node_dooms: dict[str, list[Doom]] = {}
         self._cloud_dooms: dict[str, Doom] = {}
         self._pods: dict[str, dict[str, Key]] = {}  # node → pod uid/name → owning ModelDeployment
-        self._losses: dict[str, list[tuple[datetime, str]]] = {}  # zone → (when, node) NotReady or gone
+        # zone → (when, node, capacity type) of nodes that went NotReady or away
+        self._losses: dict[str, list[tuple[datetime, str, CapacityType]]] = {}
 
     # --- nodes -----------------------------------------------------------------------------------
 
@@ -57,7 +64,7 @@ class CapacityStore:
         name = meta.get("name", "")
         labels = meta.get("labels") or {}
         located = provider_instance((node.get("spec") or {}).get("providerID", "") or "")
-        signals = node_signals(node, now=now)
+        signals = node_signals(node, now=now, notice=self.notice)
         ready = not any(s.kind == "not-ready" for s in signals)
         info = NodeInfo(
             name,
@@ -84,7 +91,7 @@ class CapacityStore:
             ]
             self._node_dooms[name] = dooms
             if old is not None and old.ready and not ready:
-                self._losses.setdefault(info.zone, []).append((now, name))
+                self._losses.setdefault(info.zone, []).append((now, name, info.capacity_type))
         return [(d.kind, d.deadline) for d in before] != [(d.kind, d.deadline) for d in dooms]
 
     def delete_node(self, name: str, now: datetime) -> None:
@@ -95,7 +102,7 @@ class CapacityStore:
             if info is None:
                 return
             self._by_instance.pop(info.instance_id, None)
-            self._losses.setdefault(info.zone, []).append((now, name))
+            self._losses.setdefault(info.zone, []).append((now, name, info.capacity_type))
             if name not in self._cloud_dooms:
                 self._cloud_dooms[name] = Doom(
                     name, info.zone, info.capacity_type, "terminated", now, now, info.instance_id, "deleted"
@@ -172,15 +179,24 @@ class CapacityStore:
         return cloud, node
 
     def lost_zones(self, now: datetime) -> dict[str, datetime]:
-        """Zones that lost at least two nodes in the window and have no Ready node left."""
+        """Zones that lost two or more nodes in the window, an on-demand one among them, and have no
+        Ready node left.
+
+        Spot nodes alone never make a zone lost: the market takes them back one by one, and on a
+        Karpenter cluster a zone may hold nothing but the spot node it just lost. Their zone cools
+        down for spot instead (the failover planner). On-demand nodes are not reclaimed, so two
+        losses with one of them on-demand and nothing Ready left is an outage.
+        """
         lost = {}
         with self._lock:
             for zone, losses in self._losses.items():
-                recent = [(when, node) for when, node in losses if now - when <= ZONE_LOSS_WINDOW]
+                recent = [loss for loss in losses if now - loss[0] <= self.zone_loss_window]
                 self._losses[zone] = recent
                 ready = any(n.ready for n in self._nodes.values() if n.zone == zone)
-                if zone and len({node for _, node in recent}) >= 2 and not ready:
-                    lost[zone] = min(when for when, _ in recent)
+                nodes = {node for _, node, _ in recent}
+                on_demand = any(kind == "on-demand" for _, _, kind in recent)
+                if zone and len(nodes) >= 2 and on_demand and not ready:
+                    lost[zone] = min(when for when, _, _ in recent)
         return lost
 
     def forget_cloud(self, older_than: datetime) -> None:

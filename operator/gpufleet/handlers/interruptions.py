@@ -48,6 +48,7 @@ class InterruptionConsumer:
         max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
         leading: threading.Event | None = None,
     ) -> None:
+        self.notice = store.notice
         self.max_backoff = max_backoff_seconds
         # Only the leader reads: a standby would delete messages the leader never sees.
         self.leading = leading
@@ -60,7 +61,11 @@ class InterruptionConsumer:
     def handle(self, message: QueueMessage) -> str:
         """Record one message's signals; the outcome label it was counted under."""
         parsed = parse_message(
-            message.body, now=self.clock(), region=self.queue.region, account=self.queue.account
+            message.body,
+            now=self.clock(),
+            region=self.queue.region,
+            account=self.queue.account,
+            notice=self.notice,
         )
         if isinstance(parsed, Rejected):
             log.warning(

@@ -75,7 +75,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         _configure_webhook(settings, config)
     kube = RestKubeApi(load_api_client(), on_request=metrics.KUBE_REQUESTS.inc)
     options = config.workload_options()
-    store = CapacityStore(options.capacity_type_label, options.spot_value)
+    store = CapacityStore(
+        options.capacity_type_label,
+        options.spot_value,
+        notice=timedelta(seconds=config.spot_notice_seconds),
+        zone_loss_window=timedelta(seconds=config.zone_loss_window_seconds),
+    )
     reconciler = Reconciler(
         kube,
         options,

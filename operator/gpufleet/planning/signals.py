@@ -235,7 +235,7 @@ def _not_an_event(document: Mapping[str, Any]) -> str:
 
 
 def _parse(
-    body: object, now: datetime, region: str | None, account: str | None
+    body: object, now: datetime, region: str | None, account: str | None, notice: timedelta = SPOT_NOTICE
 ) -> list[CapacitySignal] | Rejected:
     if not isinstance(body, str):
         raise _MalformedError(f"body is {type(body).__name__}, not str")
@@ -278,7 +278,7 @@ def _parse(
         action = detail.get("instance-action")
         if action is not None and not isinstance(action, str):
             raise _MalformedError("detail.instance-action is not a string")
-        deadline = event_time if action == "hibernate" else _plus(event_time, SPOT_NOTICE)
+        deadline = event_time if action == "hibernate" else _plus(event_time, notice)
         return [
             CapacitySignal(
                 "interruption",
@@ -342,14 +342,20 @@ def _parse(
 
 
 def parse_message(
-    body: str, *, now: datetime, region: str | None = None, account: str | None = None
+    body: str,
+    *,
+    now: datetime,
+    region: str | None = None,
+    account: str | None = None,
+    notice: timedelta = SPOT_NOTICE,
 ) -> list[CapacitySignal] | Rejected:
     """Signals in one SQS message body, or why there are none. Never raises on any body.
 
     `region`/`account`: the queue's; an event for another one is "foreign" (None: not checked).
+    `notice`: warning to reclaim (AWS: 2 minutes; GPUFLEET_SPOT_NOTICE_SECONDS).
     """
     try:
-        return _parse(body, _utc(now), region, account)
+        return _parse(body, _utc(now), region, account, notice)
     except _MalformedError as error:
         return Rejected("malformed", str(error))
     except (RecursionError, ValueError, TypeError, OverflowError) as error:
@@ -361,7 +367,9 @@ def _node_time(value: object, now: datetime) -> datetime:
     return parse_time(value) or now
 
 
-def node_signals(node: Mapping[str, Any], *, now: datetime) -> list[CapacitySignal]:
+def node_signals(
+    node: Mapping[str, Any], *, now: datetime, notice: timedelta = SPOT_NOTICE
+) -> list[CapacitySignal]:
     """Signals a Node object carries: the taints in the module docstring and a Ready condition not True.
 
     Tolerant: a field of the wrong type is read as absent, so a half-written object gives what it can.
@@ -399,7 +407,7 @@ def node_signals(node: Mapping[str, Any], *, now: datetime) -> list[CapacitySign
         deadline: datetime | None
         if kind == "interruption":
             try:
-                deadline = added + SPOT_NOTICE
+                deadline = added + notice
             except OverflowError:  # a timeAdded in year 9999
                 deadline = added
         elif kind in ("stopping", "terminated"):

@@ -640,19 +640,15 @@ def caveat_lines(scale: float) -> list[str]:
         return f"{max(1, round(seconds / scale))} s real"
 
     return [
-        f"caveat: time scale {scale:g}; scaled: the notice ({NOTICE_S:.0f} s), cold starts, node launches, "
-        f"the load; the operator's drain margin ({scaled(60)} = 60 s), spot fallback after ({scaled(300)}), "
-        f"return after ({scaled(900)}), zoneCooldownSeconds ({scaled(ZONE_COOLDOWN_S)}); "
+        f"caveat: time scale {scale:g}; scaled: the notice ({NOTICE_S:.0f} s, and the operator is told it: "
+        f"GPUFLEET_SPOT_NOTICE_SECONDS {scaled(NOTICE_S)}), cold starts, node launches, the load; the "
+        f"operator's drain margin ({scaled(60)} = 60 s), spot fallback after ({scaled(300)}), return after "
+        f"({scaled(900)}), zone-loss window ({scaled(600)}), "
+        f"zoneCooldownSeconds ({scaled(ZONE_COOLDOWN_S)}); "
         f"NTH's eviction retry ({NTH_EVICTION_RETRY_S:g} s) and node grace ({NTH_NODE_GRACE_S:.0f} s)",
-        f"caveat: the operator reads a warning's deadline as event time + 120 s of its own real clock "
-        f"(= {120 * scale:.0f} s simulated here), so 'drain at deadline - margin' never fires: ours keeps "
-        f"a doomed replica until its replacement is ready, and one not replaced in time dies with its node",
         f"caveat: not scaled: the simulated kubelet's 0.5 s pod poll (= {0.5 * scale:.0f} s simulated), the "
         f"provisioner's 1 s loop (= {scale:.0f} s), the operator's and API server's own latency; they "
         "delay every replacement in every trial",
-        f"caveat: not scaled either: the operator's zone-loss window (10 min real = {600 * scale:.0f} s "
-        "simulated): two nodes of a zone lost in it with no Ready node left mark the zone lost for every "
-        "capacity type, which here lasts the rest of the run",
         "caveat: a reclaimed node's pods vanish at once and leave the endpoints within one refresh "
         f"({ENDPOINT_REFRESH_S:g} s); on a cluster they stay endpoints until the node is NotReady (~40 s), "
         "so failures of 'none' are a lower bound",

@@ -113,6 +113,16 @@ def test_spot_pressure_elsewhere_in_the_zone_is_visible_for_cooldowns() -> None:
     assert s.dooms(set(), ["us-east-1c"]) == ([], [])
 
 
+def test_signals_of_nodes_long_gone_are_forgotten() -> None:
+    s = store()
+    s.update_node(node("n1", "us-east-1b"), NOW)
+    s.delete_node("n1", NOW)
+    s.forget_cloud(NOW - timedelta(seconds=1))
+    assert len(s.dooms(set(), ["us-east-1b"])[0]) == 1
+    s.forget_cloud(NOW + timedelta(seconds=1))
+    assert s.dooms(set(), ["us-east-1b"]) == ([], [])
+
+
 def test_a_zone_is_lost_when_its_nodes_go_and_none_is_ready() -> None:
     s = store()
     for name in ("a1", "a2"):

@@ -312,6 +312,8 @@ def node_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> No
     now = _utcnow()
     if event.get("type") == "DELETED":
         store.delete_node(name, now)
+        # Signals of nodes long gone have been persisted by the models they hit; drop them here.
+        store.forget_cloud(now - timedelta(hours=1))
         changed = True
     else:
         changed = store.update_node(event.get("object") or {}, now)

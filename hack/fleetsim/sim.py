@@ -464,6 +464,10 @@ def operator_cloud_env(
         "GPUFLEET_AWS_REGION": region,
         "GPUFLEET_AWS_ENDPOINT_URL": moto_endpoint,
         "GPUFLEET_INTERRUPTION_QUEUE_MAX_BACKOFF_SECONDS": "2",
+        # Short polls and visibility: a long poll left open by an operator that was stopped holds
+        # the messages it swallows invisible for the visibility timeout (20 s real by default).
+        "GPUFLEET_INTERRUPTION_QUEUE_WAIT_SECONDS": "1",
+        "GPUFLEET_INTERRUPTION_QUEUE_VISIBILITY_SECONDS": scaled(20),
         # moto accepts any credentials; these keep boto3 from looking for real ones.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

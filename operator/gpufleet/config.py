@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     interruption_queue_max_backoff_seconds: float = Field(
         default=60.0, gt=0, description="Longest wait between attempts while the queue cannot be read."
     )
+    interruption_queue_wait_seconds: int = Field(
+        default=20, ge=0, le=20, description="Long-poll wait of one receive (Karpenter: 20 s)."
+    )
+    interruption_queue_visibility_seconds: int = Field(
+        default=20,
+        ge=0,
+        description=(
+            "How long a received message stays invisible; one read by a replica that died comes back "
+            "after this (Karpenter: 20 s)."
+        ),
+    )
     rebalance_starts_replacements: bool = Field(
         default=True,
         description="Order replacements on a rebalance recommendation (no draining until a warning).",

@@ -168,7 +168,10 @@ class FakeQueue:
         self.fail = fail
         self.deleted: list[str] = []
 
-    def receive(self) -> list[QueueMessage]:
+    def receive(
+        self, wait_seconds: int = 20, max_messages: int = 10, visibility_timeout: int = 20
+    ) -> list[QueueMessage]:
+        self.asked = (wait_seconds, visibility_timeout)
         if self.fail:
             self.fail -= 1
             raise ConnectionError("queue unreachable")
@@ -193,6 +196,7 @@ def test_every_message_is_deleted_and_counted_whatever_it_is() -> None:
     consumer = InterruptionConsumer(queue, s, enqueued.append, lambda: NOW)
     before = _counts()
     assert consumer.poll_once() == 4
+    assert queue.asked == (20, 20)  # Karpenter's long poll and visibility by default
     assert queue.deleted == ["r1", "r2", "r3", "r4"]
     assert enqueued == [("ml", "llama")]
     after = _counts()
@@ -230,8 +234,8 @@ def test_an_unreachable_queue_is_reported_and_retried() -> None:
     consumer.stopped.wait = stop_after_recovery  # type: ignore[method-assign]
     original = queue.receive
 
-    def receive_then_stop() -> list[QueueMessage]:
-        result = original()
+    def receive_then_stop(wait_seconds: int = 20, visibility_timeout: int = 20) -> list[QueueMessage]:
+        result = original(wait_seconds=wait_seconds, visibility_timeout=visibility_timeout)
         consumer.stopped.set()
         return result
 

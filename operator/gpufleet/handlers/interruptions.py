@@ -33,7 +33,9 @@ class Queue(Protocol):
     region: str
     account: str | None
 
-    def receive(self) -> list[QueueMessage]: ...
+    def receive(
+        self, wait_seconds: int = 20, max_messages: int = 10, visibility_timeout: int = 20
+    ) -> list[QueueMessage]: ...
 
     def delete(self, receipt_handle: str) -> None: ...
 
@@ -47,7 +49,11 @@ class InterruptionConsumer:
         clock: Callable[[], datetime],
         max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
         leading: threading.Event | None = None,
+        wait_seconds: int = 20,
+        visibility_seconds: int = 20,
     ) -> None:
+        self.wait_seconds = wait_seconds
+        self.visibility_seconds = visibility_seconds
         self.notice = store.notice
         self.max_backoff = max_backoff_seconds
         # Only the leader reads: a standby would delete messages the leader never sees.
@@ -97,7 +103,9 @@ class InterruptionConsumer:
 
     def poll_once(self) -> int:
         """One long poll; the number of messages handled. Raises when the queue cannot be read."""
-        messages = self.queue.receive()
+        messages = self.queue.receive(
+            wait_seconds=self.wait_seconds, visibility_timeout=self.visibility_seconds
+        )
         metrics.INTERRUPTION_QUEUE_UP.set(1)
         metrics.INTERRUPTION_QUEUE_LAST_RECEIVE.set(time.time())
         for message in messages:

@@ -237,7 +237,14 @@ def _start_consumer(
         loop.call_soon_threadsafe(queue.enqueue, key)
 
     consumer = InterruptionConsumer(
-        sqs, store, enqueue, _utcnow, config.interruption_queue_max_backoff_seconds, leading
+        sqs,
+        store,
+        enqueue,
+        _utcnow,
+        config.interruption_queue_max_backoff_seconds,
+        leading,
+        wait_seconds=config.interruption_queue_wait_seconds,
+        visibility_seconds=config.interruption_queue_visibility_seconds,
     )
     threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()
     log.info("reading capacity signals from %s (%s)", sqs.queue_url, sqs.region)

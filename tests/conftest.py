@@ -121,9 +121,10 @@ class OperatorProcess(LocalOperator):
                     f"http://127.0.0.1:{moto_port}", e2e_fleet.region, E2E_TIME_SCALE, E2E_SPOT_NOTICE_SECONDS
                 ),
                 "GPUFLEET_PRICES": json.dumps(operator_prices(e2e_fleet.pools)),
-                # Not scaled here: at 6 s, pods the integration tests leave pending on purpose
-                # (fake nodes without room) would be moved to another zone while being checked.
-                "GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS": "30",
+                # 500 simulated seconds rather than 300: pods the integration tests leave pending on
+                # purpose (fake nodes without room) are checked at GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS
+                # (5 s), well before the operator would move them to another zone.
+                "GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS": "10",
             },
         )
         self.cluster = cluster

@@ -295,12 +295,17 @@ def test_a_lost_zone_moves_every_replica_to_the_others() -> None:
     assert condition(plan, ZONE_DEGRADED) == (True, "ZoneLost")
 
 
-def test_unschedulable_on_demand_takes_the_zone_out() -> None:
-    pol = policy(capacity=capacity(onDemandReplicas=3, spotPercent=0))
+def test_unschedulable_on_demand_moves_on_demand_only() -> None:
+    # On-demand short in b: on-demand replicas leave b, spot replicas may still go there.
+    pol = policy(capacity=capacity(onDemandReplicas=3, spotPercent=100))
     pods = [p if p.zone != "b" else PodView(p.name, "b", "on-demand", "", False, NOW) for p in fleet(3, pol)]
-    plan = plan_failover(pol, 3, pods, FailoverState(), at(300))
-    assert "b" not in {zone for zone, _ in targets(plan)}
-    assert [c.reason for c in plan.state.cooldowns] == ["ZoneLost"]
+    plan = plan_failover(pol, 5, pods, FailoverState(), at(300))
+    assert ("b", "on-demand") not in targets(plan)
+    assert sum(n for (_, kind), n in targets(plan).items() if kind == "on-demand") == 3
+    assert targets(plan).get(("b", "spot"), 0) >= 1
+    (cooldown,) = plan.state.cooldowns
+    assert (cooldown.zone, cooldown.scope, cooldown.reason) == ("b", "on-demand", "OnDemandUnavailable")
+    assert condition(plan, ZONE_DEGRADED) == (True, "OnDemandUnavailable")
 
 
 def test_cheaper_spot_zones_win_ties() -> None:

@@ -453,12 +453,15 @@ class CapacityCooldown(_Model):
 
     zone: Annotated[str, Field(description="Availability zone.")]
     scope: Annotated[
-        Literal["spot", "zone"],
-        Field(description="spot: only spot capacity there is avoided; zone: the whole zone is."),
+        Literal["spot", "on-demand", "zone"],
+        Field(description="spot or on-demand: only that capacity there is avoided; zone: the whole zone is."),
     ]
     until: Annotated[datetime, Field(description="When new replicas may go there again.")]
     reason: Annotated[
-        str, Field(description="Interruption, Rebalance, NodeLost, SpotUnavailable or ZoneLost.")
+        str,
+        Field(
+            description="Interruption, Rebalance, NodeLost, SpotUnavailable, OnDemandUnavailable or ZoneLost."
+        ),
     ] = ""
     strikes: Annotated[
         int,

@@ -84,7 +84,7 @@ _COOLDOWN_REASONS = {
     "not-ready": "NodeLost",
 }
 MAX_BACKOFF_FACTOR = 4
-Scope = Literal["spot", "zone"]
+Scope = Literal["spot", "on-demand", "zone"]
 
 
 def _iso(moment: datetime) -> str:
@@ -154,7 +154,7 @@ class Doom:
 @dataclass(frozen=True)
 class Cooldown:
     zone: str
-    scope: Literal["spot", "zone"]
+    scope: Scope
     until: datetime
     reason: str
     strikes: int = 1
@@ -174,7 +174,7 @@ class Cooldown:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cooldown:
         scope = data.get("scope")
-        if scope not in ("spot", "zone"):
+        if scope not in ("spot", "on-demand", "zone"):
             raise ValueError(f"not a cooldown scope: {scope!r}")
         strikes = data.get("strikes", 1)
         if isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 1:
@@ -311,7 +311,8 @@ def _unavailable(
     for zone, capacity_type in sorted(stuck):
         if not zone:
             continue  # no zone constraint: nowhere else to send them
-        scope: Literal["spot", "zone"] = "spot" if capacity_type == "spot" else "zone"
+        # Pending pods say that capacity type is short there, not that the zone is gone.
+        scope: Scope = capacity_type
         old = cooldowns.get((zone, scope))
         if old is not None and old.active(now):
             continue
@@ -319,7 +320,7 @@ def _unavailable(
         recent = old is not None and now - old.until <= policy.return_after
         strikes = old.strikes + 1 if recent and old is not None else 1
         factor = min(2 ** (strikes - 1), MAX_BACKOFF_FACTOR)
-        reason = "SpotUnavailable" if scope == "spot" else "ZoneLost"
+        reason = "SpotUnavailable" if scope == "spot" else "OnDemandUnavailable"
         found.append(Cooldown(zone, scope, now + policy.return_after * factor, reason, strikes))
     return found
 
@@ -405,8 +406,9 @@ def plan_failover(
         if (cooldown.zone, cooldown.scope) not in before_active and cooldown.reason in (
             "ZoneLost",
             "SpotUnavailable",
+            "OnDemandUnavailable",
         ):
-            what = "zone" if cooldown.scope == "zone" else "spot capacity in zone"
+            what = "zone" if cooldown.scope == "zone" else f"{cooldown.scope} capacity in zone"
             events.append(
                 EventView(
                     "Warning",
@@ -420,6 +422,7 @@ def plan_failover(
     constraints = Constraints(
         lost_zones=frozenset(c.zone for c in active if c.scope == "zone"),
         spot_excluded_zones=frozenset(c.zone for c in active if c.scope == "spot"),
+        on_demand_excluded_zones=frozenset(c.zone for c in active if c.scope == "on-demand"),
         fallback=capacity.fallback_to_on_demand,
         spot_prices=policy.spot_prices,
     )
@@ -574,13 +577,18 @@ def _conditions(
     else:
         fallback_view = ConditionView(ON_DEMAND_FALLBACK, False, "SpotAvailable", "spot replicas run on spot")
     lost = sorted((c for c in active if c.scope == "zone"), key=lambda c: c.zone)
-    spot = sorted((c for c in active if c.scope == "spot"), key=lambda c: c.zone)
+    spot = sorted((c for c in active if c.scope != "zone"), key=lambda c: (c.zone, c.scope))
     if lost or spot:
         parts = [f"{c.zone} until {_iso(c.until)} ({c.reason})" for c in lost] + [
-            f"spot in {c.zone} until {_iso(c.until)} ({c.reason})" for c in spot
+            f"{c.scope} in {c.zone} until {_iso(c.until)} ({c.reason})" for c in spot
         ]
         degraded = ConditionView(
-            ZONE_DEGRADED, True, "ZoneLost" if lost else "SpotCoolingDown", "avoiding " + "; ".join(parts)
+            ZONE_DEGRADED,
+            True,
+            "ZoneLost"
+            if lost
+            else ("SpotCoolingDown" if any(c.scope == "spot" for c in spot) else "OnDemandUnavailable"),
+            "avoiding " + "; ".join(parts),
         )
     else:
         degraded = ConditionView(ZONE_DEGRADED, False, "AllZonesAvailable", "no zone is avoided")

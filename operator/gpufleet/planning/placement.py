@@ -55,6 +55,7 @@ class Constraints:
 
     lost_zones: frozenset[str] = frozenset()  # no replica of any capacity type
     spot_excluded_zones: frozenset[str] = frozenset()  # no spot replica (cooldown or unavailable)
+    on_demand_excluded_zones: frozenset[str] = frozenset()  # no on-demand replica (unavailable)
     fallback: bool = False  # spot replicas with no spot zone left run on on-demand
     spot_prices: Mapping[str, float] = field(default_factory=dict)  # zone → price; cheaper first on ties
 
@@ -64,6 +65,10 @@ class Constraints:
 
     def spot_zones_for(self, zones: Sequence[str]) -> list[str]:
         return [z for z in self.zones_for(zones) if z not in self.spot_excluded_zones]
+
+    def on_demand_zones_for(self, zones: Sequence[str]) -> list[str]:
+        usable = [z for z in self.zones_for(zones) if z not in self.on_demand_excluded_zones]
+        return usable or self.zones_for(zones)
 
     def spot_falls_back(self, zones: Sequence[str]) -> bool:
         """True when spot replicas run on on-demand: no spot zone is usable and fallback is allowed."""
@@ -89,6 +94,7 @@ def replica_slots(
     all_zones: Sequence[str] = capacity.zones or [""]
     zones = constraints.zones_for(all_zones)
     spot_zones = constraints.spot_zones_for(all_zones) or zones
+    on_demand_zones = constraints.on_demand_zones_for(all_zones)
     spot_on_demand = constraints.spot_falls_back(all_zones)
     floor = capacity.on_demand_replicas
     slots: list[tuple[str, CapacityType]] = []
@@ -100,7 +106,7 @@ def replica_slots(
         capacity_type: CapacityType = "spot" if extra >= 0 and grows else "on-demand"
         if capacity_type == "spot" and spot_on_demand:
             capacity_type = "on-demand"
-        candidates = spot_zones if capacity_type == "spot" else zones
+        candidates = spot_zones if capacity_type == "spot" else on_demand_zones
         prices = constraints.spot_prices if capacity_type == "spot" else {}
         zone = _least_loaded(candidates, all_zones, capacity_type, per_type, per_zone, prices)
         slots.append((zone, capacity_type))

@@ -213,7 +213,9 @@ def test_garbage_and_foreign_messages_are_counted_and_deleted(
 
     wait_until(queue_empty, timeout=30, what="the messages deleted")
     assert operator.alive()
-    assert len(_ready_pods(sim)) == 3
+    # Nothing was taken away for input the operator could not use. (More than 3 can be ready: when
+    # the first story's cooldown ends, spot moves back to 2b, made before the 2a replica is removed.)
+    assert len(_ready_pods(sim)) >= 3
     assert _md(sim)["spec"]["replicas"] == 3
 
 

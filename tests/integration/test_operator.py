@@ -128,7 +128,10 @@ def test_tensor_parallel_4_never_lands_on_a_node_with_two_gpus(
 ) -> None:
     cluster = operator.cluster
     doc = load(SPOT_SAMPLE, replicas=1, minReplicas=1)
-    doc["spec"]["capacity"] = {"zones": ["us-east-1d"], "spotPercent": 100}
+    # No on-demand fallback: once the pod has been pending for GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS the
+    # operator would otherwise move it to on-demand, where no node matches, and the scheduler's
+    # message this test reads would change.
+    doc["spec"]["capacity"] = {"zones": ["us-east-1d"], "spotPercent": 100, "fallbackToOnDemand": False}
     apply(cluster, namespace, doc)
 
     def unschedulable() -> str | None:

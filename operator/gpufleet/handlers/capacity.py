@@ -140,11 +140,7 @@ class CapacityStore:
             return None
         doom = self._doom(node, signal)
         with self._lock:
-            old = self._cloud_dooms.get(node.name)
-            sooner = doom.deadline is not None and (
-                old is None or old.deadline is None or doom.deadline < old.deadline
-            )
-            if old is None or sooner:
+            if doom.supersedes(self._cloud_dooms.get(node.name)):
                 self._cloud_dooms[node.name] = doom
         return node
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,7 @@ from gpufleet.planning.status import (
     StatusInput,
     compute_status,
     decide_replicas,
+    unschedulable_pods,
 )
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
@@ -222,9 +223,7 @@ class Reconciler:
             self.event(body, event.type, event.reason, event.message)
         outcome.requeue_after = plan.requeue_after
         drained = set(plan.retire)
-        observed = [
-            ObservedPod(**{**p.__dict__, "terminating": True}) if p.name in drained else p for p in observed
-        ]
+        observed = [replace(p, terminating=True) if p.name in drained else p for p in observed]
         groups = list(plan.groups)
         desired = desired_workloads(Owner(name, namespace, uid), spec, groups, self.options)
         live_by_name = {d["metadata"]["name"]: d for d in owned_deployments}
@@ -332,13 +331,7 @@ class Reconciler:
         selector = selector_string(meta["name"])
         previous = body.get("status") or {}
         now = self.clock()
-        outcome.unschedulable = sum(
-            1
-            for p in pods
-            if not p.terminating
-            and p.unschedulable_since is not None
-            and now - p.unschedulable_since >= self.unschedulable_after
-        )
+        outcome.unschedulable = len(unschedulable_pods(pods, now, self.unschedulable_after))
         inp = StatusInput(
             generation=int(meta.get("generation", 0)),
             desired=decision,

@@ -57,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from gpufleet.api.v1alpha1 import Capacity
-from gpufleet.planning.placement import CapacityType, Constraints, PlacementGroup, plan_placement
+from gpufleet.planning.placement import CapacityType, Constraints, PlacementGroup, plan_placement, spot_count
 
 SPOT_INTERRUPTED = "SpotInterrupted"
 ON_DEMAND_FALLBACK = "OnDemandFallback"
@@ -113,6 +113,12 @@ class Doom:
     instance_id: str = ""
     detail: str = ""
     source: Literal["sqs", "node"] = "sqs"
+
+    def supersedes(self, old: Doom | None) -> bool:
+        """New for its node, or a sooner deadline (a rebalance recommendation followed by the warning)."""
+        if old is None:
+            return True
+        return self.deadline is not None and (old.deadline is None or self.deadline < old.deadline)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -358,10 +364,7 @@ def plan_failover(
     fresh: list[Doom] = []
     for doom in cloud_dooms:
         old = known.get(doom.node)
-        if old is None or (
-            doom.deadline is not None and (old.deadline is None or doom.deadline < old.deadline)
-        ):
-            # New, or escalated (a rebalance recommendation followed by the warning: now a deadline).
+        if doom.supersedes(old):
             known[doom.node] = doom if old is None else replace(doom, since=old.since)
             if old is None:
                 fresh.append(doom)
@@ -428,7 +431,8 @@ def plan_failover(
     )
     targets = plan_placement(desired, capacity, constraints)
     target = _groups(targets)
-    wants_spot = any(g.capacity_type == "spot" for g in plan_placement(desired, capacity))
+    # Whether the spec puts any replica on spot at all (placement rule 2), cooldowns aside.
+    wants_spot = spot_count(max(0, desired - capacity.on_demand_replicas), capacity.spot_percent) > 0
     fallback = wants_spot and constraints.spot_falls_back(capacity.zones or [""])
     fallback_since = state.fallback_since
     if fallback and fallback_since is None:

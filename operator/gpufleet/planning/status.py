@@ -143,7 +143,8 @@ def _placement(groups: Iterable[PlacementGroup], pods: Sequence[ObservedPod]) ->
     return rows
 
 
-def _unschedulable(pods: Sequence[ObservedPod], now: datetime, after: timedelta) -> list[ObservedPod]:
+def unschedulable_pods(pods: Sequence[ObservedPod], now: datetime, after: timedelta) -> list[ObservedPod]:
+    """Live pods the scheduler has refused for at least `after`."""
     return [
         p
         for p in pods
@@ -204,7 +205,7 @@ def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
     else:
         conditions.append(cond(PROGRESSING, False, "Converged", f"{desired} replicas converged"))
 
-    stuck = _unschedulable(live, now, inp.unschedulable_after)
+    stuck = unschedulable_pods(live, now, inp.unschedulable_after)
     if stuck:
         minutes = int(inp.unschedulable_after.total_seconds() // 60)
         conditions.append(

@@ -104,16 +104,38 @@ def test_kubectl_explain_shows_the_descriptions(crd: Cluster) -> None:
     assert "migProfile" in text
 
 
+def _table_with_object(crd: Cluster, namespace: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """One table row and the object it was printed from.
+
+    The e2e session's operator watches every namespace and may write status at any moment,
+    so the row is taken between two reads of the object with the same resourceVersion.
+    """
+
+    def snapshot() -> tuple[dict[str, str], dict[str, Any]] | None:
+        before = crd.get_json("md", "llama-3-70b", "-n", namespace)
+        rows = _table(crd.kubectl("get", "md", "-n", namespace).stdout)
+        after = crd.get_json("md", "llama-3-70b", "-n", namespace)
+        same = before["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+        return (rows[0], after) if same and len(rows) == 1 else None
+
+    return wait_until(snapshot, timeout=30, what="a table row printed from an unchanged object")
+
+
 def test_kubectl_get_shows_the_printer_columns(crd: Cluster, namespace: str) -> None:
     crd.kubectl("apply", "-n", namespace, "-f", str(SPOT_SAMPLE))
-    rows = _table(crd.kubectl("get", "md", "-n", namespace).stdout)
-    assert list(rows[0]) == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "STATUS", "AGE"]
-    assert rows[0]["NAME"] == "llama-3-70b"
-    assert rows[0]["MODEL"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
-    assert rows[0]["GPU"] == "NVIDIA-A100-SXM4-80GB"
-    assert rows[0]["TP"] == "4"
-    assert rows[0]["DESIRED"] == "2"
-    assert rows[0]["READY"] == ""  # no status yet: nothing is reconciling in this test
+    header = crd.kubectl("get", "md", "-n", namespace).stdout.splitlines()[0].split()
+    assert header == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "STATUS", "AGE"]
+    row, obj = _table_with_object(crd, namespace)
+    assert row["NAME"] == "llama-3-70b"
+    assert row["MODEL"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
+    assert row["GPU"] == "NVIDIA-A100-SXM4-80GB"
+    assert row["TP"] == "4"
+    assert row["DESIRED"] == str(obj["spec"]["replicas"]) == "2"
+    status = obj.get("status", {})
+    # Blank until an operator writes status, then the ready count and the Ready condition's reason.
+    assert row["READY"] == str(status.get("readyReplicas", ""))
+    ready = [c["reason"] for c in status.get("conditions", []) if c["type"] == "Ready"]
+    assert row["STATUS"] == (ready[0] if ready else "")
     wide = crd.kubectl("get", "md", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert "MIG" in wide
     assert "SPOT%" in wide

@@ -40,6 +40,7 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 	$(BIN)/ruff check operator tests hack
 	$(BIN)/ruff format --check operator tests hack
 	$(BIN)/mypy
+	$(BIN)/mypy hack/bench  # scripts, not a package: checked as files
 	$(BIN)/lint-imports
 
 unit: install ## fast tests of pure code

@@ -27,14 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
-import random
 import re
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
@@ -44,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from benchkit import BenchError, fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from kubernetes import client
 
-from fleetsim.background import BackgroundSimulation
 from fleetsim.loadgen import LoadGenerator, LoadReport, Trace, parse_trace, ready_endpoints
-from fleetsim.local import ROOT, ControlPlane, control_plane
+from fleetsim.local import ROOT, ControlPlane
 from fleetsim.scenario import parse_scenario
 from fleetsim.sim import Simulation
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -107,18 +102,8 @@ PLANNER_WINDOWS = {
 
 ENDPOINT_REFRESH_S = 4.0  # simulated seconds between the load generator's endpoint lists
 READY_METRICS_TIMEOUT = 90.0  # real seconds for Prometheus's first samples of the first pod
-NAMESPACE_GONE_TIMEOUT = 180.0
 LAG_PROBE_S = 0.05  # real seconds
 OBSERVE_S = 5.0  # simulated seconds between reads of spec.replicas (policies change it every >= 10 s)
-
-
-class BenchError(Exception):
-    """The benchmark could not produce a figure; the message says why."""
-
-
-def log(message: str) -> None:
-    # Progress goes to stderr so stdout holds only the figures.
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def planner_default(field_name: str) -> float:
@@ -602,69 +587,15 @@ class Trial:
         simulation = Simulation(
             scenario, self.cp.kubeconfig, self.workdir, kubectl=self.cp.kubectl_path, run_operator=True
         )
-        keep_clear_of_other_simulators(simulation)
-        background = BackgroundSimulation(simulation)
-        core.create_namespace({"metadata": {"name": self.namespace}})
-        try:
+        with fleet_in_namespace(core, simulation, self.namespace, self.policy) as background:
             log(f"{self.policy}: starting the fleet, Prometheus and the operator in {self.namespace}")
-            background.start()
             background.call(simulation.wait_ready(), timeout=scenario.ready_timeout / settings.scale + 60)
             self._wait_metrics(simulation)
             real = settings.duration / settings.scale
             log(f"{self.policy}: load for {settings.duration:.0f} s simulated ({real:.0f} s real)")
             result = background.call(self.drive(simulation), timeout=real + 600)
-            if not simulation.operator.alive():
-                raise BenchError(f"{self.policy}: the operator exited:\n{simulation.operator.log_tail()}")
+            require_operator_alive(simulation, self.policy)
             return result
-        finally:
-            # The namespace goes while the simulated kubelet still runs, so its pods terminate as on a
-            # cluster; only then do the nodes go (stop) and the next trial may start.
-            with contextlib.suppress(ApiException):
-                core.delete_namespace(self.namespace)
-            gone = wait_namespace_gone(core, self.namespace)
-            background.stop()
-            if not gone:
-                log(
-                    f"{self.policy}: namespace {self.namespace} still there "
-                    f"after {NAMESPACE_GONE_TIMEOUT:.0f}s"
-                )
-
-
-def listening_addresses() -> set[str]:
-    """IPv4 addresses something on this machine listens on (/proc/net/tcp, state 0A = LISTEN)."""
-    found: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":
-                address = fields[1].split(":")[0]  # little-endian hex
-                found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
-    return found
-
-
-def keep_clear_of_other_simulators(simulation: Simulation) -> None:
-    """fleetsim hands out node and pod addresses from the bottom of 127.1/16 and 127.2/16, unique in
-    one cluster but not on one machine: another simulator here (a test run, the demo) holds the same
-    ones, and a dcgm-exporter or vLLM server would fail to bind. Start this trial's addresses at a
-    random place in each range and skip anything already listening."""
-    offset = random.randrange(4096, 32768)
-    reserved = listening_addresses()
-    for base in ("127.1.0.0", "127.2.0.0"):
-        first = int(ipaddress.IPv4Address(base))
-        reserved.update(str(ipaddress.IPv4Address(first + i)) for i in range(offset))
-    simulation.kubelet.addresses.reserve(sorted(reserved))
-
-
-def wait_namespace_gone(core: client.CoreV1Api, name: str) -> bool:
-    deadline = time.monotonic() + NAMESPACE_GONE_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespace(name)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-        time.sleep(0.5)
-    return False
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -687,19 +618,13 @@ def caveat_lines(scale: float) -> list[str]:
 
 
 def run(policies: Sequence[str], settings: Settings, kubeconfig: Path | None) -> dict[str, TrialResult]:
-    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-autoscale-"))
-    log(f"work folder (operator, Prometheus and moto logs per trial): {workdir}")
-    results: dict[str, TrialResult] = {}
-    log("starting a control plane" if kubeconfig is None else f"reusing {kubeconfig}")
-    with control_plane(kubeconfig, workdir / "cluster") as cp:
-        core = client.CoreV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig)))
-        for policy in policies:
-            started = time.monotonic()
-            result = Trial(cp, policy, settings, workdir).run(core)
-            results[policy] = result
-            log(f"{policy}: done in {time.monotonic() - started:.0f}s real")
-            print("\n".join(report_lines(result, settings.slo, settings.scale)), flush=True)
-    return results
+    return run_trials(
+        "autoscale",
+        policies,
+        kubeconfig,
+        lambda cp, core, policy, workdir: Trial(cp, policy, settings, workdir).run(core),
+        lambda result: report_lines(result, settings.slo, settings.scale),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -722,13 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.slo <= 0 or args.time_scale <= 0 or args.duration <= 0:
         parser.error("--slo, --time-scale and --duration must be > 0")
     settings = Settings(args.slo, args.time_scale, args.duration, args.seed)
-    try:
-        results = run(args.policies, settings, args.kubeconfig)
-    except ApiException as error:
-        print(f"benchmark failed: API request: {error.status} {error.reason}: {error.body}", file=sys.stderr)
-        return 1
-    except (BenchError, RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as error:
-        print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
+    results = or_failure(lambda: run(args.policies, settings, args.kubeconfig))
+    if results is None:
         return 1
     for line in caveat_lines(settings.scale):
         print(line)

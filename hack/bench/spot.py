@@ -35,10 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,15 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from autoscale import keep_clear_of_other_simulators, wait_namespace_gone
-from kubernetes import client, config
+from benchkit import fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import SPOT_WARNING
 from fleetsim.cloud import client as aws_client
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
-from fleetsim.local import ROOT, ControlPlane, control_plane
+from fleetsim.local import ROOT, ControlPlane
 from fleetsim.pools import INSTANCE_TYPES, SPOT_PRICE_FRACTION
 from fleetsim.scenario import parse_scenario
 from fleetsim.sim import Simulation
@@ -101,15 +97,6 @@ OBSERVE_S = 10.0  # simulated seconds between samples of the fleet (fixed grid)
 NTH_EVICTION_RETRY_S = 5.0  # kubectl drain's retry after a 429 (PDB), simulated
 NTH_NODE_GRACE_S = 120.0  # NTH's nodeTerminationGracePeriod default, simulated
 READY_TIMEOUT_REAL_S = 240.0
-
-
-class BenchError(Exception):
-    """The benchmark could not produce a figure; the message says why."""
-
-
-def log(message: str) -> None:
-    # Progress goes to stderr so stdout holds only the figures.
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # --- figures (pure) ---------------------------------------------------------------------------------
@@ -543,18 +530,13 @@ class Trial:
         simulation = Simulation(
             scenario, self.cp.kubeconfig, self.workdir, kubectl=self.cp.kubectl_path, run_operator=True
         )
-        keep_clear_of_other_simulators(simulation)
-        background = BackgroundSimulation(simulation)
-        core.create_namespace({"metadata": {"name": self.namespace}})
-        try:
+        with fleet_in_namespace(core, simulation, self.namespace, self.trial) as background:
             log(f"{self.trial}: starting the fleet, Prometheus, moto and the operator in {self.namespace}")
-            background.start()
             background.call(simulation.wait_ready(), timeout=READY_TIMEOUT_REAL_S)
             real = settings.duration / settings.scale
             log(f"{self.trial}: load and faults for {settings.duration:.0f} s simulated ({real:.0f} s real)")
             report, samples, window, hits = background.call(self.drive(simulation), timeout=real + 600)
-            if not simulation.operator.alive():
-                raise BenchError(f"{self.trial}: the operator exited:\n{simulation.operator.log_tail()}")
+            require_operator_alive(simulation, self.trial)
             reasons = self._reasons(simulation)
             operator_log = simulation.operator.log
             text = operator_log.read_text(errors="replace") if operator_log.exists() else ""
@@ -573,13 +555,6 @@ class Trial:
                 operator_log,
                 self.errors,
             )
-        finally:
-            with contextlib.suppress(ApiException):
-                core.delete_namespace(self.namespace)
-            gone = wait_namespace_gone(core, self.namespace)
-            background.stop()
-            if not gone:
-                log(f"{self.trial}: namespace {self.namespace} still there after the wait")
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -656,19 +631,13 @@ def caveat_lines(scale: float) -> list[str]:
 
 
 def run(trials: Sequence[str], settings: Settings, kubeconfig: Path | None) -> dict[str, TrialResult]:
-    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-spot-"))
-    log(f"work folder (operator, Prometheus and moto logs per trial): {workdir}")
-    results: dict[str, TrialResult] = {}
-    log("starting a control plane" if kubeconfig is None else f"reusing {kubeconfig}")
-    with control_plane(kubeconfig, workdir / "cluster") as cp:
-        core = client.CoreV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig)))
-        for trial in trials:
-            started = time.monotonic()
-            result = Trial(cp, trial, settings, workdir).run(core)
-            results[trial] = result
-            log(f"{trial}: done in {time.monotonic() - started:.0f}s real")
-            print("\n".join(report_lines(result)), flush=True)
-    return results
+    return run_trials(
+        "spot",
+        trials,
+        kubeconfig,
+        lambda cp, core, trial, workdir: Trial(cp, trial, settings, workdir).run(core),
+        report_lines,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -692,13 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_scale <= 0 or args.duration <= 0 or args.rate <= 0:
         parser.error("--time-scale, --duration and --rate must be > 0")
     settings = Settings(args.time_scale, args.duration, args.rate, args.seed)
-    try:
-        results = run(args.trials, settings, args.kubeconfig)
-    except ApiException as error:
-        print(f"benchmark failed: API request: {error.status} {error.reason}: {error.body}", file=sys.stderr)
-        return 1
-    except (BenchError, RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as error:
-        print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
+    results = or_failure(lambda: run(args.trials, settings, args.kubeconfig))
+    if results is None:
         return 1
     for line in caveat_lines(settings.scale):
         print(line)

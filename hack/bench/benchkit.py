@@ -1,0 +1,134 @@
+"""What the simulator benchmarks share: logging, a fleet per trial in its own namespace, the trial loop
+and the one way a benchmark reports that it could not produce a figure."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from fleetsim.background import BackgroundSimulation
+from fleetsim.local import ControlPlane, control_plane
+from fleetsim.sim import Simulation
+
+NAMESPACE_GONE_TIMEOUT = 180.0
+
+R = TypeVar("R")
+
+
+class BenchError(Exception):
+    """The benchmark could not produce a figure; the message says why."""
+
+
+def log(message: str) -> None:
+    # Progress goes to stderr so stdout holds only the figures.
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def listening_addresses() -> set[str]:
+    """IPv4 addresses something on this machine listens on (/proc/net/tcp, state 0A = LISTEN)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":
+                address = fields[1].split(":")[0]  # little-endian hex
+                found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
+    return found
+
+
+def keep_clear_of_other_simulators(simulation: Simulation) -> None:
+    """fleetsim hands out node and pod addresses from 127.1/16 and 127.2/16, unique in one cluster but
+    not on one machine: another simulator here (a test run, the demo) may hold the same ones, and a
+    dcgm-exporter or vLLM server would fail to bind. Start this trial's addresses at a random place in
+    each range and skip anything already listening."""
+    offset = random.randrange(4096, 32768)
+    reserved = listening_addresses()
+    for base in ("127.1.0.0", "127.2.0.0"):
+        first = int(ipaddress.IPv4Address(base))
+        reserved.update(str(ipaddress.IPv4Address(first + i)) for i in range(offset))
+    simulation.kubelet.addresses.reserve(sorted(reserved))
+
+
+def wait_namespace_gone(core: client.CoreV1Api, name: str, timeout: float = NAMESPACE_GONE_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+@contextlib.contextmanager
+def fleet_in_namespace(
+    core: client.CoreV1Api, simulation: Simulation, namespace: str, label: str
+) -> Iterator[BackgroundSimulation]:
+    """The simulation running in the background with `namespace` created; on the way out the namespace
+    goes while the simulated kubelet still runs, so its pods terminate as on a cluster, and only then
+    do the nodes go, so the next trial starts on a clean control plane."""
+    keep_clear_of_other_simulators(simulation)
+    background = BackgroundSimulation(simulation)
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        background.start()
+        yield background
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(namespace)
+        gone = wait_namespace_gone(core, namespace)
+        background.stop()
+        if not gone:
+            log(f"{label}: namespace {namespace} still there after {NAMESPACE_GONE_TIMEOUT:.0f}s")
+
+
+def require_operator_alive(simulation: Simulation, label: str) -> None:
+    if not simulation.operator.alive():
+        raise BenchError(f"{label}: the operator exited:\n{simulation.operator.log_tail()}")
+
+
+def run_trials(
+    bench: str,
+    trials: Sequence[str],
+    kubeconfig: Path | None,
+    run_trial: Callable[[ControlPlane, client.CoreV1Api, str, Path], R],
+    report: Callable[[R], list[str]],
+) -> dict[str, R]:
+    """Each trial in turn on one control plane (started here unless `kubeconfig` names one), its
+    report printed as soon as it ends."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"gpufleet-bench-{bench}-"))
+    log(f"work folder (operator, Prometheus and moto logs per trial): {workdir}")
+    results: dict[str, R] = {}
+    log("starting a control plane" if kubeconfig is None else f"reusing {kubeconfig}")
+    with control_plane(kubeconfig, workdir / "cluster") as cp:
+        core = client.CoreV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig)))
+        for trial in trials:
+            started = time.monotonic()
+            result = run_trial(cp, core, trial, workdir)
+            results[trial] = result
+            log(f"{trial}: done in {time.monotonic() - started:.0f}s real")
+            print("\n".join(report(result)), flush=True)
+    return results
+
+
+def or_failure(run: Callable[[], R]) -> R | None:
+    """`run()`, or None after printing why the benchmark could not produce its figures."""
+    try:
+        return run()
+    except ApiException as error:
+        print(f"benchmark failed: API request: {error.status} {error.reason}: {error.body}", file=sys.stderr)
+    except (BenchError, RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as error:
+        print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
+    return None

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         default=None, description="Prometheus the autoscaler reads; unset: autoscaling holds replicas."
     )
     autoscale_interval_seconds: float = Field(default=15.0, gt=0, description="How often to evaluate.")
+    autoscale_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="ModelDeployments evaluated at once (each a pod list and up to five Prometheus queries).",
+    )
     # The planner's windows (gpufleet.planning.scaling); the defaults are its published anchors.
     autoscale_panic_window_seconds: int = Field(
         default=60, ge=0, description="No scale-down this long after a panic (queue ≥ 2× capacity)."

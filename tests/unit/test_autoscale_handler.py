@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,8 @@ from typing import Any
 import yaml
 
 from gpufleet.adapters.metrics import ModelMetrics
-from gpufleet.handlers.autoscale import NO_PROMETHEUS, Autoscaler
+from gpufleet.handlers.autoscale import NO_PROMETHEUS, Autoscaler, evaluate_all
+from gpufleet.planning.scaling import Decision
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from tests.unit.fake_kube import FakeKube
 
@@ -139,3 +143,63 @@ def test_a_schedule_in_the_spec_raises_the_floor_even_without_metrics() -> None:
     assert decision is not None
     assert decision.replicas == 5
     assert kube.scales == [("llama-3-70b", 5)]
+
+
+class _Gate:
+    """An evaluation that records how many run at once and waits until `release` is set."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.release = threading.Event()
+
+    def __call__(self, doc: Mapping[str, Any]) -> Decision | None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if doc["metadata"]["name"] == "broken":
+                raise RuntimeError("Prometheus said no")
+            if not self.release.wait(5):
+                raise TimeoutError("never released")
+            return None
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _sweep(names: Sequence[str], workers: int, gate: _Gate) -> dict[tuple[str, str], Any]:
+    bodies = {("ml", name): {"metadata": {"namespace": "ml", "name": name}} for name in names}
+
+    async def run() -> dict[tuple[str, str], Any]:
+        with ThreadPoolExecutor(max_workers=workers) as executor:
+            sweep = asyncio.ensure_future(evaluate_all(bodies, gate, executor))
+            # Let every worker take one evaluation before any finishes.
+            deadline = asyncio.get_running_loop().time() + 5
+            while gate.running < min(workers, len(names)) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.001)
+            gate.release.set()
+            return await sweep
+
+    return asyncio.run(run())
+
+
+def test_a_sweep_evaluates_as_many_at_once_as_the_executor_has_workers() -> None:
+    gate = _Gate()
+    results = _sweep([f"m{i}" for i in range(12)], workers=4, gate=gate)
+    assert gate.most == 4
+    assert list(results) == [("ml", f"m{i}") for i in range(12)]
+    assert all(result is None for result in results.values())
+
+
+def test_a_failed_evaluation_is_that_models_result_and_the_others_complete() -> None:
+    gate = _Gate()
+    results = _sweep(["a", "broken", "c"], workers=2, gate=gate)
+    assert isinstance(results[("ml", "broken")], RuntimeError)
+    assert results[("ml", "a")] is None
+    assert results[("ml", "c")] is None
+
+
+def test_an_empty_sweep_returns_nothing() -> None:
+    assert _sweep([], workers=2, gate=_Gate()) == {}

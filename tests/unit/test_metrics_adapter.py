@@ -89,3 +89,10 @@ def test_an_unreachable_prometheus_is_an_error_not_zero() -> None:
     assert (metrics.waiting, metrics.running, metrics.kv_cache_usage, metrics.gpu_utilization) == (None,) * 4
     assert metrics.error is not None
     assert "127.0.0.1:9" in metrics.error
+
+
+def test_the_connection_pool_holds_as_many_connections_as_evaluations_run_at_once() -> None:
+    url = "http://127.0.0.1:9"
+    # prometheus-api-client keeps 10; more evaluations at once would reconnect on every query.
+    metrics = PrometheusMetrics(url, connections=24)
+    assert metrics.session.get_adapter(url).poolmanager.connection_pool_kw["maxsize"] == 24

@@ -66,13 +66,20 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
     return f"{path}/{name}" if name else path
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+def load_api_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+
+    `connections`: requests made at once. The client keeps 5 connections per CPU of the node by
+    default; fewer than the threads that share it, and every extra request opens a new TLS connection.
+    """
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        return config.new_client_from_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    if connections is not None:
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, connections)
+    return client.ApiClient(configuration)
 
 
 class RestKubeApi:

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
-from requests import RequestException
+from requests import RequestException, Session
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 
@@ -61,18 +62,27 @@ def _pod_regex(pods: Sequence[str]) -> str:
 
 
 class PrometheusMetrics:
-    def __init__(self, url: str, queries: MetricQueries | None = None, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        queries: MetricQueries | None = None,
+        timeout_seconds: float = 5.0,
+        connections: int = 10,
+    ) -> None:
         self.url = url
         self.queries = queries or MetricQueries()
         self.timeout_seconds = timeout_seconds
         # One quick retry: an evaluation that cannot read its signals holds, and the next one
         # comes seconds later; a long retry loop would only delay the hold.
+        retry = Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504])
+        self.session = session = Session()
         self._client = PrometheusConnect(
-            url=url,
-            disable_ssl=True,
-            retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
-            timeout=int(max(1, timeout_seconds)),
+            url=url, disable_ssl=True, retry=retry, session=session, timeout=int(max(1, timeout_seconds))
         )
+        # As many kept-alive connections as evaluations run at once (the client mounts a pool of 10):
+        # a smaller pool reconnects on every query of the extra threads.
+        pool = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=max(1, connections))
+        session.mount(url, pool)
 
     def _scalar(self, template: str, values: dict[str, str]) -> float | None:
         query = Template(template).substitute(values)

@@ -8,10 +8,12 @@ on with the same recommendation history.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Executor
 from datetime import datetime, time
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +27,8 @@ from gpufleet.planning.workloads import selector_string
 log = logging.getLogger("gpufleet.autoscale")
 
 NO_PROMETHEUS = "no Prometheus configured (set GPUFLEET_PROMETHEUS_URL); holding replicas"
+
+K = TypeVar("K", bound=Hashable)
 
 
 def policy_for(spec: ModelDeploymentSpec, timings: Mapping[str, int] | None = None) -> ScalingPolicy:
@@ -146,3 +150,26 @@ class Autoscaler:
             self.kube.create_event(dict(body), "Normal", "Autoscaled", text, now)
         except Exception:  # an event lost is not worth failing the evaluation
             log.warning("could not post the scale event of %s", body["metadata"]["name"], exc_info=True)
+
+
+async def evaluate_all(
+    bodies: Mapping[K, Mapping[str, Any]],
+    evaluate: Callable[[Mapping[str, Any]], Decision | None],
+    executor: Executor,
+) -> dict[K, Decision | Exception | None]:
+    """One sweep: every body evaluated in `executor`'s threads, as many at once as it has workers.
+
+    Evaluations wait on the API server and Prometheus, not the CPU, so a sweep of many models takes
+    about (models / workers) evaluations instead of one after another. A failed evaluation is that
+    model's result, not the sweep's.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def one(body: Mapping[str, Any]) -> Decision | Exception | None:
+        try:
+            return await loop.run_in_executor(executor, evaluate, body)
+        except Exception as error:
+            return error
+
+    results = await asyncio.gather(*(one(body) for body in bodies.values()))
+    return dict(zip(bodies, results, strict=True))

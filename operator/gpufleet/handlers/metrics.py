@@ -46,6 +46,12 @@ UNSCHEDULABLE_REPLICAS = Gauge(
     "Pods of the ModelDeployment the scheduler has not placed for GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS.",
     _MD,
 )
+AUTOSCALER_SWEEP_SECONDS = Histogram(
+    "gpufleet_autoscaler_sweep_duration_seconds",
+    "Time to evaluate every autoscaled ModelDeployment once (at most GPUFLEET_AUTOSCALE_INTERVAL_SECONDS"
+    " keeps evaluations on time).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120),
+)
 SIGNAL_AGE = Gauge(
     "gpufleet_autoscaler_signal_age_seconds",
     "Seconds since the autoscaler last read a complete set of signals for the ModelDeployment.",

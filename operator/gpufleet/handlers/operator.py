@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from gpufleet.adapters.metrics import PrometheusMetrics
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.handlers import metrics
-from gpufleet.handlers.autoscale import Autoscaler
+from gpufleet.handlers.autoscale import Autoscaler, evaluate_all
 from gpufleet.handlers.capacity import CapacityStore
 from gpufleet.handlers.interruptions import InterruptionConsumer
 from gpufleet.handlers.leader import LeaderElector
@@ -73,7 +74,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
     if config.webhook_enabled:
         _configure_webhook(settings, config)
-    kube = RestKubeApi(load_api_client(), on_request=metrics.KUBE_REQUESTS.inc)
+    # Reconcile workers, autoscaler evaluations and the few background loops share one client.
+    connections = config.workers + config.autoscale_concurrency + 4
+    kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.KUBE_REQUESTS.inc)
     options = config.workload_options()
     store = CapacityStore(
         options.capacity_type_label,
@@ -125,11 +128,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     queue = WorkQueue(work, config.workers, config.resync_seconds)
     queue.start()
     reader = (
-        PrometheusMetrics(config.prometheus_url, config.metric_queries()) if config.prometheus_url else None
+        PrometheusMetrics(
+            config.prometheus_url, config.metric_queries(), connections=config.autoscale_concurrency
+        )
+        if config.prometheus_url
+        else None
     )
     autoscaler = Autoscaler(kube, reader, clock=_utcnow, timings=config.scaling_timings())
     memo.autoscale_task = asyncio.get_running_loop().create_task(
-        _autoscale_loop(queue, autoscaler, config.autoscale_interval_seconds, leading)
+        _autoscale_loop(
+            queue, autoscaler, config.autoscale_interval_seconds, config.autoscale_concurrency, leading
+        )
     )
     if config.interruption_queue_url and config.spot_failover:
         memo.consumer = _start_consumer(config, store, queue, leading)
@@ -197,31 +206,44 @@ def _start_price_refresh(
 
 
 async def _autoscale_loop(
-    queue: WorkQueue, autoscaler: Autoscaler, interval: float, leading: threading.Event
+    queue: WorkQueue, autoscaler: Autoscaler, interval: float, concurrency: int, leading: threading.Event
 ) -> None:
-    """Evaluate every known ModelDeployment with autoscaling on, every `interval` seconds."""
+    """Evaluate every known ModelDeployment with autoscaling on, every `interval` seconds.
+
+    Sweeps start on a fixed grid, so a slow sweep does not push every later one back; one that takes
+    longer than the interval is followed by the next at once (and shows in the sweep histogram).
+    """
     # When each model last had every signal; a model never seen with them counts from the first look.
     last_complete: dict[Key, datetime] = {}
-    while True:
-        await asyncio.sleep(interval)
-        if not leading.is_set():
-            continue
-        for key, body in list(queue.bodies.items()):
-            try:
-                decision = await asyncio.to_thread(autoscaler.evaluate, body)
-            except Exception:
-                log.exception("autoscaling %s/%s failed; replicas left as they are", *key)
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="autoscaler")
+    next_sweep = loop.time() + interval
+    try:
+        while True:
+            await asyncio.sleep(max(0.0, next_sweep - loop.time()))
+            started = loop.time()
+            next_sweep = max(next_sweep + interval, started)
+            if not leading.is_set():
                 continue
-            if decision is None:
-                continue
-            metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
-            now = _utcnow()
-            if decision.active or key not in last_complete:
-                last_complete[key] = now
-            age = (now - last_complete[key]).total_seconds()
-            metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
-        for gone in set(last_complete) - set(queue.bodies):
-            del last_complete[gone]
+            results = await evaluate_all(dict(queue.bodies), autoscaler.evaluate, executor)
+            metrics.AUTOSCALER_SWEEP_SECONDS.observe(loop.time() - started)
+            for key, decision in results.items():
+                if isinstance(decision, Exception):
+                    log.error("autoscaling %s/%s failed; replicas left as they are", *key, exc_info=decision)
+                    continue
+                if decision is None:
+                    continue
+                metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
+                now = _utcnow()
+                if decision.active or key not in last_complete:
+                    last_complete[key] = now
+                age = (now - last_complete[key]).total_seconds()
+                metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
+            for gone in set(last_complete) - set(queue.bodies):
+                del last_complete[gone]
+    finally:
+        # Evaluations under way finish; none start after the loop is cancelled.
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _start_consumer(

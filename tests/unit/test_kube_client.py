@@ -1,0 +1,46 @@
+"""The Kubernetes client the operator builds: credentials from a kubeconfig, a pool sized for its threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpufleet.adapters.kube import load_api_client
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    # Outside a pod: no in-cluster service environment, so the kubeconfig is read.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
+def test_the_kubeconfig_gives_the_server_and_the_token(kubeconfig: str) -> None:
+    api = load_api_client(kubeconfig)
+    assert api.configuration.host == "https://127.0.0.1:6443"
+    assert api.configuration.api_key["BearerToken"] == "Bearer t0ken"
+
+
+def test_the_pool_holds_a_connection_for_every_thread_that_shares_the_client(kubeconfig: str) -> None:
+    api = load_api_client(kubeconfig, connections=500)
+    assert api.rest_client.pool_manager.connection_pool_kw["maxsize"] == 500
+
+
+def test_a_smaller_request_never_shrinks_the_clients_default_pool(kubeconfig: str) -> None:
+    default = load_api_client(kubeconfig).configuration.connection_pool_maxsize
+    assert load_api_client(kubeconfig, connections=1).configuration.connection_pool_maxsize == default

@@ -71,4 +71,5 @@ clean: ## remove the virtualenv and local state (not the cached binaries)
 bench: install controlplane simdeps ## benchmarks (not tests): hack/bench/
 	$(BIN)/python hack/bench/reconcile.py
 	$(BIN)/python hack/bench/autoscale.py
+	$(BIN)/python hack/bench/autoscale_sweep.py
 	$(BIN)/python hack/bench/spot.py

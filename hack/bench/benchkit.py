@@ -18,8 +18,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from fleetsim.background import BackgroundSimulation
-from fleetsim.local import ControlPlane, control_plane
+from fleetsim.local import CRD_FILE, ControlPlane, control_plane
 from fleetsim.sim import Simulation
+from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 NAMESPACE_GONE_TIMEOUT = 180.0
 
@@ -70,6 +71,24 @@ def wait_namespace_gone(core: client.CoreV1Api, name: str, timeout: float = NAME
                 return True
         time.sleep(0.5)
     return False
+
+
+def install_crd(cp: ControlPlane, api: client.ApiClient) -> None:
+    crd_name = f"{PLURAL}.{GROUP}"
+    cp.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd_name}")
+    # Established comes before the watch cache is filled: until then lists answer 429 "storage is
+    # (re)initializing", and the operator's first watch would back off in the middle of the burst.
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _preload_content=False)
+            return
+        except ApiException as error:
+            if error.status != 429 or time.monotonic() > deadline:
+                raise BenchError(f"listing {crd_name} failed: {error.status} {error.reason}") from error
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchkit import BenchError, install_crd, log
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane
+from fleetsim.local import ROOT, ControlPlane, control_plane
 from fleetsim.local import OperatorProcess as LocalOperator
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
@@ -58,32 +59,6 @@ ANCHORS = (
 )
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-class BenchError(Exception):
-    """The benchmark could not produce a figure; the message says why."""
-
-
-def log(message: str) -> None:
-    # Progress goes to stderr so stdout holds only the figures.
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def install_crd(cp: ControlPlane, api: client.ApiClient) -> None:
-    cp.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-    # Established comes before the watch cache is filled: until then lists answer 429 "storage is
-    # (re)initializing", and the operator's first watch would back off in the middle of the burst.
-    custom = client.CustomObjectsApi(api)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _preload_content=False)
-            return
-        except ApiException as error:
-            if error.status != 429 or time.monotonic() > deadline:
-                raise BenchError(f"listing {CRD_NAME} failed: {error.status} {error.reason}") from error
-            time.sleep(POLL_SECONDS)
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:

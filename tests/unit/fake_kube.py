@@ -63,6 +63,18 @@ class FakeKube:
         self.status_patches += 1
         self.last_status = copy.deepcopy(status)
 
+    @property
+    def stored_status(self) -> dict[str, Any]:
+        """The last status patch as the API server keeps it: a merge patch's null members delete."""
+
+        def stored(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: stored(v) for k, v in value.items() if v is not None}
+            return [stored(v) for v in value] if isinstance(value, list) else value
+
+        result: dict[str, Any] = stored(self.last_status)
+        return result
+
     def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
         self.scales.append((name, replicas))
 

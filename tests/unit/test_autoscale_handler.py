@@ -90,10 +90,25 @@ def test_an_unchanged_evaluation_writes_nothing() -> None:
     with_pods(kube, ready=2)
     autoscaler = Autoscaler(kube, None, clock=lambda: NOW)
     autoscaler.evaluate(body())
-    written = kube.last_status
     patches = kube.status_patches
     autoscaler.clock = lambda: NOW + timedelta(seconds=15)
-    autoscaler.evaluate(body(status=written))
+    autoscaler.evaluate(body(status=kube.stored_status))
+    assert kube.status_patches == patches
+
+
+def test_an_idle_model_without_gpu_metrics_is_not_rewritten_at_every_evaluation() -> None:
+    # No dcgm-exporter (gpuUtilization null) and never scaled (lastScaleTime null): the API server
+    # drops both from the stored status, which must still count as unchanged.
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    idle = ScriptedMetrics(waiting=0.0, running=0.0, kv=0.0, gpu=None)
+    autoscaler = Autoscaler(kube, idle, clock=lambda: NOW)
+    autoscaler.evaluate(body())
+    assert kube.last_status["autoscaler"]["metrics"]["gpuUtilization"] is None
+    patches = kube.status_patches
+    for seconds in (15, 30, 45):
+        autoscaler.clock = lambda seconds=seconds: NOW + timedelta(seconds=seconds)
+        autoscaler.evaluate(body(status=kube.stored_status))
     assert kube.status_patches == patches
 
 

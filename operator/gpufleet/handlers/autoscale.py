@@ -58,6 +58,15 @@ def policy_for(spec: ModelDeploymentSpec, timings: Mapping[str, int] | None = No
     )
 
 
+def _as_stored(value: Any) -> Any:
+    """`value` as the API server keeps it after a JSON merge patch: null members are deletions."""
+    if isinstance(value, Mapping):
+        return {key: _as_stored(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_as_stored(item) for item in value]
+    return value
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -139,8 +148,10 @@ class Autoscaler:
             },
             "state": decision.state.to_json(),
         }
-        # Written only when something changed: an idle fleet costs no writes.
-        if block != previous:
+        # Written only when something changed: an idle fleet costs no writes. A merge patch drops
+        # null members, so the stored block never has them; compare like with like, or a model
+        # without GPU metrics or a first scale would be written at every evaluation.
+        if _as_stored(block) != _as_stored(previous):
             self.kube.patch_status(API_VERSION, KIND, namespace, name, {"autoscaler": block})
         return decision
 

@@ -39,6 +39,7 @@ INTERFACE = {
     "gpufleet_placement_replicas": ("gauge", (*MD, "zone", "capacity_type", "state")),
     "gpufleet_unschedulable_replicas": ("gauge", MD),
     "gpufleet_autoscaler_signal_age_seconds": ("gauge", MD),
+    "gpufleet_autoscaler_sweep_duration_seconds": ("histogram", ()),
     "gpufleet_estimated_cost_per_hour": ("gauge", MD),
     "gpufleet_on_demand_equivalent_cost_per_hour": ("gauge", MD),
     "gpufleet_interruption_events": ("counter", ("source", "type", "outcome")),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import statistics
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from benchkit import BenchError, install_crd, log, or_failure
+from benchkit import BenchError, create_all, install_crd, log, numbered_model_deployment, or_failure
 from kubernetes import client
 
 from fleetsim.local import ROOT, ControlPlane, control_plane, free_port
@@ -55,7 +54,6 @@ from gpufleet.handlers.autoscale import Autoscaler, evaluate_all
 
 SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
 INTERVAL_S = 15.0  # GPUFLEET_AUTOSCALE_INTERVAL_SECONDS' default
-CREATE_THREADS = 16
 SERIES_TIMEOUT_S = 90.0  # Prometheus applies new targets on a 5 s tick, then scrapes every second
 
 
@@ -120,23 +118,10 @@ def serving_series(namespace: str, models: Sequence[str], prometheus: Prometheus
 
 
 def model_deployment(template: dict[str, Any], index: int, namespace: str) -> dict[str, Any]:
-    body = copy.deepcopy(template)
-    name = f"md-{index:04d}"
-    body["metadata"] = {"name": name, "namespace": namespace}
-    # PyYAML reads YAML 1.1, where 70.6e9 (no sign in the exponent) is a string; kubectl reads a number.
-    body["spec"]["model"]["parameterCount"] = float(body["spec"]["model"]["parameterCount"])
-    body["spec"]["model"]["servedName"] = name  # each model its own series
+    body = numbered_model_deployment(template, index, namespace)
+    body["spec"]["model"]["servedName"] = body["metadata"]["name"]  # each model its own series
     body["spec"]["autoscaling"]["enabled"] = True
     return body
-
-
-def create_all(custom: client.CustomObjectsApi, namespace: str, bodies: Sequence[dict[str, Any]]) -> None:
-    def create(body: dict[str, Any]) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-    with ThreadPoolExecutor(max_workers=CREATE_THREADS) as pool:
-        for future in [pool.submit(create, body) for body in bodies]:
-            future.result()
 
 
 def current_bodies(custom: client.CustomObjectsApi, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -186,7 +171,10 @@ def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: i
     core.create_namespace({"metadata": {"name": namespace}})
     try:
         template = yaml.safe_load(SAMPLE.read_text())
-        create_all(custom, namespace, [model_deployment(template, i, namespace) for i in range(n)])
+        create_all(
+            lambda body: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
+            [model_deployment(template, i, namespace) for i in range(n)],
+        )
         models = [f"md-{i:04d}" for i in range(n)]
         with serving_series(namespace, models, prometheus):
             autoscaler = Autoscaler(

@@ -4,6 +4,7 @@ and the one way a benchmark reports that it could not produce a figure."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import random
 import subprocess
@@ -11,8 +12,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -23,6 +25,7 @@ from fleetsim.sim import Simulation
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 NAMESPACE_GONE_TIMEOUT = 180.0
+CREATE_THREADS = 16  # a burst of clients creating objects at once
 
 R = TypeVar("R")
 
@@ -89,6 +92,27 @@ def install_crd(cp: ControlPlane, api: client.ApiClient) -> None:
             if error.status != 429 or time.monotonic() > deadline:
                 raise BenchError(f"listing {crd_name} failed: {error.status} {error.reason}") from error
             time.sleep(0.5)
+
+
+def numbered_model_deployment(template: dict[str, Any], index: int, namespace: str) -> dict[str, Any]:
+    """A copy of a sample ModelDeployment named md-NNNN in `namespace`."""
+    body = copy.deepcopy(template)
+    body["metadata"] = {"name": f"md-{index:04d}", "namespace": namespace}
+    # PyYAML reads YAML 1.1, where 70.6e9 (no sign in the exponent) is a string; kubectl reads a number.
+    model = body["spec"]["model"]
+    model["parameterCount"] = float(model["parameterCount"])
+    return body
+
+
+def create_all(create: Callable[[dict[str, Any]], object], bodies: Sequence[dict[str, Any]]) -> None:
+    """Create every body from a thread pool, as a burst of clients would; fail on the first error."""
+    with ThreadPoolExecutor(max_workers=CREATE_THREADS) as pool:
+        futures = [pool.submit(create, body) for body in bodies]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        first = errors[0]
+        detail = f"{first.status} {first.reason}: {first.body}" if isinstance(first, ApiException) else first
+        raise BenchError(f"{len(errors)} of {len(bodies)} creates failed; first: {detail}")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ asserts timings: this is a benchmark, not a test. See hack/bench/README.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import ssl
 import subprocess
@@ -22,14 +21,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import BenchError, install_crd, log
+from benchkit import CREATE_THREADS, BenchError, create_all, install_crd, log, numbered_model_deployment
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,7 +40,7 @@ from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-THREADS = 16
+THREADS = CREATE_THREADS
 # The sample at 2 replicas plans one on-demand and one spot group: two Deployments.
 DEPLOYMENTS_PER_MD = 2
 POLL_SECONDS = 0.5
@@ -207,12 +205,8 @@ class Operator(LocalOperator):
 
 
 def model_deployment(template: dict[str, Any], index: int, namespace: str) -> dict[str, Any]:
-    body = copy.deepcopy(template)
-    body["metadata"] = {"name": f"md-{index:04d}", "namespace": namespace}
+    body = numbered_model_deployment(template, index, namespace)
     body["spec"]["replicas"] = 2
-    # PyYAML reads YAML 1.1, where 70.6e9 (no sign in the exponent) is a string; kubectl reads a number.
-    model = body["spec"]["model"]
-    model["parameterCount"] = float(model["parameterCount"])
     # Autoscaling would make replicas depend on metrics; the benchmark wants a fixed plan.
     body["spec"].setdefault("autoscaling", {})["enabled"] = False
     return body
@@ -277,17 +271,6 @@ class Namespaces:
             if error.status == 404:
                 return False
             raise
-
-
-def create_all(create: Callable[[dict[str, Any]], object], bodies: Sequence[dict[str, Any]]) -> None:
-    """Create every body from a thread pool, as a burst of clients would; fail on the first error."""
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        futures = [pool.submit(create, body) for body in bodies]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        first = errors[0]
-        detail = f"{first.status} {first.reason}: {first.body}" if isinstance(first, ApiException) else first
-        raise BenchError(f"{len(errors)} of {len(bodies)} creates failed; first: {detail}")
 
 
 # --- convergence ---------------------------------------------------------------------------------

@@ -260,6 +260,7 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
 
     _wait(sim, on_demand_only, 120, "three ready on-demand replicas in fallback")
     assert _events(operator, "OnDemandFallback")
+    assert _md(sim)["status"]["spot"]["fallbackSince"]
     for outage in outages:
         outage.result(timeout=120)
 
@@ -275,6 +276,8 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
     # Cooldowns end, spot is tried again with growing waits; on-demand serves until spot is ready.
     _wait(sim, back_on_spot, 180, "spot replicas back, fallback over")
     assert _events(operator, "SpotRestored")
+    # The write that ended the fallback deleted its start time; a plain merge patch would keep it.
+    assert "fallbackSince" not in _md(sim)["status"]["spot"]
 
 
 def test_a_zone_outage_moves_the_replicas_into_the_other_zone(

@@ -218,3 +218,23 @@ def test_a_failed_evaluation_is_that_models_result_and_the_others_complete() -> 
 
 def test_an_empty_sweep_returns_nothing() -> None:
     assert _sweep([], workers=2, gate=_Gate()) == {}
+
+
+def test_a_member_the_new_state_lacks_is_deleted_once_and_then_nothing_is_written() -> None:
+    # An ended panic leaves no panicUntil in the new state; a merge patch without a null for it
+    # would keep the old one stored, and every later evaluation would differ and write again.
+    kube = FakeKube()
+    with_pods(kube, ready=2)
+    idle = ScriptedMetrics(waiting=0.0, running=0.0, kv=0.0, gpu=None)
+    autoscaler = Autoscaler(kube, idle, clock=lambda: NOW)
+    autoscaler.evaluate(body())
+    stored = kube.stored_status
+    stored["autoscaler"]["state"]["panicUntil"] = "2026-11-22T11:59:00Z"  # a panic that has ended
+    patches = kube.status_patches
+    autoscaler.clock = lambda: NOW + timedelta(seconds=15)
+    autoscaler.evaluate(body(status=stored))
+    assert kube.status_patches == patches + 1
+    assert kube.last_status["autoscaler"]["state"]["panicUntil"] is None
+    autoscaler.clock = lambda: NOW + timedelta(seconds=30)
+    autoscaler.evaluate(body(status=kube.stored_status))
+    assert kube.status_patches == patches + 1

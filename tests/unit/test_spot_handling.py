@@ -348,3 +348,26 @@ def test_a_reconcile_keeps_the_doomed_replica_until_its_replacement_is_ready_the
     reconciler.reconcile(body)
     conditions = {c["type"]: (c["status"], c["reason"]) for c in kube.last_status["conditions"]}
     assert conditions["SpotInterrupted"] == ("False", "NoneInProgress")
+
+
+def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_spot_and_cost_alone() -> None:
+    kube, s = FakeKube(), store()
+    reconciler = Reconciler(kube, WorkloadOptions(), clock=lambda: NOW, capacity=s)
+    body = sample()
+    # As a restarted operator finds it: a fallback that has ended since, and a price no longer known.
+    body["status"] = {
+        "spot": {"interruptionsHandled": 1, "fallbackSince": "2026-11-22T11:00:00Z"},
+        "cost": {"currency": "USD", "perHour": 41.2, "message": "old"},
+    }
+    reconciler.reconcile(body)
+    assert kube.last_status["spot"]["fallbackSince"] is None
+    assert "fallbackSince" not in kube.stored_status["spot"]
+    assert kube.last_status["cost"]["perHour"] is None
+    assert kube.stored_status["spot"]["interruptionsHandled"] == 1
+
+    broken = sample()
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["status"] = kube.stored_status
+    reconciler.reconcile(broken)
+    assert "spot" not in kube.last_status
+    assert "cost" not in kube.last_status

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from gpufleet.adapters.kube import KubeApi
+from gpufleet.adapters.kube import KubeApi, as_stored, with_deletions
 from gpufleet.adapters.metrics import MetricsReader, ModelMetrics
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, WEEKDAYS, ModelDeploymentSpec
 from gpufleet.handlers.reconcile import observe_pod
@@ -56,15 +56,6 @@ def policy_for(spec: ModelDeploymentSpec, timings: Mapping[str, int] | None = No
             for window in auto.schedules
         ),
     )
-
-
-def _as_stored(value: Any) -> Any:
-    """`value` as the API server keeps it after a JSON merge patch: null members are deletions."""
-    if isinstance(value, Mapping):
-        return {key: _as_stored(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_as_stored(item) for item in value]
-    return value
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -150,9 +141,12 @@ class Autoscaler:
         }
         # Written only when something changed: an idle fleet costs no writes. A merge patch drops
         # null members, so the stored block never has them; compare like with like, or a model
-        # without GPU metrics or a first scale would be written at every evaluation.
-        if _as_stored(block) != _as_stored(previous):
-            self.kube.patch_status(API_VERSION, KIND, namespace, name, {"autoscaler": block})
+        # without GPU metrics or a first scale would be written at every evaluation. Members the
+        # new block lacks (an ended panic's panicUntil) are deleted, or they would differ for ever.
+        if as_stored(block) != as_stored(previous):
+            self.kube.patch_status(
+                API_VERSION, KIND, namespace, name, {"autoscaler": with_deletions(block, previous)}
+            )
         return decision
 
     def _event(self, body: Mapping[str, Any], decision: Decision, before: int, now: datetime) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpufleet.adapters.kube import KubeApi
+from gpufleet.adapters.kube import KubeApi, with_deletions
 from gpufleet.api.catalog import MIG_PROFILES
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeploymentSpec
 from gpufleet.api.validation import validate_manifest
@@ -425,16 +425,23 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         status = compute_status(inp, self.clock())
         outcome.status = status
+
         # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
         # as it leaves spot and cost alone when they were not computed (an invalid spec).
-        current = {
-            k: v
-            for k, v in (body.get("status") or {}).items()
-            if k != "autoscaler" and (k in status or k not in ("spot", "cost"))
-        }
-        if status == current or status == self.cache.statuses.get(key):
+        def ours(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+            return {
+                k: v
+                for k, v in (stored or {}).items()
+                if k != "autoscaler" and (k in status or k not in ("spot", "cost"))
+            }
+
+        current, cached = ours(body.get("status")), self.cache.statuses.get(key)
+        if status in (current, cached):
             return
-        self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], status)
+        # Members that went away (spot.fallbackSince once the fallback ends) are deleted, from what
+        # the watch shows and from what this operator last wrote, which the watch may not show yet.
+        patch = with_deletions(status, current, ours(cached))
+        self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
         self.cache.statuses[key] = status
         outcome.status_written = True
         self._condition_events(body, current, status)

@@ -31,27 +31,6 @@ NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 GPU_TYPES = ["p4d.24xlarge", "p5.48xlarge"]
 
 
-@pytest.fixture(scope="module")
-def aws_env() -> Iterator[None]:
-    """Dummy credentials through boto3's default chain, the only one the adapter uses."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "HTTP_PROXY", "HTTPS_PROXY"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_SESSION_TOKEN", "testing")
-        patch.setenv("AWS_CONFIG_FILE", "/dev/null")
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory, aws_env: None) -> Iterator[MotoServer]:
-    with MotoServer(log=tmp_path_factory.mktemp("moto-ec2") / "moto.log") as server:
-        yield server
-
-
 def offered(moto: MotoServer, types: list[str]) -> set[tuple[str, str]]:
     """(type, zone) pairs moto's EC2 offers, asked through the ordinary offerings API."""
     answer = client("ec2", moto.endpoint_url, REGION).describe_instance_type_offerings(

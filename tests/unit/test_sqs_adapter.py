@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,35 +26,6 @@ from gpufleet.planning.signals import Rejected, parse_message
 
 REGION = "us-east-1"
 WHEN = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def aws_env() -> Iterator[None]:
-    """The adapter reads credentials from boto3's default chain only: give it dummy ones, nothing else."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in (
-            "AWS_PROFILE",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-        ):
-            patch.delenv(name, raising=False)
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_SESSION_TOKEN", "testing")
-        patch.setenv("AWS_CONFIG_FILE", "/dev/null")
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory, aws_env: None) -> Iterator[MotoServer]:
-    with MotoServer(log=tmp_path_factory.mktemp("moto-sqs") / "moto.log") as server:
-        yield server
 
 
 @pytest.fixture

@@ -291,9 +291,14 @@ class VllmServer:
         wall = self.clock.now()
         return min(wall, self._step_end) if self._busy else wall
 
-    def gpu_utilization(self) -> float:
-        """Busy fraction of the engine over the last ~10 simulated seconds (near 1 under any batching)."""
-        return self.engine.busy_fraction(self.now())
+    @property
+    def last_step_end(self) -> float:
+        """Simulated end of the latest engine step (the arrival, if it has not stepped since)."""
+        return self._step_end
+
+    def gpu_utilization(self, at: float | None = None) -> float:
+        """Busy fraction of the engine over the ~10 simulated seconds before `at` (default: now)."""
+        return self.engine.busy_fraction(self.now() if at is None else at)
 
     # engine driver
 

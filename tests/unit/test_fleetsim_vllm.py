@@ -271,7 +271,11 @@ async def _exercise_server() -> None:
             assert (await response.json())["usage"]["completion_tokens"] == 2000
             response.release()
             assert server.in_flight() == 0
-            assert server.gpu_utilization() > 0
+            # Read at the end of the long request's last step, not now: 10 simulated s are 10 real ms
+            # here, and a loaded CI machine can take longer than that between the response and this
+            # line (the window would then be empty).
+            assert server.gpu_utilization(at=server.last_step_end) > 0
+            assert server.gpu_utilization(at=server.last_step_end + 30) == 0
     finally:
         await server.stop()
 

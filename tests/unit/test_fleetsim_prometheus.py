@@ -250,7 +250,11 @@ def test_run_rewrites_until_cancelled_and_survives_api_errors(
             if (tmp_path / VLLM_TARGETS_FILE).exists():
                 break
         api.pods = []
-        await asyncio.sleep(0.1)
+        # The next rewrite empties the file; wait for it rather than for a fixed time.
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if json.loads((tmp_path / VLLM_TARGETS_FILE).read_text()) == []:
+                break
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

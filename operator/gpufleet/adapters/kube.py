@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet.planning.timestamps import kube_time
+
 FIELD_MANAGER = "gpufleet"
 
 # (apiVersion, kind) → (URL prefix, plural). Only what the operator touches.
@@ -214,7 +216,7 @@ class RestKubeApi:
         self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
     ) -> None:
         meta = involved["metadata"]
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = kube_time(now)
         event = {
             "apiVersion": "v1",
             "kind": "Event",

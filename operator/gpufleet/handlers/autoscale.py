@@ -22,6 +22,7 @@ from gpufleet.adapters.metrics import MetricsReader, ModelMetrics
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, WEEKDAYS, ModelDeploymentSpec
 from gpufleet.handlers.reconcile import observe_pod
 from gpufleet.planning.scaling import Decision, ScalingPolicy, ScalingState, Schedule, Signals, decide
+from gpufleet.planning.timestamps import kube_time
 from gpufleet.planning.workloads import selector_string
 
 log = logging.getLogger("gpufleet.autoscale")
@@ -56,10 +57,6 @@ def policy_for(spec: ModelDeploymentSpec, timings: Mapping[str, int] | None = No
             for window in auto.schedules
         ),
     )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 class Autoscaler:
@@ -120,7 +117,7 @@ class Autoscaler:
         last_scale = previous.get("lastScaleTime")
         if decision.replicas != spec.replicas:
             self.kube.patch_scale(API_VERSION, KIND, namespace, name, decision.replicas)
-            last_scale = _iso(now)
+            last_scale = kube_time(now)
             self._event(body, decision, spec.replicas, now)
         block = {
             "active": decision.active,

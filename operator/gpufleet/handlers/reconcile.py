@@ -43,6 +43,7 @@ from gpufleet.planning.status import (
     decide_replicas,
     unschedulable_pods,
 )
+from gpufleet.planning.timestamps import parse_kube_time
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
     LABEL_CAPACITY_TYPE,
@@ -111,12 +112,6 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _autoscaling(body: Mapping[str, Any]) -> bool:
     return bool((body.get("spec") or {}).get("autoscaling", {}).get("enabled"))
 
@@ -136,10 +131,15 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         ready=ready,
         terminating=meta.get("deletionTimestamp") is not None
         or status.get("phase") in ("Succeeded", "Failed"),
-        unschedulable_since=_parse_time(scheduled.get("lastTransitionTime")) if unschedulable else None,
+        unschedulable_since=_unschedulable_since(scheduled) if unschedulable else None,
         unschedulable_message=scheduled.get("message", "") if unschedulable else "",
         node=(pod.get("spec") or {}).get("nodeName") or "",
     )
+
+
+def _unschedulable_since(scheduled: Mapping[str, Any]) -> datetime | None:
+    since = scheduled.get("lastTransitionTime")
+    return parse_kube_time(since) if since else None
 
 
 def observe_deployment(deployment: Mapping[str, Any]) -> ObservedDeployment:

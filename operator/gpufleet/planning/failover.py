@@ -58,6 +58,7 @@ from typing import Any, Literal
 
 from gpufleet.api.v1alpha1 import Capacity
 from gpufleet.planning.placement import CapacityType, Constraints, PlacementGroup, plan_placement, spot_count
+from gpufleet.planning.timestamps import kube_time, parse_kube_time
 
 SPOT_INTERRUPTED = "SpotInterrupted"
 ON_DEMAND_FALLBACK = "OnDemandFallback"
@@ -87,19 +88,6 @@ MAX_BACKOFF_FACTOR = 4
 Scope = Literal["spot", "on-demand", "zone"]
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"not a timestamp: {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {value!r}")
-    return parsed
-
-
 @dataclass(frozen=True)
 class Doom:
     """A node that is going (or may go), with the replicas' deadline."""
@@ -126,13 +114,13 @@ class Doom:
             "zone": self.zone,
             "capacityType": self.capacity_type,
             "kind": self.kind,
-            "since": _iso(self.since),
+            "since": kube_time(self.since),
             "instanceId": self.instance_id,
             "detail": self.detail[:256],
             "source": self.source,
         }
         if self.deadline is not None:
-            data["deadline"] = _iso(self.deadline)
+            data["deadline"] = kube_time(self.deadline)
         return data
 
     @classmethod
@@ -149,8 +137,8 @@ class Doom:
             zone=str(data.get("zone", "")),
             capacity_type=capacity_type,
             kind=str(data["kind"]),
-            since=_time(data["since"]),
-            deadline=None if deadline is None else _time(deadline),
+            since=parse_kube_time(data["since"]),
+            deadline=None if deadline is None else parse_kube_time(deadline),
             instance_id=str(data.get("instanceId", "")),
             detail=str(data.get("detail", "")),
             source=source,
@@ -172,7 +160,7 @@ class Cooldown:
         return {
             "zone": self.zone,
             "scope": self.scope,
-            "until": _iso(self.until),
+            "until": kube_time(self.until),
             "reason": self.reason,
             "strikes": self.strikes,
         }
@@ -185,7 +173,8 @@ class Cooldown:
         strikes = data.get("strikes", 1)
         if isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 1:
             raise ValueError(f"not a strike count: {strikes!r}")
-        return cls(str(data["zone"]), scope, _time(data["until"]), str(data.get("reason", "")), strikes)
+        until = parse_kube_time(data["until"])
+        return cls(str(data["zone"]), scope, until, str(data.get("reason", "")), strikes)
 
 
 @dataclass(frozen=True)
@@ -205,9 +194,9 @@ class FailoverState:
             "cooldowns": [c.to_json() for c in self.cooldowns],
         }
         if self.last_interruption is not None:
-            data["lastInterruptionTime"] = _iso(self.last_interruption)
+            data["lastInterruptionTime"] = kube_time(self.last_interruption)
         if self.fallback_since is not None:
-            data["fallbackSince"] = _iso(self.fallback_since)
+            data["fallbackSince"] = kube_time(self.fallback_since)
         return data
 
     @classmethod
@@ -229,8 +218,8 @@ class FailoverState:
                 doomed=tuple(Doom.from_json(d) for d in data.get("doomedNodes") or []),
                 cooldowns=tuple(Cooldown.from_json(c) for c in data.get("cooldowns") or []),
                 interruptions_handled=handled,
-                last_interruption=None if last is None else _time(last),
-                fallback_since=None if since is None else _time(since),
+                last_interruption=None if last is None else parse_kube_time(last),
+                fallback_since=None if since is None else parse_kube_time(since),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return cls()
@@ -417,7 +406,7 @@ def plan_failover(
                     "Warning",
                     cooldown.reason,
                     f"{what} {cooldown.zone} unavailable ({cooldown.reason}); new replicas avoid it until "
-                    f"{_iso(cooldown.until)}",
+                    f"{kube_time(cooldown.until)}",
                 )
             )
 
@@ -538,7 +527,8 @@ def _doom_event(doom: Doom, hit: Sequence[PodView], policy: FailoverPolicy, what
     text = f"{doom.detail or doom.kind}: {where} hosts {len(hit)} replica(s) ({names})"
     if doom.deadline is not None:
         text += (
-            f"; draining by {_iso(doom.deadline - policy.drain)}, before the deadline {_iso(doom.deadline)}"
+            f"; draining by {kube_time(doom.deadline - policy.drain)}, "
+            f"before the deadline {kube_time(doom.deadline)}"
         )
     text += "; replacements ordered in the other zones" if what == "new" else "; the deadline moved closer"
     return EventView("Warning", _EVENT_REASONS.get(doom.kind, "CapacitySignal"), text)
@@ -565,13 +555,13 @@ def _conditions(
         )
         interrupted = ConditionView(SPOT_INTERRUPTED, True, reason, message)
     else:
-        seen = f"; last at {_iso(last)}" if last is not None else ""
+        seen = f"; last at {kube_time(last)}" if last is not None else ""
         interrupted = ConditionView(
             SPOT_INTERRUPTED, False, "NoneInProgress", f"{handled} capacity signal(s) handled{seen}"
         )
     if fallback:
         cooling = ", ".join(sorted(f"{c.zone} ({c.reason})" for c in active)) or "all zones"
-        since = _iso(fallback_since) if fallback_since else "now"
+        since = kube_time(fallback_since) if fallback_since else "now"
         fallback_view = ConditionView(
             ON_DEMAND_FALLBACK,
             True,
@@ -583,8 +573,8 @@ def _conditions(
     lost = sorted((c for c in active if c.scope == "zone"), key=lambda c: c.zone)
     spot = sorted((c for c in active if c.scope != "zone"), key=lambda c: (c.zone, c.scope))
     if lost or spot:
-        parts = [f"{c.zone} until {_iso(c.until)} ({c.reason})" for c in lost] + [
-            f"{c.scope} in {c.zone} until {_iso(c.until)} ({c.reason})" for c in spot
+        parts = [f"{c.zone} until {kube_time(c.until)} ({c.reason})" for c in lost] + [
+            f"{c.scope} in {c.zone} until {kube_time(c.until)} ({c.reason})" for c in spot
         ]
         degraded = ConditionView(
             ZONE_DEGRADED,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from gpufleet.planning.timestamps import kube_micro_time
+
 LEASE_DURATION = timedelta(seconds=15)
 RENEW_DEADLINE = timedelta(seconds=10)
 RETRY_PERIOD = timedelta(seconds=2)
@@ -29,10 +31,6 @@ class LeaseView:
     transitions: int
     acquired: datetime | None
     resource_version: str
-
-
-def _micro_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse(value: Any) -> datetime | None:
@@ -87,8 +85,8 @@ def lease_object(
         "spec": {
             "holderIdentity": me,
             "leaseDurationSeconds": int(LEASE_DURATION.total_seconds()),
-            "acquireTime": _micro_time(acquired),
-            "renewTime": _micro_time(now),
+            "acquireTime": kube_micro_time(acquired),
+            "renewTime": kube_micro_time(now),
             "leaseTransitions": transitions,
         },
     }

@@ -127,6 +127,8 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gpufleet.planning.timestamps import parse_kube_time
+
 QUEUE = "queue"
 KV_CACHE = "kvCache"
 GPU_UTILIZATION = "gpuUtilization"
@@ -187,21 +189,13 @@ class Signals:
 
 
 def _iso(moment: datetime) -> str:
+    # Not kube_time: the state keeps sub-second times, so windows replay exactly after a restart.
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"not a timestamp: {value!r}")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {value!r}")
-    return parsed
 
 
 def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
     value = data.get(key)
-    return None if value is None else _parse_time(value)
+    return None if value is None else parse_kube_time(value)
 
 
 def _optional_batch(value: Any) -> float | None:
@@ -257,7 +251,7 @@ class ScalingState:
                 replicas = item["replicas"]
                 if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
                     raise ValueError(f"not a replica count: {replicas!r}")
-                recommendations.append((_parse_time(item["time"]), replicas))
+                recommendations.append((parse_kube_time(item["time"]), replicas))
             return cls(
                 recommendations=tuple(sorted(recommendations, key=lambda r: r[0])),
                 last_scale_time=_optional_time(data, "lastScaleTime"),

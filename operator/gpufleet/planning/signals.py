@@ -55,6 +55,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal
 
+from gpufleet.planning.timestamps import kube_time
+
 SignalKind = Literal[
     "interruption", "rebalance", "stopping", "terminated", "scheduled-change", "disruption", "not-ready"
 ]
@@ -332,7 +334,7 @@ def _parse(
         return Rejected("ignored", "AWS Health scheduledChange names no EC2 instance")
     code = detail.get("eventTypeCode")
     what = f"AWS Health {code[:60] if isinstance(code, str) else 'scheduled change'}"
-    when = f" (starts {start.strftime('%Y-%m-%dT%H:%M:%SZ')})" if start else ""
+    when = f" (starts {kube_time(start)})" if start else ""
     return [
         CapacitySignal(
             "scheduled-change", "sqs", event_time, start, instance, detail=f"{what} for {instance}{when}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 from gpufleet.planning.placement import CAPACITY_TYPES, CapacityType, PlacementGroup
+from gpufleet.planning.timestamps import kube_time
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -120,7 +121,7 @@ def _condition(
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTransitionTime": since or kube_time(now),
         "observedGeneration": generation,
     }
 

@@ -125,7 +125,10 @@ class Settings(BaseSettings):
         description="SQS queue receiving EventBridge EC2 spot/rebalance/state-change and AWS Health events.",
     )
     aws_region: str | None = Field(
-        default=None, description="AWS region of the queue (default: from the URL)."
+        default=None,
+        description=(
+            "AWS region of the queue and the spot price history (default: the queue URL's, else AWS_REGION)."
+        ),
     )
     aws_endpoint_url: str | None = Field(
         default=None, description="Override of the AWS endpoint (a local moto server in tests)."

@@ -21,6 +21,7 @@ from gpufleet.adapters.sqs import (
     InterruptionQueue,
     QueueMessage,
     parse_queue_url,
+    resolve_region,
 )
 from gpufleet.planning.signals import Rejected, parse_message
 
@@ -203,6 +204,33 @@ def test_no_region_at_all_names_the_setting(aws_env: None) -> None:
     with pytest.raises(ValueError, match="GPUFLEET_AWS_REGION") as raised:
         InterruptionQueue(LOCAL)
     assert LOCAL in str(raised.value)
+
+
+def test_resolved_region_order_explicit_url_then_environment(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resolve_region(None, None) is None
+    assert resolve_region(None, LOCAL) is None  # a local URL names no region
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    assert resolve_region(None, None) == "eu-central-1"
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    assert resolve_region(None, LOCAL) == "eu-north-1"
+    assert resolve_region(None, STANDARD) == "us-east-2"
+    assert resolve_region("ap-south-1", STANDARD) == "ap-south-1"
+    assert resolve_region("", "") == "eu-north-1"  # empty settings are unset (chart values default to "")
+
+
+def test_price_refresh_without_a_region_is_refused_at_start(aws_env: None) -> None:
+    import threading
+
+    from gpufleet.config import Settings
+    from gpufleet.handlers.operator import _start_price_refresh
+
+    config = Settings(spot_price_refresh_seconds=300, interruption_queue_url=LOCAL)
+    with pytest.raises(
+        ValueError, match=r"no AWS region .* set GPUFLEET_AWS_REGION \(chart value spot.awsRegion\)"
+    ):
+        _start_price_refresh(config, None, None, threading.Event())  # type: ignore[arg-type]
 
 
 def test_empty_url(aws_env: None) -> None:

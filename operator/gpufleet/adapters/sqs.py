@@ -9,9 +9,10 @@ Credentials come only from boto3's default chain (environment, web identity /
 IRSA, instance profile); this module takes no keys. Errors are botocore's and
 propagate: the handler loop counts them and backs off.
 
-Region: an explicit one, else the queue URL's (https://sqs.<region>.amazonaws.com/
-<account>/<name>, also the legacy <region>.queue.amazonaws.com form and the .cn
-partition), else AWS_REGION / AWS_DEFAULT_REGION. The account is the URL's first
+Region (resolve_region, also used for the spot price history): an explicit one,
+else the queue URL's (https://sqs.<region>.amazonaws.com/<account>/<name>, also
+the legacy <region>.queue.amazonaws.com form and the .cn partition), else
+AWS_REGION / AWS_DEFAULT_REGION. The account is the URL's first
 path segment when it is 12 digits, which also holds for local endpoints (moto).
 """
 
@@ -63,6 +64,14 @@ def parse_queue_url(queue_url: str) -> tuple[str | None, str | None]:
     return region, account
 
 
+def resolve_region(explicit: str | None, queue_url: str | None) -> str | None:
+    """The AWS region gpufleet talks to; None when nothing names one."""
+    from_url = parse_queue_url(queue_url)[0] if queue_url else None
+    return (
+        explicit or from_url or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    )
+
+
 class InterruptionQueue:
     """Receive and delete messages of one SQS queue."""
 
@@ -81,9 +90,7 @@ class InterruptionQueue:
             raise ValueError(
                 f"GPUFLEET_AWS_REGION is {region!r} but the queue URL {queue_url!r} is in {url_region!r}"
             )
-        resolved = (
-            region or url_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        )
+        resolved = resolve_region(region, queue_url)
         if not resolved:
             raise ValueError(
                 f"no AWS region for the interruption queue {queue_url!r}: the URL does not name one "

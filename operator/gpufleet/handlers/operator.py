@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
@@ -190,8 +189,18 @@ def _start_price_refresh(
     config: Settings, reconciler: Reconciler, store: CapacityStore, leading: threading.Event
 ) -> SpotPriceRefresher:
     from gpufleet.adapters.prices import latest_spot_prices
+    from gpufleet.adapters.sqs import resolve_region
 
-    region = config.aws_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    # The queue's region is the cluster's: EventBridge delivers a region's EC2 events in that region.
+    region = resolve_region(config.aws_region, config.interruption_queue_url)
+    if region is None:
+        # Refused at start, like a queue without a region: a refresher that can never succeed would
+        # only log, and the prices would silently stay the configured ones.
+        raise ValueError(
+            "spot price refresh is on (GPUFLEET_SPOT_PRICE_REFRESH_SECONDS="
+            f"{config.spot_price_refresh_seconds}) but no AWS region is known: set GPUFLEET_AWS_REGION "
+            "(chart value spot.awsRegion) or AWS_REGION, or set spot.priceRefreshSeconds to 0"
+        )
 
     def fetch(instance_types: list[str], zones: list[str], now: datetime) -> dict[tuple[str, str], float]:
         return latest_spot_prices(

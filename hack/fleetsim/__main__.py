@@ -1,7 +1,8 @@
 """`python -m fleetsim run SCENARIO`: run a scenario and print its summary.
 
 Without --kubeconfig it starts a local control plane (hack/cluster.sh) for the
-run and stops it afterwards. --live shows a terminal view (rich) while it runs.
+run and stops it afterwards, also when it is interrupted (Ctrl-C) or terminated
+(SIGTERM, SIGHUP). --live shows a terminal view (rich) while it runs.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -70,6 +73,21 @@ def summary_tables(summary: Summary) -> list[Table]:
     return tables
 
 
+def unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` stops what it started.
+
+    By default they end Python at once: the control plane, Prometheus, moto and the operator that
+    the run started would be left behind. SystemExit goes through asyncio.run, which cancels the
+    simulation's tasks (their cleanup runs), and then through control_plane's `finally`.
+    """
+
+    def exit_by(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    for termination in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(termination, exit_by)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     scenario = load_scenario(Path(args.scenario))
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--live", action="store_true", help="show a live terminal view")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    unwind_on_termination()
     return run(args)
 
 

@@ -288,6 +288,20 @@ def test_starting_replicas_count_as_capacity_coming() -> None:
     assert "batch 16/replica" in decision.message
 
 
+def test_pods_beyond_the_spec_are_not_capacity() -> None:
+    # Spec 4; a spot notice made the reconciler start a replacement while the doomed replica still
+    # serves: 4 ready + 1 starting. The KV cache says 4 × 1.0 / 0.8 = 5 replicas of load, which the
+    # spec's 4 will not carry once the doomed one is gone. Counting the replacement as capacity
+    # (5) would put 5 within tolerance and hold 4.
+    surged = signals(waiting=0, running=40, kv=1.0, ready=4, starting=1)
+    decision = decide(policy(), 4, surged, ScalingState(), NOW)
+    assert (decision.replicas, decision.per_signal["kvCache"]) == (5, 5), decision.message
+    # With the spec at 5 the same pods are its capacity, and the load is on target.
+    decision = decide(policy(), 5, surged, ScalingState(), NOW)
+    assert decision.replicas == 5
+    assert "within tolerance" in decision.message
+
+
 def test_a_new_replica_takes_a_batch_and_its_share_of_the_queue() -> None:
     # 112 waiting behind 2 full batches of 16: 2 + 96 / 24 = 6, where the queue alone
     # (112 / 8) would ask 14

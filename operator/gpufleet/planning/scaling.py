@@ -46,6 +46,11 @@ weights (minutes for 70B, REFERENCE.md "Cold start") is capacity coming.
   counts as 0).
 - Capacity, not ready, is what the tolerance band and the panic threshold
   compare against.
+- Capacity is at most the current spec.replicas. Pods beyond it are on their
+  way out: replacements the reconciler surges ahead of a spot interruption
+  while the doomed replicas still serve, or a scale-down's last pods. Counted,
+  they would widen the band, and a load of 5 replicas on a spec of 4 with one
+  replacement starting would read "within tolerance" and hold 4.
 
 GPU utilisation is a guard, not the driver: under batching it reads near 100 %
 whatever the load (llm-d, REFERENCE.md), so on its own it would add replicas up
@@ -336,11 +341,16 @@ def _batch(signals: Signals, waiting: float, running: float, remembered: float |
     return remembered
 
 
+def _capacity(signals: Signals, current: int) -> int:
+    """Replicas ready or starting, up to spec.replicas: those beyond it are leaving (module doc)."""
+    return min(signals.ready_replicas + signals.starting_replicas, current)
+
+
 def _queue_ask(
     policy: ScalingPolicy, current: int, signals: Signals, waiting: float, running: float, batch: float | None
 ) -> _Ask:
     ready = signals.ready_replicas
-    capacity = ready + signals.starting_replicas
+    capacity = _capacity(signals, current)
     target = policy.target_queue_depth
     summary = f"queue {waiting:g} waiting, {running:g} running"
     if batch is None:
@@ -362,7 +372,7 @@ def _asks(
     batch: float | None,
 ) -> dict[str, _Ask]:
     ready = signals.ready_replicas
-    capacity = ready + signals.starting_replicas
+    capacity = _capacity(signals, current)
     tol = policy.tolerance
     asks = {QUEUE: _queue_ask(policy, current, signals, waiting, running, batch)}
     # Averages over ready replicas mean nothing with none ready.
@@ -511,7 +521,7 @@ def decide(
         )
         return finish(0, "ScaleToZero", message, False, {}, ())
 
-    capacity = signals.ready_replicas + signals.starting_replicas
+    capacity = _capacity(signals, current)
     asks = _asks(policy, current, signals, waiting, running, batch)
     per_signal = {name: ask.replicas for name, ask in asks.items()}
     votes = {QUEUE: asks[QUEUE].replicas}

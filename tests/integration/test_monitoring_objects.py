@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.chart.helm import render
-from tests.conftest import ROOT, Cluster, wait_until
+from tests.conftest import ROOT, Cluster, crd_established, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,11 @@ def monitoring_crds(cluster: Cluster) -> Iterator[Cluster]:
     folder = Path(installed.stdout.strip().splitlines()[-1])
     cluster.kubectl("apply", "--server-side", "-f", str(folder))
 
-    def established() -> bool:
-        for name in CRD_NAMES:
-            conditions = cluster.get_json("crd", name)["status"].get("conditions", [])
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                return False
-        return True
-
-    wait_until(established, timeout=30, what="Prometheus Operator CRDs Established")
+    wait_until(
+        lambda: all(crd_established(cluster, name) for name in CRD_NAMES),
+        timeout=30,
+        what="Prometheus Operator CRDs Established",
+    )
     yield cluster
     cluster.kubectl("delete", "-f", str(folder), "--wait=false", check=False)
 

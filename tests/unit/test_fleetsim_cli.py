@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -47,7 +48,12 @@ def test_termination_unwinds_the_simulation_and_the_control_plane(termination: s
         [sys.executable, "-c", RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as process:
         assert process.stdout is not None
-        assert process.stdout.readline() == "running\n"  # blocks until the run is under way
+        # Wait for the run to be under way, with a deadline: a child that never prints must not hang CI.
+        ready, _, _ = select.select([process.stdout], [], [], 20)
+        if not ready:
+            process.kill()
+        assert ready, "the child never started its run"
+        assert process.stdout.readline() == "running\n"
         process.send_signal(termination)
         out, err = process.communicate(timeout=20)
     assert out.splitlines() == ["simulation stopped", "plane stopped"], err

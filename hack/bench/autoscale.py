@@ -1,6 +1,7 @@
 """Autoscaling benchmark: gpufleet's autoscaler against an HPA-style and a KubeAI-style policy.
 
-    python hack/bench/autoscale.py [--slo 2.0] [--time-scale 20] [--duration 2700] [--kubeconfig PATH]
+    python hack/bench/autoscale.py [--slo 2.0] [--time-scale 20] [--duration 2700] [--rounds 1]
+                                   [--kubeconfig PATH]
 
 One control plane; three trials in turn, each on a fresh simulated fleet
 (fleetsim: nodes, vLLM pods, Prometheus, moto, a gpufleet operator) in a fresh
@@ -19,7 +20,9 @@ in every trial. Every policy timer is divided by the time scale, ours included
 (scaleDownDelaySeconds, GPUFLEET_AUTOSCALE_INTERVAL_SECONDS and the planner's
 panic window, scale-down step and stale-after settings). Per policy it prints
 GPU-hours, the share of requests over the TTFT SLO, p95 TTFT and scale
-events; it never asserts: this is a benchmark, not a test. See hack/bench/README.md.
+events; it never asserts: this is a benchmark, not a test. With --rounds N the
+three trials run N times, interleaved, and the figures are means with their
+range: one round is one sample of a noisy measurement. See hack/bench/README.md.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -617,12 +620,96 @@ def caveat_lines(scale: float) -> list[str]:
     ]
 
 
-def run(policies: Sequence[str], settings: Settings, kubeconfig: Path | None) -> dict[str, TrialResult]:
+@dataclass(frozen=True)
+class Figures:
+    """What the goal compares, of one trial."""
+
+    violations: float  # share of requests over the SLO
+    gpu_hours: float
+
+
+def trial_names(policies: Sequence[str], rounds: int) -> list[str]:
+    """Policies interleaved round by round (ours, hpa, kubeai, ours#2, …), so that a slow spell of
+    the machine falls on every policy of a round rather than on all rounds of one policy."""
+    return [policy if n == 1 else f"{policy}#{n}" for n in range(1, rounds + 1) for policy in policies]
+
+
+def policy_of(trial: str) -> str:
+    return trial.split("#", 1)[0]
+
+
+def _goal(figures: Mapping[str, Figures]) -> tuple[bool, bool]:
+    ours = figures["ours"]
+    others = [figures[p] for p in POLICIES if p != "ours"]
+    return (
+        all(ours.violations < other.violations for other in others),
+        all(ours.gpu_hours <= other.gpu_hours for other in others),
+    )
+
+
+def _verdict(fewer: bool, cheaper: bool) -> str:
+    return (
+        f"{'met' if fewer and cheaper else 'not met'} "
+        f"(fewer violations: {'yes' if fewer else 'no'}, no more GPU-hours: {'yes' if cheaper else 'no'})"
+    )
+
+
+def summary_lines(figures: Mapping[str, Figures]) -> list[str]:
+    """The goal (per round when there are several) and the last line, on the means over rounds."""
+    by_policy: dict[str, list[Figures]] = {}
+    for trial, trial_figures in figures.items():
+        by_policy.setdefault(policy_of(trial), []).append(trial_figures)
+    rounds = max((len(f) for f in by_policy.values()), default=0)
+    means = {
+        policy: Figures(
+            sum(f.violations for f in runs) / len(runs), sum(f.gpu_hours for f in runs) / len(runs)
+        )
+        for policy, runs in by_policy.items()
+    }
+    lines = []
+    goal = "goal (fewer SLO violations than both at no more GPU-hours)"
+    if rounds > 1:
+        for policy in POLICIES:
+            runs = by_policy.get(policy, [])
+            if runs:
+                share = [f.violations for f in runs]
+                hours = [f.gpu_hours for f in runs]
+                mean = means[policy]
+                lines.append(
+                    f"{policy:<6} over {len(runs)} rounds: SLO violations mean {mean.violations:.4f} "
+                    f"(range {min(share):.4f}-{max(share):.4f}), GPU-hours mean {mean.gpu_hours:.3f} "
+                    f"(range {min(hours):.3f}-{max(hours):.3f})"
+                )
+        complete = [
+            n for n in range(1, rounds + 1) if all((p if n == 1 else f"{p}#{n}") in figures for p in POLICIES)
+        ]
+        met = 0
+        for n in complete:
+            fewer, cheaper = _goal({p: figures[p if n == 1 else f"{p}#{n}"] for p in POLICIES})
+            met += fewer and cheaper
+            lines.append(f"{goal}, round {n}: {_verdict(fewer, cheaper)}")
+        if complete:
+            lines.append(f"{goal}: met in {met} of {len(complete)} rounds")
+    if all(p in means for p in POLICIES):
+        lines.append(f"{goal}{' on the means' if rounds > 1 else ''}: {_verdict(*_goal(means))}")
+
+    def figure(policy: str, value: Callable[[Figures], float], digits: int) -> str:
+        return f"{value(means[policy]):.{digits}f}" if policy in means else "n/a"
+
+    violation_figures = " ".join(f"{p}={figure(p, lambda f: f.violations, 4)}" for p in POLICIES)
+    hour_figures = " ".join(f"{p}={figure(p, lambda f: f.gpu_hours, 3)}" for p in POLICIES)
+    lines.append(f"autoscale: slo_violations {violation_figures} gpu_hours {hour_figures}")
+    return lines
+
+
+def run(
+    policies: Sequence[str], settings: Settings, kubeconfig: Path | None, rounds: int = 1
+) -> dict[str, TrialResult]:
     return run_trials(
         "autoscale",
-        policies,
+        trial_names(policies, rounds),
         kubeconfig,
-        lambda cp, core, policy, workdir: Trial(cp, policy, settings, workdir).run(core),
+        lambda cp, core, trial, workdir: Trial(cp, policy_of(trial), settings, workdir).run(core),
         lambda result: report_lines(result, settings.slo, settings.scale),
     )
 
@@ -642,33 +729,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="trials to run (default all)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the trials this many times, interleaved (default 1)"
+    )
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
     args = parser.parse_args(argv)
-    if args.slo <= 0 or args.time_scale <= 0 or args.duration <= 0:
-        parser.error("--slo, --time-scale and --duration must be > 0")
+    if args.slo <= 0 or args.time_scale <= 0 or args.duration <= 0 or args.rounds < 1:
+        parser.error("--slo, --time-scale and --duration must be > 0, --rounds at least 1")
     settings = Settings(args.slo, args.time_scale, args.duration, args.seed)
-    results = or_failure(lambda: run(args.policies, settings, args.kubeconfig))
+    results = or_failure(lambda: run(args.policies, settings, args.kubeconfig, args.rounds))
     if results is None:
         return 1
     for line in caveat_lines(settings.scale):
         print(line)
-    slo = settings.slo
-
-    def figure(policy: str, value: Callable[[TrialResult], float], digits: int) -> str:
-        return f"{value(results[policy]):.{digits}f}" if policy in results else "n/a"
-
-    if all(p in results for p in POLICIES):
-        ours = results["ours"]
-        fewer = all(ours.share(slo) < results[p].share(slo) for p in ("hpa", "kubeai"))
-        cheaper = all(ours.gpu_hours <= results[p].gpu_hours for p in ("hpa", "kubeai"))
-        verdict = "met" if fewer and cheaper else "not met"
-        print(
-            f"goal (fewer SLO violations than both at no more GPU-hours): {verdict} "
-            f"(fewer violations: {'yes' if fewer else 'no'}, no more GPU-hours: {'yes' if cheaper else 'no'})"
-        )
-    violations = " ".join(f"{p}={figure(p, lambda r: r.share(slo), 4)}" for p in POLICIES)
-    hours = " ".join(f"{p}={figure(p, lambda r: r.gpu_hours, 3)}" for p in POLICIES)
-    print(f"autoscale: slo_violations {violations} gpu_hours {hours}")
+    figures = {trial: Figures(r.share(settings.slo), r.gpu_hours) for trial, r in results.items()}
+    print("\n".join(summary_lines(figures)))
     return 0
 
 

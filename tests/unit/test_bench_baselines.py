@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "hack" / "bench"))
 
-from autoscale import HpaPolicy, KubeAiPolicy, percentile
+from autoscale import Figures, HpaPolicy, KubeAiPolicy, percentile, policy_of, summary_lines, trial_names
 from spot import Hit, Sample, integrate, replaced_after
 
 
@@ -115,3 +115,50 @@ def test_replaced_after_is_zero_when_a_rebalance_recommendation_already_moved_th
     hit = Hit(at=100.0, zone="us-east-1b", rebalance_s=60.0, node="doomed")
     samples = [_sample(100.0, 2, ("doomed", "a")), _sample(160.0, 2, ("a", "b"))]
     assert replaced_after(samples, hit) == 0.0
+
+
+class TestAutoscaleRounds:
+    def test_rounds_interleave_the_policies(self) -> None:
+        names = trial_names(["ours", "hpa", "kubeai"], 2)
+        assert names == ["ours", "hpa", "kubeai", "ours#2", "hpa#2", "kubeai#2"]
+        assert [policy_of(n) for n in names] == ["ours", "hpa", "kubeai"] * 2
+
+    def test_one_round_prints_the_goal_and_the_last_line_as_before(self) -> None:
+        lines = summary_lines(
+            {"ours": Figures(0.11, 2.47), "hpa": Figures(0.17, 3.06), "kubeai": Figures(0.33, 3.38)}
+        )
+        assert lines == [
+            "goal (fewer SLO violations than both at no more GPU-hours): met "
+            "(fewer violations: yes, no more GPU-hours: yes)",
+            "autoscale: slo_violations ours=0.1100 hpa=0.1700 kubeai=0.3300 "
+            "gpu_hours ours=2.470 hpa=3.060 kubeai=3.380",
+        ]
+
+    def test_several_rounds_give_means_ranges_and_the_goal_per_round(self) -> None:
+        figures = {
+            "ours": Figures(0.10, 2.5),
+            "hpa": Figures(0.20, 3.0),
+            "kubeai": Figures(0.30, 3.0),
+            "ours#2": Figures(0.30, 2.7),  # more violations than the HPA in this round
+            "hpa#2": Figures(0.25, 3.1),
+            "kubeai#2": Figures(0.35, 3.2),
+        }
+        lines = summary_lines(figures)
+        assert lines[0] == (
+            "ours   over 2 rounds: SLO violations mean 0.2000 (range 0.1000-0.3000), "
+            "GPU-hours mean 2.600 (range 2.500-2.700)"
+        )
+        assert "round 1: met" in lines[3]
+        assert "round 2: not met (fewer violations: no, no more GPU-hours: yes)" in lines[4]
+        assert lines[5].endswith(": met in 1 of 2 rounds")
+        # On the means ours has 0.200 against the HPA's 0.225: met.
+        assert lines[6].endswith("on the means: met (fewer violations: yes, no more GPU-hours: yes)")
+        assert lines[7] == (
+            "autoscale: slo_violations ours=0.2000 hpa=0.2250 kubeai=0.3250 "
+            "gpu_hours ours=2.600 hpa=3.050 kubeai=3.100"
+        )
+
+    def test_missing_policies_print_n_a_and_no_goal(self) -> None:
+        assert summary_lines({"ours": Figures(0.12, 2.6)}) == [
+            "autoscale: slo_violations ours=0.1200 hpa=n/a kubeai=n/a gpu_hours ours=2.600 hpa=n/a kubeai=n/a"
+        ]

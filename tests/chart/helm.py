@@ -1,4 +1,6 @@
-"""Helm for the tests: GPUFLEET_HELM, else hack/install-helm.sh's cached binary (installed if missing)."""
+"""Helm for the tests: GPUFLEET_HELM, else hack/install-helm.sh's cached binary (installed if missing).
+
+Also `run_installer`, for the other hack/install-*.sh scripts the tests need."""
 
 from __future__ import annotations
 
@@ -16,14 +18,10 @@ CHART = ROOT / "charts" / "gpufleet"
 INSTALL_SCRIPT = ROOT / "hack" / "install-helm.sh"
 
 
-@functools.cache
-def helm_binary() -> str:
-    explicit = os.environ.get("GPUFLEET_HELM")
-    if explicit:
-        return explicit
-    # Idempotent and quick once cached; prints the binary's path last.
+def run_installer(script: Path) -> str:
+    """Run a hack/install-*.sh script (idempotent, quick once cached); the path it prints last."""
     result = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)],
+        ["bash", str(script)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -31,8 +29,13 @@ def helm_binary() -> str:
         env={**os.environ, "PYTHON": sys.executable},
     )
     if result.returncode != 0:
-        raise RuntimeError(f"hack/install-helm.sh failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"hack/{script.name} failed:\n{result.stderr[-3000:]}")
     return result.stdout.strip().splitlines()[-1]
+
+
+@functools.cache
+def helm_binary() -> str:
+    return os.environ.get("GPUFLEET_HELM") or run_installer(INSTALL_SCRIPT)
 
 
 def helm(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:

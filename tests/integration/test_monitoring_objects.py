@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.chart.helm import render
+from tests.chart.helm import render, run_installer
 from tests.conftest import ROOT, Cluster, crd_established, wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,17 +34,7 @@ CRD_NAMES = [
 @pytest.fixture(scope="module")
 def monitoring_crds(cluster: Cluster) -> Iterator[Cluster]:
     """The pinned Prometheus Operator CRDs, installed and Established; removed after the module."""
-    # Idempotent and quick once cached; prints the folder last.
-    installed = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert installed.returncode == 0, f"hack/install-monitoring-crds.sh failed:\n{installed.stderr[-3000:]}"
-    folder = Path(installed.stdout.strip().splitlines()[-1])
+    folder = run_installer(INSTALL_SCRIPT)
     cluster.kubectl("apply", "--server-side", "-f", str(folder))
 
     wait_until(

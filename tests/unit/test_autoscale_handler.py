@@ -96,14 +96,20 @@ def test_an_unchanged_evaluation_writes_nothing() -> None:
     assert kube.status_patches == patches
 
 
-def test_an_idle_model_without_gpu_metrics_is_not_rewritten_at_every_evaluation() -> None:
-    # No dcgm-exporter (gpuUtilization null) and never scaled (lastScaleTime null): the API server
-    # drops both from the stored status, which must still count as unchanged.
+def _idle_model_evaluated_once() -> tuple[FakeKube, Autoscaler]:
+    """Two ready replicas, nothing running or waiting, no GPU metrics; one evaluation done at NOW."""
     kube = FakeKube()
     with_pods(kube, ready=2)
     idle = ScriptedMetrics(waiting=0.0, running=0.0, kv=0.0, gpu=None)
     autoscaler = Autoscaler(kube, idle, clock=lambda: NOW)
     autoscaler.evaluate(body())
+    return kube, autoscaler
+
+
+def test_an_idle_model_without_gpu_metrics_is_not_rewritten_at_every_evaluation() -> None:
+    # No dcgm-exporter (gpuUtilization null) and never scaled (lastScaleTime null): the API server
+    # drops both from the stored status, which must still count as unchanged.
+    kube, autoscaler = _idle_model_evaluated_once()
     assert kube.last_status["autoscaler"]["metrics"]["gpuUtilization"] is None
     patches = kube.status_patches
     for seconds in (15, 30, 45):
@@ -223,11 +229,7 @@ def test_an_empty_sweep_returns_nothing() -> None:
 def test_a_member_the_new_state_lacks_is_deleted_once_and_then_nothing_is_written() -> None:
     # An ended panic leaves no panicUntil in the new state; a merge patch without a null for it
     # would keep the old one stored, and every later evaluation would differ and write again.
-    kube = FakeKube()
-    with_pods(kube, ready=2)
-    idle = ScriptedMetrics(waiting=0.0, running=0.0, kv=0.0, gpu=None)
-    autoscaler = Autoscaler(kube, idle, clock=lambda: NOW)
-    autoscaler.evaluate(body())
+    kube, autoscaler = _idle_model_evaluated_once()
     stored = kube.stored_status
     stored["autoscaler"]["state"]["panicUntil"] = "2026-11-22T11:59:00Z"  # a panic that has ended
     patches = kube.status_patches

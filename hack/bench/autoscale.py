@@ -628,10 +628,14 @@ class Figures:
     gpu_hours: float
 
 
+def trial_name(policy: str, round_number: int) -> str:
+    return policy if round_number == 1 else f"{policy}#{round_number}"
+
+
 def trial_names(policies: Sequence[str], rounds: int) -> list[str]:
     """Policies interleaved round by round (ours, hpa, kubeai, ours#2, …), so that a slow spell of
     the machine falls on every policy of a round rather than on all rounds of one policy."""
-    return [policy if n == 1 else f"{policy}#{n}" for n in range(1, rounds + 1) for policy in policies]
+    return [trial_name(policy, n) for n in range(1, rounds + 1) for policy in policies]
 
 
 def policy_of(trial: str) -> str:
@@ -680,12 +684,10 @@ def summary_lines(figures: Mapping[str, Figures]) -> list[str]:
                     f"(range {min(share):.4f}-{max(share):.4f}), GPU-hours mean {mean.gpu_hours:.3f} "
                     f"(range {min(hours):.3f}-{max(hours):.3f})"
                 )
-        complete = [
-            n for n in range(1, rounds + 1) if all((p if n == 1 else f"{p}#{n}") in figures for p in POLICIES)
-        ]
+        complete = [n for n in range(1, rounds + 1) if all(trial_name(p, n) in figures for p in POLICIES)]
         met = 0
         for n in complete:
-            fewer, cheaper = _goal({p: figures[p if n == 1 else f"{p}#{n}"] for p in POLICIES})
+            fewer, cheaper = _goal({p: figures[trial_name(p, n)] for p in POLICIES})
             met += fewer and cheaper
             lines.append(f"{goal}, round {n}: {_verdict(fewer, cheaper)}")
         if complete:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ipaddress
-import random
 import subprocess
 import sys
 import tempfile
@@ -37,31 +35,6 @@ class BenchError(Exception):
 def log(message: str) -> None:
     # Progress goes to stderr so stdout holds only the figures.
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def listening_addresses() -> set[str]:
-    """IPv4 addresses something on this machine listens on (/proc/net/tcp, state 0A = LISTEN)."""
-    found: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":
-                address = fields[1].split(":")[0]  # little-endian hex
-                found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
-    return found
-
-
-def keep_clear_of_other_simulators(simulation: Simulation) -> None:
-    """fleetsim hands out node and pod addresses from 127.1/16 and 127.2/16, unique in one cluster but
-    not on one machine: another simulator here (a test run, the demo) may hold the same ones, and a
-    dcgm-exporter or vLLM server would fail to bind. Start this trial's addresses at a random place in
-    each range and skip anything already listening."""
-    offset = random.randrange(4096, 32768)
-    reserved = listening_addresses()
-    for base in ("127.1.0.0", "127.2.0.0"):
-        first = int(ipaddress.IPv4Address(base))
-        reserved.update(str(ipaddress.IPv4Address(first + i)) for i in range(offset))
-    simulation.kubelet.addresses.reserve(sorted(reserved))
 
 
 def wait_namespace_gone(core: client.CoreV1Api, name: str, timeout: float = NAMESPACE_GONE_TIMEOUT) -> bool:
@@ -122,7 +95,6 @@ def fleet_in_namespace(
     """The simulation running in the background with `namespace` created; on the way out the namespace
     goes while the simulated kubelet still runs, so its pods terminate as on a cluster, and only then
     do the nodes go, so the next trial starts on a clean control plane."""
-    keep_clear_of_other_simulators(simulation)
     background = BackgroundSimulation(simulation)
     core.create_namespace({"metadata": {"name": namespace}})
     try:

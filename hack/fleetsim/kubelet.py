@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -60,14 +61,27 @@ def _default_server(
     return VllmServer(host, port, name, profile, clock, lora_names=loras)
 
 
+def listening_addresses() -> set[str]:
+    """IPv4 addresses something on this machine listens on (/proc/net/tcp, state 0A = LISTEN)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":
+                address = fields[1].split(":")[0]  # little-endian hex
+                found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
+    return found
+
+
 class AddressBook:
     """Loopback addresses: nodes in 127.1.0.0/16, pods in 127.2.0.0/16 (nothing else may be used)."""
 
     def __init__(self, offset: int | None = None) -> None:
         self._free: dict[str, list[ipaddress.IPv4Address]] = {}
         # Another simulator on this machine (a test run, the demo, a benchmark) uses the same
-        # ranges against another control plane, which reserve_addresses_in_use cannot see: each
-        # simulator starts at a random place in the ranges, so two rarely meet.
+        # ranges against another control plane. reserve_addresses_in_use skips what it already
+        # listens on, not what it takes later: each simulator also starts at a random place in the
+        # ranges, so two rarely meet.
         start = random.randrange(0, 32768) if offset is None else offset
         self._next = {
             "node": int(ipaddress.IPv4Address("127.1.0.2")) + start,
@@ -172,11 +186,13 @@ class SimKubelet:
 
     def reserve_addresses_in_use(self) -> None:
         """Skip loopback addresses that pods and nodes already in the cluster hold (a reused control
-        plane may keep an earlier run's objects), so no two scrape targets share an address."""
+        plane may keep an earlier run's objects), so no two scrape targets share an address, and
+        those something on this machine listens on (another simulator), where a bind would fail."""
         pods = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)["items"]
         nodes = json.loads(self.core.list_node(_preload_content=False).data)["items"]
         taken = [p.get("status", {}).get("podIP", "") for p in pods]
         taken += [a["address"] for n in nodes for a in n.get("status", {}).get("addresses", [])]
+        taken += listening_addresses()
         self.addresses.reserve([a for a in taken if a.startswith("127.")])
 
     # ---- nodes -------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ WORKDIR /src
 COPY hack/image/requirements.txt /src/requirements.txt
 RUN python -m venv /opt/gpufleet \
  && /opt/gpufleet/bin/pip install --no-deps -r /src/requirements.txt
-# setuptools discovers packages under operator/ and hack/ (the simulator ships with the wheel).
+# The wheel is the operator alone: setuptools discovers packages under operator/ only (the fleet
+# simulator, hack/fleetsim, is a project of its own and stays out of the image).
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
-COPY hack/fleetsim /src/hack/fleetsim
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels /src \
  && /opt/gpufleet/bin/pip install --no-deps /tmp/wheels/gpufleet-*.whl \
  && /opt/gpufleet/bin/pip uninstall --yes pip \

@@ -10,13 +10,14 @@ INSTALLED := $(VENV)/.installed
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(INSTALLED): pyproject.toml
+# The operator (the wheel: pyproject.toml) and, beside it, the fleet simulator (hack/pyproject.toml).
+$(INSTALLED): pyproject.toml hack/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./hack
 	touch $@
 
-install: $(INSTALLED) ## create .venv with the operator and its dev tools
+install: $(INSTALLED) ## create .venv with the operator, its dev tools and the fleet simulator
 
 controlplane: ## build (once, cached) the Kubernetes control-plane binaries
 	bash hack/controlplane/build.sh >/dev/null
@@ -46,8 +47,8 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 	$(BIN)/mypy hack/bench  # scripts, not a package: checked as files
 	$(BIN)/lint-imports
 
-unit: install ## fast tests of pure code
-	$(BIN)/pytest tests/unit -q
+unit: install ## fast tests: pure code, the fleet simulator, the wheel's contents
+	$(BIN)/pytest tests/unit tests/fleetsim tests/packaging -q
 
 integration: install controlplane helm monitoring-crds ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q

@@ -51,7 +51,7 @@ from fleetsim.local import ROOT, ControlPlane
 from fleetsim.scenario import parse_scenario
 from fleetsim.sim import Simulation
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
-from gpufleet.planning.scaling import ScalingPolicy
+from gpufleet.config import Settings as OperatorSettings
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
 POLICIES = ("ours", "hpa", "kubeai")
@@ -96,7 +96,7 @@ KUBEAI_WINDOW_S = 600.0
 KUBEAI_SCALE_DOWN_DELAY_S = 30.0  # KubeAI's scaleDownDelaySeconds default
 
 # The planner's windows, set through the operator's settings and divided by the time scale like
-# every other timer: label → (ScalingPolicy field, GPUFLEET_ setting).
+# every other timer: label → (ScalingTimings field, GPUFLEET_ setting).
 PLANNER_WINDOWS = {
     "panic window": ("panic_window_seconds", "GPUFLEET_AUTOSCALE_PANIC_WINDOW_SECONDS"),
     "scale-down step": ("scale_down_step_seconds", "GPUFLEET_AUTOSCALE_SCALE_DOWN_STEP_SECONDS"),
@@ -110,10 +110,10 @@ OBSERVE_S = 5.0  # simulated seconds between reads of spec.replicas (policies ch
 
 
 def planner_default(field_name: str) -> float:
-    """A ScalingPolicy default (a dataclass keeps field defaults as class attributes)."""
-    value = getattr(ScalingPolicy, field_name, None)
+    """The operator's default of one of the planner's windows (the settings are where defaults live)."""
+    value = getattr(OperatorSettings.defaults().scaling_timings(), field_name, None)
     if not isinstance(value, int | float):
-        raise BenchError(f"ScalingPolicy has no numeric default {field_name}")
+        raise BenchError(f"ScalingTimings has no numeric field {field_name}")
     return float(value)
 
 

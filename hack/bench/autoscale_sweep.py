@@ -7,7 +7,7 @@ autoscaled ModelDeployment: it lists the model's pods, reads up to five PromQL
 signals, decides, and writes only what changed. A sweep that outlasts the
 interval delays every decision of every model.
 
-This runs the operator's own sweep (gpufleet.handlers.autoscale.evaluate_all
+This runs the operator's own sweep (gpufleet.runtime.autoscaler.evaluate_all
 over the Autoscaler, its Kubernetes client and its Prometheus reader, built as
 the operator builds them) against a real API server and a real Prometheus that
 holds vLLM series for every model, two ways, alternating, on the same objects:
@@ -48,9 +48,10 @@ from kubernetes import client
 from fleetsim.local import ROOT, ControlPlane, control_plane, free_port
 from fleetsim.prometheus import VLLM_TARGETS_FILE, PrometheusServer
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
-from gpufleet.adapters.metrics import PrometheusMetrics
+from gpufleet.adapters.serving_metrics import PrometheusMetrics
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
-from gpufleet.handlers.autoscale import Autoscaler, evaluate_all
+from gpufleet.config import Settings
+from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 
 SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
 INTERVAL_S = 15.0  # GPUFLEET_AUTOSCALE_INTERVAL_SECONDS' default
@@ -181,6 +182,7 @@ def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: i
                 RestKubeApi(api),
                 PrometheusMetrics(prometheus.url, connections=concurrency),
                 clock=lambda: datetime.now(UTC),
+                timings=Settings.defaults().scaling_timings(),
             )
             # The first sweep records every model's status.autoscaler; later ones only read.
             warm, failed = timed_sweep(autoscaler, current_bodies(custom, namespace), concurrency)

@@ -1,7 +1,14 @@
-"""Operator settings, read from GPUFLEET_* environment variables (the Helm chart sets them)."""
+"""Operator settings, read from GPUFLEET_* environment variables (the Helm chart sets them).
+
+The one place where the operator's defaults live: the planners' policies
+(workload options, failover settings, scaling timings) are built from these
+and have no defaults of their own. `Settings.defaults()` gives them without
+reading the environment (tests, benchmarks).
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -9,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpufleet.adapters.metrics import MetricQueries
+from gpufleet.adapters.serving_metrics import MetricQueries
 from gpufleet.planning.cost import ProductPrices
+from gpufleet.planning.failover import FailoverSettings
+from gpufleet.planning.reconcile import ReconcilePolicy
+from gpufleet.planning.scaling import ScalingTimings
 from gpufleet.planning.workloads import WorkloadOptions
 
 # Capacity-type node labels and their values, per provisioner.
@@ -45,6 +55,11 @@ class Settings(BaseSettings):
     """Everything the operator can be told; each field is GPUFLEET_<NAME> in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="GPUFLEET_", extra="ignore")
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """Every setting at its default, whatever the environment says."""
+        return cls.model_construct()
 
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means the whole cluster."
@@ -85,12 +100,12 @@ class Settings(BaseSettings):
         default=90, gt=0, description="Samples older than this count as missing: replicas are held."
     )
 
-    def scaling_timings(self) -> dict[str, int]:
-        return {
-            "panic_window_seconds": self.autoscale_panic_window_seconds,
-            "scale_down_step_seconds": self.autoscale_scale_down_step_seconds,
-            "stale_after_seconds": self.autoscale_stale_after_seconds,
-        }
+    def scaling_timings(self) -> ScalingTimings:
+        return ScalingTimings(
+            panic_window_seconds=self.autoscale_panic_window_seconds,
+            scale_down_step_seconds=self.autoscale_scale_down_step_seconds,
+            stale_after_seconds=self.autoscale_stale_after_seconds,
+        )
 
     # PromQL templates ($namespace, $model, $pods) for clusters whose labels differ from the defaults.
     query_waiting: str = MetricQueries.waiting
@@ -221,6 +236,23 @@ class Settings(BaseSettings):
             prestop_delay_seconds=self.prestop_delay_seconds,
             drain_seconds=self.drain_seconds,
             startup_base_seconds=self.startup_base_seconds,
+        )
+
+    def failover_settings(self) -> FailoverSettings:
+        return FailoverSettings(
+            max_surge=self.max_surge_replicas,
+            drain=timedelta(seconds=self.interruption_drain_seconds),
+            unavailable_after=timedelta(seconds=self.spot_fallback_after_seconds),
+            return_after=timedelta(seconds=self.spot_return_after_seconds),
+            rebalance_starts_replacements=self.rebalance_starts_replacements,
+            zone_loss_window=timedelta(seconds=self.zone_loss_window_seconds),
+        )
+
+    def reconcile_policy(self) -> ReconcilePolicy:
+        return ReconcilePolicy(
+            workloads=self.workload_options(),
+            unschedulable_after=timedelta(seconds=self.unschedulable_after_seconds),
+            failover=self.failover_settings() if self.spot_failover else None,
         )
 
     def price_books(self) -> dict[str, ProductPrices]:

@@ -13,7 +13,7 @@ from prometheus_api_client import PrometheusConnect
 from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import client
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
-from gpufleet.adapters.metrics import ModelMetrics, PrometheusMetrics
+from gpufleet.adapters.serving_metrics import ModelMetrics, PrometheusMetrics
 from tests.conftest import OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, MODEL, NAMESPACE
 from tests.e2e.scrape import metric

@@ -23,6 +23,7 @@ from gpufleet.planning.failover import (
     plan_failover,
 )
 from gpufleet.planning.placement import Constraints, plan_placement
+from tests.unit.helpers import failover_settings
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 ZONES = ["a", "b", "c"]
@@ -40,7 +41,8 @@ def capacity(**fields: Any) -> Capacity:
 
 def policy(**fields: Any) -> FailoverPolicy:
     cap = fields.pop("capacity", capacity())
-    return FailoverPolicy(capacity=cap, **fields)
+    prices = fields.pop("spot_prices", {})
+    return FailoverPolicy(capacity=cap, settings=failover_settings(**fields), spot_prices=prices)
 
 
 def groups(plan: FailoverPlan) -> dict[tuple[str, str], int]:

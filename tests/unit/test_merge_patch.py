@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpufleet.adapters.kube import as_stored, with_deletions
+from gpufleet.planning.merge_patch import as_stored, with_deletions
 
 
 def test_null_members_are_not_stored_at_any_depth() -> None:

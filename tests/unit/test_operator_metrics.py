@@ -11,7 +11,7 @@ import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpufleet.handlers import metrics
+from gpufleet.runtime import operator_metrics as metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "gpufleet" / "files" / "alerts.yaml"

@@ -1,139 +1,220 @@
-"""One reconcile against an in-memory API: what is written, and when nothing is."""
+"""The reconcile plan, table-driven: the specification of what one reconcile does (planning.reconcile).
+
+Each case states what is observed (the ModelDeployment, its Deployments and pods, capacity signals, what
+the operator remembers of its own writes) and checks the whole plan: applies with their Events, removals,
+drains, status and its Warnings. Nothing here has an API: the plan is data.
+"""
 
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import yaml
 
-from gpufleet.handlers.reconcile import Reconciler, observe_pod
-from gpufleet.planning.workloads import WorkloadOptions
-from tests.unit.fake_kube import FakeKube
+from gpufleet.planning.cost import ProductPrices
+from gpufleet.planning.failover import Doom
+from gpufleet.planning.observe import version_of
+from gpufleet.planning.reconcile import (
+    CapacitySnapshot,
+    Observed,
+    ReconcilePlan,
+    ReconcilePolicy,
+    Remembered,
+    plan_reconcile,
+)
+from gpufleet.planning.zone_loss import NodeLoss
+from tests.unit.helpers import failover_settings, reconcile_policy, sample
+from tests.unit.spot_objects import pod_object
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+A100 = ProductPrices(on_demand=27.45, gpus_per_instance=8, instance_type="p4de")
 
 
-def sample(name: str = "llama-3-70b-a100-spot.yaml", **spec: Any) -> dict[str, Any]:
-    body = yaml.safe_load((ROOT / "samples" / name).read_text())
-    body["metadata"].update(namespace="ml", uid="uid-1", generation=1)
-    body["spec"].update(spec)
-    return body
+@dataclass
+class World:
+    """The API server's side of a few reconciles: objects as applied, and what the operator remembers."""
+
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    applied: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    status: dict[str, Any] | None = None
+    capacity: CapacitySnapshot = field(default_factory=CapacitySnapshot)
+    prices: dict[str, ProductPrices] = field(default_factory=lambda: {"NVIDIA-A100-SXM4-80GB": A100})
+
+    def plan(
+        self, body: dict[str, Any], policy: ReconcilePolicy | None = None, now: datetime = NOW
+    ) -> ReconcilePlan:
+        observed = Observed(
+            body=body,
+            pods=self.pods,
+            deployments=list(self.deployments.values()),
+            capacity=self.capacity,
+            prices=self.prices,
+            remembered=Remembered(dict(self.applied), self.status),
+        )
+        return plan_reconcile(observed, policy or reconcile_policy(), now)
+
+    def carry_out(self, plan: ReconcilePlan, body: dict[str, Any]) -> None:
+        """As the runtime would, with the API server bumping generations on spec changes."""
+        for write in plan.applies:
+            obj = copy.deepcopy(write.obj)
+            name = obj["metadata"]["name"]
+            live = self.deployments.get(name) if obj["kind"] == "Deployment" else None
+            generation = 1 if live is None else live["metadata"]["generation"] + (live["spec"] != obj["spec"])
+            obj["metadata"]["generation"] = generation
+            if obj["kind"] == "Deployment":
+                self.deployments[name] = obj
+            self.applied[(obj["kind"], name)] = (write.template_hash, version_of(obj))
+        for removal in plan.removals:
+            self.deployments.pop(removal.name, None)
+            self.applied.pop((removal.kind, removal.name), None)
+        if plan.status.patch is not None:
+            self.status = plan.status.stored_form
+            body["status"] = plan.status.stored_form
+
+    def converge(self, body: dict[str, Any]) -> ReconcilePlan:
+        """Reconcile until nothing more is written (at most three passes)."""
+        for _ in range(3):
+            plan = self.plan(body)
+            self.carry_out(plan, body)
+            if not plan.applies and plan.status.patch is None:
+                return plan
+        raise AssertionError("no steady state after three reconciles")
 
 
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def reconciler(kube: FakeKube) -> Reconciler:
-    return Reconciler(kube, WorkloadOptions(), clock=lambda: NOW)
-
-
-def deployments(kube: FakeKube) -> dict[str, int]:
+def applies(plan: ReconcilePlan) -> dict[str, str | None]:
+    """Applied object → the reason of its Event (None: applied quietly)."""
     return {
-        name: o["spec"]["replicas"] for (kind, _, name), o in kube.objects.items() if kind == "Deployment"
+        f"{a.obj['kind']}/{a.obj['metadata']['name']}": a.event.reason if a.event else None
+        for a in plan.applies
     }
 
 
-def test_first_reconcile_applies_groups_service_and_pdb(kube: FakeKube, reconciler: Reconciler) -> None:
-    outcome = reconciler.reconcile(sample())
-    assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1, "llama-3-70b-us-east-1b-spot": 1}
-    assert sorted(outcome.applied) == [
-        "Deployment/llama-3-70b-us-east-1a-on-demand",
-        "Deployment/llama-3-70b-us-east-1b-spot",
-        "PodDisruptionBudget/llama-3-70b",
-        "Service/llama-3-70b",
+def conditions(plan: ReconcilePlan) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in plan.status.status.conditions}
+
+
+GROUPS = ("llama-3-70b-us-east-1a-on-demand", "llama-3-70b-us-east-1b-spot")
+FIRST_LOOK = {
+    f"Deployment/{GROUPS[0]}": "CreatedGroup",
+    f"Deployment/{GROUPS[1]}": "CreatedGroup",
+    "Service/llama-3-70b": None,
+    "PodDisruptionBudget/llama-3-70b": None,
+}
+
+
+def someone_edits(world: World, body: dict[str, Any]) -> None:
+    live = world.deployments[GROUPS[1]]
+    live["spec"]["replicas"] = 7
+    live["metadata"]["generation"] += 1
+
+
+def someone_deletes(world: World, body: dict[str, Any]) -> None:
+    del world.deployments[GROUPS[0]]
+
+
+def operator_restarts(world: World, body: dict[str, Any]) -> None:
+    world.applied.clear()
+    world.status = None
+
+
+def nothing(world: World, body: dict[str, Any]) -> None:
+    pass
+
+
+def new_image(world: World, body: dict[str, Any]) -> None:
+    body["spec"]["engine"]["image"] = "vllm/vllm-openai:v0.12.0"
+
+
+def scale_to_three(world: World, body: dict[str, Any]) -> None:
+    body["spec"]["replicas"] = 3
+
+
+def scale_to_eight(world: World, body: dict[str, Any]) -> None:
+    body["spec"]["replicas"] = 8
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(nothing, {}, id="steady state: nothing applied"),
+        pytest.param(someone_edits, {f"Deployment/{GROUPS[1]}": "RevertedDrift"}, id="drift reverted"),
+        pytest.param(
+            someone_deletes, {f"Deployment/{GROUPS[0]}": "RestoredGroup"}, id="deleted group restored"
+        ),
+        # After a restart nothing is known to have drifted: one quiet apply per object, no Event.
+        pytest.param(operator_restarts, dict.fromkeys(FIRST_LOOK), id="restart re-applies quietly"),
+        pytest.param(
+            new_image,
+            {f"Deployment/{GROUPS[0]}": "UpdatedGroup", f"Deployment/{GROUPS[1]}": "UpdatedGroup"},
+            id="rollout of a new template",
+        ),
+        # 3 replicas at 70 % spot above one on-demand: 2 on-demand (1a, 1c) and 1 spot (1b)
+        pytest.param(
+            scale_to_three, {"Deployment/llama-3-70b-us-east-1c-on-demand": "CreatedGroup"}, id="scale up"
+        ),
+        # 8 replicas: 3 on-demand and 5 spot spread over three zones; two groups grow
+        pytest.param(
+            scale_to_eight,
+            {
+                f"Deployment/{GROUPS[1]}": "ScaledGroup",
+                "Deployment/llama-3-70b-us-east-1a-spot": "CreatedGroup",
+                "Deployment/llama-3-70b-us-east-1b-on-demand": "CreatedGroup",
+                "Deployment/llama-3-70b-us-east-1c-on-demand": "CreatedGroup",
+                "Deployment/llama-3-70b-us-east-1c-spot": "CreatedGroup",
+            },
+            id="scale up further: existing groups grow",
+        ),
+    ],
+)
+def test_what_a_reconcile_applies_and_why(
+    change: Callable[[World, dict[str, Any]], None], expected: dict[str, str | None]
+) -> None:
+    world, body = World(), sample()
+    first = world.plan(body)
+    assert applies(first) == FIRST_LOOK
+    world.carry_out(first, body)
+    world.converge(body)
+    change(world, body)
+    plan = world.plan(body)
+    assert applies(plan) == expected
+    assert plan.removals == ()
+    assert plan.drains == ()
+
+
+def test_a_steady_state_writes_no_status() -> None:
+    world, body = World(), sample()
+    world.converge(body)
+    plan = world.plan(body)
+    assert plan.status.patch is None
+    assert plan.status.events == ()
+
+
+def test_scaling_down_removes_the_groups_no_longer_placed() -> None:
+    world, body = World(), sample(replicas=5)
+    world.converge(body)
+    assert len(world.deployments) == 5
+    plan = world.plan(sample(replicas=2, **{}) | {"status": body["status"]})
+    assert [(r.name, r.event.reason) for r in plan.removals] == [
+        ("llama-3-70b-us-east-1a-spot", "RemovedGroup"),
+        ("llama-3-70b-us-east-1c-on-demand", "RemovedGroup"),
+        ("llama-3-70b-us-east-1c-spot", "RemovedGroup"),
     ]
-    assert outcome.status_written
-    assert kube.last_status["desiredReplicas"] == 2
-    assert [e[1] for e in kube.events] == ["CreatedGroup", "CreatedGroup"]
+    assert {
+        a.obj["metadata"]["name"]: a.obj["spec"]["replicas"]
+        for a in plan.applies
+        if a.obj["kind"] == "Deployment"
+    } == {}
 
 
-def test_steady_state_reconcile_writes_nothing(kube: FakeKube, reconciler: Reconciler) -> None:
-    body = sample()
-    for _ in range(2):  # the first status is computed before the Deployments existed
-        reconciler.reconcile(body)
-        body["status"] = kube.last_status
-    applies, patches = len(kube.applies), kube.status_patches
-    outcome = reconciler.reconcile(body)
-    assert outcome.applied == []
-    assert (len(kube.applies), kube.status_patches) == (applies, patches)
-
-
-def test_scaling_adds_and_removes_groups(kube: FakeKube, reconciler: Reconciler) -> None:
-    reconciler.reconcile(sample(replicas=5))
-    assert len(deployments(kube)) == 5
-    outcome = reconciler.reconcile(sample(replicas=2))
-    assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1, "llama-3-70b-us-east-1b-spot": 1}
-    assert sorted(outcome.deleted) == [
-        "llama-3-70b-us-east-1a-spot",
-        "llama-3-70b-us-east-1c-on-demand",
-        "llama-3-70b-us-east-1c-spot",
-    ]
-    assert "RemovedGroup" in [e[1] for e in kube.events]
-
-
-def test_drift_is_reverted_and_reported(kube: FakeKube, reconciler: Reconciler) -> None:
-    reconciler.reconcile(sample())
-    name = "llama-3-70b-us-east-1b-spot"
-    kube.edit("Deployment", "ml", name, lambda o: o["spec"].update(replicas=7))
-    outcome = reconciler.reconcile(sample())
-    assert outcome.applied == [f"Deployment/{name}"]
-    assert deployments(kube)[name] == 1
-    assert kube.events[-1][1] == "RevertedDrift"
-
-
-def test_deleted_group_is_restored(kube: FakeKube, reconciler: Reconciler) -> None:
-    reconciler.reconcile(sample())
-    kube.objects.pop(("Deployment", "ml", "llama-3-70b-us-east-1a-on-demand"))
-    reconciler.reconcile(sample())
-    assert "llama-3-70b-us-east-1a-on-demand" in deployments(kube)
-    assert kube.events[-1][1] == "RestoredGroup"
-
-
-def test_restart_reapplies_quietly_without_claiming_drift(kube: FakeKube) -> None:
-    Reconciler(kube, WorkloadOptions(), clock=lambda: NOW).reconcile(sample())
-    events = len(kube.events)
-    fresh = Reconciler(kube, WorkloadOptions(), clock=lambda: NOW)
-    fresh.reconcile(sample())
-    assert len(kube.events) == events
-    assert len(deployments(kube)) == 2
-
-
-def test_invalid_spec_touches_no_workload(kube: FakeKube, reconciler: Reconciler) -> None:
-    reconciler.reconcile(sample())
-    before = copy.deepcopy(kube.objects)
-    applies = len(kube.applies)
-    broken = sample()
-    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
-    outcome = reconciler.reconcile(broken)
-    assert not outcome.valid
-    assert kube.objects == before
-    assert len(kube.applies) == applies
-    assert kube.deletes == []
-    valid = next(c for c in kube.last_status["conditions"] if c["type"] == "Valid")
-    assert valid["status"] == "False"
-    assert "use tensorParallelSize: 4" in valid["message"]
-    assert kube.events[-1][:2] == ("Warning", "InvalidSpec")
-
-
-def test_replicas_past_max_are_clamped_not_invalid(kube: FakeKube, reconciler: Reconciler) -> None:
-    outcome = reconciler.reconcile(sample(replicas=20))
-    assert outcome.valid
-    assert sum(deployments(kube).values()) == 12
-    limited = next(c for c in kube.last_status["conditions"] if c["type"] == "ScalingLimited")
-    assert (limited["status"], limited["reason"]) == ("True", "TooManyReplicas")
-    assert ("Warning", "TooManyReplicas") in [e[:2] for e in kube.events]
-
-
-def test_deployment_owned_by_someone_else_is_left_alone(kube: FakeKube, reconciler: Reconciler) -> None:
-    foreign = {
+def test_a_deployment_with_our_label_but_another_owner_is_never_removed() -> None:
+    world, body = World(), sample()
+    world.deployments["llama-3-70b-handmade"] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -144,29 +225,137 @@ def test_deployment_owned_by_someone_else_is_left_alone(kube: FakeKube, reconcil
         },
         "spec": {"replicas": 1},
     }
-    kube.apply(foreign)
-    reconciler.reconcile(sample())
-    assert "llama-3-70b-handmade" in deployments(kube)
-    assert kube.deletes == []
+    assert world.plan(body).removals == ()
 
 
-def test_observe_pod_reads_scheduling_failure() -> None:
-    pod = {
-        "metadata": {"name": "p", "labels": {"gpufleet.io/zone": "a", "gpufleet.io/capacity-type": "spot"}},
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                    "lastTransitionTime": "2026-11-22T11:50:00Z",
-                }
-            ],
-        },
+def test_an_invalid_spec_is_reported_and_nothing_is_touched() -> None:
+    world, body = World(), sample()
+    world.converge(body)
+    body["spec"]["accelerator"]["tensorParallelSize"] = 2
+    plan = world.plan(body)
+    assert not plan.valid
+    assert (plan.applies, plan.removals, plan.drains, plan.events) == ((), (), (), ())
+    valid = next(c for c in plan.status.status.conditions if c.type == "Valid")
+    assert (valid.status, valid.reason) == ("False", "InvalidSpec")
+    assert "use tensorParallelSize: 4" in valid.message
+    assert [(e.type, e.reason) for e in plan.status.events] == [("Warning", "InvalidSpec")]
+    assert plan.status.status.desired_replicas == 2  # what it was converging to is kept
+
+
+def test_replicas_past_max_are_clamped_not_invalid() -> None:
+    plan = World().plan(sample(replicas=20))
+    assert plan.valid
+    assert sum(a.obj["spec"]["replicas"] for a in plan.applies if a.obj["kind"] == "Deployment") == 12
+    assert conditions(plan)["ScalingLimited"] == ("True", "TooManyReplicas")
+    assert ("Warning", "TooManyReplicas") in [(e.type, e.reason) for e in plan.status.events]
+
+
+# --- capacity: drains and zones ------------------------------------------------------------------
+
+SPOT_BODY = {"zones": ZONES, "onDemandReplicas": 1, "spotPercent": 100}
+
+
+def serving_world() -> tuple[World, dict[str, Any]]:
+    """Three replicas serving: on-demand in 1a, spot in 1b and 1c, each on its own node."""
+    world, body = World(), sample(replicas=3, capacity=SPOT_BODY)
+    world.converge(body)
+    world.pods = [
+        pod_object(f"p-{zone}", zone, kind, f"n-{zone}")
+        for zone, kind in (("us-east-1a", "on-demand"), ("us-east-1b", "spot"), ("us-east-1c", "spot"))
+    ]
+    world.converge(body)
+    return world, body
+
+
+def warning(node: str, zone: str, deadline: datetime = NOW + timedelta(seconds=120)) -> Doom:
+    return Doom(node, zone, "spot", "interruption", NOW, deadline, "i-0123456789abcdef0", "spot warning")
+
+
+def test_a_doomed_replica_serves_until_its_replacement_is_ready_then_is_drained() -> None:
+    world, body = serving_world()
+    world.capacity = CapacitySnapshot(cloud_dooms=(warning("n-us-east-1b", "us-east-1b"),))
+    plan = world.plan(body)
+    assert plan.drains == ()
+    assert applies(plan) == {"Deployment/llama-3-70b-us-east-1a-spot": "CreatedGroup"}
+    assert plan.requeue_after == pytest.approx(60)  # 120 s notice − 60 s drain
+    assert [e.reason for e in plan.events] == ["SpotInterruption"]
+    assert conditions(plan)["SpotInterrupted"] == ("True", "SpotInterruption")
+    world.carry_out(plan, body)
+
+    world.pods.append(pod_object("p-new", "us-east-1a", "spot", "n-us-east-1a"))
+    plan = world.plan(body, now=NOW + timedelta(seconds=20))
+    assert [(d.pod, d.reason) for d in plan.drains] == [("p-us-east-1b", "replaced")]
+    assert [r.name for r in plan.removals] == ["llama-3-70b-us-east-1b-spot"]
+
+
+def test_a_doomed_replica_is_drained_at_the_deadline_even_without_a_replacement() -> None:
+    world, body = serving_world()
+    world.capacity = CapacitySnapshot(
+        cloud_dooms=(warning("n-us-east-1b", "us-east-1b", NOW + timedelta(seconds=30)),)
+    )
+    plan = world.plan(body)
+    assert [(d.pod, d.reason) for d in plan.drains] == [("p-us-east-1b", "deadline")]
+
+
+def test_a_rebalance_recommendation_is_ignored_when_the_setting_says_so() -> None:
+    world, body = serving_world()
+    rebalance = Doom("n-us-east-1b", "us-east-1b", "spot", "rebalance", NOW, None, "i-1", "rebalance")
+    world.capacity = CapacitySnapshot(cloud_dooms=(rebalance,))
+    acting = world.plan(body)
+    assert "Deployment/llama-3-70b-us-east-1a-spot" in applies(acting)
+    off = reconcile_policy(failover=True)
+    off = ReconcilePolicy(
+        off.workloads, off.unschedulable_after, failover_settings(rebalance_starts_replacements=False)
+    )
+    ignoring = world.plan(body, policy=off)
+    assert applies(ignoring) == {}
+    assert conditions(ignoring)["SpotInterrupted"] == ("False", "NoneInProgress")
+
+
+def test_a_lost_zone_is_avoided_for_every_capacity_type() -> None:
+    world, body = serving_world()
+    world.capacity = CapacitySnapshot(
+        losses=(
+            NodeLoss(NOW - timedelta(seconds=30), "n-us-east-1c", "us-east-1c", "spot"),
+            NodeLoss(NOW - timedelta(seconds=20), "od-us-east-1c", "us-east-1c", "on-demand"),
+        ),
+        ready_zones=frozenset({"us-east-1a", "us-east-1b"}),
+    )
+    plan = world.plan(body)
+    assert conditions(plan)["ZoneDegraded"] == ("True", "ZoneLost")
+    assert ("Warning", "ZoneLost") in [(e.type, e.reason) for e in plan.events]
+    placed = {g.zone for g in plan.status.status.placement if g.replicas}
+    assert "us-east-1c" in placed  # its pod still exists (status shows what is); the plan moves it:
+    assert applies(plan) == {"Deployment/llama-3-70b-us-east-1a-spot": "CreatedGroup"}
+
+
+def test_with_spot_failover_off_signals_change_nothing() -> None:
+    world, body = serving_world()
+    world.capacity = CapacitySnapshot(cloud_dooms=(warning("n-us-east-1b", "us-east-1b"),))
+    plan = world.plan(body, policy=reconcile_policy(failover=False))
+    assert (plan.applies, plan.drains, plan.events) == ((), (), ())
+
+
+def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_spot_and_cost_alone() -> None:
+    world, body = World(), sample()
+    # As a restarted operator finds it: a fallback that has ended since, and a price no longer known.
+    body["status"] = {
+        "spot": {"interruptionsHandled": 1, "fallbackSince": "2026-11-22T11:00:00Z"},
+        "cost": {"currency": "USD", "perHour": 41.2, "message": "old"},
     }
-    observed = observe_pod(pod)
-    assert (observed.zone, observed.capacity_type, observed.ready) == ("a", "spot", False)
-    assert observed.unschedulable_since == datetime(2026, 11, 22, 11, 50, tzinfo=UTC)
-    assert "Insufficient" in observed.unschedulable_message
+    world.prices = {}
+    plan = world.plan(body)
+    patch = plan.status.patch
+    assert patch is not None
+    assert patch["spot"]["fallbackSince"] is None
+    assert patch["spot"]["interruptionsHandled"] == 1
+    assert patch["cost"]["perHour"] is None
+    world.carry_out(plan, body)
+
+    broken = sample()
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["status"] = {**plan.status.stored_form, "spot": {"interruptionsHandled": 1}}
+    invalid = world.plan(broken)
+    assert invalid.status.patch is not None
+    assert "spot" not in invalid.status.patch
+    assert "cost" not in invalid.status.patch

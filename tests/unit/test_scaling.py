@@ -16,13 +16,14 @@ import pytest
 from gpufleet.planning.scaling import (
     MAX_RECOMMENDATIONS,
     Decision,
+    Observation,
     ScalingPolicy,
     ScalingState,
     Schedule,
-    Signals,
     decide,
     schedule_floor,
 )
+from tests.unit.helpers import Readings, scaling_timings
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
 MONDAY, TUESDAY, FRIDAY, SATURDAY, SUNDAY = 0, 1, 4, 5, 6
@@ -37,6 +38,7 @@ def policy(**fields: Any) -> ScalingPolicy:
         "target_gpu_utilization": 0.9,
         "scale_down_delay_seconds": 300,
         "scale_to_zero_after_seconds": None,
+        "timings": scaling_timings(),
     }
     values.update(fields)
     return ScalingPolicy(**values)
@@ -51,17 +53,13 @@ def signals(
     starting: int = 0,
     at: datetime = NOW,
     **extra: Any,
-) -> Signals:
-    return Signals(
-        sampled_at=at,
-        waiting=waiting,
-        running=running,
-        kv_cache_usage=kv,
-        gpu_utilization=gpu,
-        ready_replicas=ready,
-        starting_replicas=starting,
-        **extra,
-    )
+) -> Observation:
+    return Observation(Readings(at, waiting, running, kv, gpu, **extra), ready, starting)
+
+
+def changed(observed: Observation, **readings: Any) -> Observation:
+    """The same observation with other readings."""
+    return replace(observed, readings=replace(observed.readings, **readings))
 
 
 def at(seconds: float) -> datetime:
@@ -78,7 +76,7 @@ class Step:
 def run(
     pol: ScalingPolicy,
     replicas: int,
-    view: Callable[[float, int], Signals],
+    view: Callable[[float, int], Observation],
     times: Iterable[float],
     state: ScalingState | None = None,
     restart: bool = False,
@@ -109,7 +107,7 @@ def changes(steps: list[Step]) -> list[tuple[float, int]]:
     return out
 
 
-def steady_kv(total: float) -> Callable[[float, int], Signals]:
+def steady_kv(total: float) -> Callable[[float, int], Observation]:
     """A fleet carrying `total` replica-loads of KV cache, spread evenly over whatever is ready."""
     return lambda t, replicas: signals(kv=total / replicas, ready=replicas, at=at(t))
 
@@ -140,7 +138,7 @@ def steady_kv(total: float) -> Callable[[float, int], Signals]:
         ),
     ],
 )
-def test_step_up(current: int, observed: Signals, pol: ScalingPolicy, replicas: int, reason: str) -> None:
+def test_step_up(current: int, observed: Observation, pol: ScalingPolicy, replicas: int, reason: str) -> None:
     decision = decide(pol, current, observed, ScalingState(), NOW)
     assert (decision.replicas, decision.reason) == (replicas, reason)
     assert decision.active
@@ -173,7 +171,7 @@ def test_burst_panics_to_the_need_at_once_and_holds_through_the_window() -> None
     during = decide(pol, 8, calm, low_history, at(30))
     assert (during.replicas, during.reason) == (8, "Panic")
 
-    after = decide(pol, 8, replace(calm, sampled_at=at(61)), during.state, at(61))
+    after = decide(pol, 8, changed(calm, sampled_at=at(61)), during.state, at(61))
     assert after.state.panic_until is None
     assert after.reason != "Panic"
 
@@ -198,7 +196,7 @@ def test_sustained_drop_scales_down_after_the_delay_one_step_at_a_time(restart: 
 
 
 def test_one_high_sample_restarts_the_scale_down_delay() -> None:
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         return signals(kv=(4.8 if t == 200 else 1.2) / replicas, ready=replicas, at=at(t))
 
     steps, _ = run(policy(), 6, view, range(0, 601, 10))
@@ -232,7 +230,7 @@ def test_no_scale_down_without_a_load_signal() -> None:
 def test_noisy_signal_around_the_target_does_not_flap() -> None:
     rng = random.Random(5)
 
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         # mostly within ±9 % of the target, one sample in five dips by a third
         noise = 1 - 0.33 if rng.random() < 0.2 else 1 + rng.uniform(-0.09, 0.09)
         return signals(kv=0.8 * noise * 4 / replicas, ready=replicas, at=at(t))
@@ -262,7 +260,7 @@ def test_noisy_signal_around_the_target_does_not_flap() -> None:
     ],
 )
 def test_bounds(
-    pol: ScalingPolicy, current: int, observed: Signals, replicas: int, reason: str, limited: bool
+    pol: ScalingPolicy, current: int, observed: Observation, replicas: int, reason: str, limited: bool
 ) -> None:
     decision = decide(pol, current, observed, ScalingState(), NOW)
     assert (decision.replicas, decision.reason, decision.limited) == (replicas, reason, limited)
@@ -309,7 +307,7 @@ def test_a_new_replica_takes_a_batch_and_its_share_of_the_queue() -> None:
     decision = decide(policy(), 5, grown, ScalingState(), NOW)
     assert (decision.replicas, decision.reason, decision.per_signal["queue"]) == (6, "QueueDepth", 6)
     # 300 waiting: 2 + 284 / 24 = 13.8 ≥ 2 × capacity 5, panic, up to max at once
-    outgrown = replace(grown, waiting=300)
+    outgrown = changed(grown, waiting=300)
     decision = decide(policy(), 5, outgrown, ScalingState(), NOW)
     assert (decision.replicas, decision.reason) == (10, "MaxReplicas")
     assert decision.state.panic_until is not None
@@ -318,7 +316,7 @@ def test_a_new_replica_takes_a_batch_and_its_share_of_the_queue() -> None:
 def test_a_long_cold_start_keeps_the_replicas_the_queue_waits_for() -> None:
     # 10 minutes of weights loading (70B without a cache, REFERENCE.md), the queue steady at 88:
     # 2 + 72 / 24 = 5 replicas of load, so the 3 starting ones stay through the scale-down delay
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         return signals(waiting=88, running=32, kv=1.0, ready=2, starting=replicas - 2, at=at(t))
 
     steps, _ = run(policy(), 5, view, range(0, 601, 10))
@@ -377,13 +375,13 @@ def test_a_wait_at_one_replica_under_light_load_does_not_shrink_the_batch() -> N
         (signals(waiting=0, kv=0.8, gpu=0.05, ready=4), 4, "WithinTolerance"),
     ],
 )
-def test_gpu_utilisation_is_a_guard(observed: Signals, replicas: int, reason: str) -> None:
+def test_gpu_utilisation_is_a_guard(observed: Observation, replicas: int, reason: str) -> None:
     decision = decide(policy(target_gpu_utilization=0.7), 4, observed, ScalingState(), NOW)
     assert (decision.replicas, decision.reason) == (replicas, reason)
 
 
 def test_low_gpu_utilisation_never_drives_a_scale_down() -> None:
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         return signals(kv=0.8 * 4 / replicas, gpu=0.02, ready=replicas, at=at(t))
 
     steps, _ = run(policy(), 4, view, range(0, 1201, 10))
@@ -465,7 +463,7 @@ def test_a_schedule_raises_the_floor_and_says_so() -> None:
 # --- scale to zero and back ----------------------------------------------------------------------
 
 
-def idle(t: float, replicas: int) -> Signals:
+def idle(t: float, replicas: int) -> Observation:
     return signals(waiting=0, running=0, kv=0.0, ready=replicas, at=at(t))
 
 
@@ -480,7 +478,7 @@ def test_scales_to_zero_after_idle_and_back_on_activation() -> None:
     quiet = decide(pol, 0, no_pods, state, at(610))
     assert (quiet.replicas, quiet.reason, quiet.active) == (0, "Idle", True)
 
-    woken = decide(pol, 0, replace(no_pods, activation=3), quiet.state, at(620))
+    woken = decide(pol, 0, changed(no_pods, activation=3), quiet.state, at(620))
     assert (woken.replicas, woken.reason) == (1, "Activation")
     assert woken.state.last_active_time == at(620)
 
@@ -488,7 +486,7 @@ def test_scales_to_zero_after_idle_and_back_on_activation() -> None:
 def test_a_request_restarts_the_idle_clock() -> None:
     pol = policy(min_replicas=0, scale_to_zero_after_seconds=600)
 
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         return signals(running=1 if t == 300 else 0, waiting=0, kv=0.0, ready=replicas, at=at(t))
 
     steps, _ = run(pol, 1, view, range(0, 901, 10))
@@ -532,7 +530,7 @@ READY_TO_DROP = ScalingState(
         (signals(kv=0.0, running=0, ready=6, error="connection refused"), "connection refused"),
     ],
 )
-def test_missing_or_stale_metrics_hold_and_keep_the_state(observed: Signals, in_message: str) -> None:
+def test_missing_or_stale_metrics_hold_and_keep_the_state(observed: Observation, in_message: str) -> None:
     # With data, this history and policy would scale down (and to zero).
     pol = policy(min_replicas=0, scale_to_zero_after_seconds=60)
     decision = decide(pol, 6, observed, READY_TO_DROP, NOW)
@@ -597,7 +595,7 @@ def test_garbage_state_is_an_empty_state(garbage: Any) -> None:
 def test_history_keeps_only_the_window() -> None:
     rng = random.Random(7)
 
-    def view(t: float, replicas: int) -> Signals:
+    def view(t: float, replicas: int) -> Observation:
         return signals(kv=rng.uniform(0.1, 2.4) / replicas, ready=replicas, at=at(t))
 
     _, state = run(policy(), 3, view, range(0, 3601, 10))
@@ -652,16 +650,16 @@ class ToyFleet:
         self.running += admit
         self.waiting -= admit
 
-    def view(self, now: float) -> Signals:
+    def view(self, now: float) -> Observation:
         ready = self.ready(now)
-        return Signals(
-            sampled_at=at(now),
+        return signals(
             waiting=self.waiting,
             running=self.running,
-            kv_cache_usage=self.running / (self.slots * ready) if ready else None,
-            gpu_utilization=1.0 if self.running else 0.0,  # pegged under batching
-            ready_replicas=ready,
-            starting_replicas=len(self.ready_at or []) - ready,
+            kv=self.running / (self.slots * ready) if ready else None,
+            gpu=1.0 if self.running else 0.0,  # pegged under batching
+            ready=ready,
+            starting=len(self.ready_at or []) - ready,
+            at=at(now),
         )
 
 

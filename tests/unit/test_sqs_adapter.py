@@ -2,7 +2,7 @@
 
 Messages are the simulator's (fleetsim.cloud.CloudEvents: the EventBridge shapes
 AWS documents), received and deleted through the adapter and parsed by
-gpufleet.planning.signals, as the handler loop will.
+gpufleet.planning.capacity_signals, as the handler loop will.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gpufleet.adapters.sqs import (
     parse_queue_url,
     resolve_region,
 )
-from gpufleet.planning.signals import Rejected, parse_message
+from gpufleet.planning.capacity_signals import Rejected, parse_message
 
 REGION = "us-east-1"
 WHEN = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
@@ -224,13 +224,13 @@ def test_price_refresh_without_a_region_is_refused_at_start(aws_env: None) -> No
     import threading
 
     from gpufleet.config import Settings
-    from gpufleet.handlers.operator import _start_price_refresh
+    from gpufleet.runtime.composition_root import price_refresher
 
     config = Settings(spot_price_refresh_seconds=300, interruption_queue_url=LOCAL)
     with pytest.raises(
         ValueError, match=r"no AWS region .* set GPUFLEET_AWS_REGION \(chart value spot.awsRegion\)"
     ):
-        _start_price_refresh(config, None, None, threading.Event())  # type: ignore[arg-type]
+        price_refresher(config, None, None, threading.Event())  # type: ignore[arg-type]
 
 
 def test_empty_url(aws_env: None) -> None:

@@ -7,15 +7,10 @@ from typing import Any
 
 import pytest
 
-from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus
+from gpufleet.planning.observe import ObservedDeployment, ObservedPod
 from gpufleet.planning.placement import PlacementGroup
-from gpufleet.planning.status import (
-    ObservedDeployment,
-    ObservedPod,
-    StatusInput,
-    compute_status,
-    decide_replicas,
-)
+from gpufleet.planning.status import StatusInput, compute_status, decide_replicas
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 EARLIER = "2026-11-22T11:00:00Z"
@@ -40,7 +35,7 @@ def status(pods: list[ObservedPod], replicas: int = 2, **extra: Any) -> dict[str
         selector="gpufleet.io/model-deployment=m",
         **extra,
     )
-    return compute_status(inp, NOW)
+    return compute_status(inp, NOW).to_json()
 
 
 def conditions(result: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -123,7 +118,7 @@ def test_degraded_only_after_the_threshold() -> None:
 def test_scaling_limited_when_clamped() -> None:
     decision = decide_replicas(spec(replicas=20, maxReplicas=12))
     inp = StatusInput(3, decision, [], [], [], "s")
-    result = conditions(compute_status(inp, NOW))
+    result = conditions(compute_status(inp, NOW).to_json())
     assert result["ScalingLimited"] == ("True", "TooManyReplicas")
 
 
@@ -136,9 +131,9 @@ def test_invalid_spec_keeps_counts_and_reports() -> None:
         deployments=[],
         selector="s",
         problems=["spec.replicas: too many"],
-        previous_status={"desiredReplicas": 2},
+        previous=ModelDeploymentStatus(desired_replicas=2),
     )
-    result = compute_status(inp, NOW)
+    result = compute_status(inp, NOW).to_json()
     assert conditions(result)["Valid"] == ("False", "InvalidSpec")
     assert "spec.replicas: too many" in result["conditions"][0]["message"]
     assert result["desiredReplicas"] == 2
@@ -150,7 +145,8 @@ def test_last_transition_time_moves_only_on_flips() -> None:
         {"type": "Ready", "status": "True", "reason": "AllReplicasReady", "lastTransitionTime": EARLIER},
         {"type": "Degraded", "status": "True", "reason": "Unschedulable", "lastTransitionTime": EARLIER},
     ]
-    result = status([pod("p1"), pod("p2")], previous_conditions=previous)
+    stored = ModelDeploymentStatus(conditions=[Condition.model_validate(c) for c in previous])
+    result = status([pod("p1"), pod("p2")], previous=stored)
     times = {c["type"]: c["lastTransitionTime"] for c in result["conditions"]}
     assert times["Ready"] == EARLIER
     assert times["Degraded"] == "2026-11-22T12:00:00Z"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from gpufleet.planning.timestamps import kube_micro_time, kube_time, parse_kube_time
+from gpufleet.api.timestamps import kube_micro_time, kube_time, parse_kube_time
 
 MOMENT = datetime(2026, 11, 22, 12, 0, 5, 123456, tzinfo=UTC)
 

@@ -28,6 +28,7 @@ from gpufleet.planning.workloads import (
     vllm_args,
 )
 from tests.unit.dotted import with_changes
+from tests.unit.helpers import workload_options
 
 MD = "llama-3-70b"
 OWNER = Owner(name=MD, namespace="inference", uid="0b8e6f1c-1111-2222-3333-444455556666")
@@ -66,7 +67,7 @@ def render(
         OWNER,
         spec or make_spec(),
         ZONE_GROUPS if groups is None else groups,
-        options or WorkloadOptions(),
+        options or workload_options(),
     )
 
 
@@ -186,7 +187,7 @@ def test_rollout_strategy_history_and_deadline() -> None:
     [
         (
             PlacementGroup("us-east-1a", "spot", 1),
-            WorkloadOptions(),
+            workload_options(),
             [
                 {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]},
                 {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]},
@@ -195,7 +196,7 @@ def test_rollout_strategy_history_and_deadline() -> None:
         ),
         (
             PlacementGroup("us-east-1b", "on-demand", 1),
-            WorkloadOptions(),
+            workload_options(),
             [
                 {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]},
                 {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1b"]},
@@ -204,7 +205,7 @@ def test_rollout_strategy_history_and_deadline() -> None:
         ),
         (
             PlacementGroup("us-east-1a", "spot", 1),
-            WorkloadOptions(
+            workload_options(
                 capacity_type_label="eks.amazonaws.com/capacityType",
                 spot_value="SPOT",
                 on_demand_value="ON_DEMAND",
@@ -217,7 +218,7 @@ def test_rollout_strategy_history_and_deadline() -> None:
         ),
         (
             PlacementGroup("", "on-demand", 1),
-            WorkloadOptions(
+            workload_options(
                 capacity_type_label="eks.amazonaws.com/capacityType",
                 spot_value="SPOT",
                 on_demand_value="ON_DEMAND",
@@ -259,7 +260,7 @@ def test_spot_tolerations_only_on_spot_groups() -> None:
 
 def test_custom_spot_tolerations() -> None:
     custom = {"key": "example.com/spot", "operator": "Exists", "effect": "NoSchedule"}
-    options = WorkloadOptions(spot_tolerations=(custom,))
+    options = workload_options(spot_tolerations=(custom,))
     (deployment,) = render(make_spec(), [PlacementGroup("", "spot", 1)], options).deployments
     assert pod_spec(deployment)["tolerations"][1:] == [custom]
 
@@ -319,7 +320,7 @@ def test_resources_scale_with_gpus(
 def test_host_resources_are_kubernetes_quantities(
     cpu: str, memory: str, expected_cpu: str, expected_memory: str
 ) -> None:
-    options = WorkloadOptions(cpu_per_gpu=cpu, memory_per_gpu=memory)
+    options = workload_options(cpu_per_gpu=cpu, memory_per_gpu=memory)
     (deployment,) = render(make_spec(), [PlacementGroup("", "spot", 1)], options).deployments
     requests = container(deployment)["resources"]["requests"]
     assert (requests["cpu"], requests["memory"]) == (expected_cpu, expected_memory)
@@ -327,7 +328,7 @@ def test_host_resources_are_kubernetes_quantities(
 
 def test_invalid_quantity_option_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a plain Kubernetes quantity"):
-        render(options=WorkloadOptions(memory_per_gpu="32 GiB"))
+        render(options=workload_options(memory_per_gpu="32 GiB"))
 
 
 @pytest.mark.parametrize(("tensor_parallel_size", "has_dshm"), [(1, False), (2, True), (4, True)])
@@ -491,7 +492,7 @@ def test_vllm_args_full() -> None:
             {"name": "legal", "uri": "s3://adapters-bucket/legal"},
         ],
     )
-    assert vllm_args(MD, spec, WorkloadOptions(port=9000)) == [
+    assert vllm_args(MD, spec, workload_options(port=9000)) == [
         "meta-llama/Meta-Llama-3-70B-Instruct",
         "--served-model-name",
         "llama-3-70b-instruct",
@@ -518,7 +519,7 @@ def test_vllm_args_full() -> None:
 
 def test_vllm_args_minimal_omits_defaults() -> None:
     spec = ModelDeploymentSpec.model_validate({"model": {"uri": "hf://meta-llama/Meta-Llama-3-8B"}})
-    assert vllm_args("llama-3-8b", spec, WorkloadOptions()) == [
+    assert vllm_args("llama-3-8b", spec, workload_options()) == [
         "meta-llama/Meta-Llama-3-8B",
         "--served-model-name",
         "llama-3-8b",
@@ -531,7 +532,7 @@ def test_vllm_args_minimal_omits_defaults() -> None:
 
 def test_vllm_args_mig_is_tensor_parallel_one() -> None:
     spec = make_spec(accelerator={"gpuProduct": "NVIDIA-A100-SXM4-80GB", "migProfile": "7g.80gb"})
-    args = vllm_args(MD, spec, WorkloadOptions())
+    args = vllm_args(MD, spec, workload_options())
     assert args[args.index("--tensor-parallel-size") + 1] == "1"
 
 
@@ -543,7 +544,7 @@ def test_user_args_come_last_even_after_s3_streamer() -> None:
 
 def test_container_command_image_and_port() -> None:
     spec = make_spec(engine__image="registry.example.com/vllm-openai:v0.11.0-patched")
-    options = WorkloadOptions(port=9000)
+    options = workload_options(port=9000)
     (deployment,) = render(spec, [PlacementGroup("", "on-demand", 1)], options).deployments
     vllm = container(deployment)
     assert vllm["image"] == "registry.example.com/vllm-openai:v0.11.0-patched"
@@ -590,7 +591,7 @@ def test_user_env_replaces_one_aws_variable_and_keeps_the_rest() -> None:
 
 
 def test_pod_lifecycle() -> None:
-    options = WorkloadOptions(prestop_delay_seconds=20, drain_seconds=90)
+    options = workload_options(prestop_delay_seconds=20, drain_seconds=90)
     (deployment,) = render(make_spec(), [PlacementGroup("", "spot", 1)], options).deployments
     assert pod_spec(deployment)["enableServiceLinks"] is False
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 110
@@ -616,7 +617,7 @@ def test_pod_lifecycle() -> None:
 )
 def test_startup_budget(model: dict[str, Any], budget: int) -> None:
     spec = make_spec(model=model)
-    assert startup_budget_seconds(spec, WorkloadOptions()) == budget
+    assert startup_budget_seconds(spec, workload_options()) == budget
     startup = container(only_deployment(spec))["startupProbe"]
     assert startup == {
         "httpGet": {"path": "/health", "port": "http"},
@@ -627,12 +628,12 @@ def test_startup_budget(model: dict[str, Any], budget: int) -> None:
 
 def test_startup_budget_floor() -> None:
     spec = make_spec(model={"uri": "s3://models-bucket/tiny", "parameterCount": 1e8})
-    assert startup_budget_seconds(spec, WorkloadOptions(startup_base_seconds=60)) == 300
+    assert startup_budget_seconds(spec, workload_options(startup_base_seconds=60)) == 300
 
 
 def test_startup_budget_unknown_size_respects_a_larger_base() -> None:
     spec = make_spec(model={"uri": "hf://meta-llama/Meta-Llama-3-70B"})
-    assert startup_budget_seconds(spec, WorkloadOptions(startup_base_seconds=2400)) == 2400
+    assert startup_budget_seconds(spec, workload_options(startup_base_seconds=2400)) == 2400
 
 
 def test_hf_70b_waits_longer_than_s3_70b() -> None:
@@ -726,7 +727,7 @@ def test_every_object_is_owned_and_labelled() -> None:
 
 
 def test_service() -> None:
-    service = render(options=WorkloadOptions(port=9000)).service
+    service = render(options=workload_options(port=9000)).service
     assert service["apiVersion"] == "v1"
     assert service["kind"] == "Service"
     assert service["metadata"]["name"] == MD

@@ -8,14 +8,14 @@ implements it over the kubernetes client's REST layer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.planning.timestamps import kube_time
+from gpufleet.api.timestamps import kube_time
 
 FIELD_MANAGER = "gpufleet"
 
@@ -66,29 +66,6 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
         raise KubeError(0, f"gpufleet does not handle {kind} {api_version}") from None
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
-
-
-def as_stored(value: Any) -> Any:
-    """`value` as the API server keeps it after a JSON merge patch (RFC 7386): null members are deletions."""
-    if isinstance(value, Mapping):
-        return {key: as_stored(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [as_stored(item) for item in value]
-    return value
-
-
-def with_deletions(new: Mapping[str, Any], *stored: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`new` as a merge patch that leaves exactly `new` behind: members the stored objects have and `new`
-    lacks, at any depth of nested objects, become null. A merge patch merges objects, so without the
-    nulls a member that went away (an ended fallback's start time, say) would stay stored for ever."""
-    patch = dict(new)
-    for old in stored:
-        for key, value in (old or {}).items():
-            if key not in patch:
-                patch[key] = None
-            elif isinstance(value, Mapping) and isinstance(patch[key], Mapping):
-                patch[key] = with_deletions(patch[key], value)
-    return patch
 
 
 def load_api_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:

@@ -1,4 +1,4 @@
-"""The interruption queue: SQS long polling with boto3 (the bodies are parsed by gpufleet.planning.signals).
+"""The interruption queue: SQS long polling with boto3 (bodies parsed by planning.capacity_signals).
 
 Parameters are Karpenter's interruption controller's (REFERENCE.md line 14):
 10 messages, 20 s wait, 20 s visibility. A message is deleted by the caller

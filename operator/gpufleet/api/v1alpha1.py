@@ -8,11 +8,12 @@ the types so the API server enforces them; rules that span fields live in
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from gpufleet.api.timestamps import KubeTime
 
 GROUP = "gpufleet.io"
 VERSION = "v1alpha1"
@@ -44,6 +45,10 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
     )
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored in the API server: camelCase, Kubernetes times, unset (None) members left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class ModelSource(_Model):
@@ -393,7 +398,7 @@ class Condition(_Model):
     status: Annotated[ConditionStatus, Field(description="True, False or Unknown.")]
     reason: Annotated[str, Field(description="One CamelCase word saying why.")] = ""
     message: Annotated[str, Field(description="What a person needs to know.")] = ""
-    last_transition_time: Annotated[datetime | None, Field(description="When status last changed.")] = None
+    last_transition_time: Annotated[KubeTime | None, Field(description="When status last changed.")] = None
     observed_generation: Annotated[
         int | None, Field(description="metadata.generation this condition was computed from.", ge=0)
     ] = None
@@ -432,8 +437,8 @@ class AutoscalerStatus(_Model):
         bool, Field(description="minReplicas, maxReplicas or a schedule stopped the decision.")
     ] = False
     desired_replicas: Annotated[int, Field(description="Replicas the autoscaler asked for last.", ge=0)] = 0
-    last_evaluation_time: Annotated[datetime | None, Field(description="When it last evaluated.")] = None
-    last_scale_time: Annotated[datetime | None, Field(description="When it last changed spec.replicas.")] = (
+    last_evaluation_time: Annotated[KubeTime | None, Field(description="When it last evaluated.")] = None
+    last_scale_time: Annotated[KubeTime | None, Field(description="When it last changed spec.replicas.")] = (
         None
     )
     metrics: Annotated[AutoscalerMetrics, Field(description="Signals of the last evaluation.")] = (
@@ -456,7 +461,7 @@ class CapacityCooldown(_Model):
         Literal["spot", "on-demand", "zone"],
         Field(description="spot or on-demand: only that capacity there is avoided; zone: the whole zone is."),
     ]
-    until: Annotated[datetime, Field(description="When new replicas may go there again.")]
+    until: Annotated[KubeTime, Field(description="When new replicas may go there again.")]
     reason: Annotated[
         str,
         Field(
@@ -484,9 +489,9 @@ class DoomedNode(_Model):
             )
         ),
     ]
-    since: Annotated[datetime, Field(description="When the signal was raised.")]
+    since: Annotated[KubeTime, Field(description="When the signal was raised.")]
     deadline: Annotated[
-        datetime | None, Field(description="When the capacity goes; replicas are drained before it.")
+        KubeTime | None, Field(description="When the capacity goes; replicas are drained before it.")
     ] = None
     detail: Annotated[str, Field(description="The signal as received, for people.")] = ""
     source: Annotated[
@@ -504,7 +509,7 @@ class SpotStatus(_Model):
         int, Field(description="Capacity signals that moved replicas of this model, since creation.", ge=0)
     ] = 0
     last_interruption_time: Annotated[
-        datetime | None, Field(description="When the last such signal was raised.")
+        KubeTime | None, Field(description="When the last such signal was raised.")
     ] = None
     doomed_nodes: Annotated[
         list[DoomedNode], Field(description="Nodes with replicas that are being replaced.")
@@ -513,7 +518,7 @@ class SpotStatus(_Model):
         list[CapacityCooldown], Field(description="Zones or spot capacity new replicas avoid for now.")
     ] = []
     fallback_since: Annotated[
-        datetime | None,
+        KubeTime | None,
         Field(description="Since when spot replicas run on on-demand capacity (OnDemandFallback)."),
     ] = None
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from gpufleet.api.catalog import MIG_PROFILES
+from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec
 from gpufleet.planning.placement import CapacityType
 
 
@@ -44,13 +46,15 @@ class CostEstimate:
     currency: str
     message: str
 
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {"currency": self.currency, "message": self.message}
-        if self.per_hour is not None:
-            data["perHour"] = round(self.per_hour, 2)
-        if self.on_demand_equivalent_per_hour is not None:
-            data["onDemandEquivalentPerHour"] = round(self.on_demand_equivalent_per_hour, 2)
-        return data
+    def to_status(self) -> CostStatus:
+        return CostStatus(
+            currency=self.currency,
+            message=self.message,
+            per_hour=None if self.per_hour is None else round(self.per_hour, 2),
+            on_demand_equivalent_per_hour=None
+            if self.on_demand_equivalent_per_hour is None
+            else round(self.on_demand_equivalent_per_hour, 2),
+        )
 
 
 def product_for(
@@ -96,3 +100,26 @@ def with_spot_prices(
         fresh = {zone: price for (kind, zone), price in latest.items() if kind == book.instance_type}
         updated[product] = replace(book, spot={**book.spot, **fresh}) if fresh else book
     return updated
+
+
+def gpus_per_replica(spec: ModelDeploymentSpec, product: str | None) -> float:
+    """GPUs one replica pays for: its tensor-parallel degree, or its MIG slice's share of one GPU.
+
+    A MIG profile that the product does not have (or an unknown product) is priced as a whole GPU:
+    never cheaper than what it may really take.
+    """
+    profile = spec.accelerator.mig_profile
+    if not profile:
+        return float(spec.accelerator.tensor_parallel_size)
+    slices = MIG_PROFILES.get(product or "", {}).get(profile)
+    return 1 / slices if slices else 1.0
+
+
+def estimate_for(
+    spec: ModelDeploymentSpec,
+    replicas: Sequence[tuple[str, CapacityType]],
+    prices: Mapping[str, ProductPrices],
+) -> CostEstimate:
+    """The estimate for a model's live replicas (zone, capacity type) at the operator's prices."""
+    product, book = product_for(spec.accelerator.gpu_product, prices)
+    return estimate(replicas, gpus_per_replica(spec, product), product, book)

@@ -1,7 +1,7 @@
 """Capacity signals + the model's pods → where replicas go, what to keep, what to drain.
 
 `plan_failover()` is pure: the handler maps SQS messages and node state to
-`Doom`s (gpufleet.planning.signals), passes the clock in, persists
+`Doom`s (gpufleet.planning.capacity_signals), passes the clock in, persists
 `FailoverPlan.state` in status.spot and applies `FailoverPlan.groups`.
 
 Rules, in order:
@@ -56,9 +56,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from gpufleet.api.v1alpha1 import Capacity
+from pydantic import ValidationError
+
+from gpufleet.api.timestamps import kube_time
+from gpufleet.api.v1alpha1 import Capacity, CapacityCooldown, DoomedNode, SpotStatus
 from gpufleet.planning.placement import CapacityType, Constraints, PlacementGroup, plan_placement, spot_count
-from gpufleet.planning.timestamps import kube_time, parse_kube_time
+from gpufleet.planning.report import ConditionView, EventView
 
 SPOT_INTERRUPTED = "SpotInterrupted"
 ON_DEMAND_FALLBACK = "OnDemandFallback"
@@ -95,7 +98,7 @@ class Doom:
     node: str
     zone: str
     capacity_type: CapacityType
-    kind: str  # a gpufleet.planning.signals SignalKind
+    kind: str  # a gpufleet.planning.capacity_signals SignalKind
     since: datetime
     deadline: datetime | None = None
     instance_id: str = ""
@@ -108,41 +111,45 @@ class Doom:
             return True
         return self.deadline is not None and (old.deadline is None or self.deadline < old.deadline)
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "node": self.node,
-            "zone": self.zone,
-            "capacityType": self.capacity_type,
-            "kind": self.kind,
-            "since": kube_time(self.since),
-            "instanceId": self.instance_id,
-            "detail": self.detail[:256],
-            "source": self.source,
-        }
-        if self.deadline is not None:
-            data["deadline"] = kube_time(self.deadline)
-        return data
+    def to_status(self) -> DoomedNode:
+        return DoomedNode(
+            node=self.node,
+            zone=self.zone,
+            capacity_type=self.capacity_type,
+            kind=self.kind,
+            since=self.since,
+            deadline=self.deadline,
+            instance_id=self.instance_id,
+            detail=self.detail[:256],
+            source=self.source,
+        )
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Doom:
-        capacity_type = data.get("capacityType", "spot")
-        if capacity_type not in ("spot", "on-demand"):
-            raise ValueError(f"not a capacity type: {capacity_type!r}")
-        deadline = data.get("deadline")
-        source = data.get("source", "sqs")
-        if source not in ("sqs", "node"):
-            raise ValueError(f"not a signal source: {source!r}")
+    def from_status(cls, stored: DoomedNode) -> Doom:
         return cls(
-            node=str(data["node"]),
-            zone=str(data.get("zone", "")),
-            capacity_type=capacity_type,
-            kind=str(data["kind"]),
-            since=parse_kube_time(data["since"]),
-            deadline=None if deadline is None else parse_kube_time(deadline),
-            instance_id=str(data.get("instanceId", "")),
-            detail=str(data.get("detail", "")),
-            source=source,
+            node=stored.node,
+            zone=stored.zone,
+            capacity_type=stored.capacity_type,
+            kind=stored.kind,
+            since=stored.since,
+            deadline=stored.deadline,
+            instance_id=stored.instance_id,
+            detail=stored.detail,
+            source=stored.source,
         )
+
+
+def keep_first_sightings(before: Sequence[Doom], now_read: Sequence[Doom]) -> list[Doom]:
+    """A node's dooms as read now, each kind keeping the time and deadline of its first sighting.
+
+    A NoSchedule taint has no timeAdded, so its deadline reads "now + notice" at every look: without
+    this the deadline would move away for ever and the replicas would never be drained.
+    """
+    first = {d.kind: d for d in before}
+    return [
+        replace(d, since=first[d.kind].since, deadline=first[d.kind].deadline) if d.kind in first else d
+        for d in now_read
+    ]
 
 
 @dataclass(frozen=True)
@@ -156,25 +163,14 @@ class Cooldown:
     def active(self, now: datetime) -> bool:
         return self.until > now
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "zone": self.zone,
-            "scope": self.scope,
-            "until": kube_time(self.until),
-            "reason": self.reason,
-            "strikes": self.strikes,
-        }
+    def to_status(self) -> CapacityCooldown:
+        return CapacityCooldown(
+            zone=self.zone, scope=self.scope, until=self.until, reason=self.reason, strikes=self.strikes
+        )
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Cooldown:
-        scope = data.get("scope")
-        if scope not in ("spot", "on-demand", "zone"):
-            raise ValueError(f"not a cooldown scope: {scope!r}")
-        strikes = data.get("strikes", 1)
-        if isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 1:
-            raise ValueError(f"not a strike count: {strikes!r}")
-        until = parse_kube_time(data["until"])
-        return cls(str(data["zone"]), scope, until, str(data.get("reason", "")), strikes)
+    def from_status(cls, stored: CapacityCooldown) -> Cooldown:
+        return cls(stored.zone, stored.scope, stored.until, stored.reason, stored.strikes)
 
 
 @dataclass(frozen=True)
@@ -187,41 +183,41 @@ class FailoverState:
     last_interruption: datetime | None = None
     fallback_since: datetime | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "interruptionsHandled": self.interruptions_handled,
-            "doomedNodes": [d.to_json() for d in self.doomed],
-            "cooldowns": [c.to_json() for c in self.cooldowns],
-        }
-        if self.last_interruption is not None:
-            data["lastInterruptionTime"] = kube_time(self.last_interruption)
-        if self.fallback_since is not None:
-            data["fallbackSince"] = kube_time(self.fallback_since)
-        return data
+    def to_status(self) -> SpotStatus:
+        return SpotStatus(
+            interruptions_handled=self.interruptions_handled,
+            doomed_nodes=[d.to_status() for d in self.doomed],
+            cooldowns=[c.to_status() for c in self.cooldowns],
+            last_interruption_time=self.last_interruption,
+            fallback_since=self.fallback_since,
+        )
 
     @classmethod
-    def from_json(cls, data: Any) -> FailoverState:
-        """status.spot as written by to_json; anything unreadable → an empty state.
+    def from_status(cls, stored: SpotStatus | None) -> FailoverState:
+        """status.spot as written; None (absent or unreadable: see observe.stored_status) → empty.
 
         Empty loses cooldowns and pending drains, never replicas: the next
         signals rebuild them, and nothing is deleted without a signal.
         """
-        if not isinstance(data, Mapping):
+        if stored is None:
             return cls()
+        return cls(
+            doomed=tuple(Doom.from_status(d) for d in stored.doomed_nodes),
+            cooldowns=tuple(Cooldown.from_status(c) for c in stored.cooldowns),
+            interruptions_handled=stored.interruptions_handled,
+            last_interruption=stored.last_interruption_time,
+            fallback_since=stored.fallback_since,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_status().to_json()
+
+    @classmethod
+    def from_json(cls, data: Any) -> FailoverState:
+        """status.spot as stored; anything that does not read as SpotStatus → an empty state."""
         try:
-            handled = data.get("interruptionsHandled", 0)
-            if isinstance(handled, bool) or not isinstance(handled, int) or handled < 0:
-                raise ValueError(f"not a count: {handled!r}")
-            last = data.get("lastInterruptionTime")
-            since = data.get("fallbackSince")
-            return cls(
-                doomed=tuple(Doom.from_json(d) for d in data.get("doomedNodes") or []),
-                cooldowns=tuple(Cooldown.from_json(c) for c in data.get("cooldowns") or []),
-                interruptions_handled=handled,
-                last_interruption=None if last is None else parse_kube_time(last),
-                fallback_since=None if since is None else parse_kube_time(since),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
+            return cls.from_status(SpotStatus.model_validate(data))
+        except ValidationError:
             return cls()
 
 
@@ -242,32 +238,28 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class FailoverSettings:
+    """The operator-wide knobs (GPUFLEET_* settings); their defaults live in gpufleet.config only."""
+
+    max_surge: int  # replacements allowed above the desired count while capacity moves
+    drain: timedelta  # retire a doomed replica this long before its deadline
+    unavailable_after: timedelta  # pending this long → that capacity is unavailable
+    return_after: timedelta  # first wait before unavailable capacity is retried
+    rebalance_starts_replacements: bool  # off: rebalance recommendations are ignored; warnings still act
+    zone_loss_window: timedelta  # node losses counted together by the zone-loss rule
+
+
+@dataclass(frozen=True)
 class FailoverPolicy:
+    """One model's failover policy: its capacity spec, the operator's settings and the spot prices."""
+
     capacity: Capacity
-    max_surge: int = 4
-    drain: timedelta = timedelta(seconds=60)  # retire this long before a deadline
-    unavailable_after: timedelta = timedelta(seconds=300)  # pending this long → capacity unavailable
-    return_after: timedelta = timedelta(seconds=900)  # first wait before unavailable capacity is retried
+    settings: FailoverSettings
     spot_prices: Mapping[str, float] = field(default_factory=dict)  # zone → price, cheaper first
 
     @property
     def cooldown(self) -> timedelta:
         return timedelta(seconds=self.capacity.zone_cooldown_seconds)
-
-
-@dataclass(frozen=True)
-class ConditionView:
-    type: str
-    ok: bool
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class EventView:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -301,7 +293,8 @@ def _unavailable(
     stuck = {
         p.group
         for p in pods
-        if p.unschedulable_since is not None and now - p.unschedulable_since >= policy.unavailable_after
+        if p.unschedulable_since is not None
+        and now - p.unschedulable_since >= policy.settings.unavailable_after
     }
     for zone, capacity_type in sorted(stuck):
         if not zone:
@@ -312,11 +305,11 @@ def _unavailable(
         if old is not None and old.active(now):
             continue
         # Found unavailable again within a wait of its last cooldown: wait longer this time.
-        recent = old is not None and now - old.until <= policy.return_after
+        recent = old is not None and now - old.until <= policy.settings.return_after
         strikes = old.strikes + 1 if recent and old is not None else 1
         factor = min(2 ** (strikes - 1), MAX_BACKOFF_FACTOR)
         reason = "SpotUnavailable" if scope == "spot" else "OnDemandUnavailable"
-        found.append(Cooldown(zone, scope, now + policy.return_after * factor, reason, strikes))
+        found.append(Cooldown(zone, scope, now + policy.settings.return_after * factor, reason, strikes))
     return found
 
 
@@ -338,6 +331,9 @@ def plan_failover(
     """The placement, the pods to keep and drain, and the state to persist."""
     if now.tzinfo is None:
         raise ValueError("plan_failover() needs a timezone-aware now")
+    if not policy.settings.rebalance_starts_replacements:
+        cloud_dooms = [d for d in cloud_dooms if d.kind != "rebalance"]
+        node_dooms = [d for d in node_dooms if d.kind != "rebalance"]
     capacity = policy.capacity
     zones = list(capacity.zones)
     events: list[EventView] = []
@@ -376,7 +372,9 @@ def plan_failover(
             events.append(_doom_event(doom, hit, policy, "new"))
 
     # 2. Cooldowns: spot pressure per zone, unavailable groups, lost zones.
-    cooldowns = {(c.zone, c.scope): c for c in state.cooldowns if now - c.until < policy.return_after * 4}
+    cooldowns = {
+        (c.zone, c.scope): c for c in state.cooldowns if now - c.until < policy.settings.return_after * 4
+    }
     before_active = {key for key, c in cooldowns.items() if c.active(now)}
     if zones:
         for doom in [*cloud_dooms, *node_dooms, *cloud.values()]:
@@ -450,7 +448,7 @@ def plan_failover(
             healthy_ready[pod.group] += pod.ready
     filled = sum(min(healthy_ready[key], target.get(key, 0)) for key in set(healthy_ready) | set(target))
     shortfall = max(0, desired - filled)
-    budget = min(shortfall, policy.max_surge)
+    budget = min(shortfall, policy.settings.max_surge)
     counts = dict(target)
     for key in sorted(healthy):
         excess_ready = min(healthy_ready[key], max(0, healthy[key] - target.get(key, 0)))
@@ -468,7 +466,7 @@ def plan_failover(
     reasons: list[str] = []
     kept_pods: list[str] = []
     requeue: float | None = None
-    drain = policy.drain.total_seconds()
+    drain = policy.settings.drain.total_seconds()
     for pod in sorted(doomed_pods, key=lambda p: (-time_left(p), p.name)):
         left = time_left(pod)
         if pod.ready and budget > 0 and left > drain:
@@ -483,8 +481,11 @@ def plan_failover(
             reason, why = "not-ready", "it is not serving"
         elif left <= drain:
             reason, why = "deadline", f"the deadline is {max(0.0, left):.0f}s away"
-        elif shortfall > policy.max_surge:
-            reason, why = "surge-limit", f"more replacements are needed than maxSurge {policy.max_surge}"
+        elif shortfall > policy.settings.max_surge:
+            reason, why = (
+                "surge-limit",
+                f"more replacements are needed than maxSurge {policy.settings.max_surge}",
+            )
         else:
             reason, why = "replaced", "its replacement is ready"
         reasons.append(reason)
@@ -527,7 +528,7 @@ def _doom_event(doom: Doom, hit: Sequence[PodView], policy: FailoverPolicy, what
     text = f"{doom.detail or doom.kind}: {where} hosts {len(hit)} replica(s) ({names})"
     if doom.deadline is not None:
         text += (
-            f"; draining by {kube_time(doom.deadline - policy.drain)}, "
+            f"; draining by {kube_time(doom.deadline - policy.settings.drain)}, "
             f"before the deadline {kube_time(doom.deadline)}"
         )
     text += "; replacements ordered in the other zones" if what == "new" else "; the deadline moved closer"

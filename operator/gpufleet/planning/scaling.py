@@ -1,6 +1,6 @@
 """Serving metrics + remembered history → how many replicas a model should run, and why.
 
-`decide()` is pure: the handler reads the signals (adapters.metrics), passes the
+`decide()` is pure: the runtime reads the metrics (adapters.serving_metrics), passes the
 clock in as `now`, persists `Decision.state` in the ModelDeployment's status and
 sets spec.replicas. The numbers below are the anchors in REFERENCE.md
 ("Autoscaling anchors"); where this planner departs from them it says why.
@@ -96,7 +96,7 @@ at the first evaluation when no activity was ever seen, so a new or restored
 state never scales to zero sooner than asked. At zero replicas there is no
 vLLM to queue in: requests FAIL unless a gateway in front holds them.
 
-Scale from zero: `Signals.activation` is the gateway's count of requests that
+Scale from zero: `MetricReadings.activation` is the gateway's count of requests that
 arrived while at zero (KEDA's activation). Any activation (or any request
 running or waiting) → one replica, reason Activation; from one replica the
 normal rules apply (KEDA: 0↔1 is activation, 1↔N is the HPA). Without an
@@ -108,7 +108,7 @@ highest floor of the schedules active now), capped at maxReplicas. A window
 whose end is before its start crosses midnight and belongs to the day it
 starts on; start == end is a 24-hour window.
 
-Missing data: a missing queue or running count, `Signals.error` set (Prometheus
+Missing data: a missing queue or running count, `MetricReadings.error` set (Prometheus
 down, a query error) or a sample older than staleAfterSeconds (90 s: three
 dcgm intervals of 30 s) → hold the current replicas, reason MetricsMissing,
 active False; never down, never to zero; the state is returned unchanged.
@@ -129,10 +129,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gpufleet.planning.timestamps import parse_kube_time
+from gpufleet.api.timestamps import parse_kube_time
 
 QUEUE = "queue"
 KV_CACHE = "kvCache"
@@ -168,29 +168,52 @@ class ScalingPolicy:
     target_gpu_utilization: float  # 0-1
     scale_down_delay_seconds: int
     scale_to_zero_after_seconds: int | None
+    timings: ScalingTimings
     tolerance: float = 0.1  # HPA, AIBrix
     panic_threshold: float = 2.0  # KPA 200 %, AIBrix 2.0
-    panic_window_seconds: int = 60  # AIBrix
     max_scale_up_rate: float = 2.0  # HPA +100 %, AIBrix 2×
     max_scale_up_replicas: int = 4  # HPA +4 pods
-    scale_down_step_seconds: int = 30  # one dcgm interval / KEDA poll between removals
-    stale_after_seconds: int = 90  # three dcgm intervals
     schedules: tuple[Schedule, ...] = ()
 
 
-@dataclass(frozen=True)
-class Signals:
-    """One evaluation's view of the model's pods; None = that signal is missing."""
+class MetricReadings(Protocol):
+    """What Prometheus said of one model when sampled; None = that reading is missing.
 
-    sampled_at: datetime
-    waiting: float | None  # sum of vllm:num_requests_waiting
-    running: float | None  # sum of vllm:num_requests_running
-    kv_cache_usage: float | None  # mean vllm:kv_cache_usage_perc over ready pods, 0-1
-    gpu_utilization: float | None  # mean over the pods' GPUs, 0-1
+    adapters.serving_metrics.ModelMetrics is one; read-only, so a frozen record satisfies it.
+    """
+
+    @property
+    def sampled_at(self) -> datetime: ...
+    @property
+    def waiting(self) -> float | None: ...  # sum of vllm:num_requests_waiting
+    @property
+    def running(self) -> float | None: ...  # sum of vllm:num_requests_running
+    @property
+    def kv_cache_usage(self) -> float | None: ...  # mean vllm:kv_cache_usage_perc over ready pods, 0-1
+    @property
+    def gpu_utilization(self) -> float | None: ...  # mean over the pods' GPUs, 0-1
+    @property
+    def activation(self) -> float | None: ...  # requests a gateway saw while at zero; None = no gateway
+    @property
+    def error(self) -> str | None: ...  # why the readings could not be taken
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One evaluation's view of the model: its metric readings and its pods."""
+
+    readings: MetricReadings
     ready_replicas: int
     starting_replicas: int  # pods that exist but are not ready yet
-    activation: float | None = None  # requests a gateway saw while at zero; None = no gateway
-    error: str | None = None  # why the signals could not be read
+
+
+@dataclass(frozen=True)
+class ScalingTimings:
+    """The planner's windows, operator-wide (GPUFLEET_AUTOSCALE_*); defaults in gpufleet.config only."""
+
+    panic_window_seconds: int  # no scale-down this long after a panic (AIBrix: 60 s)
+    scale_down_step_seconds: int  # between two single-replica removals (one dcgm interval / KEDA poll)
+    stale_after_seconds: int  # readings older than this count as missing (three dcgm intervals)
 
 
 def _iso(moment: datetime) -> str:
@@ -327,7 +350,7 @@ def _ask(load: float, capacity: int, current: int, tolerance: float, summary: st
     return _Ask(load, replicas, f"{summary} → {replicas}")
 
 
-def _batch(signals: Signals, waiting: float, running: float, remembered: float | None) -> float | None:
+def _batch(observed: Observation, waiting: float, running: float, remembered: float | None) -> float | None:
     """What one full replica admits: the most running / ready seen while requests waited.
 
     The most, not the last: a request waits at one replica as soon as that one is
@@ -335,22 +358,27 @@ def _batch(signals: Signals, waiting: float, running: float, remembered: float |
     so a single reading under light load says less than a full batch. A low b
     would make every running request look like a whole replica's load.
     """
-    if signals.ready_replicas > 0 and waiting > 0 and running > 0:
-        measured = running / signals.ready_replicas
+    if observed.ready_replicas > 0 and waiting > 0 and running > 0:
+        measured = running / observed.ready_replicas
         return measured if remembered is None else max(measured, remembered)
     return remembered
 
 
-def _capacity(signals: Signals, current: int) -> int:
+def _capacity(observed: Observation, current: int) -> int:
     """Replicas ready or starting, up to spec.replicas: those beyond it are leaving (module doc)."""
-    return min(signals.ready_replicas + signals.starting_replicas, current)
+    return min(observed.ready_replicas + observed.starting_replicas, current)
 
 
 def _queue_ask(
-    policy: ScalingPolicy, current: int, signals: Signals, waiting: float, running: float, batch: float | None
+    policy: ScalingPolicy,
+    current: int,
+    observed: Observation,
+    waiting: float,
+    running: float,
+    batch: float | None,
 ) -> _Ask:
-    ready = signals.ready_replicas
-    capacity = _capacity(signals, current)
+    ready = observed.ready_replicas
+    capacity = _capacity(observed, current)
     target = policy.target_queue_depth
     summary = f"queue {waiting:g} waiting, {running:g} running"
     if batch is None:
@@ -366,32 +394,33 @@ def _queue_ask(
 def _asks(
     policy: ScalingPolicy,
     current: int,
-    signals: Signals,
+    observed: Observation,
     waiting: float,
     running: float,
     batch: float | None,
 ) -> dict[str, _Ask]:
-    ready = signals.ready_replicas
-    capacity = _capacity(signals, current)
+    ready = observed.ready_replicas
+    capacity = _capacity(observed, current)
     tol = policy.tolerance
-    asks = {QUEUE: _queue_ask(policy, current, signals, waiting, running, batch)}
+    asks = {QUEUE: _queue_ask(policy, current, observed, waiting, running, batch)}
     # Averages over ready replicas mean nothing with none ready.
-    if signals.kv_cache_usage is not None and ready > 0:
+    if observed.readings.kv_cache_usage is not None and ready > 0:
         asks[KV_CACHE] = _ask(
-            ready * signals.kv_cache_usage / policy.target_kv_cache_usage,
+            ready * observed.readings.kv_cache_usage / policy.target_kv_cache_usage,
             capacity,
             current,
             tol,
-            f"kv-cache {signals.kv_cache_usage:.2f} on {ready} ready "
+            f"kv-cache {observed.readings.kv_cache_usage:.2f} on {ready} ready "
             f"(target {policy.target_kv_cache_usage:g})",
         )
-    if signals.gpu_utilization is not None and ready > 0:
+    if observed.readings.gpu_utilization is not None and ready > 0:
         asks[GPU_UTILIZATION] = _ask(
-            ready * signals.gpu_utilization / policy.target_gpu_utilization,
+            ready * observed.readings.gpu_utilization / policy.target_gpu_utilization,
             capacity,
             current,
             tol,
-            f"gpu {signals.gpu_utilization:.2f} on {ready} ready (target {policy.target_gpu_utilization:g})",
+            f"gpu {observed.readings.gpu_utilization:.2f} on {ready} ready "
+            f"(target {policy.target_gpu_utilization:g})",
         )
     return asks
 
@@ -425,19 +454,19 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(value, high))
 
 
-def _missing_reason(policy: ScalingPolicy, current: int, signals: Signals, now: datetime) -> str | None:
-    if signals.error:
-        return f"metrics could not be read: {signals.error}"
-    age = (now - signals.sampled_at).total_seconds()
-    if age > policy.stale_after_seconds:
-        return f"metrics are {age:.0f}s old (stale after {policy.stale_after_seconds}s)"
-    no_pods = current == 0 and signals.ready_replicas + signals.starting_replicas == 0
+def _missing_reason(policy: ScalingPolicy, current: int, observed: Observation, now: datetime) -> str | None:
+    if observed.readings.error:
+        return f"metrics could not be read: {observed.readings.error}"
+    age = (now - observed.readings.sampled_at).total_seconds()
+    if age > policy.timings.stale_after_seconds:
+        return f"metrics are {age:.0f}s old (stale after {policy.timings.stale_after_seconds}s)"
+    no_pods = current == 0 and observed.ready_replicas + observed.starting_replicas == 0
     if not no_pods:
         absent = [
             name
             for name, value in (
-                ("vllm:num_requests_waiting", signals.waiting),
-                ("vllm:num_requests_running", signals.running),
+                ("vllm:num_requests_waiting", observed.readings.waiting),
+                ("vllm:num_requests_running", observed.readings.running),
             )
             if value is None
         ]
@@ -447,10 +476,10 @@ def _missing_reason(policy: ScalingPolicy, current: int, signals: Signals, now: 
 
 
 def decide(
-    policy: ScalingPolicy, current_replicas: int, signals: Signals, state: ScalingState, now: datetime
+    policy: ScalingPolicy, current_replicas: int, observed: Observation, state: ScalingState, now: datetime
 ) -> Decision:
     """The replicas for this evaluation, why, and the state to persist for the next one."""
-    if now.tzinfo is None or signals.sampled_at.tzinfo is None:
+    if now.tzinfo is None or observed.readings.sampled_at.tzinfo is None:
         raise ValueError("decide() needs timezone-aware datetimes")
     current = current_replicas
     floor, schedule_name = schedule_floor(policy.schedules, now)
@@ -466,7 +495,7 @@ def decide(
         text = f"[{low}, {high}]"
         return f"{text} (schedule {schedule_name!r})" if floor > policy.min_replicas else text
 
-    missing = _missing_reason(policy, current, signals, now)
+    missing = _missing_reason(policy, current, observed, now)
     if missing is not None:
         held = _clamp(current, low, high)
         message = f"holding {current} replicas: {missing}"
@@ -474,15 +503,15 @@ def decide(
             message += f"; {current} is outside {bounds_text()}: {held}"
         return Decision(held, "MetricsMissing", message, False, held != current, {}, state)
 
-    waiting = signals.waiting or 0.0
-    running = signals.running or 0.0
-    activation = signals.activation or 0.0
+    waiting = observed.readings.waiting or 0.0
+    running = observed.readings.running or 0.0
+    activation = observed.readings.activation or 0.0
     busy = waiting > 0 or running > 0 or activation > 0
     last_active = now if busy or state.last_active_time is None else state.last_active_time
     panic_until = state.panic_until if state.panic_until is not None and state.panic_until > now else None
     last_scale = state.last_scale_time
     window = timedelta(seconds=policy.scale_down_delay_seconds)
-    batch = _batch(signals, waiting, running, state.batch_per_replica)
+    batch = _batch(observed, waiting, running, state.batch_per_replica)
 
     def finish(
         target: int,
@@ -521,25 +550,27 @@ def decide(
         )
         return finish(0, "ScaleToZero", message, False, {}, ())
 
-    capacity = _capacity(signals, current)
-    asks = _asks(policy, current, signals, waiting, running, batch)
+    capacity = _capacity(observed, current)
+    asks = _asks(policy, current, observed, waiting, running, batch)
     per_signal = {name: ask.replicas for name, ask in asks.items()}
     votes = {QUEUE: asks[QUEUE].replicas}
     if KV_CACHE in asks:
         votes[KV_CACHE] = asks[KV_CACHE].replicas
     gpu = asks.get(GPU_UTILIZATION)
-    queue_full = signals.ready_replicas > 0 and waiting >= signals.ready_replicas * policy.target_queue_depth
+    queue_full = (
+        observed.ready_replicas > 0 and waiting >= observed.ready_replicas * policy.target_queue_depth
+    )
     if gpu is not None and queue_full and gpu.replicas > max(capacity, current):
         votes[GPU_UTILIZATION] = gpu.replicas
     winner = max(votes, key=lambda name: votes[name])  # first of queue, kv, gpu on a tie
     need = max(votes[winner], 1)
-    can_down = signals.ready_replicas > 0 and (KV_CACHE in asks or batch is not None)
-    capacity_text = f"capacity {signals.ready_replicas} ready + {signals.starting_replicas} starting"
+    can_down = observed.ready_replicas > 0 and (KV_CACHE in asks or batch is not None)
+    capacity_text = f"capacity {observed.ready_replicas} ready + {observed.starting_replicas} starting"
     detail = "; ".join(ask.summary for ask in asks.values()) + f"; {capacity_text}"
 
     queue_need = _ceil(asks[QUEUE].load)
     if queue_need >= policy.panic_threshold * max(capacity, 1):
-        panic_until = now + timedelta(seconds=policy.panic_window_seconds)
+        panic_until = now + timedelta(seconds=policy.timings.panic_window_seconds)
 
     recommendation = _clamp(need if can_down else max(need, current), max(low, 1), high)
     history = _trim(_record(state.recommendations, now, recommendation), now - window)
@@ -561,7 +592,7 @@ def decide(
     if need < current and not can_down:
         why = (
             "no replica is ready"
-            if signals.ready_replicas == 0
+            if observed.ready_replicas == 0
             else "kv-cache usage is missing and no full batch was seen yet"
         )
         message = f"{detail}; not scaling down: {why}, and the queue alone cannot tell how busy replicas are"
@@ -581,10 +612,10 @@ def decide(
         highest = max(n for _, n in history)
         since_scale = None if last_scale is None else (now - last_scale).total_seconds()
         if covered and highest < current:
-            if since_scale is not None and since_scale < policy.scale_down_step_seconds:
+            if since_scale is not None and since_scale < policy.timings.scale_down_step_seconds:
                 message = (
                     f"{detail}; last scaled {since_scale:.0f}s ago, "
-                    f"next step after {policy.scale_down_step_seconds}s"
+                    f"next step after {policy.timings.scale_down_step_seconds}s"
                 )
                 return finish(current, "ScaleDownDelay", message, limited, per_signal, history)
             message = (

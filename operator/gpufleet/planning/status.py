@@ -10,11 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Literal
 
-from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.api.v1alpha1 import (
+    AutoscalerStatus,
+    Condition,
+    CostStatus,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    PlacementStatus,
+    SpotStatus,
+)
+from gpufleet.planning.observe import ObservedDeployment, ObservedPod
 from gpufleet.planning.placement import CAPACITY_TYPES, CapacityType, PlacementGroup
-from gpufleet.planning.timestamps import kube_time
+from gpufleet.planning.report import ConditionView
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -22,31 +31,6 @@ DEGRADED = "Degraded"
 VALID = "Valid"
 SCALING_LIMITED = "ScalingLimited"
 SCALING_ACTIVE = "ScalingActive"
-
-
-@dataclass(frozen=True)
-class ObservedPod:
-    """What status needs of one pod of the ModelDeployment."""
-
-    name: str
-    zone: str
-    capacity_type: CapacityType
-    ready: bool
-    terminating: bool = False
-    template_hash: str = ""
-    unschedulable_since: datetime | None = None
-    unschedulable_message: str = ""
-    node: str = ""  # spec.nodeName; "" while unscheduled
-
-
-@dataclass(frozen=True)
-class ObservedDeployment:
-    name: str
-    replicas: int
-    updated_replicas: int
-    ready_replicas: int
-    generation: int
-    observed_generation: int
 
 
 @dataclass(frozen=True)
@@ -93,15 +77,14 @@ class StatusInput:
     deployments: Sequence[ObservedDeployment]
     selector: str
     problems: Sequence[str] = ()
-    previous_conditions: Sequence[Mapping[str, Any]] = ()
+    previous: ModelDeploymentStatus = field(default_factory=ModelDeploymentStatus)
     unschedulable_after: timedelta = timedelta(minutes=5)
-    previous_status: Mapping[str, Any] = field(default_factory=dict)
     # status.autoscaler as the autoscaler last wrote it; None when autoscaling is off.
-    autoscaler: Mapping[str, Any] | None = None
-    # From the failover planner: (type, status True?, reason, message), status.spot and status.cost.
-    capacity_conditions: Sequence[tuple[str, bool, str, str]] = ()
-    spot: Mapping[str, Any] | None = None
-    cost: Mapping[str, Any] | None = None
+    autoscaler: AutoscalerStatus | None = None
+    # From the failover planner: its condition verdicts, status.spot and status.cost.
+    capacity_conditions: Sequence[ConditionView] = ()
+    spot: SpotStatus | None = None
+    cost: CostStatus | None = None
 
 
 def _condition(
@@ -111,22 +94,22 @@ def _condition(
     message: str,
     generation: int,
     now: datetime,
-    previous: Mapping[str, Any],
-) -> dict[str, Any]:
-    status = "True" if ok else "False"
+    previous: Mapping[str, Condition],
+) -> Condition:
+    status: Literal["True", "False"] = "True" if ok else "False"
     old = previous.get(kind)
-    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or kube_time(now),
-        "observedGeneration": generation,
-    }
+    since = old.last_transition_time if old and old.status == status else None
+    return Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since or now.replace(microsecond=0),
+        observed_generation=generation,
+    )
 
 
-def _placement(groups: Iterable[PlacementGroup], pods: Sequence[ObservedPod]) -> list[dict[str, Any]]:
+def _placement(groups: Iterable[PlacementGroup], pods: Sequence[ObservedPod]) -> list[PlacementStatus]:
     keys: dict[tuple[str, CapacityType], None] = {g.key: None for g in groups}
     for pod in pods:
         keys.setdefault((pod.zone, pod.capacity_type), None)
@@ -134,12 +117,12 @@ def _placement(groups: Iterable[PlacementGroup], pods: Sequence[ObservedPod]) ->
     for zone, capacity_type in sorted(keys, key=lambda k: (k[0], CAPACITY_TYPES.index(k[1]))):
         members = [p for p in pods if (p.zone, p.capacity_type) == (zone, capacity_type)]
         rows.append(
-            {
-                "zone": zone,
-                "capacityType": capacity_type,
-                "replicas": len(members),
-                "readyReplicas": sum(p.ready for p in members),
-            }
+            PlacementStatus(
+                zone=zone,
+                capacity_type=capacity_type,
+                replicas=len(members),
+                ready_replicas=sum(p.ready for p in members),
+            )
         )
     return rows
 
@@ -153,33 +136,36 @@ def unschedulable_pods(pods: Sequence[ObservedPod], now: datetime, after: timede
     ]
 
 
-def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
-    """The whole status object for the ModelDeployment."""
-    previous = {str(c.get("type")): c for c in inp.previous_conditions if isinstance(c, Mapping)}
+def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
+    """The status the reconciler writes (status.autoscaler is the autoscaler's and stays unset)."""
+    previous = {c.type: c for c in inp.previous.conditions}
     live = [p for p in inp.pods if not p.terminating]
     ready = sum(p.ready for p in live)
 
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    def cond(kind: str, ok: bool, reason: str, message: str) -> Condition:
         return _condition(kind, ok, reason, message, inp.generation, now, previous)
 
-    conditions: list[dict[str, Any]] = []
+    conditions: list[Condition] = []
     if inp.desired is None:
         conditions.append(cond(VALID, False, "InvalidSpec", "; ".join(inp.problems)))
-        desired = int(inp.previous_status.get("desiredReplicas", len(live)))
+        desired = (
+            inp.previous.desired_replicas
+            if "desired_replicas" in inp.previous.model_fields_set
+            else len(live)
+        )
     else:
         conditions.append(cond(VALID, True, "Valid", "spec is valid"))
         desired = inp.desired.desired
         auto = inp.autoscaler
-        if not inp.desired.clamped and auto is not None and auto.get("limited"):
-            conditions.append(cond(SCALING_LIMITED, True, str(auto.get("reason")), str(auto.get("message"))))
+        if not inp.desired.clamped and auto is not None and auto.limited:
+            conditions.append(cond(SCALING_LIMITED, True, auto.reason, auto.message))
         else:
             conditions.append(
                 cond(SCALING_LIMITED, inp.desired.clamped, inp.desired.reason, inp.desired.message)
             )
         if auto is not None:
-            active = bool(auto.get("active"))
-            reason = "ValidMetrics" if active else str(auto.get("reason") or "MetricsMissing")
-            conditions.append(cond(SCALING_ACTIVE, active, reason, str(auto.get("message", ""))))
+            reason = "ValidMetrics" if auto.active else (auto.reason or "MetricsMissing")
+            conditions.append(cond(SCALING_ACTIVE, auto.active, reason, auto.message))
 
     if desired == 0:
         reason = "ScaledToZero" if not live else "ScalingToZero"
@@ -219,21 +205,15 @@ def compute_status(inp: StatusInput, now: datetime) -> dict[str, Any]:
         )
     else:
         conditions.append(cond(DEGRADED, False, "AsExpected", "no pod is stuck"))
-    conditions.extend(
-        cond(kind, ok, reason, message) for kind, ok, reason, message in inp.capacity_conditions
+    conditions.extend(cond(c.type, c.ok, c.reason, c.message) for c in inp.capacity_conditions)
+    return ModelDeploymentStatus(
+        observed_generation=inp.generation,
+        replicas=len(live),
+        ready_replicas=ready,
+        desired_replicas=desired,
+        selector=inp.selector,
+        placement=_placement(inp.groups, live),
+        conditions=conditions,
+        spot=inp.spot,
+        cost=inp.cost,
     )
-
-    status: dict[str, Any] = {
-        "observedGeneration": inp.generation,
-        "replicas": len(live),
-        "readyReplicas": ready,
-        "desiredReplicas": desired,
-        "selector": inp.selector,
-        "placement": _placement(inp.groups, live),
-        "conditions": conditions,
-    }
-    if inp.spot is not None:
-        status["spot"] = dict(inp.spot)
-    if inp.cost is not None:
-        status["cost"] = dict(inp.cost)
-    return status

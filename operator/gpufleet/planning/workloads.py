@@ -98,23 +98,23 @@ class Owner:
 
 @dataclass(frozen=True)
 class WorkloadOptions:
-    """Operator-wide settings (set by the Helm chart; the handlers build this)."""
+    """Operator-wide settings of the pod template (gpufleet.config builds this; the defaults are there)."""
 
     # Karpenter's label by default; EKS managed node groups use eks.amazonaws.com/capacityType
     # with SPOT / ON_DEMAND (REFERENCE.md "GPUs, MIG, Llama 3 70B", common node labels).
-    capacity_type_label: str = "karpenter.sh/capacity-type"
-    spot_value: str = "spot"
-    on_demand_value: str = "on-demand"
+    capacity_type_label: str
+    spot_value: str
+    on_demand_value: str
     # Per GPU, or per MIG slice for MIG replicas, so host resources grow with the replica's size.
-    cpu_per_gpu: str = "4"
-    memory_per_gpu: str = "32Gi"
+    cpu_per_gpu: str
+    memory_per_gpu: str
     # Endpoints controllers need a few seconds to drop a terminating pod from the Service; until
     # then new requests still arrive, so vLLM must keep accepting them (REFERENCE.md: in-flight
     # requests aborted after SIGTERM, dynamo #13559; use a preStop delay).
-    prestop_delay_seconds: int = 15
-    drain_seconds: int = 120
+    prestop_delay_seconds: int
+    drain_seconds: int
     # Image pull (12-29 GB images, REFERENCE.md) and engine init, before weights load.
-    startup_base_seconds: int = 600
+    startup_base_seconds: int
     spot_tolerations: tuple[Mapping[str, str], ...] = _DEFAULT_SPOT_TOLERATIONS
     port: int = 8000
 
@@ -492,7 +492,7 @@ def desired_workloads(
     owner: Owner,
     spec: ModelDeploymentSpec,
     groups: Sequence[PlacementGroup],
-    options: WorkloadOptions = WorkloadOptions(),
+    options: WorkloadOptions,
 ) -> DesiredWorkloads:
     """The Deployments (one per non-empty group, in order), Service and PDB of one ModelDeployment."""
     return DesiredWorkloads(

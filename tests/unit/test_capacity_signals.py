@@ -1,4 +1,4 @@
-"""gpufleet.planning.signals: EventBridge messages and Node objects → capacity signals.
+"""gpufleet.planning.capacity_signals: EventBridge messages and Node objects → capacity signals.
 
 The messages are the AWS documentation's examples (EC2 user guide: spot
 interruption warning, rebalance recommendation, state-change; AWS Health user
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gpufleet.planning.signals import (
+from gpufleet.planning.capacity_signals import (
     HANDLED,
     SPOT_NOTICE,
     CapacitySignal,

@@ -10,12 +10,26 @@ a deadline by hours.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, PlainSerializer
 
 
 def kube_time(moment: datetime) -> str:
     """A Kubernetes `Time`: UTC, whole seconds, `Z`."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("a timestamp without a time zone was not written by gpufleet")
+    return moment
+
+
+# A datetime field of the API models: read only with its zone, written as a Kubernetes `Time`.
+KubeTime = Annotated[
+    datetime, AfterValidator(_aware), PlainSerializer(kube_time, return_type=str, when_used="json")
+]
 
 
 def kube_micro_time(moment: datetime) -> str:

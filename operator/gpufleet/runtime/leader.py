@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gpufleet.adapters.kube import KubeError, RestKubeApi
-from gpufleet.handlers import metrics
 from gpufleet.planning.lease import (
     RENEW_DEADLINE,
     RETRY_PERIOD,
@@ -23,6 +22,7 @@ from gpufleet.planning.lease import (
     read_lease,
     released,
 )
+from gpufleet.runtime import operator_metrics as metrics
 
 log = logging.getLogger("gpufleet.leader")
 

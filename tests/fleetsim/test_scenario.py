@@ -13,8 +13,9 @@ from fleetsim.params import KubeletParams
 from fleetsim.podspec import load_seconds, plan_pod
 from fleetsim.scenario import load_scenario, parse_scenario
 from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.config import Settings
 from gpufleet.planning.placement import PlacementGroup
-from gpufleet.planning.workloads import Owner, WorkloadOptions, desired_workloads
+from gpufleet.planning.workloads import Owner, desired_workloads
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,7 +86,9 @@ def test_event_kinds() -> None:
 
 def _pod_for(spec: dict[str, Any], group: PlacementGroup) -> dict[str, Any]:
     model = ModelDeploymentSpec.model_validate(spec)
-    deployment = desired_workloads(Owner("m", "ns", "u"), model, [group], WorkloadOptions()).deployments[0]
+    deployment = desired_workloads(
+        Owner("m", "ns", "u"), model, [group], Settings.defaults().workload_options()
+    ).deployments[0]
     return {"spec": deployment["spec"]["template"]["spec"]}
 
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from gpufleet.adapters.metrics import MetricQueries, PrometheusMetrics
+from gpufleet.adapters.serving_metrics import MetricQueries, PrometheusMetrics
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ANSWERS = {

@@ -1,4 +1,4 @@
-"""One autoscaler evaluation against an in-memory API and a scripted metrics reader."""
+"""The autoscaler executor: one evaluation against an in-memory API and a scripted metrics reader."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any
 
 import yaml
 
-from gpufleet.adapters.metrics import ModelMetrics
-from gpufleet.handlers.autoscale import NO_PROMETHEUS, Autoscaler, evaluate_all
+from gpufleet.adapters.serving_metrics import ModelMetrics
 from gpufleet.planning.scaling import Decision
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
+from gpufleet.runtime.autoscaler import NO_PROMETHEUS, Autoscaler, evaluate_all
 from tests.unit.fake_kube import FakeKube
+from tests.unit.helpers import scaling_timings
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -63,7 +64,7 @@ def test_a_queue_scales_up_through_the_scale_subresource_and_records_state() -> 
     kube = FakeKube()
     with_pods(kube, ready=2)
     reader = ScriptedMetrics(waiting=40, running=60, kv=0.9, gpu=0.99)
-    decision = Autoscaler(kube, reader, clock=lambda: NOW).evaluate(body())
+    decision = Autoscaler(kube, reader, clock=lambda: NOW, timings=scaling_timings()).evaluate(body())
     assert decision is not None
     assert decision.replicas > 2
     assert kube.scales == [("llama-3-70b", decision.replicas)]
@@ -78,7 +79,7 @@ def test_a_queue_scales_up_through_the_scale_subresource_and_records_state() -> 
 def test_without_prometheus_it_holds_and_says_why() -> None:
     kube = FakeKube()
     with_pods(kube, ready=2)
-    decision = Autoscaler(kube, None, clock=lambda: NOW).evaluate(body(replicas=3))
+    decision = Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings()).evaluate(body(replicas=3))
     assert decision is not None
     assert (decision.replicas, decision.active, decision.reason) == (3, False, "MetricsMissing")
     assert kube.scales == []
@@ -88,7 +89,7 @@ def test_without_prometheus_it_holds_and_says_why() -> None:
 def test_an_unchanged_evaluation_writes_nothing() -> None:
     kube = FakeKube()
     with_pods(kube, ready=2)
-    autoscaler = Autoscaler(kube, None, clock=lambda: NOW)
+    autoscaler = Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings())
     autoscaler.evaluate(body())
     patches = kube.status_patches
     autoscaler.clock = lambda: NOW + timedelta(seconds=15)
@@ -101,7 +102,7 @@ def _idle_model_evaluated_once() -> tuple[FakeKube, Autoscaler]:
     kube = FakeKube()
     with_pods(kube, ready=2)
     idle = ScriptedMetrics(waiting=0.0, running=0.0, kv=0.0, gpu=None)
-    autoscaler = Autoscaler(kube, idle, clock=lambda: NOW)
+    autoscaler = Autoscaler(kube, idle, clock=lambda: NOW, timings=scaling_timings())
     autoscaler.evaluate(body())
     return kube, autoscaler
 
@@ -110,7 +111,7 @@ def test_an_idle_model_without_gpu_metrics_is_not_rewritten_at_every_evaluation(
     # No dcgm-exporter (gpuUtilization null) and never scaled (lastScaleTime null): the API server
     # drops both from the stored status, which must still count as unchanged.
     kube, autoscaler = _idle_model_evaluated_once()
-    assert kube.last_status["autoscaler"]["metrics"]["gpuUtilization"] is None
+    assert kube.stored_status["autoscaler"]["metrics"].get("gpuUtilization") is None
     patches = kube.status_patches
     for seconds in (15, 30, 45):
         autoscaler.clock = lambda seconds=seconds: NOW + timedelta(seconds=seconds)
@@ -122,10 +123,10 @@ def test_autoscaling_off_or_an_unreadable_spec_is_left_alone() -> None:
     kube = FakeKube()
     off = body()
     off["spec"]["autoscaling"]["enabled"] = False
-    assert Autoscaler(kube, None, clock=lambda: NOW).evaluate(off) is None
+    assert Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings()).evaluate(off) is None
     broken = body()
     broken["spec"]["accelerator"]["tensorParallelSize"] = 3
-    assert Autoscaler(kube, None, clock=lambda: NOW).evaluate(broken) is None
+    assert Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings()).evaluate(broken) is None
     assert (kube.scales, kube.status_patches) == ([], 0)
 
 
@@ -133,13 +134,15 @@ def test_the_state_survives_a_restart_through_status() -> None:
     kube = FakeKube()
     with_pods(kube, ready=4)
     idle = ScriptedMetrics(waiting=0, running=1, kv=0.05, gpu=0.3)
-    first = Autoscaler(kube, idle, clock=lambda: NOW).evaluate(body(replicas=4))
+    first = Autoscaler(kube, idle, clock=lambda: NOW, timings=scaling_timings()).evaluate(body(replicas=4))
     assert first is not None
     assert first.replicas == 4  # lower need, but the scale-down delay has not passed
     status = {"autoscaler": kube.last_status["autoscaler"]}
     later = NOW + timedelta(seconds=301)
     # A new Autoscaler (a restarted operator) reads the history back from status.
-    second = Autoscaler(kube, idle, clock=lambda: later).evaluate(body(replicas=4, status=status))
+    second = Autoscaler(kube, idle, clock=lambda: later, timings=scaling_timings()).evaluate(
+        body(replicas=4, status=status)
+    )
     assert second is not None
     assert second.replicas == 3
     assert kube.scales == [("llama-3-70b", 3)]
@@ -160,7 +163,7 @@ def test_a_schedule_in_the_spec_raises_the_floor_even_without_metrics() -> None:
             "minReplicas": 5,
         }
     ]
-    decision = Autoscaler(kube, None, clock=lambda: NOW).evaluate(doc)
+    decision = Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings()).evaluate(doc)
     assert decision is not None
     assert decision.replicas == 5
     assert kube.scales == [("llama-3-70b", 5)]

@@ -55,12 +55,12 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal
 
-from gpufleet.planning.timestamps import kube_time
+from gpufleet.api.timestamps import kube_time
 
 SignalKind = Literal[
     "interruption", "rebalance", "stopping", "terminated", "scheduled-change", "disruption", "not-ready"
 ]
-Outcome = Literal["ignored", "unknown", "foreign", "malformed"]
+MessageOutcome = Literal["ignored", "unknown", "foreign", "malformed"]
 
 # REFERENCE.md line 10: the interruption notice comes 2 minutes before stop/terminate; hibernate has none.
 SPOT_NOTICE: Final = timedelta(seconds=120)
@@ -135,7 +135,7 @@ class CapacitySignal:
 class Rejected:
     """A message that gives no signal, and why (for the log)."""
 
-    outcome: Outcome
+    outcome: MessageOutcome
     reason: str
 
 

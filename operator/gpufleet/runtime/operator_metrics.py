@@ -8,10 +8,11 @@ and the runbooks (docs/runbooks/) query them. Per-ModelDeployment series carry
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from gpufleet.api.v1alpha1 import ModelDeploymentStatus
+from gpufleet.planning.observe import Key
+from gpufleet.planning.reconcile import ReconcilePlan
 
 RECONCILES = Counter("gpufleet_reconciles_total", "Reconciles of ModelDeployments, by result.", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -106,30 +107,39 @@ def forget_model_deployment(namespace: str, name: str) -> None:
         metric.remove_by_labels({"namespace": namespace, "name": name})
 
 
-def export_status(key: tuple[str, str], status: Mapping[str, Any], unschedulable: int) -> None:
-    """Gauges of one ModelDeployment from the status a reconcile computed (empty: nothing computed)."""
-    if not status:
-        return
+def record_reconcile(key: Key, plan: ReconcilePlan) -> None:
+    """What one executed reconcile did, and the gauges of the status it computed."""
     namespace, name = key
-    for condition in status.get("conditions", []):
-        CONDITION.labels(namespace=namespace, name=name, type=condition["type"]).set(
-            1 if condition["status"] == "True" else 0
+    RECONCILES.labels(result="ok" if plan.valid else "invalid").inc()
+    for write in plan.applies:
+        WRITES.labels(kind=write.obj["kind"], action="apply").inc()
+    for removal in plan.removals:
+        WRITES.labels(kind=removal.kind, action="delete").inc()
+    for drain in plan.drains:
+        REPLACEMENTS.labels(namespace=namespace, name=name, reason=drain.reason).inc()
+    export_status(key, plan.status.status, plan.status.unschedulable)
+
+
+def export_status(key: Key, status: ModelDeploymentStatus, unschedulable: int) -> None:
+    """Gauges of one ModelDeployment from the status a reconcile computed."""
+    namespace, name = key
+    for condition in status.conditions:
+        CONDITION.labels(namespace=namespace, name=name, type=condition.type).set(
+            1 if condition.status == "True" else 0
         )
     PLACEMENT_REPLICAS.remove_by_labels({"namespace": namespace, "name": name})
-    for row in status.get("placement", []):
-        labels = {
-            "namespace": namespace,
-            "name": name,
-            "zone": row["zone"],
-            "capacity_type": row["capacityType"],
-        }
-        PLACEMENT_REPLICAS.labels(**labels, state="desired").set(row["replicas"])
-        PLACEMENT_REPLICAS.labels(**labels, state="ready").set(row["readyReplicas"])
+    for row in status.placement:
+        labels = {"namespace": namespace, "name": name, "zone": row.zone, "capacity_type": row.capacity_type}
+        PLACEMENT_REPLICAS.labels(**labels, state="desired").set(row.replicas)
+        PLACEMENT_REPLICAS.labels(**labels, state="ready").set(row.ready_replicas)
     UNSCHEDULABLE_REPLICAS.labels(namespace=namespace, name=name).set(unschedulable)
-    cost = status.get("cost") or {}
-    for gauge, field in ((COST_PER_HOUR, "perHour"), (ON_DEMAND_COST_PER_HOUR, "onDemandEquivalentPerHour")):
-        if field in cost:
-            gauge.labels(namespace=namespace, name=name).set(cost[field])
+    cost = status.cost
+    for gauge, value in (
+        (COST_PER_HOUR, cost.per_hour if cost else None),
+        (ON_DEMAND_COST_PER_HOUR, cost.on_demand_equivalent_per_hour if cost else None),
+    ):
+        if value is not None:
+            gauge.labels(namespace=namespace, name=name).set(value)
         else:
             gauge.remove_by_labels({"namespace": namespace, "name": name})
 

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from gpufleet.handlers.reconcile import Reconciler
 from gpufleet.planning.cost import with_spot_prices
+from gpufleet.runtime.reconciler import Reconciler
 
 log = logging.getLogger("gpufleet.prices")
 

@@ -20,9 +20,10 @@ from datetime import datetime
 from typing import Protocol
 
 from gpufleet.adapters.sqs import QueueMessage
-from gpufleet.handlers import metrics
-from gpufleet.handlers.capacity import CapacityStore, Key
-from gpufleet.planning.signals import Rejected, parse_message
+from gpufleet.planning.capacity_signals import Rejected, parse_message
+from gpufleet.planning.observe import Key
+from gpufleet.runtime import operator_metrics as metrics
+from gpufleet.runtime.capacity_store import CapacityStore
 
 log = logging.getLogger("gpufleet.interruptions")
 

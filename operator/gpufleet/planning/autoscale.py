@@ -1,0 +1,160 @@
+"""One autoscaler evaluation as a plan: the ModelDeployment and its pods → what to read, then what to write.
+
+Two steps, because the metric readings are I/O in between:
+
+1. `autoscaled_spec(body)`: whether the model is autoscaled at all (a spec
+   that does not read is never scaled: the reconciler reports it); then
+   `autoscale_target(body, spec, pods)`: which ready pods, model name and GPU
+   kind the metrics are read for.
+2. `plan_autoscale(target, readings, timings, now)`: the decision of
+   gpufleet.planning.scaling, the scale to write through the scale
+   subresource, its Event, and status.autoscaler, written only when it
+   changed so an idle fleet costs no writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet.api.v1alpha1 import WEEKDAYS, AutoscalerMetrics, AutoscalerStatus, ModelDeploymentSpec
+from gpufleet.planning.merge_patch import as_stored, with_deletions
+from gpufleet.planning.observe import Key, key_of, observe_pod, stored_status
+from gpufleet.planning.report import EventView
+from gpufleet.planning.scaling import (
+    Decision,
+    MetricReadings,
+    Observation,
+    ScalingPolicy,
+    ScalingState,
+    ScalingTimings,
+    Schedule,
+    decide,
+)
+
+
+def policy_for(spec: ModelDeploymentSpec, timings: ScalingTimings) -> ScalingPolicy:
+    auto = spec.autoscaling
+    return ScalingPolicy(
+        timings=timings,
+        min_replicas=spec.min_replicas,
+        # Validation requires maxReplicas with autoscaling; without it nothing may grow.
+        max_replicas=spec.max_replicas if spec.max_replicas is not None else spec.replicas,
+        target_queue_depth=auto.target_queue_depth,
+        target_kv_cache_usage=auto.target_kv_cache_usage,
+        target_gpu_utilization=auto.target_gpu_utilization,
+        scale_down_delay_seconds=auto.scale_down_delay_seconds,
+        scale_to_zero_after_seconds=auto.scale_to_zero_after_seconds,
+        schedules=tuple(
+            Schedule(
+                name=window.name,
+                days=frozenset(WEEKDAYS.index(day) for day in (window.days or WEEKDAYS)),
+                start=time.fromisoformat(window.start),
+                end=time.fromisoformat(window.end),
+                min_replicas=window.min_replicas,
+                timezone=window.time_zone,
+            )
+            for window in auto.schedules
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AutoscaleTarget:
+    """An autoscaled model, as the readings are taken for it."""
+
+    key: Key
+    spec: ModelDeploymentSpec
+    model_name: str  # the served model name its vLLM metrics carry
+    ready_pods: tuple[str, ...]
+    starting_replicas: int
+    mig: bool  # MIG slices report GPU use under another DCGM field
+    previous: AutoscalerStatus | None  # status.autoscaler as last written, typed
+    previous_stored: Mapping[str, Any] = field(default_factory=dict)  # the same, as stored (for the patch)
+
+
+def autoscaled_spec(body: Mapping[str, Any]) -> ModelDeploymentSpec | None:
+    """The spec when autoscaling is on; None when it is off or the spec cannot be read (the reconciler
+    reports that; never scale on a spec we cannot read)."""
+    try:
+        spec = ModelDeploymentSpec.model_validate(body["spec"])
+    except ValidationError:
+        return None
+    return spec if spec.autoscaling.enabled else None
+
+
+def autoscale_target(
+    body: Mapping[str, Any], spec: ModelDeploymentSpec, pods: Sequence[Mapping[str, Any]]
+) -> AutoscaleTarget:
+    key = key_of(body)
+    live = [p for p in map(observe_pod, pods) if not p.terminating]
+    ready = tuple(p.name for p in live if p.ready)
+    raw_status = body.get("status") or {}
+    stored = raw_status.get("autoscaler") if isinstance(raw_status, Mapping) else None
+    return AutoscaleTarget(
+        key=key,
+        spec=spec,
+        model_name=spec.model.served_name or key[1],
+        ready_pods=ready,
+        starting_replicas=len(live) - len(ready),
+        mig=spec.accelerator.mig_profile is not None,
+        previous=stored_status(raw_status).autoscaler,
+        previous_stored=stored if isinstance(stored, Mapping) else {},
+    )
+
+
+@dataclass(frozen=True)
+class AutoscalePlan:
+    decision: Decision
+    scale_to: int | None  # spec.replicas to write through /scale; None: unchanged
+    event: EventView | None
+    status: AutoscalerStatus
+    status_patch: dict[str, Any] | None  # merge patch of status.autoscaler; None: already stored
+
+
+def plan_autoscale(
+    target: AutoscaleTarget, readings: MetricReadings, timings: ScalingTimings, now: datetime
+) -> AutoscalePlan:
+    spec, previous = target.spec, target.previous
+    observed = Observation(readings, len(target.ready_pods), target.starting_replicas)
+    state = ScalingState.from_json(previous.state if previous else None)
+    decision = decide(policy_for(spec, timings), spec.replicas, observed, state, now)
+    last_scale = previous.last_scale_time if previous else None
+    scale_to, event = None, None
+    if decision.replicas != spec.replicas:
+        scale_to, last_scale = decision.replicas, now
+        event = EventView(
+            "Normal",
+            "Autoscaled",
+            f"Scaled from {spec.replicas} to {decision.replicas} replicas ({decision.reason}): "
+            f"{decision.message}",
+        )
+    status = AutoscalerStatus(
+        active=decision.active,
+        reason=decision.reason,
+        message=decision.message[:1024],
+        limited=decision.limited,
+        desired_replicas=decision.replicas,
+        last_scale_time=last_scale,
+        metrics=AutoscalerMetrics(
+            waiting=readings.waiting,
+            running=readings.running,
+            kv_cache_usage=readings.kv_cache_usage,
+            gpu_utilization=readings.gpu_utilization,
+            ready_replicas=observed.ready_replicas,
+            starting_replicas=observed.starting_replicas,
+        ),
+        state=decision.state.to_json(),
+    )
+    # A merge patch drops null members, so the stored block never has them: compare like with like, or
+    # a model without GPU metrics would be rewritten at every evaluation. Members the new block lacks
+    # (an ended panic's panicUntil) are deleted, or they would differ for ever.
+    block = status.to_json()
+    patch = None
+    if as_stored(block) != as_stored(target.previous_stored):
+        patch = {"autoscaler": with_deletions(block, target.previous_stored)}
+    return AutoscalePlan(decision, scale_to, event, status, patch)

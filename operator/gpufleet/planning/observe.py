@@ -1,0 +1,130 @@
+"""Objects as the API server returns them (plain dicts) → the records the planners read.
+
+Every planner that looks at a model's pods reads them through `observe_pod`,
+so the reconcile, its status and the autoscaler count ready, starting and
+terminating pods alike. What an object says that the operator did not write
+(a hand-edited status, an unknown capacity type) is read defensively: the
+worst outcome of a misread is holding, never removing capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet.api.timestamps import parse_kube_time
+from gpufleet.api.v1alpha1 import ModelDeploymentStatus
+from gpufleet.planning.placement import CapacityType
+from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_ZONE
+
+# (namespace, name) of a ModelDeployment: the key of the work queue, the caches and the metrics.
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the planners need of one pod of the ModelDeployment."""
+
+    name: str
+    zone: str
+    capacity_type: CapacityType
+    ready: bool
+    terminating: bool = False
+    template_hash: str = ""
+    unschedulable_since: datetime | None = None
+    unschedulable_message: str = ""
+    node: str = ""  # spec.nodeName; "" while unscheduled
+
+
+@dataclass(frozen=True)
+class ObservedDeployment:
+    name: str
+    replicas: int
+    updated_replicas: int
+    ready_replicas: int
+    generation: int
+    observed_generation: int
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return (meta["namespace"], meta["name"])
+
+
+def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    labels = meta.get("labels", {})
+    conditions = {c.get("type"): c for c in status.get("conditions", [])}
+    ready = conditions.get("Ready", {}).get("status") == "True"
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    capacity: CapacityType = "spot" if labels.get(LABEL_CAPACITY_TYPE) == "spot" else "on-demand"
+    return ObservedPod(
+        name=meta.get("name", ""),
+        zone=labels.get(LABEL_ZONE, ""),
+        capacity_type=capacity,
+        ready=ready,
+        terminating=meta.get("deletionTimestamp") is not None
+        or status.get("phase") in ("Succeeded", "Failed"),
+        unschedulable_since=_unschedulable_since(scheduled) if unschedulable else None,
+        unschedulable_message=scheduled.get("message", "") if unschedulable else "",
+        node=(pod.get("spec") or {}).get("nodeName") or "",
+    )
+
+
+def _unschedulable_since(scheduled: Mapping[str, Any]) -> datetime | None:
+    since = scheduled.get("lastTransitionTime")
+    return parse_kube_time(since) if since else None
+
+
+def observe_deployment(deployment: Mapping[str, Any]) -> ObservedDeployment:
+    meta, spec, status = deployment["metadata"], deployment.get("spec", {}), deployment.get("status", {})
+    return ObservedDeployment(
+        name=meta["name"],
+        replicas=int(spec.get("replicas", 0)),
+        updated_replicas=int(status.get("updatedReplicas", 0)),
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        generation=int(meta.get("generation", 0)),
+        observed_generation=int(status.get("observedGeneration", 0)),
+    )
+
+
+def version_of(obj: Mapping[str, Any]) -> str:
+    """What changes when someone changes the object: its generation, else its resourceVersion.
+
+    A PDB's status is rewritten by the disruption controller on every pod change, which must not
+    count as a change, so the generation wins where the kind has one; Services have none.
+    """
+    meta = obj.get("metadata", {})
+    generation = meta.get("generation")
+    return f"g{generation}" if generation is not None else f"rv{meta.get('resourceVersion', '')}"
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
+
+
+def stored_status(raw: Any) -> ModelDeploymentStatus:
+    """The status as stored; a member that does not read (edited by hand, an older shape) is left out.
+
+    Left out means unknown: the spot state starts empty (cooldowns are rebuilt by the next signals),
+    the autoscaler's history starts over (which never scales down), a condition's clock restarts.
+    """
+    if not isinstance(raw, Mapping):
+        return ModelDeploymentStatus()
+    try:
+        return ModelDeploymentStatus.model_validate(raw)
+    except ValidationError:
+        pass
+    readable: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            ModelDeploymentStatus.model_validate({name: value})
+        except ValidationError:
+            continue
+        readable[name] = value
+    return ModelDeploymentStatus.model_validate(readable)

@@ -1,0 +1,432 @@
+"""One reconcile of one ModelDeployment as a plan: what is observed → everything to do, in order.
+
+`plan_reconcile()` is pure and is the specification of the reconcile; the
+runtime lists the model's pods and Deployments, calls it with the clock read
+once, and executes the plan in this order:
+
+1. **Drain** the pods on doomed nodes that the failover planner retires
+   (before any count is lowered: a lowered Deployment could remove a healthy
+   pod instead), then post the failover Events.
+2. **Apply** the desired Deployments (one per zone × capacity type), the
+   Service and the PDB, each only when the live object is not exactly what
+   gpufleet last applied. The Event says why: CreatedGroup, RestoredGroup
+   (deleted outside gpufleet), RevertedDrift (changed outside gpufleet),
+   ScaledGroup or UpdatedGroup; none for the first look after a restart,
+   when nothing is known to have drifted.
+3. **Remove** owned Deployments no longer in the placement (RemovedGroup).
+   Deployments that carry our label but another owner are never touched.
+4. **Write status** when it differs from what is stored and from what this
+   operator last wrote (the watch may lag), deleting members that went away;
+   then post Warnings for conditions that turned bad (InvalidSpec,
+   ScalingLimited, Degraded).
+
+A spec that does not validate is never acted on: no apply, no delete, no
+drain; only status says why (Valid=False), and spot state and cost are left as
+they were. Level-triggered: a plan computed again after a restart, or twice,
+asks for nothing more than the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec, ModelDeploymentStatus
+from gpufleet.api.validation import validate_manifest
+from gpufleet.planning.cost import ProductPrices, estimate_for, product_for
+from gpufleet.planning.failover import (
+    Doom,
+    FailoverPlan,
+    FailoverPolicy,
+    FailoverSettings,
+    FailoverState,
+    PodView,
+    plan_failover,
+)
+from gpufleet.planning.merge_patch import with_deletions
+from gpufleet.planning.observe import (
+    Key,
+    ObservedPod,
+    observe_deployment,
+    observe_pod,
+    owned_by,
+    stored_status,
+    version_of,
+)
+from gpufleet.planning.placement import plan_placement
+from gpufleet.planning.report import EventView
+from gpufleet.planning.status import (
+    DEGRADED,
+    SCALING_LIMITED,
+    VALID,
+    ReplicaDecision,
+    StatusInput,
+    compute_status,
+    decide_replicas,
+    unschedulable_pods,
+)
+from gpufleet.planning.workloads import (
+    ANNOTATION_TEMPLATE_HASH,
+    Owner,
+    WorkloadOptions,
+    desired_workloads,
+    selector_string,
+    template_hash,
+)
+from gpufleet.planning.zone_loss import NodeLoss, lost_zones
+
+# (kind, name) of an applied object → (template hash, generation or resourceVersion) after the apply
+AppliedVersions = Mapping[tuple[str, str], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    """Operator-wide settings of the reconcile (built by gpufleet.config, where the defaults are)."""
+
+    workloads: WorkloadOptions
+    unschedulable_after: timedelta  # pending this long → Degraded
+    failover: FailoverSettings | None  # None: spot failover off, plain placement, no drains
+
+
+@dataclass(frozen=True)
+class CapacitySnapshot:
+    """What the operator knows of nodes and cloud events, for all models (the runtime's store)."""
+
+    cloud_dooms: tuple[Doom, ...] = ()  # from the interruption queue, by node
+    node_dooms: tuple[Doom, ...] = ()  # from node taints and readiness, as read now
+    losses: tuple[NodeLoss, ...] = ()  # nodes gone NotReady or away, recently
+    ready_zones: frozenset[str] = frozenset()  # zones with a Ready node
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What this operator wrote last for the model; safe to lose (a restart costs a no-op apply)."""
+
+    applied: AppliedVersions = field(default_factory=dict)
+    status: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    body: Mapping[str, Any]  # the ModelDeployment as the watch delivered it
+    pods: Sequence[Mapping[str, Any]]  # listed by the model's selector
+    deployments: Sequence[Mapping[str, Any]]  # listed by the model's selector; only owned ones count
+    capacity: CapacitySnapshot = field(default_factory=CapacitySnapshot)
+    prices: Mapping[str, ProductPrices] = field(default_factory=dict)
+    remembered: Remembered = field(default_factory=Remembered)
+
+
+@dataclass(frozen=True)
+class Drain:
+    pod: str
+    reason: str  # replaced, not-ready, deadline or surge-limit (gpufleet_replacements_total)
+
+
+@dataclass(frozen=True)
+class Apply:
+    obj: dict[str, Any]
+    template_hash: str
+    event: EventView | None  # posted once applied
+
+
+@dataclass(frozen=True)
+class Removal:
+    api_version: str
+    kind: str
+    name: str
+    event: EventView
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    status: ModelDeploymentStatus  # computed, written or not (for the operator's metrics)
+    stored_form: dict[str, Any]  # the same as the API server stores it; remembered once written
+    patch: dict[str, Any] | None  # merge patch of .status; None: already stored
+    events: tuple[EventView, ...]  # posted once the status is written
+    unschedulable: int  # pods stuck past unschedulableAfter
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    key: Key
+    valid: bool
+    status: StatusWrite
+    drains: tuple[Drain, ...] = ()
+    events: tuple[EventView, ...] = ()  # posted after the drains
+    applies: tuple[Apply, ...] = ()
+    removals: tuple[Removal, ...] = ()
+    requeue_after: float | None = None  # seconds until a kept doomed pod must be drained
+
+
+def spec_problems(body: Mapping[str, Any]) -> tuple[ModelDeploymentSpec | None, list[str]]:
+    """The spec, or why it cannot be acted on.
+
+    spec.replicas out of range is not a problem here: the scale subresource can set it past the
+    bounds, and decide_replicas clamps it (reported as ScalingLimited).
+    """
+    problems = [
+        str(p)
+        for p in validate_manifest({k: v for k, v in body.items() if k != "status"})
+        if p.path != "spec.replicas"
+    ]
+    if problems:
+        return None, problems
+    try:
+        return ModelDeploymentSpec.model_validate(body["spec"]), []
+    except ValidationError as error:  # validate_manifest should have caught it; never act on it
+        return None, [str(error)]
+
+
+def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -> ReconcilePlan:
+    body = observed.body
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    owned = [d for d in observed.deployments if owned_by(d, uid)]
+    pods = [observe_pod(p) for p in observed.pods]
+    previous = stored_status(body.get("status"))
+    spec, problems = spec_problems(body)
+    if spec is None:
+        # Never shrink or delete serving capacity because of input we cannot understand.
+        inp = _status_input(body, previous, policy, pods, owned, problems=problems)
+        return ReconcilePlan((namespace, name), False, _status_write(inp, observed, now))
+
+    decision = decide_replicas(spec)
+    capacity = _plan_capacity(observed, spec, decision.desired, pods, policy.failover, now)
+    drained = set(capacity.retire)
+    pods = [replace(p, terminating=True) if p.name in drained else p for p in pods]
+    desired = desired_workloads(Owner(name, namespace, uid), spec, capacity.groups, policy.workloads)
+    live_by_name = {d["metadata"]["name"]: d for d in owned}
+    applied = observed.remembered.applied
+    applies = [
+        _apply(
+            obj,
+            live_by_name.get(obj["metadata"]["name"]),
+            applied.get((obj["kind"], obj["metadata"]["name"])),
+        )
+        for obj in desired.deployments
+    ] + [
+        _apply(obj, None, applied.get((obj["kind"], obj["metadata"]["name"])))
+        for obj in (desired.service, desired.pod_disruption_budget)
+    ]
+    wanted = {d["metadata"]["name"] for d in desired.deployments}
+    removals = [
+        Removal(
+            "apps/v1",
+            "Deployment",
+            live_name,
+            EventView(
+                "Normal",
+                "RemovedGroup",
+                f"Deleted Deployment {live_name} ({live.get('spec', {}).get('replicas', 0)} replicas): "
+                "no longer in the placement plan",
+            ),
+        )
+        for live_name, live in sorted(live_by_name.items())
+        if live_name not in wanted
+    ]
+    live_pods = [p for p in pods if not p.terminating]
+    cost = estimate_for(spec, [(p.zone, p.capacity_type) for p in live_pods], observed.prices)
+    inp = _status_input(
+        body,
+        previous,
+        policy,
+        pods,
+        [d for d in owned if d["metadata"]["name"] in wanted],
+        decision=decision,
+        autoscaled=spec.autoscaling.enabled,
+        capacity=capacity,
+        cost=cost.to_status(),
+    )
+    return ReconcilePlan(
+        (namespace, name),
+        True,
+        _status_write(inp, observed, now),
+        drains=tuple(
+            Drain(pod, why) for pod, why in zip(capacity.retire, capacity.retire_reasons, strict=True)
+        ),
+        events=capacity.events,
+        applies=tuple(a for a in applies if a is not None),
+        removals=tuple(removals),
+        requeue_after=capacity.requeue_after,
+    )
+
+
+def _plan_capacity(
+    observed: Observed,
+    spec: ModelDeploymentSpec,
+    desired: int,
+    pods: Sequence[ObservedPod],
+    settings: FailoverSettings | None,
+    now: datetime,
+) -> FailoverPlan:
+    if settings is None:
+        groups = tuple(plan_placement(desired, spec.capacity))
+        return FailoverPlan(groups, groups, (), (), (), FailoverState(), (), (), None)
+    # The status this operator last wrote is newer than a body the watch has not caught up with.
+    written = observed.remembered.status or {}
+    stored_spot = (observed.body.get("status") or {}).get("spot")
+    state = FailoverState.from_json(written.get("spot", stored_spot))
+    live = [p for p in pods if not p.terminating]
+    views = [PodView(p.name, p.zone, p.capacity_type, p.node, p.ready, p.unschedulable_since) for p in live]
+    snapshot = observed.capacity
+    cloud, node = dooms_for(snapshot, {p.node for p in live if p.node}, spec.capacity.zones)
+    lost = lost_zones(snapshot.losses, snapshot.ready_zones, now, settings.zone_loss_window)
+    _, book = product_for(spec.accelerator.gpu_product, observed.prices)
+    policy = FailoverPolicy(
+        capacity=spec.capacity,
+        settings=settings,
+        spot_prices=book.spot_per_gpu_by_zone() if book else {},
+    )
+    return plan_failover(
+        policy, desired, views, state, now, cloud_dooms=cloud, node_dooms=node, lost_zones=lost
+    )
+
+
+def dooms_for(
+    snapshot: CapacitySnapshot, nodes: Iterable[str], zones: Iterable[str]
+) -> tuple[list[Doom], list[Doom]]:
+    """(cloud, node) dooms that concern a model: its own nodes' signals move its replicas, and spot
+    pressure anywhere in its zones cools them down."""
+    on, within = set(nodes), set(zones)
+    cloud = [d for d in snapshot.cloud_dooms if d.node in on or d.zone in within]
+    node = [d for d in snapshot.node_dooms if d.node in on or d.zone in within]
+    return cloud, node
+
+
+def _status_input(
+    body: Mapping[str, Any],
+    previous: ModelDeploymentStatus,
+    policy: ReconcilePolicy,
+    pods: Sequence[ObservedPod],
+    deployments: Sequence[Mapping[str, Any]],
+    *,
+    problems: Sequence[str] = (),
+    decision: ReplicaDecision | None = None,
+    autoscaled: bool = False,
+    capacity: FailoverPlan | None = None,
+    cost: CostStatus | None = None,
+) -> StatusInput:
+    meta = body["metadata"]
+    return StatusInput(
+        generation=int(meta.get("generation", 0)),
+        desired=decision,
+        groups=capacity.groups if capacity else (),
+        pods=pods,
+        deployments=[observe_deployment(d) for d in deployments],
+        selector=selector_string(meta["name"]),
+        problems=problems,
+        previous=previous,
+        unschedulable_after=policy.unschedulable_after,
+        autoscaler=previous.autoscaler if autoscaled else None,
+        capacity_conditions=capacity.conditions if capacity else (),
+        spot=capacity.state.to_status() if capacity else None,
+        cost=cost,
+    )
+
+
+def _status_write(inp: StatusInput, observed: Observed, now: datetime) -> StatusWrite:
+    status = compute_status(inp, now)
+    new = status.to_json()
+    unschedulable = len(unschedulable_pods(inp.pods, now, inp.unschedulable_after))
+
+    # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
+    # as it leaves spot and cost alone when they were not computed (an invalid spec).
+    def ours(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in (stored or {}).items()
+            if k != "autoscaler" and (k in new or k not in ("spot", "cost"))
+        }
+
+    stored = observed.body.get("status") or {}
+    current, cached = ours(stored), observed.remembered.status
+    patch: dict[str, Any] | None = None
+    events: tuple[EventView, ...] = ()
+    if new not in (current, cached):
+        # Members that went away (spot.fallbackSince once the fallback ends) are deleted, from what
+        # the watch shows and from what this operator last wrote, which the watch may not show yet.
+        patch = with_deletions(new, current, ours(cached))
+        events = _condition_events(inp.previous, status)
+    return StatusWrite(status, new, patch, events, unschedulable)
+
+
+def _condition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> tuple[EventView, ...]:
+    """Warnings for conditions that turned bad or changed their reason while bad."""
+    before = {c.type: c for c in old.conditions}
+    events = []
+    for condition in new.conditions:
+        previous = before.get(condition.type)
+        if previous is not None and (previous.status, previous.reason) == (
+            condition.status,
+            condition.reason,
+        ):
+            continue
+        if condition.type == VALID and condition.status == "False":
+            events.append(
+                EventView("Warning", "InvalidSpec", f"Workloads left unchanged: {condition.message}")
+            )
+        elif condition.type in (SCALING_LIMITED, DEGRADED) and condition.status == "True":
+            events.append(EventView("Warning", condition.reason, condition.message))
+    return tuple(events)
+
+
+def _apply(
+    desired: dict[str, Any], live: Mapping[str, Any] | None, remembered: tuple[str, str] | None
+) -> Apply | None:
+    """Apply `desired` unless the live object is exactly what gpufleet last applied."""
+    meta = desired["metadata"]
+    annotations = meta.setdefault("annotations", {})
+    if ANNOTATION_TEMPLATE_HASH not in annotations:
+        annotations[ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
+    digest = annotations[ANNOTATION_TEMPLATE_HASH]
+    live_digest = (live or {}).get("metadata", {}).get("annotations", {}).get(ANNOTATION_TEMPLATE_HASH)
+    if live is not None and remembered is not None:
+        if live_digest == digest and remembered == (digest, version_of(live)):
+            return None
+    elif (
+        live is None
+        and remembered is not None
+        and desired["kind"] != "Deployment"
+        and remembered[0] == digest
+    ):
+        # Services and PDBs are not listed on every reconcile: their watch events make the runtime
+        # forget what it applied, which makes the next plan apply them again.
+        return None
+    event = (
+        _apply_event(desired, live, live_digest, digest, remembered)
+        if desired["kind"] == "Deployment"
+        else None
+    )
+    return Apply(desired, digest, event)
+
+
+def _apply_event(
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any] | None,
+    live_digest: str | None,
+    digest: str,
+    remembered: tuple[str, str] | None,
+) -> EventView | None:
+    name, replicas = desired["metadata"]["name"], desired["spec"]["replicas"]
+    if live is None:
+        if remembered is None or remembered[0] != digest:
+            return EventView("Normal", "CreatedGroup", f"Applied Deployment {name} with {replicas} replicas")
+        return EventView(
+            "Normal", "RestoredGroup", f"Recreated Deployment {name}: it was deleted outside gpufleet"
+        )
+    if live_digest == digest:
+        if remembered is None:
+            return None  # first look after a restart: re-applied quietly, nothing is known to have drifted
+        return EventView(
+            "Normal", "RevertedDrift", f"Restored Deployment {name}: it was changed outside gpufleet"
+        )
+    live_replicas = live.get("spec", {}).get("replicas")
+    if live_replicas != replicas:
+        return EventView(
+            "Normal", "ScaledGroup", f"Scaled Deployment {name} from {live_replicas} to {replicas}"
+        )
+    return EventView("Normal", "UpdatedGroup", f"Updated Deployment {name} (pod template changed)")

@@ -1,0 +1,148 @@
+"""Nodes and capacity signals, shared by the watches, the SQS loop and the reconciles.
+
+In memory and safe to lose: cloud events that moved replicas are persisted by
+the reconcile in each ModelDeployment's status.spot, and node state is read
+again from the watch after a restart. Thread-safe: kopf's handlers, the SQS
+thread and the reconcile workers use it at once. It only records; every rule
+(what a node's taints mean, which doom wins, when a zone is lost) is in
+gpufleet.planning.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpufleet.planning.capacity_signals import CapacitySignal
+from gpufleet.planning.failover import Doom
+from gpufleet.planning.nodes import NodeInfo, doom_of, lost_without_warning, read_node
+from gpufleet.planning.observe import Key
+from gpufleet.planning.reconcile import CapacitySnapshot
+from gpufleet.planning.zone_loss import NodeLoss, recent
+
+
+class CapacityStore:
+    def __init__(
+        self,
+        capacity_type_label: str,
+        spot_value: str,
+        notice: timedelta,
+        zone_loss_window: timedelta,
+    ) -> None:
+        self._label = capacity_type_label
+        self._spot = spot_value
+        self.notice = notice
+        self.zone_loss_window = zone_loss_window
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeInfo] = {}
+        self._by_instance: dict[str, str] = {}
+        self._node_dooms: dict[str, tuple[Doom, ...]] = {}
+        self._cloud_dooms: dict[str, Doom] = {}
+        self._pods: dict[str, dict[str, Key]] = {}  # node → pod → owning ModelDeployment
+        self._losses: list[NodeLoss] = []
+
+    # --- nodes -----------------------------------------------------------------------------------
+
+    def update_node(self, node: Mapping[str, Any], now: datetime) -> bool:
+        """Record a node as the watch sees it; True when its dooms changed (reconcile its models)."""
+        name = node.get("metadata", {}).get("name", "")
+        with self._lock:
+            before = self._node_dooms.get(name, ())
+        reading = read_node(
+            node,
+            capacity_type_label=self._label,
+            spot_value=self._spot,
+            notice=self.notice,
+            now=now,
+            dooms_before=before,
+        )
+        info = reading.info
+        with self._lock:
+            old = self._nodes.get(name)
+            self._nodes[name] = info
+            if info.instance_id:
+                self._by_instance[info.instance_id] = name
+            self._node_dooms[name] = reading.dooms
+            if old is not None and old.ready and not info.ready:
+                self._lose(NodeLoss(now, name, info.zone, info.capacity_type), now)
+        return [(d.kind, d.deadline) for d in before] != [(d.kind, d.deadline) for d in reading.dooms]
+
+    def delete_node(self, name: str, now: datetime) -> None:
+        """A node gone without warning is a loss; with a warning its doom stays until the pods are gone."""
+        with self._lock:
+            info = self._nodes.pop(name, None)
+            self._node_dooms.pop(name, None)
+            self._pods.pop(name, None)
+            if info is None:
+                return
+            self._by_instance.pop(info.instance_id, None)
+            self._lose(NodeLoss(now, name, info.zone, info.capacity_type), now)
+            if name not in self._cloud_dooms:
+                self._cloud_dooms[name] = lost_without_warning(info, now)
+
+    def _lose(self, loss: NodeLoss, now: datetime) -> None:
+        # Older losses no longer count for the zone-loss rule; keeping them would only grow.
+        self._losses = [*recent(self._losses, now, self.zone_loss_window), loss]
+
+    def zones(self) -> set[str]:
+        """Zones of the nodes known now."""
+        with self._lock:
+            return {n.zone for n in self._nodes.values() if n.zone}
+
+    def node_for_instance(self, instance_id: str) -> NodeInfo | None:
+        with self._lock:
+            name = self._by_instance.get(instance_id)
+            return self._nodes.get(name) if name else None
+
+    # --- cloud events ----------------------------------------------------------------------------
+
+    def record_cloud(self, signal: CapacitySignal) -> NodeInfo | None:
+        """Attach an SQS signal to its node; None when no node of this cluster has that instance."""
+        node = self.node_for_instance(signal.instance_id or "")
+        if node is None:
+            return None
+        doom = doom_of(node, signal)
+        with self._lock:
+            if doom.supersedes(self._cloud_dooms.get(node.name)):
+                self._cloud_dooms[node.name] = doom
+        return node
+
+    def forget_cloud(self, older_than: datetime) -> None:
+        """Drop cloud dooms whose node is gone and whose deadline passed long ago."""
+        with self._lock:
+            for name, doom in list(self._cloud_dooms.items()):
+                if name not in self._nodes and (doom.deadline or doom.since) < older_than:
+                    del self._cloud_dooms[name]
+
+    # --- pods ------------------------------------------------------------------------------------
+
+    def update_pod(self, key: Key, pod: str, node: str | None) -> None:
+        with self._lock:
+            self._drop_pod(pod)
+            if node:
+                self._pods.setdefault(node, {})[pod] = key
+
+    def delete_pod(self, pod: str) -> None:
+        with self._lock:
+            self._drop_pod(pod)
+
+    def _drop_pod(self, pod: str) -> None:
+        for node in [n for n, pods in self._pods.items() if pods.pop(pod, None) is not None and not pods]:
+            del self._pods[node]  # an empty entry per node ever seen would grow without bound
+
+    def models_on(self, node: str) -> set[Key]:
+        with self._lock:
+            return set(self._pods.get(node, {}).values())
+
+    # --- what a reconcile reads ------------------------------------------------------------------
+
+    def snapshot(self, now: datetime) -> CapacitySnapshot:
+        with self._lock:
+            return CapacitySnapshot(
+                cloud_dooms=tuple(self._cloud_dooms.values()),
+                node_dooms=tuple(d for dooms in self._node_dooms.values() for d in dooms),
+                losses=tuple(recent(self._losses, now, self.zone_loss_window)),
+                ready_zones=frozenset(n.zone for n in self._nodes.values() if n.ready and n.zone),
+            )

@@ -1,0 +1,294 @@
+"""The composition root: settings → every part of one operator process, wired together, started, stopped.
+
+The only module that knows every part. The kopf layer (gpufleet.handlers)
+builds an `Operator` at startup and forwards watch events to it; everything
+else receives what it needs from here. Threads and tasks it starts:
+
+- the work queue's workers on the event loop (each reconcile in a thread),
+- the autoscale sweep on the event loop (evaluations on a thread pool),
+- leader election, the interruption queue consumer and the spot price
+  refresh, each a daemon thread that acts only while this replica leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gpufleet.adapters.kube import RestKubeApi, load_api_client
+from gpufleet.adapters.serving_metrics import PrometheusMetrics
+from gpufleet.config import Settings
+from gpufleet.planning.observe import Key, version_of
+from gpufleet.runtime import operator_metrics as metrics
+from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
+from gpufleet.runtime.capacity_store import CapacityStore
+from gpufleet.runtime.interruptions import InterruptionConsumer
+from gpufleet.runtime.leader import LeaderElector
+from gpufleet.runtime.prices import SpotPriceRefresher
+from gpufleet.runtime.reconciler import Reconciler
+from gpufleet.runtime.work_queue import WorkQueue
+
+log = logging.getLogger("gpufleet")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Operator:
+    """One operator process: built by `build`, started once the event loop runs."""
+
+    def __init__(self, settings: Settings, kube: RestKubeApi) -> None:
+        self.settings = settings
+        self.kube = kube
+        options = settings.workload_options()
+        self.capacity = CapacityStore(
+            options.capacity_type_label,
+            options.spot_value,
+            notice=timedelta(seconds=settings.spot_notice_seconds),
+            zone_loss_window=timedelta(seconds=settings.zone_loss_window_seconds),
+        )
+        self.reconciler = Reconciler(
+            kube,
+            settings.reconcile_policy(),
+            clock=utcnow,
+            capacity=self.capacity if settings.spot_failover else None,
+            prices=settings.price_books(),
+        )
+        reader = (
+            PrometheusMetrics(
+                settings.prometheus_url, settings.metric_queries(), connections=settings.autoscale_concurrency
+            )
+            if settings.prometheus_url
+            else None
+        )
+        self.autoscaler = Autoscaler(kube, reader, clock=utcnow, timings=settings.scaling_timings())
+        self.queue = WorkQueue(self._work, settings.workers, settings.resync_seconds)
+        self.leading = threading.Event()
+        self._elector: LeaderElector | None = None
+        self._stoppables: list[threading.Event] = []
+        self._autoscale_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        self._start_leader_election(loop)
+        self.queue.start()
+        self._autoscale_task = loop.create_task(self._autoscale_sweeps())
+        if settings.interruption_queue_url and settings.spot_failover:
+            self._start_consumer(loop)
+        if settings.spot_price_refresh_seconds and settings.prices:
+            self._start_price_refresh()
+        metrics.serve(settings.metrics_port)
+        log.info(
+            "gpufleet started: %d workers, resync every %.0fs", settings.workers, settings.resync_seconds
+        )
+
+    async def stop(self) -> None:
+        for stopped in self._stoppables:
+            stopped.set()
+        if self._elector is not None:
+            await asyncio.to_thread(self._elector.release)
+        if self._autoscale_task is not None:
+            self._autoscale_task.cancel()
+        await self.queue.stop()
+
+    # --- watch events (from the kopf layer) ------------------------------------------------------
+
+    def model_deployment_changed(self, key: Key, body: Mapping[str, Any] | None) -> None:
+        """The latest body of a ModelDeployment; None once it is deleted."""
+        self.queue.set_body(key, body)
+        if body is None:
+            self.reconciler.forget(key)
+            metrics.forget_model_deployment(*key)
+
+    def owned_deployment_changed(self, key: Key) -> None:
+        self.queue.enqueue(key)
+
+    def owned_pod_changed(self, key: Key, pod_id: str, node: str | None, deleted: bool) -> None:
+        if deleted:
+            self.capacity.delete_pod(pod_id)
+        else:
+            self.capacity.update_pod(key, pod_id, node)
+        self.queue.enqueue(key)
+
+    def node_changed(self, name: str, node: Mapping[str, Any] | None) -> None:
+        """Node taints, readiness and deletion are capacity signals that need no cloud access."""
+        now = utcnow()
+        if node is None:
+            self.capacity.delete_node(name, now)
+            # Signals of nodes long gone have been persisted by the models they hit; drop them here.
+            self.capacity.forget_cloud(now - timedelta(hours=1))
+            changed = True
+        else:
+            changed = self.capacity.update_node(node, now)
+        if changed:
+            for key in self.capacity.models_on(name):
+                self.queue.enqueue(key)
+
+    def owned_object_changed(self, key: Key, kind: str, name: str, obj: Mapping[str, Any] | None) -> None:
+        """A Service or PDB event: reconcile unless it is the echo of gpufleet's own last write."""
+        if obj is not None and self.reconciler.applied_version(key, kind, name) == version_of(obj):
+            return
+        self.reconciler.invalidate(key, kind, name)
+        self.queue.enqueue(key)
+
+    # --- the work --------------------------------------------------------------------------------
+
+    def _work(self, key: Key, body: Mapping[str, Any]) -> None:
+        if not self.leading.is_set():
+            return  # a standby keeps its caches warm and acts once it leads
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                plan = self.reconciler.reconcile(body)
+            except Exception:
+                metrics.RECONCILES.labels(result="error").inc()
+                raise
+        metrics.record_reconcile(key, plan)
+        metrics.MANAGED.set(len(self.queue.bodies))
+        metrics.QUEUE_DEPTH.set(self.queue.depth)
+        if plan.requeue_after is not None:
+            self.queue.enqueue_after(key, plan.requeue_after)
+
+    async def _autoscale_sweeps(self) -> None:
+        """Evaluate every known ModelDeployment with autoscaling on, every interval.
+
+        Sweeps start on a fixed grid, so a slow sweep does not push every later one back; one that takes
+        longer than the interval is followed by the next at once (and shows in the sweep histogram).
+        """
+        interval = self.settings.autoscale_interval_seconds
+        # When each model last had every signal; a model never seen with them counts from the first look.
+        last_complete: dict[Key, datetime] = {}
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(
+            max_workers=self.settings.autoscale_concurrency, thread_name_prefix="autoscaler"
+        )
+        next_sweep = loop.time() + interval
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, next_sweep - loop.time()))
+                started = loop.time()
+                next_sweep = max(next_sweep + interval, started)
+                if not self.leading.is_set():
+                    continue
+                results = await evaluate_all(dict(self.queue.bodies), self.autoscaler.evaluate, executor)
+                metrics.AUTOSCALER_SWEEP_SECONDS.observe(loop.time() - started)
+                for key, decision in results.items():
+                    if isinstance(decision, Exception):
+                        log.error(
+                            "autoscaling %s/%s failed; replicas left as they are", *key, exc_info=decision
+                        )
+                        continue
+                    if decision is None:
+                        continue
+                    metrics.SCALE_DECISIONS.labels(reason=decision.reason).inc()
+                    now = utcnow()
+                    if decision.active or key not in last_complete:
+                        last_complete[key] = now
+                    age = (now - last_complete[key]).total_seconds()
+                    metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
+                for gone in set(last_complete) - set(self.queue.bodies):
+                    del last_complete[gone]
+        finally:
+            # Evaluations under way finish; none start after the loop is cancelled.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- background threads ----------------------------------------------------------------------
+
+    def _start_leader_election(self, loop: asyncio.AbstractEventLoop) -> None:
+        settings = self.settings
+        metrics.LEADER.set(0 if settings.leader_election else 1)
+        if not settings.leader_election:
+            self.leading.set()
+            return
+
+        def resync() -> None:
+            # Whatever the watches saw while standing by is reconciled once this replica leads.
+            for key in list(self.queue.bodies):
+                loop.call_soon_threadsafe(self.queue.enqueue, key)
+
+        self._elector = LeaderElector(
+            self.kube,
+            settings.leader_election_namespace,
+            settings.leader_election_name,
+            settings.pod_name or socket.gethostname(),
+            utcnow,
+            on_started_leading=resync,
+        )
+        self.leading = self._elector.leading
+        threading.Thread(target=self._elector.run, name="leader-election", daemon=True).start()
+
+    def _start_price_refresh(self) -> None:
+        refresher = price_refresher(self.settings, self.reconciler, self.capacity, self.leading)
+        self._stoppables.append(refresher.stopped)
+        threading.Thread(target=refresher.run, name="spot-prices", daemon=True).start()
+
+    def _start_consumer(self, loop: asyncio.AbstractEventLoop) -> None:
+        # boto3 is imported only when a queue is configured: clusters without AWS never load it.
+        from gpufleet.adapters.sqs import InterruptionQueue
+
+        settings = self.settings
+        sqs = InterruptionQueue(
+            settings.interruption_queue_url or "", settings.aws_region, settings.aws_endpoint_url
+        )
+
+        def enqueue(key: Key) -> None:
+            loop.call_soon_threadsafe(self.queue.enqueue, key)
+
+        consumer = InterruptionConsumer(
+            sqs,
+            self.capacity,
+            enqueue,
+            utcnow,
+            settings.interruption_queue_max_backoff_seconds,
+            self.leading,
+            wait_seconds=settings.interruption_queue_wait_seconds,
+            visibility_seconds=settings.interruption_queue_visibility_seconds,
+        )
+        self._stoppables.append(consumer.stopped)
+        threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()
+        log.info("reading capacity signals from %s (%s)", sqs.queue_url, sqs.region)
+
+
+def price_refresher(
+    settings: Settings, reconciler: Reconciler, capacity: CapacityStore, leading: threading.Event
+) -> SpotPriceRefresher:
+    """The spot price refresh, in the queue's region; refused at start when no region is known."""
+    from gpufleet.adapters.prices import latest_spot_prices
+    from gpufleet.adapters.sqs import resolve_region
+
+    # The queue's region is the cluster's: EventBridge delivers a region's EC2 events in that region.
+    region = resolve_region(settings.aws_region, settings.interruption_queue_url)
+    if region is None:
+        # Refused at start, like a queue without a region: a refresher that can never succeed would
+        # only log, and the prices would silently stay the configured ones.
+        raise ValueError(
+            "spot price refresh is on (GPUFLEET_SPOT_PRICE_REFRESH_SECONDS="
+            f"{settings.spot_price_refresh_seconds}) but no AWS region is known: set GPUFLEET_AWS_REGION "
+            "(chart value spot.awsRegion) or AWS_REGION, or set spot.priceRefreshSeconds to 0"
+        )
+
+    def fetch(instance_types: list[str], zones: list[str], now: datetime) -> dict[tuple[str, str], float]:
+        return latest_spot_prices(
+            instance_types, zones, region=region, endpoint_url=settings.aws_endpoint_url, now=now
+        )
+
+    return SpotPriceRefresher(
+        reconciler, capacity.zones, fetch, utcnow, settings.spot_price_refresh_seconds, leading
+    )
+
+
+def build(settings: Settings) -> Operator:
+    """The operator for these settings, with one Kubernetes client shared by everything in it."""
+    # Reconcile workers, autoscaler evaluations and the few background loops share one client.
+    connections = settings.workers + settings.autoscale_concurrency + 4
+    kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.KUBE_REQUESTS.inc)
+    return Operator(settings, kube)

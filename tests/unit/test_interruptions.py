@@ -1,0 +1,78 @@
+"""The interruption queue consumer: every message read is recorded or counted, and deleted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from gpufleet.adapters.sqs import QueueMessage
+from gpufleet.runtime import operator_metrics as metrics
+from gpufleet.runtime.interruptions import InterruptionConsumer
+from tests.unit.spot_objects import FakeQueue, instance, node, store, warning_body
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_every_message_is_deleted_and_counted_whatever_it_is() -> None:
+    s = store()
+    s.update_node(node("n1", "us-east-1b"), NOW)
+    s.update_pod(("ml", "llama"), "ml/p1", "n1")
+    enqueued: list[tuple[str, str]] = []
+    messages = [
+        QueueMessage("1", "r1", warning_body(instance("n1"))),
+        QueueMessage("2", "r2", "{not json"),
+        QueueMessage("3", "r3", warning_body(instance("n1"), region="eu-west-1")),
+        QueueMessage("4", "r4", warning_body(instance("elsewhere"))),
+    ]
+    queue = FakeQueue([messages])
+    consumer = InterruptionConsumer(queue, s, enqueued.append, lambda: NOW)
+    before = _counts()
+    assert consumer.poll_once() == 4
+    assert queue.asked == (20, 20)  # Karpenter's long poll and visibility by default
+    assert queue.deleted == ["r1", "r2", "r3", "r4"]
+    assert enqueued == [("ml", "llama")]
+    after = _counts()
+    assert {k: after[k] - before[k] for k in after} == {
+        "handled": 1,
+        "malformed": 1,
+        "foreign": 1,
+        "no-node": 1,
+    }
+    assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1
+
+
+def _counts() -> dict[str, float]:
+    totals = dict.fromkeys(("handled", "malformed", "foreign", "no-node"), 0.0)
+    for sample_ in metrics.INTERRUPTION_EVENTS.collect()[0].samples:
+        outcome = sample_.labels["outcome"]
+        if sample_.name.endswith("_total") and outcome in totals:
+            totals[outcome] += sample_.value
+    return totals
+
+
+def test_an_unreachable_queue_is_reported_and_retried() -> None:
+    queue = FakeQueue([[]], fail=2)
+    consumer = InterruptionConsumer(queue, store(), lambda key: None, lambda: NOW, max_backoff_seconds=0.01)
+    with pytest.raises(ConnectionError):
+        consumer.poll_once()
+    assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1  # set only by a run loop's failure handling
+
+    waits: list[float] = []
+
+    def stop_after_recovery(delay: float) -> bool:
+        waits.append(delay)
+        return False
+
+    consumer.stopped.wait = stop_after_recovery  # type: ignore[method-assign]
+    original = queue.receive
+
+    def receive_then_stop(wait_seconds: int = 20, visibility_timeout: int = 20) -> list[QueueMessage]:
+        result = original(wait_seconds=wait_seconds, visibility_timeout=visibility_timeout)
+        consumer.stopped.set()
+        return result
+
+    queue.receive = receive_then_stop  # type: ignore[method-assign]
+    consumer.run()
+    assert waits == [0.01]  # one failure left: backed off once, then read, then stopped
+    assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1

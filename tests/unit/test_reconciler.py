@@ -1,0 +1,287 @@
+"""The reconcile executor against an in-memory API: what is written, in which order, and when nothing is.
+
+The decisions are specified by the plan's tests (test_reconcile.py); these check that the runtime carries
+them out and remembers its own writes, so a steady state costs no write and a restart no false alarm.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gpufleet.adapters.sqs import QueueMessage
+from gpufleet.planning.cost import ProductPrices
+from gpufleet.planning.reconcile import ReconcilePlan
+from gpufleet.runtime.interruptions import InterruptionConsumer
+from gpufleet.runtime.reconciler import Reconciler
+from tests.unit.fake_kube import FakeKube
+from tests.unit.helpers import reconcile_policy, sample
+from tests.unit.spot_objects import FakeQueue, instance, node, pod_object, store, warning_body
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def reconciler(kube: FakeKube) -> Reconciler:
+    return Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+
+
+def applied(plan: ReconcilePlan) -> list[str]:
+    return [f"{a.obj['kind']}/{a.obj['metadata']['name']}" for a in plan.applies]
+
+
+def deleted(plan: ReconcilePlan) -> list[str]:
+    return [r.name for r in plan.removals]
+
+
+def drained(plan: ReconcilePlan) -> list[tuple[str, str]]:
+    return [(d.pod, d.reason) for d in plan.drains]
+
+
+def deployments(kube: FakeKube) -> dict[str, int]:
+    return {
+        name: o["spec"]["replicas"] for (kind, _, name), o in kube.objects.items() if kind == "Deployment"
+    }
+
+
+def test_first_reconcile_applies_groups_service_and_pdb(kube: FakeKube, reconciler: Reconciler) -> None:
+    plan = reconciler.reconcile(sample())
+    assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1, "llama-3-70b-us-east-1b-spot": 1}
+    assert sorted(applied(plan)) == [
+        "Deployment/llama-3-70b-us-east-1a-on-demand",
+        "Deployment/llama-3-70b-us-east-1b-spot",
+        "PodDisruptionBudget/llama-3-70b",
+        "Service/llama-3-70b",
+    ]
+    assert plan.status.patch is not None
+    assert kube.last_status["desiredReplicas"] == 2
+    assert [e[1] for e in kube.events] == ["CreatedGroup", "CreatedGroup"]
+
+
+def test_steady_state_reconcile_writes_nothing(kube: FakeKube, reconciler: Reconciler) -> None:
+    body = sample()
+    for _ in range(2):  # the first status is computed before the Deployments existed
+        reconciler.reconcile(body)
+        body["status"] = kube.last_status
+    applies, patches = len(kube.applies), kube.status_patches
+    plan = reconciler.reconcile(body)
+    assert applied(plan) == []
+    assert (len(kube.applies), kube.status_patches) == (applies, patches)
+
+
+def test_scaling_adds_and_removes_groups(kube: FakeKube, reconciler: Reconciler) -> None:
+    reconciler.reconcile(sample(replicas=5))
+    assert len(deployments(kube)) == 5
+    plan = reconciler.reconcile(sample(replicas=2))
+    assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1, "llama-3-70b-us-east-1b-spot": 1}
+    assert sorted(deleted(plan)) == [
+        "llama-3-70b-us-east-1a-spot",
+        "llama-3-70b-us-east-1c-on-demand",
+        "llama-3-70b-us-east-1c-spot",
+    ]
+    assert "RemovedGroup" in [e[1] for e in kube.events]
+
+
+def test_drift_is_reverted_and_reported(kube: FakeKube, reconciler: Reconciler) -> None:
+    reconciler.reconcile(sample())
+    name = "llama-3-70b-us-east-1b-spot"
+    kube.edit("Deployment", "ml", name, lambda o: o["spec"].update(replicas=7))
+    plan = reconciler.reconcile(sample())
+    assert applied(plan) == [f"Deployment/{name}"]
+    assert deployments(kube)[name] == 1
+    assert kube.events[-1][1] == "RevertedDrift"
+
+
+def test_deleted_group_is_restored(kube: FakeKube, reconciler: Reconciler) -> None:
+    reconciler.reconcile(sample())
+    kube.objects.pop(("Deployment", "ml", "llama-3-70b-us-east-1a-on-demand"))
+    reconciler.reconcile(sample())
+    assert "llama-3-70b-us-east-1a-on-demand" in deployments(kube)
+    assert kube.events[-1][1] == "RestoredGroup"
+
+
+def test_restart_reapplies_quietly_without_claiming_drift(kube: FakeKube) -> None:
+    Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
+    events = len(kube.events)
+    fresh = Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+    fresh.reconcile(sample())
+    assert len(kube.events) == events
+    assert len(deployments(kube)) == 2
+
+
+def test_invalid_spec_touches_no_workload(kube: FakeKube, reconciler: Reconciler) -> None:
+    reconciler.reconcile(sample())
+    before = copy.deepcopy(kube.objects)
+    applies = len(kube.applies)
+    broken = sample()
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    plan = reconciler.reconcile(broken)
+    assert not plan.valid
+    assert kube.objects == before
+    assert len(kube.applies) == applies
+    assert kube.deletes == []
+    valid = next(c for c in kube.last_status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False"
+    assert "use tensorParallelSize: 4" in valid["message"]
+    assert kube.events[-1][:2] == ("Warning", "InvalidSpec")
+
+
+def test_replicas_past_max_are_clamped_not_invalid(kube: FakeKube, reconciler: Reconciler) -> None:
+    plan = reconciler.reconcile(sample(replicas=20))
+    assert plan.valid
+    assert sum(deployments(kube).values()) == 12
+    limited = next(c for c in kube.last_status["conditions"] if c["type"] == "ScalingLimited")
+    assert (limited["status"], limited["reason"]) == ("True", "TooManyReplicas")
+    assert ("Warning", "TooManyReplicas") in [e[:2] for e in kube.events]
+
+
+def test_deployment_owned_by_someone_else_is_left_alone(kube: FakeKube, reconciler: Reconciler) -> None:
+    foreign = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "llama-3-70b-handmade",
+            "namespace": "ml",
+            "labels": {"gpufleet.io/model-deployment": "llama-3-70b"},
+            "ownerReferences": [{"uid": "someone-else"}],
+        },
+        "spec": {"replicas": 1},
+    }
+    kube.apply(foreign)
+    reconciler.reconcile(sample())
+    assert "llama-3-70b-handmade" in deployments(kube)
+    assert kube.deletes == []
+
+
+def test_a_reconcile_keeps_the_doomed_replica_until_its_replacement_is_ready_then_drains_it() -> None:
+    kube, s = FakeKube(), store()
+    clock = [NOW]
+    reconciler = Reconciler(
+        kube,
+        reconcile_policy(),
+        clock=lambda: clock[0],
+        capacity=s,
+        prices={"NVIDIA-A100-SXM4-80GB": A100},
+    )
+    capacity = {
+        "zones": ["us-east-1a", "us-east-1b", "us-east-1c"],
+        "onDemandReplicas": 1,
+        "spotPercent": 100,
+    }
+    body = sample(replicas=3, capacity=capacity)  # us-east-1a on-demand, 1b spot, 1c spot
+    reconciler.reconcile(body)
+    assert deployments(kube) == {
+        "llama-3-70b-us-east-1a-on-demand": 1,
+        "llama-3-70b-us-east-1b-spot": 1,
+        "llama-3-70b-us-east-1c-spot": 1,
+    }
+    for zone, capacity in (("us-east-1a", "on-demand"), ("us-east-1b", "spot"), ("us-east-1c", "spot")):
+        s.update_node(node(f"n-{zone}", zone, capacity), NOW)
+        kube.objects[("Pod", "ml", f"p-{zone}")] = pod_object(f"p-{zone}", zone, capacity, f"n-{zone}")
+    consumer = InterruptionConsumer(FakeQueue([]), s, lambda key: None, lambda: NOW)
+    consumer.handle(QueueMessage("m", "r", warning_body(instance("n-us-east-1b"))))
+
+    body["status"] = kube.last_status
+    plan = reconciler.reconcile(body)
+    # spot in 1b cools down: the replacement goes to 1a spot, the doomed replica keeps serving
+    assert deployments(kube) == {
+        "llama-3-70b-us-east-1a-on-demand": 1,
+        "llama-3-70b-us-east-1a-spot": 1,
+        "llama-3-70b-us-east-1b-spot": 1,
+        "llama-3-70b-us-east-1c-spot": 1,
+    }
+    assert drained(plan) == []
+    assert plan.requeue_after == pytest.approx(60)
+    status = kube.last_status
+    assert status["spot"]["interruptionsHandled"] == 1
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["SpotInterrupted"] == ("True", "SpotInterruption")
+    assert conditions["ZoneDegraded"] == ("True", "SpotCoolingDown")
+    assert status["cost"]["perHour"] > 0
+    assert any(reason == "SpotInterruption" for _, reason, _ in kube.events)
+
+    # the replacement is ready
+    kube.objects[("Pod", "ml", "p-new")] = pod_object("p-new", "us-east-1a", "spot", "n-us-east-1a")
+    body["status"] = kube.last_status
+    clock[0] = NOW + timedelta(seconds=20)
+    plan = reconciler.reconcile(body)
+    assert drained(plan) == [("p-us-east-1b", "replaced")]
+    assert "Pod/p-us-east-1b" in kube.deletes
+    assert "llama-3-70b-us-east-1b-spot" not in deployments(kube)
+    interrupted = next(c for c in kube.last_status["conditions"] if c["type"] == "SpotInterrupted")
+    assert interrupted["status"] == "True"
+    assert "1 draining now" in interrupted["message"]
+    # once the drained pod is gone, the interruption is over
+    body["status"] = kube.last_status
+    reconciler.reconcile(body)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in kube.last_status["conditions"]}
+    assert conditions["SpotInterrupted"] == ("False", "NoneInProgress")
+
+
+def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_spot_and_cost_alone() -> None:
+    kube, s = FakeKube(), store()
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW, capacity=s)
+    body = sample()
+    # As a restarted operator finds it: a fallback that has ended since, and a price no longer known.
+    body["status"] = {
+        "spot": {"interruptionsHandled": 1, "fallbackSince": "2026-11-22T11:00:00Z"},
+        "cost": {"currency": "USD", "perHour": 41.2, "message": "old"},
+    }
+    reconciler.reconcile(body)
+    assert kube.last_status["spot"]["fallbackSince"] is None
+    assert "fallbackSince" not in kube.stored_status["spot"]
+    assert kube.last_status["cost"]["perHour"] is None
+    assert kube.stored_status["spot"]["interruptionsHandled"] == 1
+
+    broken = sample()
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["status"] = kube.stored_status
+    reconciler.reconcile(broken)
+    assert "spot" not in kube.last_status
+    assert "cost" not in kube.last_status
+
+
+A100 = ProductPrices(on_demand=27.45, gpus_per_instance=8, spot={"a": 11.8, "b": 12.6}, instance_type="p4de")
+
+
+def test_pods_are_drained_before_any_count_is_lowered_and_events_follow_their_writes(kube: FakeKube) -> None:
+    calls: list[str] = []
+    for name in ("delete", "apply", "patch_status", "create_event"):
+        original = getattr(kube, name)
+
+        def recorded(*args: object, _name: str = name, _original: object = original) -> object:
+            calls.append(_name)
+            return _original(*args)  # type: ignore[operator]
+
+        setattr(kube, name, recorded)
+    Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
+    # two Deployments, each followed by its event, then the Service and PDB, then status
+    assert calls == ["apply", "create_event", "apply", "create_event", "apply", "apply", "patch_status"]
+
+
+def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(kube: FakeKube) -> None:
+    def refuse(*_: object) -> None:
+        raise ConnectionError("events API down")
+
+    kube.create_event = refuse  # type: ignore[method-assign]
+    plan = Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
+    assert len(plan.applies) == 4
+    assert kube.status_patches == 1
+
+
+def test_a_forgotten_object_is_applied_again(kube: FakeKube, reconciler: Reconciler) -> None:
+    reconciler.reconcile(sample())
+    body = sample()
+    body["status"] = kube.last_status
+    assert reconciler.reconcile(body).applies == ()
+    reconciler.invalidate(("ml", "llama-3-70b"), "Service", "llama-3-70b")
+    assert applied(reconciler.reconcile(body)) == ["Service/llama-3-70b"]
+    reconciler.forget(("ml", "llama-3-70b"))
+    assert reconciler.applied_version(("ml", "llama-3-70b"), "Service", "llama-3-70b") is None

@@ -1,8 +1,8 @@
 """Capacity signals: EventBridge messages from the interruption queue and Node objects → `CapacitySignal`s.
 
 Pure: no I/O, no clock (`now` is an argument). The failover planner consumes the
-signals; the handler loop feeds `parse_message` with SQS bodies and
-`node_signals` with Node objects as read from the API server.
+signals; the runtime's interruption queue loop feeds `parse_message` with SQS
+bodies, and its capacity store `node_signals` with Node objects from the watch.
 
 Messages (REFERENCE.md "Spot interruption signals", lines 9-15). EventBridge's
 SQS target delivers the event JSON itself as the body; we read

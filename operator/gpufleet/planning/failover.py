@@ -1,7 +1,8 @@
 """Capacity signals + the model's pods → where replicas go, what to keep, what to drain.
 
-`plan_failover()` is pure: the handler maps SQS messages and node state to
-`Doom`s (gpufleet.planning.capacity_signals), passes the clock in, persists
+`plan_failover()` is pure: SQS messages and node state become `Doom`s
+(gpufleet.planning.capacity_signals, .nodes); the reconcile plan
+(gpufleet.planning.reconcile) passes them and the clock in, persists
 `FailoverPlan.state` in status.spot and applies `FailoverPlan.groups`.
 
 Rules, in order:

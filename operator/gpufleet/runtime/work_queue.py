@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-log = logging.getLogger("gpufleet.queue")
+from gpufleet.planning.observe import Key
 
-Key = tuple[str, str]
+log = logging.getLogger("gpufleet.queue")
 
 
 class WorkQueue:

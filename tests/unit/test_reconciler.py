@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gpufleet.adapters.kube import KubeError
 from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.planning.cost import ProductPrices
 from gpufleet.planning.reconcile import ReconcilePlan
@@ -285,3 +286,49 @@ def test_a_forgotten_object_is_applied_again(kube: FakeKube, reconciler: Reconci
     assert applied(reconciler.reconcile(body)) == ["Service/llama-3-70b"]
     reconciler.forget(("ml", "llama-3-70b"))
     assert reconciler.applied_version(("ml", "llama-3-70b"), "Service", "llama-3-70b") is None
+
+
+def test_an_api_server_that_refuses_mid_plan_leaves_nothing_lost_and_the_next_reconcile_finishes(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    original, calls = kube.apply, []
+
+    def refuse_the_second(obj: dict[str, object]) -> dict[str, object]:
+        calls.append(obj)
+        if len(calls) == 2:
+            raise KubeError(503, "the API server is restarting")
+        return original(obj)
+
+    kube.apply = refuse_the_second  # type: ignore[method-assign]
+    with pytest.raises(KubeError):
+        reconciler.reconcile(sample())
+    assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1}  # nothing removed, nothing else
+    assert kube.status_patches == 0  # no status claims what was not done
+    kube.apply = original  # type: ignore[method-assign]
+    plan = reconciler.reconcile(sample())
+    assert applied(plan) == [
+        "Deployment/llama-3-70b-us-east-1b-spot",
+        "Service/llama-3-70b",
+        "PodDisruptionBudget/llama-3-70b",
+    ]
+    assert [e[1] for e in kube.events] == ["CreatedGroup", "CreatedGroup"]  # one per group, no repeat
+    assert kube.status_patches == 1
+
+
+def test_status_the_watch_has_not_shown_yet_is_not_taken_back(kube: FakeKube) -> None:
+    store_ = store()
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW, capacity=store_)
+    body = sample()
+    for zone, kind in (("us-east-1a", "on-demand"), ("us-east-1b", "spot")):
+        store_.update_node(node(f"n-{zone}", zone, kind), NOW)
+        kube.objects[("Pod", "ml", f"p-{zone}")] = pod_object(f"p-{zone}", zone, kind, f"n-{zone}")
+    consumer = InterruptionConsumer(FakeQueue([]), store_, lambda key: None, lambda: NOW)
+    consumer.handle(QueueMessage("m", "r", warning_body(instance("n-us-east-1b"))))
+    reconciler.reconcile(body)
+    assert kube.last_status["spot"]["interruptionsHandled"] == 1
+    # The watch still delivers the body without that status: what this operator wrote last is the
+    # newer state, so the interruption is neither forgotten nor counted a second time.
+    reconciler.reconcile(body)
+    assert kube.stored_status["spot"]["interruptionsHandled"] == 1
+    assert [d["node"] for d in kube.stored_status["spot"]["doomedNodes"]] == ["n-us-east-1b"]
+    assert [e[1] for e in kube.events].count("SpotInterruption") == 1

@@ -96,3 +96,12 @@ def test_the_connection_pool_holds_as_many_connections_as_evaluations_run_at_onc
     # prometheus-api-client keeps 10; more evaluations at once would reconnect on every query.
     metrics = PrometheusMetrics(url, connections=24)
     assert metrics.session.get_adapter(url).poolmanager.connection_pool_kw["maxsize"] == 24
+
+
+def test_a_model_name_cannot_leave_its_string_in_the_query(prometheus: str) -> None:
+    # Stored before servedName was validated: read as one (odd) name, never as more PromQL.
+    hostile = 'x"}) + sum(foo{namespace="other"}) #\\'
+    PrometheusMetrics(prometheus).read("ml", hostile, ["p-1"], mig=False, now=NOW)
+    assert _Stub.queries[0] == (
+        'sum(vllm:num_requests_waiting{namespace="ml",model_name="x\\"}) + sum(foo{namespace=\\"other\\"}) #\\\\"})'
+    )

@@ -75,6 +75,7 @@ VALID_CASES = {
         }
     },
     "status is ignored": {"status": {"replicas": "garbage"}},
+    "hugging face served name": {"spec__model__servedName": "meta-llama/Meta-Llama-3-70B-Instruct@v1.0+fp8"},
 }
 
 
@@ -85,6 +86,17 @@ def test_valid_manifests(changes: dict[str, Any]) -> None:
 
 # (changes, field path, words the message must contain)
 INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
+    # pasted into the autoscaler's PromQL, it would read another namespace's metrics into this status
+    "served name that leaves its PromQL string": (
+        {"spec__model__servedName": 'x"}) + sum(foo{namespace="other"}) #'},
+        "spec.model.servedName",
+        ("not a served model name", "letters, digits"),
+    ),
+    "served name with a space": (
+        {"spec__model__servedName": "llama 3"},
+        "spec.model.servedName",
+        ("not a served model name",),
+    ),
     "tp 3": (
         {"spec__accelerator__tensorParallelSize": 3},
         "spec.accelerator.tensorParallelSize",

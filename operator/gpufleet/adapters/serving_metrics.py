@@ -56,6 +56,15 @@ class MetricsReader(Protocol):
     ) -> ModelMetrics: ...
 
 
+def _in_string(value: str) -> str:
+    """`value` made safe inside a PromQL double-quoted string: a quote or backslash cannot end it early.
+
+    Validation already limits servedName to safe characters; this holds for objects stored before that
+    rule, and for whatever else reaches a template.
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _pod_regex(pods: Sequence[str]) -> str:
     # Exact names from the API server: a prefix match could take another model's pods.
     return "|".join(p.replace(".", "\\\\.") for p in pods) or "^$"
@@ -94,7 +103,7 @@ class PrometheusMetrics:
         return float(result[0]["value"][1])
 
     def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
-        values = {"namespace": namespace, "model": model, "pods": _pod_regex(pods)}
+        values = {"namespace": _in_string(namespace), "model": _in_string(model), "pods": _pod_regex(pods)}
         try:
             gpu_query = self.queries.mig_utilization if mig else self.queries.gpu_utilization
             return ModelMetrics(

@@ -34,6 +34,9 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 MODEL_URI_PATTERN = r"^(hf|s3|pvc)://[^/\s]+(/\S*)?$"
 MIG_PROFILE_PATTERN = r"^[1-7]g\.[0-9]+gb$"
+# Hugging Face style names (org/name, versions, tags) and nothing that could leave a PromQL string
+# literal or a label value: the autoscaler queries vLLM's metrics by this name.
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 
 
 class _Model(BaseModel):
@@ -71,8 +74,10 @@ class ModelSource(_Model):
         Field(
             description=(
                 "Model name clients send in the OpenAI API (`model` field). "
-                "Defaults to the ModelDeployment's metadata.name."
+                "Defaults to the ModelDeployment's metadata.name. Letters, digits and . _ : / @ + -, "
+                "starting with a letter or digit."
             ),
+            pattern=SERVED_NAME_PATTERN,
             min_length=1,
             max_length=253,
         ),

@@ -97,6 +97,11 @@ def _from_pydantic(error: ValidationError) -> list[Problem]:
                 f"{item['input']!r} is not a supported model URI: use hf://<org>/<name>, "
                 "s3://<bucket>/<prefix> or pvc://<claim>[/<path>]"
             )
+        elif item["type"] == "string_pattern_mismatch" and loc and loc[-1] == "servedName":
+            message = (
+                f"{item['input']!r} is not a served model name: use letters, digits and . _ : / @ + -, "
+                "starting with a letter or digit (e.g. meta-llama/Meta-Llama-3-70B-Instruct)"
+            )
         problems.append(Problem(_path(loc), message))
     return problems
 

@@ -21,12 +21,16 @@ class FakeKube:
         self._version += 1
         obj["metadata"]["resourceVersion"] = str(self._version)
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str
+    ) -> list[dict[str, Any]]:
         key, _, value = label_selector.partition("=")
         return [
             copy.deepcopy(o)
             for (k, ns, _), o in sorted(self.objects.items())
-            if k == kind and ns == namespace and o["metadata"].get("labels", {}).get(key) == value
+            if k == kind
+            and namespace in (None, ns)
+            and (not label_selector or o["metadata"].get("labels", {}).get(key) == value)
         ]
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

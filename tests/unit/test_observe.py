@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from gpufleet.planning.observe import observe_pod, stored_status, version_of
+import pytest
+
+from gpufleet.planning.observe import missed_by_the_watch, observe_pod, stored_status, version_of
 
 
 def test_observe_pod_reads_scheduling_failure() -> None:
@@ -52,3 +55,36 @@ def test_a_time_without_a_zone_was_not_written_by_gpufleet() -> None:
 def test_a_change_is_the_generation_where_the_kind_has_one() -> None:
     assert version_of({"metadata": {"generation": 4, "resourceVersion": "99"}}) == "g4"
     assert version_of({"metadata": {"resourceVersion": "99"}}) == "rv99"
+
+
+def md(name: str, uid: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ml", "name": name, "uid": uid}}
+
+
+@pytest.mark.parametrize(
+    ("known", "listed", "settled", "gone", "replaced"),
+    [
+        pytest.param(
+            [md("a", "1"), md("b", "2")], [md("a", "1")], {"a", "b"}, {"b"}, {}, id="deleted unwatched"
+        ),
+        pytest.param([md("a", "1")], [], set(), set(), {}, id="created after the list began: kept"),
+        pytest.param(
+            [md("a", "1")], [md("a", "9")], {"a"}, set(), {"a": "9"}, id="deleted and created again"
+        ),
+        pytest.param([md("a", "1")], [md("a", "9")], set(), set(), {}, id="changed since the list: newer"),
+        pytest.param([], [md("a", "1")], set(), set(), {}, id="listed, not yet watched: the watch adds it"),
+        pytest.param([md("a", "1")], [md("a", "1")], {"a"}, set(), {}, id="nothing missed"),
+    ],
+)
+def test_what_the_watch_missed(
+    known: list[dict[str, Any]],
+    listed: list[dict[str, Any]],
+    settled: set[str],
+    gone: set[str],
+    replaced: dict[str, str],
+) -> None:
+    found_gone, found_replaced = missed_by_the_watch(
+        {("ml", b["metadata"]["name"]): b for b in known}, listed, {("ml", name) for name in settled}
+    )
+    assert found_gone == {("ml", name) for name in gone}
+    assert {key[1]: body["metadata"]["uid"] for key, body in found_replaced.items()} == replaced

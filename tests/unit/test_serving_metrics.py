@@ -103,5 +103,6 @@ def test_a_model_name_cannot_leave_its_string_in_the_query(prometheus: str) -> N
     hostile = 'x"}) + sum(foo{namespace="other"}) #\\'
     PrometheusMetrics(prometheus).read("ml", hostile, ["p-1"], mig=False, now=NOW)
     assert _Stub.queries[0] == (
-        'sum(vllm:num_requests_waiting{namespace="ml",model_name="x\\"}) + sum(foo{namespace=\\"other\\"}) #\\\\"})'
+        'sum(vllm:num_requests_waiting{namespace="ml",'
+        'model_name="x\\"}) + sum(foo{namespace=\\"other\\"}) #\\\\"})'
     )

@@ -41,7 +41,7 @@ class KubeError(Exception):
 
 class KubeApi(Protocol):
     def list(
-        self, api_version: str, kind: str, namespace: str, label_selector: str
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str
     ) -> list[dict[str, Any]]: ...
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
@@ -59,12 +59,13 @@ class KubeApi(Protocol):
     def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None: ...
 
 
-def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The object's (or the collection's) URL; namespace None: the collection in every namespace."""
     try:
         prefix, plural = _RESOURCES[(api_version, kind)]
     except KeyError:
         raise KubeError(0, f"gpufleet does not handle {kind} {api_version}") from None
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/{plural}" if namespace is None else f"{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -129,7 +130,9 @@ class RestKubeApi:
         raw = (response[0] if isinstance(response, tuple) else response).data
         return json.loads(raw) if raw else {}
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str
+    ) -> list[dict[str, Any]]:
         result = self._call("GET", _path(api_version, kind, namespace), [("labelSelector", label_selector)])
         items: list[dict[str, Any]] = result.get("items", [])
         for item in items:  # list items carry no apiVersion/kind; callers want whole objects

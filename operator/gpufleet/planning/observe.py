@@ -9,7 +9,7 @@ worst outcome of a misread is holding, never removing capacity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -128,3 +128,28 @@ def stored_status(raw: Any) -> ModelDeploymentStatus:
             continue
         readable[name] = value
     return ModelDeploymentStatus.model_validate(readable)
+
+
+def missed_by_the_watch(
+    known: Mapping[Key, Mapping[str, Any]], listed: Sequence[Mapping[str, Any]], settled: Iterable[Key]
+) -> tuple[set[Key], dict[Key, Mapping[str, Any]]]:
+    """What a fresh list of ModelDeployments shows that the watch did not deliver.
+
+    A watch that reconnects after its resourceVersion expired (410 Gone) does not replay deletions: a
+    ModelDeployment deleted in the gap would stay known, and every resync would apply Deployments owned
+    by a dead UID that the garbage collector deletes again. Returns the keys to forget (known, not
+    listed) and the bodies to replace (listed under a known name with another UID: deleted and
+    created again). Only `settled` keys count, those whose last watch event came before the list
+    began: one created or changed since is newer than the list and must not be undone by it.
+    """
+    stable = set(settled)
+    listed_by_key = {key_of(body): body for body in listed}
+    gone = {key for key in known if key in stable and key not in listed_by_key}
+    replaced = {
+        key: body
+        for key, body in listed_by_key.items()
+        if key in stable
+        and key in known
+        and body.get("metadata", {}).get("uid") != known[key].get("metadata", {}).get("uid")
+    }
+    return gone, replaced

@@ -32,6 +32,7 @@ from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.leader import LeaderElector
 from gpufleet.runtime.prices import SpotPriceRefresher
 from gpufleet.runtime.reconciler import Reconciler
+from gpufleet.runtime.watch_gaps import WatchGapCheck
 from gpufleet.runtime.work_queue import WorkQueue
 
 log = logging.getLogger("gpufleet")
@@ -74,6 +75,8 @@ class Operator:
         self._elector: LeaderElector | None = None
         self._stoppables: list[threading.Event] = []
         self._autoscale_task: asyncio.Task[None] | None = None
+        self._watch_gap_task: asyncio.Task[None] | None = None
+        self.watch_gaps = WatchGapCheck(kube, settings.namespaces, self.queue, self.model_deployment_changed)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -83,6 +86,7 @@ class Operator:
         self._start_leader_election(loop)
         self.queue.start()
         self._autoscale_task = loop.create_task(self._autoscale_sweeps())
+        self._watch_gap_task = loop.create_task(self.watch_gaps.run(settings.resync_seconds))
         if settings.interruption_queue_url and settings.spot_failover:
             self._start_consumer(loop)
         if settings.spot_price_refresh_seconds and settings.prices:
@@ -97,8 +101,9 @@ class Operator:
             stopped.set()
         if self._elector is not None:
             await asyncio.to_thread(self._elector.release)
-        if self._autoscale_task is not None:
-            self._autoscale_task.cancel()
+        for task in (self._autoscale_task, self._watch_gap_task):
+            if task is not None:
+                task.cancel()
         await self.queue.stop()
 
     # --- watch events (from the kopf layer) ------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ class WorkQueue:
         self._resync = resync
         self._max_backoff = max_backoff
         self.bodies: dict[Key, Mapping[str, Any]] = {}
+        self.received_at: dict[Key, float] = {}  # time.monotonic() of each key's last body
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._running: set[Key] = set()
@@ -46,9 +48,11 @@ class WorkQueue:
         """Remember the latest body (None: deleted) and enqueue the key."""
         if body is None:
             self.bodies.pop(key, None)
+            self.received_at.pop(key, None)
             self._failures.pop(key, None)
             return
         self.bodies[key] = body
+        self.received_at[key] = time.monotonic()
         self.enqueue(key)
 
     def enqueue(self, key: Key) -> None:

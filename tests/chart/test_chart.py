@@ -145,7 +145,7 @@ def test_leader_election_and_pod_identity_come_from_the_downward_api(default: li
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "patch"],
+            "verbs": ["get", "create", "update"],
         }
     ]
 

@@ -211,7 +211,7 @@ ALLOWED = [
     ("create", "events", "other"),
     ("watch", "nodes", None),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ("patch", "leases.coordination.k8s.io", "release"),
+    ("update", "leases.coordination.k8s.io", "release"),
 ]
 DENIED = [
     ("get", "secrets", "release"),
@@ -229,10 +229,10 @@ DENIED = [
     ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
     ("create", "serviceaccounts/token", "release"),
-    ("patch", "leases.coordination.k8s.io", "other"),
-    # gpufleet writes only with server-side apply and merge patches: no PUT anywhere.
+    ("update", "leases.coordination.k8s.io", "other"),
+    # gpufleet writes with server-side apply and merge patches; the Lease alone is written with PUT.
     ("update", "deployments.apps", "other"),
-    ("update", "leases.coordination.k8s.io", "release"),
+    ("patch", "leases.coordination.k8s.io", "release"),
     ("update", "leases.coordination.k8s.io", "kube-node-lease"),
     ("list", "namespaces", None),
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
 
-from gpufleet.adapters.kube import load_api_client
+from gpufleet.adapters.kube import KubeError, RestKubeApi, load_api_client
 
 
 @pytest.fixture
@@ -44,3 +46,22 @@ def test_the_pool_holds_a_connection_for_every_thread_that_shares_the_client(kub
 def test_a_smaller_request_never_shrinks_the_clients_default_pool(kubeconfig: str) -> None:
     default = load_api_client(kubeconfig).configuration.connection_pool_maxsize
     assert load_api_client(kubeconfig, connections=1).configuration.connection_pool_maxsize == default
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again once the with block ends
+
+
+def test_no_answer_is_a_kube_error_whatever_urllib3_raises(tmp_path: Path) -> None:
+    # A refused connection ends in urllib3's MaxRetryError, which is not an OSError; escaping as itself
+    # it ended the leader election thread. Every caller handles KubeError.
+    configuration = client.Configuration()
+    configuration.host = f"https://127.0.0.1:{_closed_port()}"
+    configuration.verify_ssl = False
+    kube = RestKubeApi(client.ApiClient(configuration), timeout=2)
+    with pytest.raises(KubeError) as failed:
+        kube.get("coordination.k8s.io/v1", "Lease", "ns", "lease")
+    assert failed.value.status == 0
+    assert "MaxRetryError" in str(failed.value) or "Connection refused" in str(failed.value)

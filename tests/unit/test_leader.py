@@ -6,6 +6,8 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from urllib3.exceptions import ProtocolError
+
 from gpufleet.adapters.kube import KubeError
 from gpufleet.runtime.leader import LeaderElector
 
@@ -13,7 +15,8 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 class LeaseApi:
-    """Get and apply of one Lease with the API server's resourceVersion precondition."""
+    """One Lease as the API server keeps it: create fails when it exists, replace when the resourceVersion
+    is not the stored one (both checked against the real API server in tests/integration/test_leader.py)."""
 
     def __init__(self) -> None:
         self.lease: dict[str, Any] | None = None
@@ -25,12 +28,23 @@ class LeaseApi:
             raise KubeError(0, "connection refused")
         return copy.deepcopy(self.lease)
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         if self.down:
             raise KubeError(0, "connection refused")
-        expected = obj["metadata"].get("resourceVersion")
-        if self.lease is not None and expected != self.lease["metadata"]["resourceVersion"]:
+        if self.lease is not None:
+            raise KubeError(409, "leases.coordination.k8s.io already exists")
+        return self._store(obj)
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.down:
+            raise KubeError(0, "connection refused")
+        if self.lease is None:
+            raise KubeError(404, "not found")
+        if obj["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
             raise KubeError(409, "the object has been modified")
+        return self._store(obj)
+
+    def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
         self.lease = copy.deepcopy(obj)
         self.lease["metadata"]["resourceVersion"] = str(self.version)
@@ -57,7 +71,8 @@ def test_one_leader_a_standby_and_a_takeover_when_the_leader_stops_renewing() ->
     assert first.step()  # renewed
     clock[0] = NOW + timedelta(seconds=10)
     assert not second.step()  # still within the lease
-    clock[0] = NOW + timedelta(seconds=18)  # pod-a stopped renewing 16 s ago
+    # pod-a stopped renewing; pod-b last saw the record change at 10 s, by its own clock
+    clock[0] = NOW + timedelta(seconds=26)
     assert second.step()
     assert not first.step()  # pod-a sees pod-b's lease and stands by
     assert started == ["pod-a", "pod-b"]
@@ -96,4 +111,51 @@ def test_release_hands_over_at_once() -> None:
     assert second.step()
 
 
-# --- prices --------------------------------------------------------------------------------------
+def test_anything_a_step_meets_is_survived_and_the_lead_kept_only_until_the_deadline() -> None:
+    api, clock = LeaseApi(), [NOW]
+    leader = elector(api, "pod-a", clock)
+    assert leader.step()
+
+    def broken(*_: Any) -> dict[str, Any] | None:
+        raise ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer"))
+
+    api.get = broken  # type: ignore[method-assign]
+    clock[0] = NOW + timedelta(seconds=4)
+    assert leader.step()  # within the renew deadline
+    clock[0] = NOW + timedelta(seconds=11)
+    assert not leader.step()  # past it: stands down, and the thread is still there to try again
+    steps: list[bool] = []
+
+    def one_step_then_stop(delay: float) -> bool:
+        steps.append(leader.leading.is_set())
+        leader.stopped.set()
+        return True
+
+    leader.stopped.wait = one_step_then_stop  # type: ignore[method-assign]
+    leader.run()  # returns: the loop ended because it was stopped, not because a step raised
+    assert steps == [False]
+
+
+def test_the_renew_deadline_is_measured_after_calls_that_blocked() -> None:
+    api, clock = LeaseApi(), [NOW]
+    leader = elector(api, "pod-a", clock)
+    assert leader.step()
+    clock[0] = NOW + timedelta(seconds=2)
+
+    def hangs_then_fails(*_: Any) -> dict[str, Any] | None:
+        clock[0] = NOW + timedelta(seconds=32)  # a request that took its whole 30 s timeout
+        raise KubeError(0, "read timed out")
+
+    api.get = hangs_then_fails  # type: ignore[method-assign]
+    assert not leader.step()  # started 2 s after the renewal, but failed 32 s after it
+
+
+def test_a_standby_that_starts_waits_a_lease_duration_whatever_the_holders_clock_says() -> None:
+    api, clock = LeaseApi(), [NOW]
+    elector(api, "pod-a", [NOW - timedelta(hours=1)]).step()  # its clock is an hour behind
+    standby = elector(api, "pod-b", clock)
+    assert not standby.step()  # the renewTime looks an hour old; pod-b only just saw the record
+    clock[0] = NOW + timedelta(seconds=15)
+    assert not standby.step()
+    clock[0] = NOW + timedelta(seconds=16)
+    assert standby.step()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from gpufleet.api.timestamps import kube_time
 
@@ -124,8 +125,11 @@ class RestKubeApi:
             raise KubeError(
                 error.status or 0, f"{method} {path}: {error.status} {error.reason}: {error.body}"
             ) from error
-        except OSError as error:  # urllib3 connection errors derive from OSError
-            raise KubeError(0, f"{method} {path}: {error}") from error
+        except (OSError, HTTPError) as error:
+            # No answer: a refused or reset connection, a timeout, or urllib3 giving up after its retries
+            # (MaxRetryError and ProtocolError are not OSErrors). Every caller handles KubeError; anything
+            # else escaping here would end the thread that made the call.
+            raise KubeError(0, f"{method} {path}: {type(error).__name__}: {error}") from error
         # Older clients return (data, status, headers); newer ones the response alone.
         raw = (response[0] if isinstance(response, tuple) else response).data
         return json.loads(raw) if raw else {}
@@ -160,6 +164,21 @@ class RestKubeApi:
             body=obj,
             content_type="application/apply-patch+yaml",
         )
+        return result
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST: fails with 409 when the object exists (exclusive, unlike an apply)."""
+        meta = obj["metadata"]
+        result: dict[str, Any] = self._call(
+            "POST", _path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj
+        )
+        return result
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT carrying metadata.resourceVersion: 409 when someone wrote the object since it was read."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        result: dict[str, Any] = self._call("PUT", path, body=obj)
         return result
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

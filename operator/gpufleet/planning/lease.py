@@ -5,6 +5,13 @@ controller-runtime's defaults: a Lease held for 15 s, renewed every 2 s and
 given up when it cannot be renewed within 10 s, so a standby takes over about
 15 s after the leader dies, at once when it steps down cleanly (it clears the
 holder on shutdown).
+
+Expiry is judged as client-go judges it: on the standby's own clock, from when
+it first saw the Lease's current record, never from the holder's renewTime.
+Clocks of two nodes may differ by more than the lease duration; comparing the
+holder's timestamp with the local clock would let a standby take a lease that
+is being renewed. A standby that starts therefore waits one lease duration
+before it takes over, even from a holder that died long ago.
 """
 
 from __future__ import annotations
@@ -58,12 +65,14 @@ def read_lease(obj: Mapping[str, Any]) -> LeaseView:
     )
 
 
-def lease_action(lease: LeaseView | None, me: str, now: datetime) -> Action:
+def lease_action(lease: LeaseView | None, me: str, now: datetime, observed_at: datetime) -> Action:
+    """What to do with the Lease as read; `observed_at`: when this replica first saw its current record
+    (its resourceVersion), on this replica's clock."""
     if lease is None:
         return "create"
     if lease.holder == me:
         return "renew"
-    if not lease.holder or lease.renewed is None or now - lease.renewed > lease.duration:
+    if not lease.holder or now - observed_at > lease.duration:
         return "take"
     return "wait"
 

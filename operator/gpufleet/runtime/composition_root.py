@@ -16,8 +16,9 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from gpufleet.adapters.kube import RestKubeApi, load_api_client
 from gpufleet.adapters.serving_metrics import PrometheusMetrics
 from gpufleet.config import Settings
 from gpufleet.planning.observe import Key, version_of
+from gpufleet.planning.scaling import Decision
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 from gpufleet.runtime.capacity_store import CapacityStore
@@ -36,6 +38,10 @@ from gpufleet.runtime.watch_gaps import WatchGapCheck
 from gpufleet.runtime.work_queue import WorkQueue
 
 log = logging.getLogger("gpufleet")
+
+# Longest wait at shutdown for reconciles and evaluations under way, inside the operator pod's default
+# 30 s termination grace period (the Lease is still renewed meanwhile, then released).
+STOP_WORK_TIMEOUT = 20.0
 
 
 def utcnow() -> datetime:
@@ -77,6 +83,10 @@ class Operator:
         self._autoscale_task: asyncio.Task[None] | None = None
         self._watch_gap_task: asyncio.Task[None] | None = None
         self.watch_gaps = WatchGapCheck(kube, settings.namespaces, self.queue, self.model_deployment_changed)
+        # Reconciles and evaluations running in threads; stop() waits for them before it steps down.
+        self._stopping = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -96,15 +106,39 @@ class Operator:
             "gpufleet started: %d workers, resync every %.0fs", settings.workers, settings.resync_seconds
         )
 
-    async def stop(self) -> None:
+    async def stop(self, work_timeout: float = STOP_WORK_TIMEOUT) -> None:
+        """Stop acting, let the work under way finish, then hand the Lease over.
+
+        In that order: a Lease released first would let a standby act while this replica's last
+        reconciles still write, two leaders for as long as those take.
+        """
+        self._stopping = True
         for stopped in self._stoppables:
             stopped.set()
-        if self._elector is not None:
-            await asyncio.to_thread(self._elector.release)
         for task in (self._autoscale_task, self._watch_gap_task):
             if task is not None:
                 task.cancel()
         await self.queue.stop()
+        if not await asyncio.to_thread(self._wait_idle, work_timeout):
+            log.warning("work still running after %.0fs; stepping down anyway", work_timeout)
+        if self._elector is not None:
+            await asyncio.to_thread(self._elector.release)
+
+    @contextmanager
+    def _working(self) -> Iterator[bool]:
+        """Counts the work in a thread; yields whether it may act (False once stopping)."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield not self._stopping and self.leading.is_set()
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     # --- watch events (from the kopf layer) ------------------------------------------------------
 
@@ -149,8 +183,12 @@ class Operator:
     # --- the work --------------------------------------------------------------------------------
 
     def _work(self, key: Key, body: Mapping[str, Any]) -> None:
-        if not self.leading.is_set():
-            return  # a standby keeps its caches warm and acts once it leads
+        with self._working() as may_act:
+            if not may_act:
+                return  # a standby keeps its caches warm and acts once it leads; a stopping one no more
+            self._reconcile(key, body)
+
+    def _reconcile(self, key: Key, body: Mapping[str, Any]) -> None:
         with metrics.RECONCILE_SECONDS.time():
             try:
                 plan = self.reconciler.reconcile(body)
@@ -162,6 +200,10 @@ class Operator:
         metrics.QUEUE_DEPTH.set(self.queue.depth)
         if plan.requeue_after is not None:
             self.queue.enqueue_after(key, plan.requeue_after)
+
+    def _evaluate(self, body: Mapping[str, Any]) -> Decision | None:
+        with self._working() as may_act:
+            return self.autoscaler.evaluate(body) if may_act else None
 
     async def _autoscale_sweeps(self) -> None:
         """Evaluate every known ModelDeployment with autoscaling on, every interval.
@@ -184,7 +226,7 @@ class Operator:
                 next_sweep = max(next_sweep + interval, started)
                 if not self.leading.is_set():
                     continue
-                results = await evaluate_all(dict(self.queue.bodies), self.autoscaler.evaluate, executor)
+                results = await evaluate_all(dict(self.queue.bodies), self._evaluate, executor)
                 metrics.AUTOSCALER_SWEEP_SECONDS.observe(loop.time() - started)
                 for key, decision in results.items():
                     if isinstance(decision, Exception):

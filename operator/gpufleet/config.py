@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     autoscale_concurrency: int = Field(
         default=8,
         ge=1,
-        description="ModelDeployments evaluated at once (each a pod list and up to five Prometheus queries).",
+        description="ModelDeployments evaluated at once (each a pod list and up to 7 Prometheus queries).",
     )
     # The planner's windows (gpufleet.planning.scaling); the defaults are its published anchors.
     autoscale_panic_window_seconds: int = Field(
@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     query_kv_cache_usage: str = MetricQueries.kv_cache_usage
     query_gpu_utilization: str = MetricQueries.gpu_utilization
     query_mig_utilization: str = MetricQueries.mig_utilization
+    query_reporting: str = MetricQueries.reporting
+    query_oldest_sample: str = MetricQueries.oldest_sample
     query_activation: str | None = Field(
         default=None, description="A gateway's request signal for the model; wakes a model at zero replicas."
     )
@@ -124,6 +126,8 @@ class Settings(BaseSettings):
             kv_cache_usage=self.query_kv_cache_usage,
             gpu_utilization=self.query_gpu_utilization,
             mig_utilization=self.query_mig_utilization,
+            reporting=self.query_reporting,
+            oldest_sample=self.query_oldest_sample,
             activation=self.query_activation,
         )
 

@@ -101,12 +101,22 @@ def test_every_operator_variable_the_chart_sets_is_a_setting_the_operator_reads(
     assert chart - known == set()
 
 
+QUERY_VALUES = (
+    "running",
+    "kvCacheUsage",
+    "gpuUtilization",
+    "migUtilization",
+    "reporting",
+    "oldestSample",
+    "activation",
+)
+
+
 def test_every_operator_setting_can_be_set_from_values() -> None:
     optional = render(
         "-f", EVERYTHING,
         "--set", "spot.awsEndpointUrl=https://sqs.us-east-1.amazonaws.com",
-        *[arg for name in ("running", "kvCacheUsage", "gpuUtilization", "migUtilization", "activation")
-          for arg in ("--set", f"autoscaling.queries.{name}=up")],
+        *[arg for name in QUERY_VALUES for arg in ("--set", f"autoscaling.queries.{name}=up")],
     )  # fmt: skip
     chart = set(_env(optional))
     missing = {f"GPUFLEET_{name.upper()}" for name in Settings.model_fields} - chart

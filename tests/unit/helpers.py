@@ -56,3 +56,4 @@ class Readings:
     gpu_utilization: float | None
     activation: float | None = None
     error: str | None = None
+    reporting_replicas: int | None = None

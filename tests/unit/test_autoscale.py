@@ -66,6 +66,12 @@ def test_a_queue_asks_for_more_replicas_with_an_event_and_a_status() -> None:
         "readyReplicas": 2,
         "startingReplicas": 0,
     }
+    assert (
+        plan_autoscale(
+            target(sample()), Readings(NOW, 0, 1, 0.1, None, reporting_replicas=1), scaling_timings(), NOW
+        ).status.metrics.reporting_replicas
+        == 1
+    )
 
 
 def test_missing_readings_hold_and_an_unchanged_status_is_not_written_again() -> None:

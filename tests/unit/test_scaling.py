@@ -540,6 +540,22 @@ def test_missing_or_stale_metrics_hold_and_keep_the_state(observed: Observation,
     assert decision.per_signal == {}
 
 
+def test_partial_metrics_never_scale_down_but_may_scale_up() -> None:
+    # A history that would remove a replica, with only 4 of the 6 ready replicas reporting.
+    quiet = signals(kv=0.05, ready=6, reporting_replicas=4)
+    decision = decide(policy(), 6, quiet, READY_TO_DROP, NOW)
+    assert (decision.replicas, decision.reason, decision.active) == (6, "PartialMetrics", True)
+    assert "only 4 of 6 ready replicas report" in decision.message
+    assert decision.state.recommendations[-1][1] == 6  # "no lower than now" is what is remembered
+    # All reporting: the same readings do scale down.
+    assert (
+        decide(policy(), 6, signals(kv=0.05, ready=6, reporting_replicas=6), READY_TO_DROP, NOW).replicas == 5
+    )
+    # What the reporting replicas carry already asks for more: scale-up is not held back.
+    busy = signals(kv=1.0, ready=6, reporting_replicas=4)
+    assert decide(policy(), 6, busy, ScalingState(), NOW).replicas > 6
+
+
 def test_missing_metrics_at_zero_hold_zero() -> None:
     observed = signals(None, None, None, ready=0, activation=5, error="prometheus: timeout")
     decision = decide(policy(min_replicas=0), 0, observed, ScalingState(), NOW)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
@@ -15,6 +15,9 @@ import pytest
 from gpufleet.adapters.serving_metrics import MetricQueries, PrometheusMetrics
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SAMPLED = NOW - timedelta(seconds=12)
+# Checked first: these wrap the same series as the signals below.
+GUARDS = {"count(": "2", "timestamp(": str(SAMPLED.timestamp())}
 ANSWERS = {
     "vllm:num_requests_waiting": "7",
     "vllm:num_requests_running": "24",
@@ -32,7 +35,7 @@ class _Stub(BaseHTTPRequestHandler):
         query = params.get("query", [""])[0]
         self.queries.append(query)
         self.timeouts.append(params.get("timeout", [""])[0])
-        value = next((v for k, v in ANSWERS.items() if k in query), None)
+        value = next((v for k, v in (GUARDS | ANSWERS).items() if k in query), None)
         result = [] if value is None else [{"metric": {}, "value": [1.0, value]}]
         body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
         self.send_response(200)
@@ -64,6 +67,8 @@ def test_reads_every_signal_with_the_templated_queries(prometheus: str) -> None:
         0.97,
     )
     assert metrics.error is None
+    # The oldest sample's own time, not the query's, and how many replicas report.
+    assert (metrics.sampled_at, metrics.reporting_replicas) == (SAMPLED, 2)
     assert 'namespace="ml",model_name="llama-3-70b"' in _Stub.queries[0]
     assert 'pod=~"p-1|p-2"' in _Stub.queries[3]
     # Prometheus rejects "5.0s" ("cannot parse to a valid duration"): integer milliseconds it takes.

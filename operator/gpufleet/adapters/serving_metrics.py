@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from string import Template
 from typing import Any, Protocol
 
@@ -34,6 +34,13 @@ class MetricQueries:
     kv_cache_usage: str = 'avg(vllm:kv_cache_usage_perc{namespace="$namespace",model_name="$model"})'
     gpu_utilization: str = 'avg(DCGM_FI_DEV_GPU_UTIL{namespace="$namespace",pod=~"$pods"}) / 100'
     mig_utilization: str = 'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="$namespace",pod=~"$pods"})'
+    # Replicas whose vLLM metrics Prometheus has, and the time of the oldest of their samples: a sum over
+    # the replicas that report reads low when some do not, and Prometheus answers an instant query with
+    # samples up to 5 minutes old (its lookback), stamped with the query's time.
+    reporting: str = 'count(vllm:num_requests_running{namespace="$namespace",model_name="$model"})'
+    oldest_sample: str = (
+        'min(timestamp(vllm:num_requests_running{namespace="$namespace",model_name="$model"}))'
+    )
     # Requests a gateway saw for the model (e.g. its request rate), the only signal that can wake a
     # model at zero replicas: with no pods there are no vLLM series. None: not configured.
     activation: str | None = None
@@ -41,13 +48,14 @@ class MetricQueries:
 
 @dataclass(frozen=True)
 class ModelMetrics:
-    sampled_at: datetime
+    sampled_at: datetime  # the oldest sample's time; the query's when there is none
     waiting: float | None
     running: float | None
     kv_cache_usage: float | None
     gpu_utilization: float | None
     error: str | None = None
     activation: float | None = None
+    reporting_replicas: int | None = None  # replicas with vLLM series; None: not known
 
 
 class MetricsReader(Protocol):
@@ -106,13 +114,20 @@ class PrometheusMetrics:
         values = {"namespace": _in_string(namespace), "model": _in_string(model), "pods": _pod_regex(pods)}
         try:
             gpu_query = self.queries.mig_utilization if mig else self.queries.gpu_utilization
+            waiting = self._scalar(self.queries.waiting, values)
+            running = self._scalar(self.queries.running, values)
+            kv_cache_usage = self._scalar(self.queries.kv_cache_usage, values)
+            gpu_utilization = self._scalar(gpu_query, values)
+            reporting = self._scalar(self.queries.reporting, values)
+            oldest = self._scalar(self.queries.oldest_sample, values)
             return ModelMetrics(
-                sampled_at=now,
-                waiting=self._scalar(self.queries.waiting, values),
-                running=self._scalar(self.queries.running, values),
-                kv_cache_usage=self._scalar(self.queries.kv_cache_usage, values),
-                gpu_utilization=self._scalar(gpu_query, values),
+                sampled_at=now if oldest is None else datetime.fromtimestamp(oldest, UTC),
+                waiting=waiting,
+                running=running,
+                kv_cache_usage=kv_cache_usage,
+                gpu_utilization=gpu_utilization,
                 activation=self._scalar(self.queries.activation, values) if self.queries.activation else None,
+                reporting_replicas=None if reporting is None else int(reporting),
             )
         except (PrometheusApiClientException, RequestException, ValueError, KeyError) as error:
             message = f"Prometheus at {self.url}: {type(error).__name__}: {error}"

@@ -428,6 +428,13 @@ class AutoscalerMetrics(_Model):
     ] = None
     ready_replicas: Annotated[int, Field(description="Ready replicas when sampled.", ge=0)] = 0
     starting_replicas: Annotated[int, Field(description="Replicas starting when sampled.", ge=0)] = 0
+    reporting_replicas: Annotated[
+        int | None,
+        Field(
+            description="Replicas whose vLLM metrics Prometheus had; fewer than ready: no scale-down.",
+            ge=0,
+        ),
+    ] = None
 
 
 class AutoscalerStatus(_Model):

@@ -147,6 +147,7 @@ def plan_autoscale(
             gpu_utilization=readings.gpu_utilization,
             ready_replicas=observed.ready_replicas,
             starting_replicas=observed.starting_replicas,
+            reporting_replicas=readings.reporting_replicas,
         ),
         state=decision.state.to_json(),
     )

@@ -115,7 +115,14 @@ active False; never down, never to zero; the state is returned unchanged.
 minReplicas, maxReplicas and schedule floors still apply: they are the user's
 orders, not a reading of the metrics. With no pod at all and spec.replicas 0,
 absent vLLM gauges are the truth (there is nothing to report them) and count
-as 0.
+as 0. The sample time is the oldest sample's, not the query's: Prometheus
+answers with samples up to its 5-minute lookback old.
+
+Partial data: fewer replicas reporting vLLM metrics than are ready (a pod not
+scraped yet, or no longer) makes every sum read low. Scale-up still follows
+what is seen (it can only be too small); scale-down does not happen (reason
+PartialMetrics) and the recommendation recorded is "no lower than now", as HPA
+never scales down on pods without metrics.
 
 Result: clamped to [effective minimum, maxReplicas]. `limited` is True when
 the bounds stop the fleet following what the signals ask (HPA's
@@ -196,6 +203,8 @@ class MetricReadings(Protocol):
     def activation(self) -> float | None: ...  # requests a gateway saw while at zero; None = no gateway
     @property
     def error(self) -> str | None: ...  # why the readings could not be taken
+    @property
+    def reporting_replicas(self) -> int | None: ...  # replicas with vLLM series; None: not known
 
 
 @dataclass(frozen=True)
@@ -564,7 +573,9 @@ def decide(
         votes[GPU_UTILIZATION] = gpu.replicas
     winner = max(votes, key=lambda name: votes[name])  # first of queue, kv, gpu on a tie
     need = max(votes[winner], 1)
-    can_down = observed.ready_replicas > 0 and (KV_CACHE in asks or batch is not None)
+    reporting = observed.readings.reporting_replicas
+    partial = reporting is not None and reporting < observed.ready_replicas
+    can_down = observed.ready_replicas > 0 and (KV_CACHE in asks or batch is not None) and not partial
     capacity_text = f"capacity {observed.ready_replicas} ready + {observed.starting_replicas} starting"
     detail = "; ".join(ask.summary for ask in asks.values()) + f"; {capacity_text}"
 
@@ -588,6 +599,15 @@ def decide(
         if target < need:
             message += f" of {need} (at most {step} per decision)"
         return finish(target, _SIGNAL_REASONS[winner], message, limited, per_signal, history)
+
+    if need < current and partial:
+        # The sums cover only the replicas that report: they read low, and a scale-down on them would
+        # remove capacity that is busy (HPA likewise never scales down on pods without metrics).
+        message = (
+            f"{detail}; not scaling down: only {reporting} of {observed.ready_replicas} ready replicas "
+            "report vLLM metrics"
+        )
+        return finish(current, "PartialMetrics", message, limited, per_signal, history)
 
     if need < current and not can_down:
         why = (

@@ -5,12 +5,17 @@ key; workers reconcile each key with the latest body. A key is never worked
 on by two workers at once, a key enqueued while in progress runs once more
 afterwards, failures are retried with exponential back-off, and every key is
 re-checked every `resync` seconds so nothing depends on an event arriving.
+
+Retries are jittered and share one token bucket, as controller-runtime's
+default rate limiter does: when the API server goes away, hundreds of failed
+keys do not come back in step, nor faster than the bucket lets them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +24,45 @@ from gpufleet.planning.observe import Key
 
 log = logging.getLogger("gpufleet.queue")
 
+# Per key: 0.5 s doubling up to a minute. For all keys together: 10 retries a second, bursts of 100
+# (controller-runtime's bucket).
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 60.0
+RETRY_RATE_PER_SECOND = 10.0
+RETRY_BURST = 100
+
+
+class RetryLimiter:
+    """When a failed key may run again: its exponential back-off, jittered, or later if the shared
+    bucket is empty."""
+
+    def __init__(
+        self,
+        base: float = RETRY_BASE_SECONDS,
+        max_backoff: float = RETRY_MAX_SECONDS,
+        rate: float = RETRY_RATE_PER_SECOND,
+        burst: int = RETRY_BURST,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.base, self.max_backoff, self.rate, self.burst = base, max_backoff, rate, burst
+        self.jitter = jitter  # uniform in [0, 1)
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+
+    def delay(self, failures: int, now: float) -> float:
+        backoff = min(self.max_backoff, self.base * 2.0 ** (failures - 1))
+        # Between half and all of the back-off: keys that failed together spread out.
+        jittered = backoff * (0.5 + 0.5 * self.jitter())
+        return max(jittered, self._reserve(now))
+
+    def _reserve(self, now: float) -> float:
+        """Take a token; how long until it is really there (0: at once)."""
+        if self._stamp is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
 
 class WorkQueue:
     def __init__(
@@ -26,12 +70,12 @@ class WorkQueue:
         work: Callable[[Key, Mapping[str, Any]], object],
         workers: int,
         resync: float,
-        max_backoff: float = 60.0,
+        retries: RetryLimiter | None = None,
     ) -> None:
         self._work = work
         self._workers = workers
         self._resync = resync
-        self._max_backoff = max_backoff
+        self._retries = retries or RetryLimiter()
         self.bodies: dict[Key, Mapping[str, Any]] = {}
         self.received_at: dict[Key, float] = {}  # time.monotonic() of each key's last body
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
@@ -111,7 +155,7 @@ class WorkQueue:
             except Exception:
                 self.errors += 1
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(self._max_backoff, 0.5 * 2 ** (failures - 1))
+                delay = self._retries.delay(failures, time.monotonic())
                 log.exception(
                     "reconcile of %s/%s failed (attempt %d); retrying in %.1fs", *key, failures, delay
                 )

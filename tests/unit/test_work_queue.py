@@ -1,0 +1,109 @@
+"""The work queue (runtime.work_queue): one worker per key, a rerun for what came in meanwhile, retries
+that back off with jitter under one bucket for all keys."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from gpufleet.planning.observe import Key
+from gpufleet.runtime.work_queue import RetryLimiter, WorkQueue
+
+BODY = {"metadata": {"name": "m"}}
+
+
+def test_back_off_doubles_up_to_the_cap_and_is_jittered_between_half_and_all() -> None:
+    least = RetryLimiter(base=0.5, max_backoff=60, jitter=lambda: 0.0)
+    most = RetryLimiter(base=0.5, max_backoff=60, jitter=lambda: 0.999999)
+    assert [least.delay(n, now=100.0 * n) for n in (1, 2, 3, 9)] == [0.25, 0.5, 1.0, 30.0]
+    assert [round(most.delay(n, now=100.0 * n), 3) for n in (1, 2, 3, 9)] == [0.5, 1.0, 2.0, 60.0]
+
+
+def test_keys_that_fail_together_spread_out_and_the_bucket_limits_them_all() -> None:
+    jitters = iter([0.1, 0.9, 0.5])
+    spread = RetryLimiter(jitter=lambda: next(jitters))
+    assert len({spread.delay(1, now=0.0) for _ in range(3)}) == 3
+    bucket = RetryLimiter(base=0.001, rate=10, burst=3, jitter=lambda: 0.0)
+    delays = [bucket.delay(1, now=0.0) for _ in range(5)]  # an outage: five keys fail at once
+    assert delays == [0.0005, 0.0005, 0.0005, pytest.approx(0.1), pytest.approx(0.2)]
+    assert bucket.delay(1, now=10.0) == 0.0005  # refilled meanwhile
+
+
+def run_queue(work: Any, steps: Any, retries: RetryLimiter | None = None) -> None:
+    async def scenario() -> None:
+        queue = WorkQueue(work, workers=4, resync=600, retries=retries)
+        queue.start()
+        try:
+            await steps(queue)
+        finally:
+            await queue.stop()
+
+    asyncio.run(scenario())
+
+
+async def until(condition: threading.Event, timeout: float = 5.0) -> None:
+    assert await asyncio.to_thread(condition.wait, timeout), "timed out"
+
+
+def test_a_key_is_never_worked_on_twice_at_once_and_runs_again_for_what_came_meanwhile() -> None:
+    running: dict[Key, int] = {}
+    most_at_once = 0
+    runs: list[Key] = []
+    lock, first_started, release, second_done = (
+        threading.Lock(),
+        threading.Event(),
+        threading.Event(),
+        threading.Event(),
+    )
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        nonlocal most_at_once
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            most_at_once = max(most_at_once, running[key])
+            runs.append(key)
+        first_started.set()
+        if len(runs) == 1:
+            release.wait(5)
+        with lock:
+            running[key] -= 1
+        if len(runs) == 2:
+            second_done.set()
+
+    async def steps(queue: WorkQueue) -> None:
+        queue.set_body(("ml", "m"), BODY)
+        await until(first_started)
+        for _ in range(5):  # events while it runs: one more run, not five, and not in parallel
+            queue.enqueue(("ml", "m"))
+        release.set()
+        await until(second_done)
+        await asyncio.sleep(0)
+
+    run_queue(work, steps)
+    assert most_at_once == 1
+    assert runs == [("ml", "m"), ("ml", "m")]
+
+
+def test_a_failure_is_retried_and_a_deleted_key_is_not() -> None:
+    attempts: list[Key] = []
+    retried = threading.Event()
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise ConnectionError("the API server is restarting")
+        retried.set()
+
+    async def steps(queue: WorkQueue) -> None:
+        queue.set_body(("ml", "m"), BODY)
+        await until(retried)
+        queue.set_body(("ml", "m"), None)
+        queue.enqueue(("ml", "m"))
+        assert queue.idle
+
+    run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
+    assert attempts == [("ml", "m"), ("ml", "m")]

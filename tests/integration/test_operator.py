@@ -348,3 +348,37 @@ def test_an_invalid_object_that_got_in_leaves_workloads_alone(
         assert after == before
     finally:
         operator.restart()  # registers the webhook configuration again
+
+
+def test_a_service_of_the_models_name_that_belongs_to_someone_else_is_never_taken(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = operator.cluster
+    database = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llama-3-70b", "labels": {"app": "database"}},
+        "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
+    }
+    cluster.kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(database))
+    apply(cluster, namespace, load(SPOT_SAMPLE))
+    wait_for_groups(cluster, namespace, "llama-3-70b", SAMPLE_GROUPS)
+
+    def conflict() -> dict[str, Any] | None:
+        found = condition(cluster, namespace, "llama-3-70b", "Degraded")
+        return found if found and found["reason"] == "ObjectConflict" else None
+
+    degraded = wait_until(conflict, timeout=30, what="Degraded=True ObjectConflict")
+    assert f"Service {namespace}/llama-3-70b exists" in degraded["message"]
+    service = cluster.get_json("service", "llama-3-70b", "-n", namespace, "--show-managed-fields")
+    assert service["spec"]["selector"] == {"app": "database"}
+    assert "ownerReferences" not in service["metadata"]
+    assert "gpufleet" not in {m.get("manager") for m in service["metadata"]["managedFields"]}
+    # Deleting the ModelDeployment leaves the database's Service where it was (nothing to collect).
+    cluster.kubectl("delete", "md", "llama-3-70b", "-n", namespace, "--wait=true")
+    wait_until(
+        lambda: not deployments(cluster, namespace, "llama-3-70b"), timeout=60, what="Deployments collected"
+    )
+    assert cluster.get_json("service", "llama-3-70b", "-n", namespace)["spec"]["selector"] == {
+        "app": "database"
+    }

@@ -33,6 +33,10 @@ class FakeKube:
             and (not label_selector or o["metadata"].get("labels", {}).get(key) == value)
         ]
 
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         key = (obj["kind"], meta["namespace"], meta["name"])

@@ -45,6 +45,7 @@ class World:
     status: dict[str, Any] | None = None
     capacity: CapacitySnapshot = field(default_factory=CapacitySnapshot)
     prices: dict[str, ProductPrices] = field(default_factory=lambda: {"NVIDIA-A100-SXM4-80GB": A100})
+    looked_up: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
 
     def plan(
         self, body: dict[str, Any], policy: ReconcilePolicy | None = None, now: datetime = NOW
@@ -56,6 +57,7 @@ class World:
             capacity=self.capacity,
             prices=self.prices,
             remembered=Remembered(dict(self.applied), self.status),
+            looked_up=self.looked_up,
         )
         return plan_reconcile(observed, policy or reconcile_policy(), now)
 
@@ -356,3 +358,41 @@ def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_sp
     assert invalid.status.patch is not None
     assert "spot" not in invalid.status.patch
     assert "cost" not in invalid.status.patch
+
+
+# --- objects of the model's name that belong to someone else ----------------------------------------
+
+FOREIGN_SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "llama-3-70b", "namespace": "ml", "uid": "svc-1"},
+    "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
+}
+
+
+def test_a_service_of_the_models_name_that_is_not_its_own_is_never_taken() -> None:
+    world, body = World(), sample()
+    world.looked_up = {
+        ("Service", "llama-3-70b"): FOREIGN_SERVICE,
+        ("PodDisruptionBudget", "llama-3-70b"): None,
+    }
+    plan = world.plan(body)
+    assert "Service/llama-3-70b" not in applies(plan)
+    assert {"PodDisruptionBudget/llama-3-70b", f"Deployment/{GROUPS[0]}"} <= set(applies(plan))
+    degraded = next(c for c in plan.status.status.conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "ObjectConflict")
+    assert "Service ml/llama-3-70b exists and belongs to no ModelDeployment" in degraded.message
+    assert "rename the ModelDeployment or remove that object" in degraded.message
+    assert ("Warning", "ObjectConflict") in [(e.type, e.reason) for e in plan.status.events]
+
+
+def test_its_own_service_found_after_a_restart_is_applied_and_the_conflict_ends() -> None:
+    world, body = World(), sample()
+    own = {
+        **FOREIGN_SERVICE,
+        "metadata": {**FOREIGN_SERVICE["metadata"], "ownerReferences": [{"uid": "uid-1"}]},
+    }
+    world.looked_up = {("Service", "llama-3-70b"): own}
+    plan = world.plan(body)
+    assert "Service/llama-3-70b" in applies(plan)
+    assert conditions(plan)["Degraded"] == ("False", "AsExpected")

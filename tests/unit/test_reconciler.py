@@ -332,3 +332,36 @@ def test_status_the_watch_has_not_shown_yet_is_not_taken_back(kube: FakeKube) ->
     assert kube.stored_status["spot"]["interruptionsHandled"] == 1
     assert [d["node"] for d in kube.stored_status["spot"]["doomedNodes"]] == ["n-us-east-1b"]
     assert [e[1] for e in kube.events].count("SpotInterruption") == 1
+
+
+def test_objects_of_the_models_name_are_looked_up_only_until_written(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    looked: list[str] = []
+    original = kube.get
+
+    def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, object] | None:
+        looked.append(f"{kind}/{name}")
+        return original(api_version, kind, namespace, name)
+
+    kube.get = get  # type: ignore[method-assign]
+    body = sample()
+    reconciler.reconcile(body)
+    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b"]
+    body["status"] = kube.last_status
+    reconciler.reconcile(body)
+    assert len(looked) == 2  # written by this operator since: nothing to look up
+
+
+def test_a_foreign_service_is_left_exactly_as_it_was(kube: FakeKube, reconciler: Reconciler) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llama-3-70b", "namespace": "ml", "resourceVersion": "7"},
+        "spec": {"selector": {"app": "database"}},
+    }
+    kube.objects[("Service", "ml", "llama-3-70b")] = copy.deepcopy(foreign)
+    for _ in range(2):
+        reconciler.reconcile(sample())
+    assert kube.objects[("Service", "ml", "llama-3-70b")] == foreign
+    assert "Service/llama-3-70b" not in kube.deletes

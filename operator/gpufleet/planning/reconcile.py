@@ -9,7 +9,9 @@ once, and executes the plan in this order:
    pod instead), then post the failover Events.
 2. **Apply** the desired Deployments (one per zone × capacity type), the
    Service and the PDB, each only when the live object is not exactly what
-   gpufleet last applied. The Event says why: CreatedGroup, RestoredGroup
+   gpufleet last applied. A Service or PDB of the model's name that exists and
+   is not owned by it is never applied over: Degraded=True (ObjectConflict)
+   names it. The Event says why: CreatedGroup, RestoredGroup
    (deleted outside gpufleet), RevertedDrift (changed outside gpufleet),
    ScaledGroup or UpdatedGroup; none for the first look after a restart,
    when nothing is known to have drifted.
@@ -111,6 +113,24 @@ class Remembered:
 
 
 @dataclass(frozen=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    name: str
+
+
+def names_to_look_up(body: Mapping[str, Any], applied: AppliedVersions) -> tuple[ObjectRef, ...]:
+    """Objects the plan would write under the ModelDeployment's own name (its Service and PDB) that this
+    operator does not remember writing: someone else may already have one of that name (a Service
+    `postgres` in the namespace of a ModelDeployment `postgres`), and applying over it would take it,
+    and the garbage collector would delete it with the ModelDeployment. Looked up once; none in steady
+    state."""
+    name = body["metadata"]["name"]
+    wanted = (ObjectRef("v1", "Service", name), ObjectRef("policy/v1", "PodDisruptionBudget", name))
+    return tuple(ref for ref in wanted if (ref.kind, ref.name) not in applied)
+
+
+@dataclass(frozen=True)
 class Observed:
     body: Mapping[str, Any]  # the ModelDeployment as the watch delivered it
     pods: Sequence[Mapping[str, Any]]  # listed by the model's selector
@@ -118,6 +138,8 @@ class Observed:
     capacity: CapacitySnapshot = field(default_factory=CapacitySnapshot)
     prices: Mapping[str, ProductPrices] = field(default_factory=dict)
     remembered: Remembered = field(default_factory=Remembered)
+    # names_to_look_up's objects as the API server has them: (kind, name) → object, None when absent.
+    looked_up: Mapping[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,10 +230,15 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
             applied.get((obj["kind"], obj["metadata"]["name"])),
         )
         for obj in desired.deployments
-    ] + [
-        _apply(obj, None, applied.get((obj["kind"], obj["metadata"]["name"])))
-        for obj in (desired.service, desired.pod_disruption_budget)
     ]
+    conflicts = []
+    for obj in (desired.service, desired.pod_disruption_budget):
+        existing = observed.looked_up.get((obj["kind"], obj["metadata"]["name"]))
+        if existing is not None and not owned_by(existing, uid):
+            # Never taken over: not applied, not deleted, reported until it is renamed or removed.
+            conflicts.append(_conflict(obj["kind"], namespace, obj["metadata"]["name"], existing))
+            continue
+        applies.append(_apply(obj, None, applied.get((obj["kind"], obj["metadata"]["name"]))))
     wanted = {d["metadata"]["name"] for d in desired.deployments}
     removals = [
         Removal(
@@ -240,6 +267,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         autoscaled=spec.autoscaling.enabled,
         capacity=capacity,
         cost=cost.to_status(),
+        conflicts=conflicts,
     )
     return ReconcilePlan(
         (namespace, name),
@@ -309,6 +337,7 @@ def _status_input(
     autoscaled: bool = False,
     capacity: FailoverPlan | None = None,
     cost: CostStatus | None = None,
+    conflicts: Sequence[str] = (),
 ) -> StatusInput:
     meta = body["metadata"]
     return StatusInput(
@@ -325,6 +354,7 @@ def _status_input(
         capacity_conditions=capacity.conditions if capacity else (),
         spot=capacity.state.to_status() if capacity else None,
         cost=cost,
+        conflicts=conflicts,
     )
 
 
@@ -372,6 +402,14 @@ def _condition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) ->
         elif condition.type in (SCALING_LIMITED, DEGRADED) and condition.status == "True":
             events.append(EventView("Warning", condition.reason, condition.message))
     return tuple(events)
+
+
+def _conflict(kind: str, namespace: str, name: str, existing: Mapping[str, Any]) -> str:
+    owners = ", ".join(
+        f"{ref.get('kind', '?')} {ref.get('name', '?')}"
+        for ref in existing.get("metadata", {}).get("ownerReferences") or []
+    )
+    return f"{kind} {namespace}/{name} exists and belongs to {owners or 'no ModelDeployment'}"
 
 
 def _apply(

@@ -85,6 +85,8 @@ class StatusInput:
     capacity_conditions: Sequence[ConditionView] = ()
     spot: SpotStatus | None = None
     cost: CostStatus | None = None
+    # Objects of the model's names that belong to someone else (not applied over).
+    conflicts: Sequence[str] = ()
 
 
 def _condition(
@@ -193,7 +195,13 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
         conditions.append(cond(PROGRESSING, False, "Converged", f"{desired} replicas converged"))
 
     stuck = unschedulable_pods(live, now, inp.unschedulable_after)
-    if stuck:
+    if inp.conflicts:
+        message = (
+            f"{'; '.join(inp.conflicts)}: gpufleet leaves it untouched; rename the ModelDeployment "
+            "or remove that object"
+        )
+        conditions.append(cond(DEGRADED, True, "ObjectConflict", message))
+    elif stuck:
         minutes = int(inp.unschedulable_after.total_seconds() // 60)
         conditions.append(
             cond(

@@ -22,6 +22,7 @@ from gpufleet.planning.reconcile import (
     ReconcilePlan,
     ReconcilePolicy,
     Remembered,
+    names_to_look_up,
     plan_reconcile,
 )
 from gpufleet.planning.report import EventView
@@ -53,13 +54,18 @@ class Reconciler:
         key = key_of(body)
         namespace, selector = key[0], selector_string(key[1])
         now = self.clock()
+        remembered = Remembered(dict(self._applied.get(key, {})), self._statuses.get(key))
         observed = Observed(
             body=body,
             pods=self.kube.list("v1", "Pod", namespace, selector),
             deployments=self.kube.list("apps/v1", "Deployment", namespace, selector),
             capacity=self.capacity.snapshot(now) if self.capacity else CapacitySnapshot(),
             prices=self.prices,
-            remembered=Remembered(dict(self._applied.get(key, {})), self._statuses.get(key)),
+            remembered=remembered,
+            looked_up={
+                (ref.kind, ref.name): self.kube.get(ref.api_version, ref.kind, namespace, ref.name)
+                for ref in names_to_look_up(body, remembered.applied)
+            },
         )
         plan = plan_reconcile(observed, self.policy, now)
         self.execute(body, plan)

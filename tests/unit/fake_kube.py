@@ -24,13 +24,18 @@ class FakeKube:
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str
     ) -> list[dict[str, Any]]:
-        key, _, value = label_selector.partition("=")
+        """Objects of `kind` in `namespace` (None: all) matching `key=value`, `key` (exists) or ""."""
+        key, equals, value = label_selector.partition("=")
+
+        def selected(labels: dict[str, str]) -> bool:
+            if not label_selector:
+                return True
+            return labels.get(key) == value if equals else key in labels
+
         return [
             copy.deepcopy(o)
             for (k, ns, _), o in sorted(self.objects.items())
-            if k == kind
-            and namespace in (None, ns)
-            and (not label_selector or o["metadata"].get("labels", {}).get(key) == value)
+            if k == kind and namespace in (None, ns) and selected(o["metadata"].get("labels", {}))
         ]
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.planning.failover import Doom
+from gpufleet.planning.observe import owner_key
 from gpufleet.planning.reconcile import dooms_for
 from gpufleet.planning.zone_loss import lost_zones
 from gpufleet.runtime.capacity_store import CapacityStore
@@ -120,3 +121,17 @@ def test_empty_node_entries_are_forgotten() -> None:
     assert set(s._pods) == {"n2"}
     s.delete_pod("ml/p1")
     assert s._pods == {}
+
+
+def test_a_fresh_store_is_primed_from_lists_as_the_watches_would_fill_it() -> None:
+    s = store()
+    pod = {
+        "metadata": {"name": "p1", "namespace": "ml", "labels": {"gpufleet.io/model-deployment": "llama"}},
+        "spec": {"nodeName": "n1"},
+    }
+    stray = {"metadata": {"name": "x", "namespace": "ml", "labels": {}}, "spec": {"nodeName": "n1"}}
+    s.prime([node("n1", "us-east-1b")], [pod, stray], owner_key, NOW)
+    assert s.models_on("n1") == {("ml", "llama")}
+    found = s.node_for_instance(instance("n1"))
+    assert found is not None
+    assert (found.name, found.zone) == ("n1", "us-east-1b")

@@ -76,3 +76,35 @@ def test_an_unreachable_queue_is_reported_and_retried() -> None:
     consumer.run()
     assert waits == [0.01]  # one failure left: backed off once, then read, then stopped
     assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1
+
+
+def test_the_queue_is_read_only_once_the_nodes_and_pods_are_known() -> None:
+    queue = FakeQueue([[QueueMessage("1", "r1", warning_body(instance("n1")))]])
+    s = store()
+    attempts: list[str] = []
+
+    def prepare() -> None:
+        attempts.append("prepare")
+        if len(attempts) == 1:
+            raise ConnectionError("the API server is restarting")
+        s.update_node(node("n1", "us-east-1b"), NOW)
+        s.update_pod(("ml", "llama"), "ml/p1", "n1")
+
+    enqueued: list[tuple[str, str]] = []
+    consumer = InterruptionConsumer(
+        queue, s, enqueued.append, lambda: NOW, max_backoff_seconds=0.01, prepare=prepare
+    )
+    original = queue.receive
+
+    def receive_then_stop(wait_seconds: int = 20, visibility_timeout: int = 20) -> list[QueueMessage]:
+        attempts.append("receive")
+        consumer.stopped.set()
+        return original(wait_seconds=wait_seconds, visibility_timeout=visibility_timeout)
+
+    queue.receive = receive_then_stop  # type: ignore[method-assign]
+    consumer.stopped.wait = lambda delay: False  # type: ignore[method-assign]
+    consumer.run()
+    # Read at startup, the warning finds its node and its model, not "no node of this cluster".
+    assert attempts == ["prepare", "prepare", "receive"]
+    assert enqueued == [("ml", "llama")]
+    assert queue.deleted == ["r1"]

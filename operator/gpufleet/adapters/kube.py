@@ -23,6 +23,7 @@ FIELD_MANAGER = "gpufleet"
 # (apiVersion, kind) → (URL prefix, plural). Only what the operator touches.
 _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Node"): ("/api/v1", "nodes"),  # cluster-scoped: listed with namespace None
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "Event"): ("/api/v1", "events"),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gpufleet.api.timestamps import parse_kube_time
 from gpufleet.api.v1alpha1 import ModelDeploymentStatus
 from gpufleet.planning.placement import CapacityType
-from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_ZONE
+from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_MODEL_DEPLOYMENT, LABEL_ZONE
 
 # (namespace, name) of a ModelDeployment: the key of the work queue, the caches and the metrics.
 Key = tuple[str, str]
@@ -53,6 +53,14 @@ class ObservedDeployment:
 def key_of(obj: Mapping[str, Any]) -> Key:
     meta = obj["metadata"]
     return (meta["namespace"], meta["name"])
+
+
+def owner_key(obj: Mapping[str, Any]) -> Key | None:
+    """The ModelDeployment an object carries the label of, or None."""
+    meta = obj.get("metadata", {})
+    owner = (meta.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+    namespace = meta.get("namespace")
+    return (namespace, owner) if namespace and owner else None
 
 
 def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:

@@ -11,7 +11,7 @@ gpufleet.planning.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -135,6 +135,29 @@ class CapacityStore:
     def models_on(self, node: str) -> set[Key]:
         with self._lock:
             return set(self._pods.get(node, {}).values())
+
+    # --- a fresh start ---------------------------------------------------------------------------
+
+    def prime(
+        self,
+        nodes: Iterable[Mapping[str, Any]],
+        pods: Iterable[Mapping[str, Any]],
+        owner_of: Callable[[Mapping[str, Any]], Key | None],
+        now: datetime,
+    ) -> None:
+        """Record listed nodes and our pods, as their watch events would: before the interruption queue
+        is read, so a warning for a node the watch has not shown yet is not taken for another cluster's."""
+        for node in nodes:
+            self.update_node(node, now)
+        for pod in pods:
+            key = owner_of(pod)
+            meta = pod.get("metadata", {})
+            if key is not None:
+                self.update_pod(
+                    key,
+                    f"{meta.get('namespace')}/{meta.get('name')}",
+                    (pod.get("spec") or {}).get("nodeName"),
+                )
 
     # --- what a reconcile reads ------------------------------------------------------------------
 

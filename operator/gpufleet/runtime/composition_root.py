@@ -25,8 +25,9 @@ from typing import Any
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
 from gpufleet.adapters.serving_metrics import PrometheusMetrics
 from gpufleet.config import Settings
-from gpufleet.planning.observe import Key, version_of
+from gpufleet.planning.observe import Key, owner_key, version_of
 from gpufleet.planning.scaling import Decision
+from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 from gpufleet.runtime.capacity_store import CapacityStore
@@ -180,6 +181,12 @@ class Operator:
         self.reconciler.invalidate(key, kind, name)
         self.queue.enqueue(key)
 
+    def prime_capacity(self) -> None:
+        """List the nodes and the models' pods into the capacity store (the consumer's first step)."""
+        scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        pods = [p for ns in scopes for p in self.kube.list("v1", "Pod", ns, LABEL_MODEL_DEPLOYMENT)]
+        self.capacity.prime(self.kube.list("v1", "Node", None, ""), pods, owner_key, utcnow())
+
     # --- the work --------------------------------------------------------------------------------
 
     def _work(self, key: Key, body: Mapping[str, Any]) -> None:
@@ -299,6 +306,7 @@ class Operator:
             self.leading,
             wait_seconds=settings.interruption_queue_wait_seconds,
             visibility_seconds=settings.interruption_queue_visibility_seconds,
+            prepare=self.prime_capacity,
         )
         self._stoppables.append(consumer.stopped)
         threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()

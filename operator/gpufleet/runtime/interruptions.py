@@ -52,6 +52,7 @@ class InterruptionConsumer:
         leading: threading.Event | None = None,
         wait_seconds: int = 20,
         visibility_seconds: int = 20,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.wait_seconds = wait_seconds
         self.visibility_seconds = visibility_seconds
@@ -63,6 +64,10 @@ class InterruptionConsumer:
         self.store = store
         self.enqueue = enqueue
         self.clock = clock
+        # Run once, successfully, before the first receive: fills the store with the nodes and pods the
+        # watches may not have delivered yet, so a warning read at startup finds its node.
+        self.prepare = prepare
+        self.prepared = prepare is None
         self.stopped = threading.Event()
 
     def handle(self, message: QueueMessage) -> str:
@@ -124,6 +129,9 @@ class InterruptionConsumer:
             if self.leading is not None and not self.leading.wait(1.0):
                 continue
             try:
+                if not self.prepared and self.prepare is not None:
+                    self.prepare()
+                    self.prepared = True
                 self.poll_once()
                 failures = 0
             except Exception:

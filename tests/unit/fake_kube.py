@@ -6,6 +6,8 @@ import copy
 from datetime import datetime
 from typing import Any
 
+from gpufleet.planning.merge_patch import as_stored
+
 
 class FakeKube:
     def __init__(self) -> None:
@@ -79,13 +81,7 @@ class FakeKube:
     @property
     def stored_status(self) -> dict[str, Any]:
         """The last status patch as the API server keeps it: a merge patch's null members delete."""
-
-        def stored(value: Any) -> Any:
-            if isinstance(value, dict):
-                return {k: stored(v) for k, v in value.items() if v is not None}
-            return [stored(v) for v in value] if isinstance(value, list) else value
-
-        result: dict[str, Any] = stored(self.last_status)
+        result: dict[str, Any] = as_stored(self.last_status)
         return result
 
     def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:

@@ -57,3 +57,28 @@ class Readings:
     activation: float | None = None
     error: str | None = None
     reporting_replicas: int | None = None
+
+
+def handmade_deployment() -> dict[str, Any]:
+    """A Deployment with llama-3-70b's label that another owner made: never the operator's to remove."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "llama-3-70b-handmade",
+            "namespace": "ml",
+            "labels": {"gpufleet.io/model-deployment": "llama-3-70b"},
+            "ownerReferences": [{"uid": "someone-else"}],
+        },
+        "spec": {"replicas": 1},
+    }
+
+
+def database_service() -> dict[str, Any]:
+    """A Service named like the sample ModelDeployment that belongs to a database: never to be taken."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llama-3-70b", "namespace": "ml", "uid": "svc-1", "resourceVersion": "7"},
+        "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
+    }

@@ -40,7 +40,8 @@ def operator_with_slow_work(order: list[str], started: threading.Event) -> Opera
     return operator
 
 
-def test_the_lease_is_released_only_after_the_work_under_way_finished() -> None:
+def stop_while_working(work_timeout: float | None = None) -> list[str]:
+    """Stop the operator while a slow reconcile runs; the order of reconcile end and Lease release."""
     order: list[str] = []
     started = threading.Event()
     operator = operator_with_slow_work(order, started)
@@ -49,11 +50,15 @@ def test_the_lease_is_released_only_after_the_work_under_way_finished() -> None:
         operator.queue.start()
         operator.queue.set_body(("ml", "m"), BODY)
         assert await asyncio.to_thread(started.wait, 5)
-        await operator.stop()
+        await (operator.stop() if work_timeout is None else operator.stop(work_timeout=work_timeout))
 
     asyncio.run(scenario())
+    return order
+
+
+def test_the_lease_is_released_only_after_the_work_under_way_finished() -> None:
     # Released first, a standby would act while this replica's last reconcile still wrote.
-    assert order == ["reconciled", "released"]
+    assert stop_while_working() == ["reconciled", "released"]
 
 
 def test_work_that_starts_once_stopping_does_not_act() -> None:
@@ -66,15 +71,4 @@ def test_work_that_starts_once_stopping_does_not_act() -> None:
 
 
 def test_a_stop_waits_only_so_long_for_work_that_hangs() -> None:
-    order: list[str] = []
-    started = threading.Event()
-    operator = operator_with_slow_work(order, started)
-
-    async def scenario() -> None:
-        operator.queue.start()
-        operator.queue.set_body(("ml", "m"), BODY)
-        assert await asyncio.to_thread(started.wait, 5)
-        await operator.stop(work_timeout=0.05)
-
-    asyncio.run(scenario())
-    assert order[0] == "released"  # stepped down after the timeout rather than never
+    assert stop_while_working(work_timeout=0.05)[0] == "released"  # stepped down after the timeout

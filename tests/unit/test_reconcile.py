@@ -27,7 +27,13 @@ from gpufleet.planning.reconcile import (
     plan_reconcile,
 )
 from gpufleet.planning.zone_loss import NodeLoss
-from tests.unit.helpers import failover_settings, reconcile_policy, sample
+from tests.unit.helpers import (
+    database_service,
+    failover_settings,
+    handmade_deployment,
+    reconcile_policy,
+    sample,
+)
 from tests.unit.spot_objects import pod_object
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -213,17 +219,7 @@ def test_scaling_down_removes_the_groups_no_longer_placed() -> None:
 
 def test_a_deployment_with_our_label_but_another_owner_is_never_removed() -> None:
     world, body = World(), sample()
-    world.deployments["llama-3-70b-handmade"] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": "llama-3-70b-handmade",
-            "namespace": "ml",
-            "labels": {"gpufleet.io/model-deployment": "llama-3-70b"},
-            "ownerReferences": [{"uid": "someone-else"}],
-        },
-        "spec": {"replicas": 1},
-    }
+    world.deployments["llama-3-70b-handmade"] = handmade_deployment()
     assert world.plan(body).removals == ()
 
 
@@ -362,12 +358,7 @@ def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_sp
 
 # --- objects of the model's name that belong to someone else ----------------------------------------
 
-FOREIGN_SERVICE = {
-    "apiVersion": "v1",
-    "kind": "Service",
-    "metadata": {"name": "llama-3-70b", "namespace": "ml", "uid": "svc-1"},
-    "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
-}
+FOREIGN_SERVICE = database_service()
 
 
 def test_a_service_of_the_models_name_that_is_not_its_own_is_never_taken() -> None:

@@ -18,7 +18,7 @@ from gpufleet.planning.reconcile import ReconcilePlan
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.reconciler import Reconciler
 from tests.unit.fake_kube import FakeKube
-from tests.unit.helpers import reconcile_policy, sample
+from tests.unit.helpers import database_service, handmade_deployment, reconcile_policy, sample
 from tests.unit.spot_objects import FakeQueue, instance, node, pod_object, store, warning_body
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -144,18 +144,7 @@ def test_replicas_past_max_are_clamped_not_invalid(kube: FakeKube, reconciler: R
 
 
 def test_deployment_owned_by_someone_else_is_left_alone(kube: FakeKube, reconciler: Reconciler) -> None:
-    foreign = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": "llama-3-70b-handmade",
-            "namespace": "ml",
-            "labels": {"gpufleet.io/model-deployment": "llama-3-70b"},
-            "ownerReferences": [{"uid": "someone-else"}],
-        },
-        "spec": {"replicas": 1},
-    }
-    kube.apply(foreign)
+    kube.apply(handmade_deployment())
     reconciler.reconcile(sample())
     assert "llama-3-70b-handmade" in deployments(kube)
     assert kube.deletes == []
@@ -354,12 +343,7 @@ def test_objects_of_the_models_name_are_looked_up_only_until_written(
 
 
 def test_a_foreign_service_is_left_exactly_as_it_was(kube: FakeKube, reconciler: Reconciler) -> None:
-    foreign = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "llama-3-70b", "namespace": "ml", "resourceVersion": "7"},
-        "spec": {"selector": {"app": "database"}},
-    }
+    foreign = database_service()
     kube.objects[("Service", "ml", "llama-3-70b")] = copy.deepcopy(foreign)
     for _ in range(2):
         reconciler.reconcile(sample())

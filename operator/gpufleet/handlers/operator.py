@@ -15,7 +15,7 @@ import kopf
 from gpufleet.adapters.certs import ensure_self_signed
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
-from gpufleet.planning.observe import Key
+from gpufleet.planning.observe import owner_key_of
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime.composition_root import Operator, build
 
@@ -68,11 +68,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await operator.stop()
 
 
-def _owner_key(namespace: str | None, labels: kopf.Labels) -> Key | None:
-    owner = labels.get(LABEL_MODEL_DEPLOYMENT)
-    return (namespace, owner) if namespace and owner else None
-
-
 def _deleted(event: kopf.RawEvent) -> bool:
     return event.get("type") == "DELETED"
 
@@ -89,7 +84,7 @@ def model_deployment_event(
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
 def owned_deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    key = _owner_key(namespace, labels)
+    key = owner_key_of(namespace, labels)
     if key:
         memo.operator.owned_deployment_changed(key)
 
@@ -98,7 +93,7 @@ def owned_deployment_event(namespace: str | None, labels: kopf.Labels, memo: kop
 def owned_pod_event(
     event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    key = _owner_key(namespace, labels)
+    key = owner_key_of(namespace, labels)
     if key:
         node = ((event.get("object") or {}).get("spec") or {}).get("nodeName")
         memo.operator.owned_pod_changed(key, f"{namespace}/{name}", node, _deleted(event))
@@ -128,6 +123,6 @@ def _owned_object_event(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    key = _owner_key(namespace, labels)
+    key = owner_key_of(namespace, labels)
     if key:
         memo.operator.owned_object_changed(key, kind, name, None if _deleted(event) else event.get("object"))

@@ -33,7 +33,6 @@ Action = Literal["create", "renew", "take", "wait"]
 @dataclass(frozen=True)
 class LeaseView:
     holder: str
-    renewed: datetime | None
     duration: timedelta
     transitions: int
     acquired: datetime | None
@@ -57,7 +56,6 @@ def read_lease(obj: Mapping[str, Any]) -> LeaseView:
     transitions = spec.get("leaseTransitions")
     return LeaseView(
         holder=str(spec.get("holderIdentity") or ""),
-        renewed=_parse(spec.get("renewTime")),
         duration=duration,
         transitions=transitions if isinstance(transitions, int) and transitions >= 0 else 0,
         acquired=_parse(spec.get("acquireTime")),

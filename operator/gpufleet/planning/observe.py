@@ -58,8 +58,12 @@ def key_of(obj: Mapping[str, Any]) -> Key:
 def owner_key(obj: Mapping[str, Any]) -> Key | None:
     """The ModelDeployment an object carries the label of, or None."""
     meta = obj.get("metadata", {})
-    owner = (meta.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
-    namespace = meta.get("namespace")
+    return owner_key_of(meta.get("namespace"), meta.get("labels") or {})
+
+
+def owner_key_of(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
+    """The same from a namespace and labels (as kopf hands them to a watch handler)."""
+    owner = labels.get(LABEL_MODEL_DEPLOYMENT)
     return (namespace, owner) if namespace and owner else None
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec, ModelDeploymentStatus
+from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec, ModelDeploymentStatus, SpotStatus
 from gpufleet.api.validation import validate_manifest
 from gpufleet.planning.cost import ProductPrices, estimate_for, product_for
 from gpufleet.planning.failover import (
@@ -217,7 +217,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         return ReconcilePlan((namespace, name), False, _status_write(inp, observed, now))
 
     decision = decide_replicas(spec)
-    capacity = _plan_capacity(observed, spec, decision.desired, pods, policy.failover, now)
+    capacity = _plan_capacity(observed, spec, decision.desired, pods, previous.spot, policy.failover, now)
     drained = set(capacity.retire)
     pods = [replace(p, terminating=True) if p.name in drained else p for p in pods]
     desired = desired_workloads(Owner(name, namespace, uid), spec, capacity.groups, policy.workloads)
@@ -288,6 +288,7 @@ def _plan_capacity(
     spec: ModelDeploymentSpec,
     desired: int,
     pods: Sequence[ObservedPod],
+    stored: SpotStatus | None,
     settings: FailoverSettings | None,
     now: datetime,
 ) -> FailoverPlan:
@@ -296,8 +297,9 @@ def _plan_capacity(
         return FailoverPlan(groups, groups, (), (), (), FailoverState(), (), (), None)
     # The status this operator last wrote is newer than a body the watch has not caught up with.
     written = observed.remembered.status or {}
-    stored_spot = (observed.body.get("status") or {}).get("spot")
-    state = FailoverState.from_json(written.get("spot", stored_spot))
+    state = (
+        FailoverState.from_json(written["spot"]) if "spot" in written else FailoverState.from_status(stored)
+    )
     live = [p for p in pods if not p.terminating]
     views = [PodView(p.name, p.zone, p.capacity_type, p.node, p.ready, p.unschedulable_since) for p in live]
     snapshot = observed.capacity

@@ -9,7 +9,6 @@ on with the same recommendation history.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Executor
 from datetime import datetime
@@ -21,8 +20,7 @@ from gpufleet.api.v1alpha1 import API_VERSION, KIND
 from gpufleet.planning.autoscale import AutoscalePlan, autoscale_target, autoscaled_spec, plan_autoscale
 from gpufleet.planning.scaling import Decision, ScalingTimings
 from gpufleet.planning.workloads import selector_string
-
-log = logging.getLogger("gpufleet.autoscale")
+from gpufleet.runtime.events import post_event
 
 NO_PROMETHEUS = "no Prometheus configured (set GPUFLEET_PROMETHEUS_URL); holding replicas"
 
@@ -66,12 +64,7 @@ class Autoscaler:
         if plan.scale_to is not None:
             self.kube.patch_scale(API_VERSION, KIND, namespace, name, plan.scale_to)
         if plan.event is not None:
-            try:
-                self.kube.create_event(
-                    dict(body), plan.event.type, plan.event.reason, plan.event.message, now
-                )
-            except Exception:  # an event lost is not worth failing the evaluation
-                log.warning("could not post the scale event of %s", name, exc_info=True)
+            post_event(self.kube, body, plan.event, now)
         if plan.status_patch is not None:
             self.kube.patch_status(API_VERSION, KIND, namespace, name, plan.status_patch)
 

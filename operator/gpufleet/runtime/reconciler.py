@@ -7,7 +7,6 @@ object that is exactly that is not applied again) and the status it wrote last
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -25,11 +24,9 @@ from gpufleet.planning.reconcile import (
     names_to_look_up,
     plan_reconcile,
 )
-from gpufleet.planning.report import EventView
 from gpufleet.planning.workloads import selector_string
 from gpufleet.runtime.capacity_store import CapacityStore
-
-log = logging.getLogger("gpufleet.reconcile")
+from gpufleet.runtime.events import post_event
 
 
 class Reconciler:
@@ -77,7 +74,7 @@ class Reconciler:
         for drain in plan.drains:
             self.kube.delete("v1", "Pod", namespace, drain.pod)
         for event in plan.events:
-            self._post(body, event)
+            post_event(self.kube, body, event, self.clock())
         for write in plan.applies:
             result = self.kube.apply(write.obj)
             applied[(write.obj["kind"], write.obj["metadata"]["name"])] = (
@@ -85,24 +82,16 @@ class Reconciler:
                 version_of(result),
             )
             if write.event is not None:
-                self._post(body, write.event)
+                post_event(self.kube, body, write.event, self.clock())
         for removal in plan.removals:
             self.kube.delete(removal.api_version, removal.kind, namespace, removal.name)
             applied.pop((removal.kind, removal.name), None)
-            self._post(body, removal.event)
+            post_event(self.kube, body, removal.event, self.clock())
         if plan.status.patch is not None:
             self.kube.patch_status(API_VERSION, KIND, namespace, plan.key[1], plan.status.patch)
             self._statuses[plan.key] = plan.status.stored_form
             for event in plan.status.events:
-                self._post(body, event)
-
-    def _post(self, body: Mapping[str, Any], event: EventView) -> None:
-        try:
-            self.kube.create_event(dict(body), event.type, event.reason, event.message, self.clock())
-        except Exception:  # an event lost is not worth failing a reconcile
-            log.warning(
-                "could not post event %s for %s", event.reason, body["metadata"]["name"], exc_info=True
-            )
+                post_event(self.kube, body, event, self.clock())
 
     def applied_version(self, key: Key, kind: str, name: str) -> str | None:
         """The version of the object that gpufleet's own last apply produced, if remembered."""

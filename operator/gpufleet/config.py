@@ -171,7 +171,20 @@ class Settings(BaseSettings):
         description="Order replacements on a rebalance recommendation (no draining until a warning).",
     )
     max_surge_replicas: int = Field(
-        default=4, ge=0, description="Replacement replicas allowed above spec.replicas while capacity moves."
+        default=4,
+        ge=1,
+        description=(
+            "Extra replicas a planned move (spot returning, a rebalance back after a cooldown) runs above "
+            "spec.replicas at once. Replacements of replicas on going nodes are never held back by it."
+        ),
+    )
+    not_ready_eviction_seconds: int = Field(
+        default=300,
+        ge=0,
+        description=(
+            "Replicas on a NotReady node are removed after this (Kubernetes' default not-ready and "
+            "unreachable toleration, 300 s); their replacements start at once."
+        ),
     )
     spot_fallback_after_seconds: int = Field(
         default=300, ge=0, description="Spot pods unschedulable this long in every zone → on-demand fallback."
@@ -250,6 +263,7 @@ class Settings(BaseSettings):
             return_after=timedelta(seconds=self.spot_return_after_seconds),
             rebalance_starts_replacements=self.rebalance_starts_replacements,
             zone_loss_window=timedelta(seconds=self.zone_loss_window_seconds),
+            not_ready_grace=timedelta(seconds=self.not_ready_eviction_seconds),
         )
 
     def reconcile_policy(self) -> ReconcilePolicy:

@@ -17,6 +17,8 @@ class FakeKube:
         self.status_patches = 0
         self.scales: list[tuple[str, int]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.evictions: list[str] = []
+        self.refuse_evictions: set[str] = set()  # pods whose PDB allows no disruption now (429)
         self._version = 0
 
     def _bump(self, obj: dict[str, Any]) -> None:
@@ -71,6 +73,13 @@ class FakeKube:
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.deletes.append(f"{kind}/{name}")
         self.objects.pop((kind, namespace, name), None)
+
+    def evict(self, namespace: str, pod: str) -> bool:
+        if pod in self.refuse_evictions:
+            return False
+        self.evictions.append(pod)
+        self.objects.pop(("Pod", namespace, pod), None)
+        return True
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

@@ -162,7 +162,7 @@ def test_the_deadline_drains_even_without_a_replacement() -> None:
     assert "deadline is 59s away" in next(e.message for e in late.events if e.reason == "DrainedReplica")
 
 
-def test_surge_is_bounded_and_the_rest_drain_at_once() -> None:
+def test_every_doomed_replica_serves_until_replaced_whatever_max_surge() -> None:
     pol = policy(max_surge=1)
     pods = fleet(7, pol)
     doomed = [p for p in pods if p.group == ("b", "spot")]
@@ -170,10 +170,109 @@ def test_surge_is_bounded_and_the_rest_drain_at_once() -> None:
     plan = plan_failover(
         pol, 7, pods, FailoverState(), NOW, cloud_dooms=[warning("b-spot-0", "b"), warning("b-spot-1", "b")]
     )
-    assert len(plan.kept) == 1
-    assert len(plan.retire) == 1
-    assert plan.retire_reasons == ("surge-limit",)
-    assert sum(groups(plan).values()) == 8
+    # Both go with their node anyway: both replacements start now, and both keep serving until then.
+    assert sorted(plan.kept) == sorted(p.name for p in doomed)
+    assert plan.retire == ()
+    assert sum(groups(plan).values()) == 9
+
+
+def two_zone_spot_fleet() -> tuple[FailoverPolicy, list[PodView]]:
+    """The issue's scenario: 20 spot replicas, 10 in each of zones a and b, on p4d.24xlarge nodes."""
+    pol = policy(capacity=capacity(zones=["a", "b"], onDemandReplicas=0, spotPercent=100), max_surge=4)
+    return pol, fleet(20, pol)
+
+
+def test_a_rebalance_for_an_unrelated_cpu_node_moves_and_cools_nothing() -> None:
+    pol, pods = two_zone_spot_fleet()
+    cpu_node = Doom(
+        "cpu-a-1", "a", "spot", "rebalance", NOW, None, "i-0cpu", "rebalance", instance_type="m5.large"
+    )
+    plan = plan_failover(
+        pol, 20, pods, FailoverState(), NOW, cloud_dooms=[cpu_node], pools=frozenset({"p4d.24xlarge"})
+    )
+    assert groups(plan) == targets(plan) == {("a", "spot"): 10, ("b", "spot"): 10}
+    assert plan.state.cooldowns == ()
+    assert plan.retire == plan.kept == ()
+    assert condition(plan, ZONE_DEGRADED) == (False, "AllZonesAvailable")
+
+
+def test_a_not_ready_node_without_our_pods_cools_nothing() -> None:
+    pol, pods = two_zone_spot_fleet()
+    other = Doom("gpu-a-9", "a", "spot", "not-ready", NOW, None, source="node", instance_type="p4d.24xlarge")
+    plan = plan_failover(
+        pol, 20, pods, FailoverState(), NOW, node_dooms=[other], pools=frozenset({"p4d.24xlarge"})
+    )
+    assert plan.state.cooldowns == ()
+    assert groups(plan) == {("a", "spot"): 10, ("b", "spot"): 10}
+
+
+def test_a_warning_in_the_models_pool_steers_new_replicas_and_moves_no_serving_one() -> None:
+    pol, pods = two_zone_spot_fleet()
+    same_pool = warning("gpu-a-9", "a", instance_type="p4d.24xlarge")  # hosts none of our pods
+    plan = plan_failover(
+        pol, 20, pods, FailoverState(), NOW, cloud_dooms=[same_pool], pools=frozenset({"p4d.24xlarge"})
+    )
+    assert condition(plan, ZONE_DEGRADED) == (True, "SpotCoolingDown")
+    # the ten serving replicas in a stay; nothing is started or drained
+    assert groups(plan) == {("a", "spot"): 10, ("b", "spot"): 10}
+    assert plan.retire == plan.kept == ()
+    # a scale-up during the cooldown goes to b only
+    bigger = plan_failover(pol, 24, pods, plan.state, at(10), pools=frozenset({"p4d.24xlarge"}))
+    assert targets(bigger) == {("a", "spot"): 10, ("b", "spot"): 14}
+
+
+def test_a_warning_on_our_node_replaces_that_replica_only() -> None:
+    pol, pods = two_zone_spot_fleet()
+    plan = plan_failover(pol, 20, pods, FailoverState(), NOW, cloud_dooms=[warning("a-spot-3", "a")])
+    # nine healthy replicas keep zone a; the doomed one's replacement goes to b; the doomed one serves on
+    assert targets(plan) == {("a", "spot"): 9, ("b", "spot"): 11}
+    assert groups(plan) == {("a", "spot"): 10, ("b", "spot"): 11}
+    assert plan.kept == ("p-a-spot-3",)
+
+
+def test_a_planned_move_keeps_every_serving_replica_and_runs_max_surge_new_ones_at_a_time() -> None:
+    pol = policy(capacity=capacity(zones=["a", "b"], onDemandReplicas=0, spotPercent=100), max_surge=4)
+    # ten replicas on on-demand after a fallback whose cooldowns have ended: they move back to spot
+    on_demand = [PodView(f"od-{i}", "ab"[i % 2], "on-demand", f"od-node-{i}", True) for i in range(10)]
+    state = FailoverState(fallback_since=NOW)
+    first = plan_failover(pol, 10, on_demand, state, at(1))
+    assert targets(first) == {("a", "spot"): 5, ("b", "spot"): 5}
+    assert first.retire == ()
+    # every serving replica kept; only max_surge new ones start
+    assert groups(first) == {("a", "on-demand"): 5, ("b", "on-demand"): 5, ("a", "spot"): 2, ("b", "spot"): 2}
+    started = [PodView(f"s-{z}-{i}", z, "spot", f"s-node-{z}-{i}", False) for z in "ab" for i in range(2)]
+    waiting = plan_failover(pol, 10, on_demand + started, first.state, at(2))
+    assert groups(waiting) == groups(first)  # nothing more starts while they load
+    ready = [replace_ready(p) for p in started]
+    step = plan_failover(pol, 10, on_demand + ready, waiting.state, at(3))
+    # four serve on spot: four on-demand may go, four more spot start
+    assert sum(n for (_, kind), n in groups(step).items() if kind == "on-demand") == 6
+    assert sum(n for (_, kind), n in groups(step).items() if kind == "spot") == 8
+    assert sum(groups(step).values()) <= 10 + 4
+
+
+def test_pods_on_a_not_ready_node_wait_the_grace_while_their_replacement_starts() -> None:
+    pol = policy(not_ready_grace=timedelta(seconds=300))
+    pods = [p if p.node != "b-spot-0" else PodView(p.name, "b", "spot", p.node, False) for p in fleet(4, pol)]
+    down = Doom("b-spot-0", "b", "spot", "not-ready", NOW, None, source="node")
+    first = plan_failover(pol, 4, pods, FailoverState(), at(10), node_dooms=[down])
+    assert first.retire == ()
+    assert first.kept == ("p-b-spot-0",)
+    assert sum(groups(first).values()) == 5  # its replacement starts now
+    assert first.requeue_after == pytest.approx(290)
+    later = plan_failover(pol, 4, pods, first.state, at(300), node_dooms=[down])
+    assert later.retire == ("p-b-spot-0",)
+    assert later.retire_reasons == ("not-ready",)
+    assert later.evict == (False,)  # not serving: deleted, the PDB has nothing to protect
+
+
+def test_serving_pods_leave_by_eviction() -> None:
+    pol = policy()
+    pods = fleet(4, pol)
+    first = plan_failover(pol, 4, pods, FailoverState(), NOW, cloud_dooms=[warning("b-spot-0", "b")])
+    late = plan_failover(pol, 4, pods, first.state, at(61))
+    assert late.retire_reasons == ("deadline",)
+    assert late.evict == (True,)
 
 
 def test_a_rebalance_starts_replacements_without_a_deadline_and_the_warning_adds_one() -> None:

@@ -203,7 +203,8 @@ def test_a_reconcile_keeps_the_doomed_replica_until_its_replacement_is_ready_the
     clock[0] = NOW + timedelta(seconds=20)
     plan = reconciler.reconcile(body)
     assert drained(plan) == [("p-us-east-1b", "replaced")]
-    assert "Pod/p-us-east-1b" in kube.deletes
+    assert kube.evictions == ["p-us-east-1b"]  # through the eviction API: the PDB holds
+    assert "Pod/p-us-east-1b" not in kube.deletes
     assert "llama-3-70b-us-east-1b-spot" not in deployments(kube)
     interrupted = next(c for c in kube.last_status["conditions"] if c["type"] == "SpotInterrupted")
     assert interrupted["status"] == "True"
@@ -213,6 +214,58 @@ def test_a_reconcile_keeps_the_doomed_replica_until_its_replacement_is_ready_the
     reconciler.reconcile(body)
     conditions = {c["type"]: (c["status"], c["reason"]) for c in kube.last_status["conditions"]}
     assert conditions["SpotInterrupted"] == ("False", "NoneInProgress")
+
+
+def doomed_fleet(refuse: bool) -> tuple[FakeKube, Reconciler, dict[str, Any], list[datetime]]:
+    """Two spot replicas in 1b and 1c; 1b's node warned at NOW; the PDB refuses evictions if asked."""
+    kube, s = FakeKube(), store()
+    clock = [NOW]
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: clock[0], capacity=s)
+    capacity = {"zones": ["us-east-1b", "us-east-1c"], "onDemandReplicas": 0, "spotPercent": 100}
+    body = sample(replicas=2, capacity=capacity)
+    reconciler.reconcile(body)
+    for zone in ("us-east-1b", "us-east-1c"):
+        s.update_node(node(f"n-{zone}", zone, "spot"), NOW)
+        kube.objects[("Pod", "ml", f"p-{zone}")] = pod_object(f"p-{zone}", zone, "spot", f"n-{zone}")
+    if refuse:
+        kube.refuse_evictions.add("p-us-east-1b")
+    InterruptionConsumer(FakeQueue([]), s, lambda key: None, lambda: NOW).handle(
+        QueueMessage("m", "r", warning_body(instance("n-us-east-1b")))
+    )
+    body["status"] = kube.last_status
+    reconciler.reconcile(body)
+    kube.objects[("Pod", "ml", "p-new")] = pod_object("p-new", "us-east-1c", "spot", "n-us-east-1c")
+    body["status"] = kube.last_status
+    return kube, reconciler, body, clock
+
+
+def test_a_drain_the_pdb_refuses_lowers_no_count_and_is_retried() -> None:
+    kube, reconciler, body, clock = doomed_fleet(refuse=True)
+    before = deployments(kube)
+    clock[0] = NOW + timedelta(seconds=20)
+    plan = reconciler.reconcile(body)
+    assert plan.refused_drains and plan.refused_drains[0].pod == "p-us-east-1b"
+    assert plan.drains == ()
+    assert ("Pod", "ml", "p-us-east-1b") in kube.objects
+    # the 1b Deployment keeps its count: lowering it would let the ReplicaSet remove some other pod
+    assert deployments(kube)["llama-3-70b-us-east-1b-spot"] == before["llama-3-70b-us-east-1b-spot"]
+    assert plan.requeue_after == pytest.approx(5)
+    # the PDB allows it now: the next pass drains it and lowers the count
+    kube.refuse_evictions.clear()
+    body["status"] = kube.last_status
+    plan = reconciler.reconcile(body)
+    assert kube.evictions == ["p-us-east-1b"]
+    assert "llama-3-70b-us-east-1b-spot" not in deployments(kube)
+
+
+def test_at_the_deadline_a_refused_eviction_becomes_a_delete() -> None:
+    kube, reconciler, body, clock = doomed_fleet(refuse=True)
+    del kube.objects[("Pod", "ml", "p-new")]  # no replacement: only the deadline drains it
+    clock[0] = NOW + timedelta(seconds=61)
+    plan = reconciler.reconcile(body)
+    assert [(d.pod, d.reason) for d in plan.drains] == [("p-us-east-1b", "deadline")]
+    assert "Pod/p-us-east-1b" in kube.deletes
+    assert any(reason == "EvictionOverridden" for _, reason, _ in kube.events)
 
 
 def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_spot_and_cost_alone() -> None:

@@ -52,6 +52,8 @@ class KubeApi(Protocol):
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
 
+    def evict(self, namespace: str, pod: str) -> bool: ...
+
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> None: ...
@@ -194,6 +196,27 @@ class RestKubeApi:
         except KubeError as error:
             if error.status != 404:
                 raise
+
+    def evict(self, namespace: str, pod: str) -> bool:
+        """Ask the API server to evict a pod, as kubectl drain does: False when it refuses now (429: a
+        PodDisruptionBudget allows no disruption, or API Priority and Fairness sheds the request); True
+        once the pod is terminating or gone."""
+        try:
+            self._call(
+                "POST",
+                _path("v1", "Pod", namespace, pod) + "/eviction",
+                body={
+                    "apiVersion": "policy/v1",
+                    "kind": "Eviction",
+                    "metadata": {"name": pod, "namespace": namespace},
+                },
+            )
+        except KubeError as error:
+            if error.status == 429:
+                return False
+            if error.status != 404:
+                raise
+        return True
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

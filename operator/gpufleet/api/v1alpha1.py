@@ -512,6 +512,9 @@ class DoomedNode(_Model):
             description="sqs: a cloud event, kept until the node's replicas are gone; node: taints, state."
         ),
     ] = "sqs"
+    instance_type: Annotated[
+        str, Field(description="The node's instance type (its capacity pool with the zone), when known.")
+    ] = ""
 
 
 class SpotStatus(_Model):

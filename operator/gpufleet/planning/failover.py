@@ -7,11 +7,14 @@
 
 Rules, in order:
 
-1. Cooldowns. A spot node that is interrupted, recommended for rebalance,
-   stopping, terminated or lost (NotReady, deleted) puts its zone's spot
-   capacity in cooldown for `capacity.zoneCooldownSeconds` from the signal:
-   new spot replicas avoid that zone (Karpenter marks the offering unavailable
-   for 3 minutes; SkyServe marks the location PREEMPTED, REFERENCE.md).
+1. Cooldowns. A spot signal puts the zone's spot capacity in cooldown for
+   `capacity.zoneCooldownSeconds` from the signal when it concerns this
+   model's capacity pool: the node hosts the model's pods, or it is a market
+   signal (interruption, rebalance, stopping, terminated) for an instance type
+   the model's pods run on. A rebalance recommendation for an unrelated CPU
+   node, or a NotReady node with none of the model's pods, cools nothing
+   (Karpenter marks the offering, instance type × zone, unavailable for
+   3 minutes; SkyServe marks the location PREEMPTED, REFERENCE.md).
    A group whose pods stay unschedulable for `unavailable_after` makes its
    capacity unavailable: spot → that zone's spot, on-demand → the whole zone
    (reason SpotUnavailable / ZoneLost) for `return_after` × 2^(strikes − 1),
@@ -23,20 +26,27 @@ Rules, in order:
    constraints: spot replicas go to the other zones' spot, cheaper first on
    ties; with no spot zone left they run on on-demand when
    `capacity.fallbackToOnDemand` (condition OnDemandFallback) and return to
-   spot once a cooldown ends.
+   spot once a cooldown ends. A cooldown steers new replicas only: a group
+   it excludes keeps the slots of its ready pods on healthy nodes (up to what
+   it would hold without the cooldown), so a signal never moves serving
+   replicas that are not going.
 3. Make before break. `filled` counts the target slots held by ready pods on
    healthy nodes; `shortfall = desired − filled`. Until the replacements are
-   ready, up to min(shortfall, max_surge) pods that are leaving but still
-   serve are kept: first healthy pods in groups above their new target (the
-   old placement, e.g. on-demand fallback replicas while spot returns), then
-   ready pods on doomed nodes, latest deadline first. A kept doomed pod is
-   counted on top of its group's target, so its Deployment also starts a
-   replacement when its own group still wants one.
-4. Drain. A pod on a doomed node is deleted (gracefully: preStop, then the
-   grace period) as soon as it is not kept: its replacement is ready, it is
-   not ready itself, or the deadline is less than `drain` away. Deletion
-   takes it out of the Service at once (a terminating pod is not a ready
-   endpoint).
+   ready, up to `shortfall` pods that are leaving but still serve are kept:
+   first healthy pods in groups above their new target (a planned move, e.g.
+   on-demand fallback replicas while spot returns), then ready pods on doomed
+   nodes, latest deadline first. A kept doomed pod is counted on top of its
+   group's target, so its Deployment also starts a replacement when its own
+   group still wants one. `max_surge` bounds the extra pods a planned move
+   runs at once (at least 1); replacements of pods on doomed nodes are never
+   held back by it, since those pods are going anyway.
+4. Drain. A pod on a doomed node leaves as soon as it is not kept: its
+   replacement is ready, it is not ready itself, or the deadline is less than
+   `drain` away. A ready pod leaves through the eviction API, so the PDB holds
+   (gpufleet.runtime.reconciler); one that is not ready is deleted. Pods on a
+   NotReady node stay `not_ready_grace` (Kubernetes waits 300 s before it
+   evicts them, REFERENCE.md) while their replacement starts: a kubelet
+   restart or a network blip does not cost a warm replica.
 
 Never fewer ready replicas because of a signal: nothing serving is removed
 before its replacement is ready, unless the cloud's deadline forces it.
@@ -72,6 +82,9 @@ ZONE_DEGRADED = "ZoneDegraded"
 # (Karpenter consolidation or drift) and a scheduled change are the cluster's or
 # AWS's plans, not a shortage, so they move replicas without a cooldown.
 _SPOT_PRESSURE = {"interruption", "rebalance", "stopping", "terminated", "not-ready"}
+# Of those, the ones that speak for the instance type's market in the zone (its capacity pool), not only
+# for one node: a node NotReady is that node's trouble.
+_MARKET = {"interruption", "rebalance", "stopping", "terminated"}
 _EVENT_REASONS = {
     "interruption": "SpotInterruption",
     "rebalance": "RebalanceRecommendation",
@@ -105,6 +118,7 @@ class Doom:
     instance_id: str = ""
     detail: str = ""
     source: Literal["sqs", "node"] = "sqs"
+    instance_type: str = ""  # the node's node.kubernetes.io/instance-type; "" when unknown
 
     def supersedes(self, old: Doom | None) -> bool:
         """New for its node, or a sooner deadline (a rebalance recommendation followed by the warning)."""
@@ -123,6 +137,7 @@ class Doom:
             instance_id=self.instance_id,
             detail=self.detail[:256],
             source=self.source,
+            instance_type=self.instance_type,
         )
 
     @classmethod
@@ -137,6 +152,7 @@ class Doom:
             instance_id=stored.instance_id,
             detail=stored.detail,
             source=stored.source,
+            instance_type=stored.instance_type,
         )
 
 
@@ -242,12 +258,15 @@ class PodView:
 class FailoverSettings:
     """The operator-wide knobs (GPUFLEET_* settings); their defaults live in gpufleet.config only."""
 
-    max_surge: int  # replacements allowed above the desired count while capacity moves
+    max_surge: int  # extra pods a planned move runs at once (at least 1 is used)
     drain: timedelta  # retire a doomed replica this long before its deadline
     unavailable_after: timedelta  # pending this long → that capacity is unavailable
     return_after: timedelta  # first wait before unavailable capacity is retried
     rebalance_starts_replacements: bool  # off: rebalance recommendations are ignored; warnings still act
     zone_loss_window: timedelta  # node losses counted together by the zone-loss rule
+    not_ready_grace: (
+        timedelta  # pods on a NotReady node are removed after this (its replacement starts at once)
+    )
 
 
 @dataclass(frozen=True)
@@ -268,7 +287,8 @@ class FailoverPlan:
     groups: tuple[PlacementGroup, ...]  # Deployment counts to apply: targets plus kept pods
     targets: tuple[PlacementGroup, ...]  # where the desired replicas go
     retire: tuple[str, ...]  # pods to delete now
-    retire_reasons: tuple[str, ...]  # per retired pod: replaced, not-ready, deadline or surge-limit
+    retire_reasons: tuple[str, ...]  # per retired pod: replaced, not-ready or deadline
+    evict: tuple[bool, ...]  # per retired pod: leave through the eviction API (it serves) or delete
     kept: tuple[str, ...]  # leaving pods kept serving until their replacements are ready
     state: FailoverState
     conditions: tuple[ConditionView, ...]
@@ -328,8 +348,12 @@ def plan_failover(
     cloud_dooms: Sequence[Doom] = (),
     node_dooms: Sequence[Doom] = (),
     lost_zones: Mapping[str, datetime] = {},
+    pools: frozenset[str] = frozenset(),
 ) -> FailoverPlan:
-    """The placement, the pods to keep and drain, and the state to persist."""
+    """The placement, the pods to keep and drain, and the state to persist.
+
+    `pools`: the instance types of the nodes the model's pods run on (its capacity pools with the zones).
+    """
     if now.tzinfo is None:
         raise ValueError("plan_failover() needs a timezone-aware now")
     if not policy.settings.rebalance_starts_replacements:
@@ -357,7 +381,7 @@ def plan_failover(
             elif pods_on.get(doom.node):
                 events.append(_doom_event(doom, pods_on[doom.node], policy, "escalated"))
     linger = max(policy.cooldown, timedelta(minutes=10))
-    # Only dooms of nodes with our pods are ours to persist; the others only cool their zone down.
+    # Only dooms of nodes with our pods are ours to persist; the others can only cool their pool down.
     cloud = {
         node: d
         for node, d in known.items()
@@ -372,14 +396,22 @@ def plan_failover(
             last = doom.since if last is None else max(last, doom.since)
             events.append(_doom_event(doom, hit, policy, "new"))
 
-    # 2. Cooldowns: spot pressure per zone, unavailable groups, lost zones.
+    def presses(doom: Doom) -> bool:
+        """Whether a signal says this model's spot capacity in its zone is short."""
+        if doom.capacity_type != "spot" or doom.kind not in _SPOT_PRESSURE or doom.zone not in zones:
+            return False
+        if pods_on.get(doom.node) or doom.node in previous_nodes:
+            return True
+        return doom.kind in _MARKET and bool(doom.instance_type) and doom.instance_type in pools
+
+    # 2. Cooldowns: spot pressure on the model's pools, unavailable groups, lost zones.
     cooldowns = {
         (c.zone, c.scope): c for c in state.cooldowns if now - c.until < policy.settings.return_after * 4
     }
     before_active = {key for key, c in cooldowns.items() if c.active(now)}
     if zones:
         for doom in [*cloud_dooms, *node_dooms, *cloud.values()]:
-            if doom.capacity_type == "spot" and doom.kind in _SPOT_PRESSURE and doom.zone in zones:
+            if presses(doom):
                 until = doom.since + policy.cooldown
                 if until > now:
                     _merge_cooldown(
@@ -409,7 +441,14 @@ def plan_failover(
                 )
             )
 
-    # 3. Placement with the constraints.
+    # 3. Placement with the constraints; serving pods keep their slots.
+    doomed_nodes = set(dooms)
+    healthy: Counter[tuple[str, CapacityType]] = Counter()
+    healthy_ready: Counter[tuple[str, CapacityType]] = Counter()
+    for pod in pods:
+        if pod.node not in doomed_nodes:
+            healthy[pod.group] += 1
+            healthy_ready[pod.group] += pod.ready
     constraints = Constraints(
         lost_zones=frozenset(c.zone for c in active if c.scope == "zone"),
         spot_excluded_zones=frozenset(c.zone for c in active if c.scope == "spot"),
@@ -417,11 +456,19 @@ def plan_failover(
         fallback=capacity.fallback_to_on_demand,
         spot_prices=policy.spot_prices,
     )
-    targets = plan_placement(desired, capacity, constraints)
-    target = _groups(targets)
+    unconstrained = _groups(
+        plan_placement(
+            desired,
+            capacity,
+            Constraints(fallback=capacity.fallback_to_on_demand, spot_prices=policy.spot_prices),
+        )
+    )
+    # A lost zone holds nothing: its pods only look ready until the node controller catches up.
+    serving = {k: n for k, n in healthy_ready.items() if k[0] not in constraints.lost_zones}
+    target = _hold_serving(_groups(plan_placement(desired, capacity, constraints)), unconstrained, serving)
     # Whether the spec puts any replica on spot at all (placement rule 2), cooldowns aside.
     wants_spot = spot_count(max(0, desired - capacity.on_demand_replicas), capacity.spot_percent) > 0
-    fallback = wants_spot and constraints.spot_falls_back(capacity.zones or [""])
+    fallback = wants_spot and _spot_total(target) < _spot_total(unconstrained)
     fallback_since = state.fallback_since
     if fallback and fallback_since is None:
         fallback_since = now
@@ -440,23 +487,19 @@ def plan_failover(
             )
 
     # 4. Make before break.
-    doomed_nodes = set(dooms)
-    healthy: Counter[tuple[str, CapacityType]] = Counter()
-    healthy_ready: Counter[tuple[str, CapacityType]] = Counter()
-    for pod in pods:
-        if pod.node not in doomed_nodes:
-            healthy[pod.group] += 1
-            healthy_ready[pod.group] += pod.ready
     filled = sum(min(healthy_ready[key], target.get(key, 0)) for key in set(healthy_ready) | set(target))
     shortfall = max(0, desired - filled)
-    budget = min(shortfall, policy.settings.max_surge)
+    budget = shortfall
     counts = dict(target)
+    moving = 0
     for key in sorted(healthy):
         excess_ready = min(healthy_ready[key], max(0, healthy[key] - target.get(key, 0)))
         keep = min(budget, excess_ready)
         if keep:
             counts[key] = counts.get(key, 0) + keep
             budget -= keep
+            moving += keep
+    _bound_the_move(counts, target, healthy, moving - max(1, policy.settings.max_surge))
     doomed_pods = [p for p in pods if p.node in doomed_nodes]
 
     def time_left(pod: PodView) -> float:
@@ -465,33 +508,39 @@ def plan_failover(
 
     retire: list[str] = []
     reasons: list[str] = []
+    evict: list[bool] = []
     kept_pods: list[str] = []
-    requeue: float | None = None
+    waits: list[float] = []
     drain = policy.settings.drain.total_seconds()
     for pod in sorted(doomed_pods, key=lambda p: (-time_left(p), p.name)):
         left = time_left(pod)
+        doom = dooms[pod.node]
+        unreachable_for = (now - doom.since).total_seconds()
+        grace = policy.settings.not_ready_grace.total_seconds()
+        if doom.kind == "not-ready" and unreachable_for < grace and left > drain:
+            # Not serving, but the node may come back: it stays while its replacement starts.
+            counts[pod.group] = counts.get(pod.group, 0) + 1
+            kept_pods.append(pod.name)
+            waits.append(grace - unreachable_for)
+            continue
         if pod.ready and budget > 0 and left > drain:
             budget -= 1
             counts[pod.group] = counts.get(pod.group, 0) + 1
             kept_pods.append(pod.name)
             if left != float("inf"):
-                requeue = left - drain if requeue is None else min(requeue, left - drain)
+                waits.append(left - drain)
             continue
         retire.append(pod.name)
+        evict.append(pod.ready)
         if not pod.ready:
             reason, why = "not-ready", "it is not serving"
         elif left <= drain:
             reason, why = "deadline", f"the deadline is {max(0.0, left):.0f}s away"
-        elif shortfall > policy.settings.max_surge:
-            reason, why = (
-                "surge-limit",
-                f"more replacements are needed than maxSurge {policy.settings.max_surge}",
-            )
         else:
             reason, why = "replaced", "its replacement is ready"
         reasons.append(reason)
         events.append(
-            EventView("Normal", "DrainedReplica", f"Deleting pod {pod.name} on node {pod.node}: {why}")
+            EventView("Normal", "DrainedReplica", f"Removing pod {pod.name} on node {pod.node}: {why}")
         )
 
     groups = tuple(
@@ -511,15 +560,58 @@ def plan_failover(
     )
     return FailoverPlan(
         groups=groups,
-        targets=tuple(targets),
+        targets=tuple(
+            PlacementGroup(zone, capacity_type, n) for (zone, capacity_type), n in sorted(target.items()) if n
+        ),
         retire=tuple(retire),
         retire_reasons=tuple(reasons),
+        evict=tuple(evict),
         kept=tuple(kept_pods),
         state=new_state,
         conditions=conditions,
         events=tuple(events),
-        requeue_after=None if requeue is None else max(1.0, requeue),
+        requeue_after=max(1.0, min(waits)) if waits else None,
     )
+
+
+def _spot_total(groups: Mapping[tuple[str, CapacityType], int]) -> int:
+    return sum(n for (_, capacity_type), n in groups.items() if capacity_type == "spot")
+
+
+def _hold_serving(
+    target: dict[tuple[str, CapacityType], int],
+    unconstrained: Mapping[tuple[str, CapacityType], int],
+    serving: Mapping[tuple[str, CapacityType], int],
+) -> dict[tuple[str, CapacityType], int]:
+    """Targets where no constraint takes the slot of a serving pod: a group that the cooldowns left with
+    fewer replicas than it would have without them keeps as many as its ready pods on healthy nodes,
+    taken back from the groups that gained most from the constraints. Totals are unchanged."""
+    held = dict(target)
+    for key in sorted(unconstrained):
+        missing = min(serving.get(key, 0), unconstrained[key]) - held.get(key, 0)
+        while missing > 0:
+            gainers = [k for k in held if held[k] > unconstrained.get(k, 0)]
+            donor = max(gainers, key=lambda k: (held[k] - unconstrained.get(k, 0), k))
+            held[donor] -= 1
+            held[key] = held.get(key, 0) + 1
+            missing -= 1
+    return {k: n for k, n in held.items() if n > 0}
+
+
+def _bound_the_move(
+    counts: dict[tuple[str, CapacityType], int],
+    target: Mapping[tuple[str, CapacityType], int],
+    healthy: Mapping[tuple[str, CapacityType], int],
+    overflow: int,
+) -> None:
+    """Hold back `overflow` of the new pods the groups below their target would start, largest growth
+    first: a planned move runs at most max_surge pods above the desired count (the kept ones)."""
+    growth = {k: max(0, n - healthy.get(k, 0)) for k, n in target.items()}
+    while overflow > 0 and any(growth.values()):
+        key = max(growth, key=lambda k: (growth[k], k))
+        growth[key] -= 1
+        counts[key] -= 1
+        overflow -= 1
 
 
 def _doom_event(doom: Doom, hit: Sequence[PodView], policy: FailoverPolicy, what: str) -> EventView:

@@ -2,7 +2,8 @@
 
 A node's zone comes from its topology label, else from its AWS provider id
 (aws:///<zone>/<instance-id>); its capacity type from the provisioner's label
-(Karpenter's or EKS managed node groups', a setting).
+(Karpenter's or EKS managed node groups', a setting); its instance type from
+the well-known label node.kubernetes.io/instance-type.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from gpufleet.planning.failover import Doom, keep_first_sightings
 from gpufleet.planning.placement import CapacityType
 from gpufleet.planning.workloads import NODE_LABEL_ZONE
 
+NODE_LABEL_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -25,6 +28,7 @@ class NodeInfo:
     capacity_type: CapacityType
     ready: bool
     instance_id: str = ""
+    instance_type: str = ""  # with the zone, the capacity pool a spot market signal speaks for
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ def doom_of(node: NodeInfo, signal: CapacitySignal) -> Doom:
         instance_id=node.instance_id,
         detail=signal.detail,
         source=signal.source,
+        instance_type=node.instance_type,
     )
 
 
@@ -69,6 +74,7 @@ def read_node(
         capacity_type="spot" if labels.get(capacity_type_label) == spot_value else "on-demand",
         ready=not any(s.kind == "not-ready" for s in signals),
         instance_id=located[1] if located else "",
+        instance_type=labels.get(NODE_LABEL_INSTANCE_TYPE, ""),
     )
     dooms = keep_first_sightings(dooms_before, [doom_of(info, s) for s in signals])
     return NodeReading(info, tuple(dooms))
@@ -76,4 +82,14 @@ def read_node(
 
 def lost_without_warning(node: NodeInfo, now: datetime) -> Doom:
     """A node deleted with no signal before: its replicas are gone, as if terminated now."""
-    return Doom(node.name, node.zone, node.capacity_type, "terminated", now, now, node.instance_id, "deleted")
+    return Doom(
+        node.name,
+        node.zone,
+        node.capacity_type,
+        "terminated",
+        now,
+        now,
+        node.instance_id,
+        "deleted",
+        instance_type=node.instance_type,
+    )

@@ -6,7 +6,11 @@ once, and executes the plan in this order:
 
 1. **Drain** the pods on doomed nodes that the failover planner retires
    (before any count is lowered: a lowered Deployment could remove a healthy
-   pod instead), then post the failover Events.
+   pod instead), then post the failover Events. A serving pod is evicted, so
+   the model's PDB holds; when the PDB refuses, its Deployment is not applied
+   in this pass (its lowered count would remove another pod instead) and the
+   drain is retried, except at the deadline, when the pod is deleted anyway
+   because the cloud takes the node.
 2. **Apply** the desired Deployments (one per zone × capacity type), the
    Service and the PDB, each only when the live object is not exactly what
    gpufleet last applied. A Service or PDB of the model's name that exists and
@@ -75,6 +79,7 @@ from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
     Owner,
     WorkloadOptions,
+    deployment_name,
     desired_workloads,
     selector_string,
     template_hash,
@@ -102,6 +107,7 @@ class CapacitySnapshot:
     node_dooms: tuple[Doom, ...] = ()  # from node taints and readiness, as read now
     losses: tuple[NodeLoss, ...] = ()  # nodes gone NotReady or away, recently
     ready_zones: frozenset[str] = frozenset()  # zones with a Ready node
+    instance_types: Mapping[str, str] = field(default_factory=dict)  # node → instance type, when labelled
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,9 @@ class Observed:
 @dataclass(frozen=True)
 class Drain:
     pod: str
-    reason: str  # replaced, not-ready, deadline or surge-limit (gpufleet_replacements_total)
+    reason: str  # replaced, not-ready or deadline (gpufleet_replacements_total)
+    evict: bool  # it serves: through the eviction API, so the PDB holds; else deleted
+    deployment: str  # the Deployment it belongs to, whose count this plan lowers
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,7 @@ class ReconcilePlan:
     applies: tuple[Apply, ...] = ()
     removals: tuple[Removal, ...] = ()
     requeue_after: float | None = None  # seconds until a kept doomed pod must be drained
+    refused_drains: tuple[Drain, ...] = ()  # set by the runtime: evictions the PDB refused this pass
 
 
 def spec_problems(body: Mapping[str, Any]) -> tuple[ModelDeploymentSpec | None, list[str]]:
@@ -219,6 +228,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     decision = decide_replicas(spec)
     capacity = _plan_capacity(observed, spec, decision.desired, pods, previous.spot, policy.failover, now)
     drained = set(capacity.retire)
+    group_of = {p.name: (p.zone, p.capacity_type) for p in pods}
     pods = [replace(p, terminating=True) if p.name in drained else p for p in pods]
     desired = desired_workloads(Owner(name, namespace, uid), spec, capacity.groups, policy.workloads)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
@@ -274,7 +284,8 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         True,
         _status_write(inp, observed, now),
         drains=tuple(
-            Drain(pod, why) for pod, why in zip(capacity.retire, capacity.retire_reasons, strict=True)
+            Drain(pod, why, evict, deployment_name(name, *group_of[pod]))
+            for pod, why, evict in zip(capacity.retire, capacity.retire_reasons, capacity.evict, strict=True)
         ),
         events=capacity.events,
         applies=tuple(a for a in applies if a is not None),
@@ -294,7 +305,7 @@ def _plan_capacity(
 ) -> FailoverPlan:
     if settings is None:
         groups = tuple(plan_placement(desired, spec.capacity))
-        return FailoverPlan(groups, groups, (), (), (), FailoverState(), (), (), None)
+        return FailoverPlan(groups, groups, (), (), (), (), FailoverState(), (), (), None)
     # The status this operator last wrote is newer than a body the watch has not caught up with.
     written = observed.remembered.status or {}
     state = (
@@ -303,7 +314,9 @@ def _plan_capacity(
     live = [p for p in pods if not p.terminating]
     views = [PodView(p.name, p.zone, p.capacity_type, p.node, p.ready, p.unschedulable_since) for p in live]
     snapshot = observed.capacity
-    cloud, node = dooms_for(snapshot, {p.node for p in live if p.node}, spec.capacity.zones)
+    ours = {p.node for p in live if p.node}
+    cloud, node = dooms_for(snapshot, ours, spec.capacity.zones)
+    pools = frozenset(snapshot.instance_types[n] for n in ours if snapshot.instance_types.get(n))
     lost = lost_zones(snapshot.losses, snapshot.ready_zones, now, settings.zone_loss_window)
     _, book = product_for(spec.accelerator.gpu_product, observed.prices)
     policy = FailoverPolicy(
@@ -312,15 +325,15 @@ def _plan_capacity(
         spot_prices=book.spot_per_gpu_by_zone() if book else {},
     )
     return plan_failover(
-        policy, desired, views, state, now, cloud_dooms=cloud, node_dooms=node, lost_zones=lost
+        policy, desired, views, state, now, cloud_dooms=cloud, node_dooms=node, lost_zones=lost, pools=pools
     )
 
 
 def dooms_for(
     snapshot: CapacitySnapshot, nodes: Iterable[str], zones: Iterable[str]
 ) -> tuple[list[Doom], list[Doom]]:
-    """(cloud, node) dooms that concern a model: its own nodes' signals move its replicas, and spot
-    pressure anywhere in its zones cools them down."""
+    """(cloud, node) dooms that concern a model: its own nodes' signals move its replicas, and signals
+    elsewhere in its zones may cool its pools down (the failover planner decides which do)."""
     on, within = set(nodes), set(zones)
     cloud = [d for d in snapshot.cloud_dooms if d.node in on or d.zone in within]
     node = [d for d in snapshot.node_dooms if d.node in on or d.zone in within]

@@ -168,4 +168,5 @@ class CapacityStore:
                 node_dooms=tuple(d for dooms in self._node_dooms.values() for d in dooms),
                 losses=tuple(recent(self._losses, now, self.zone_loss_window)),
                 ready_zones=frozenset(n.zone for n in self._nodes.values() if n.ready and n.zone),
+                instance_types={n.name: n.instance_type for n in self._nodes.values() if n.instance_type},
             )

@@ -75,7 +75,12 @@ INTERRUPTION_EVENTS = Counter(
 )
 REPLACEMENTS = Counter(
     "gpufleet_replacements_total",
-    "Replicas on going nodes drained, by why then: replaced, not-ready, deadline or surge-limit.",
+    "Replicas on going nodes drained, by why then: replaced, not-ready or deadline.",
+    [*_MD, "reason"],
+)
+EVICTIONS_REFUSED = Counter(
+    "gpufleet_evictions_refused_total",
+    "Drains of serving replicas the eviction API refused (PodDisruptionBudget or 429), retried in 5 s.",
     [*_MD, "reason"],
 )
 INTERRUPTION_QUEUE_UP = Gauge(
@@ -98,6 +103,7 @@ _PER_MODEL_DEPLOYMENT = (
     COST_PER_HOUR,
     ON_DEMAND_COST_PER_HOUR,
     REPLACEMENTS,
+    EVICTIONS_REFUSED,
 )
 
 
@@ -117,6 +123,8 @@ def record_reconcile(key: Key, plan: ReconcilePlan) -> None:
         WRITES.labels(kind=removal.kind, action="delete").inc()
     for drain in plan.drains:
         REPLACEMENTS.labels(namespace=namespace, name=name, reason=drain.reason).inc()
+    for drain in plan.refused_drains:
+        EVICTIONS_REFUSED.labels(namespace=namespace, name=name, reason=drain.reason).inc()
     export_status(key, plan.status.status, plan.status.unschedulable)
 
 

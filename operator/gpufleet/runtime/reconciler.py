@@ -8,6 +8,7 @@ object that is exactly that is not applied again) and the status it wrote last
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from gpufleet.planning.cost import ProductPrices
 from gpufleet.planning.observe import Key, key_of, version_of
 from gpufleet.planning.reconcile import (
     CapacitySnapshot,
+    Drain,
     Observed,
     ReconcilePlan,
     ReconcilePolicy,
@@ -24,9 +26,13 @@ from gpufleet.planning.reconcile import (
     names_to_look_up,
     plan_reconcile,
 )
+from gpufleet.planning.report import EventView
 from gpufleet.planning.workloads import selector_string
 from gpufleet.runtime.capacity_store import CapacityStore
 from gpufleet.runtime.events import post_event
+
+# A PDB-refused drain is asked again this soon (kubectl drain retries every 5 s).
+EVICTION_RETRY_SECONDS = 5.0
 
 
 class Reconciler:
@@ -65,17 +71,27 @@ class Reconciler:
             },
         )
         plan = plan_reconcile(observed, self.policy, now)
-        self.execute(body, plan)
+        refused = self.execute(body, plan)
+        if refused:
+            plan = replace(
+                plan,
+                drains=tuple(d for d in plan.drains if d not in refused),
+                refused_drains=refused,
+                requeue_after=min(EVICTION_RETRY_SECONDS, plan.requeue_after or EVICTION_RETRY_SECONDS),
+            )
         return plan
 
-    def execute(self, body: Mapping[str, Any], plan: ReconcilePlan) -> None:
+    def execute(self, body: Mapping[str, Any], plan: ReconcilePlan) -> tuple[Drain, ...]:
+        """Carry the plan out; the drains the PDB refused (retried on the next pass)."""
         namespace = plan.key[0]
         applied = self._applied.setdefault(plan.key, {})
-        for drain in plan.drains:
-            self.kube.delete("v1", "Pod", namespace, drain.pod)
+        refused = self._drain(body, plan)
+        held = {d.deployment for d in refused}
         for event in plan.events:
             post_event(self.kube, body, event, self.clock())
         for write in plan.applies:
+            if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
+                continue  # its lowered count would remove another pod than the one the PDB kept
             result = self.kube.apply(write.obj)
             applied[(write.obj["kind"], write.obj["metadata"]["name"])] = (
                 write.template_hash,
@@ -84,6 +100,8 @@ class Reconciler:
             if write.event is not None:
                 post_event(self.kube, body, write.event, self.clock())
         for removal in plan.removals:
+            if removal.kind == "Deployment" and removal.name in held:
+                continue  # deleting it would take the pod the PDB kept with it
             self.kube.delete(removal.api_version, removal.kind, namespace, removal.name)
             applied.pop((removal.kind, removal.name), None)
             post_event(self.kube, body, removal.event, self.clock())
@@ -92,6 +110,35 @@ class Reconciler:
             self._statuses[plan.key] = plan.status.stored_form
             for event in plan.status.events:
                 post_event(self.kube, body, event, self.clock())
+        return refused
+
+    def _drain(self, body: Mapping[str, Any], plan: ReconcilePlan) -> tuple[Drain, ...]:
+        """Drain the plan's pods; those the PDB kept (to retry)."""
+        namespace = plan.key[0]
+        refused: list[Drain] = []
+        for drain in plan.drains:
+            if not drain.evict:
+                self.kube.delete("v1", "Pod", namespace, drain.pod)
+            elif self.kube.evict(namespace, drain.pod):
+                continue
+            elif drain.reason == "deadline":
+                # The cloud takes the node at the deadline whatever the PDB says: a graceful delete now
+                # lets in-flight requests finish, which being killed with the node would not.
+                self.kube.delete("v1", "Pod", namespace, drain.pod)
+                post_event(
+                    self.kube,
+                    body,
+                    EventView(
+                        "Warning",
+                        "EvictionOverridden",
+                        f"Deleted pod {drain.pod}: its PodDisruptionBudget refused the eviction, and its "
+                        "node is reclaimed at the deadline",
+                    ),
+                    self.clock(),
+                )
+            else:
+                refused.append(drain)
+        return tuple(refused)
 
     def applied_version(self, key: Key, kind: str, name: str) -> str | None:
         """The version of the object that gpufleet's own last apply produced, if remembered."""

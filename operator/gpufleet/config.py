@@ -166,6 +166,15 @@ class Settings(BaseSettings):
             "after this (Karpenter: 20 s)."
         ),
     )
+    interruption_queue_pollers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description=(
+            "Long polls of the interruption queue at once: a backlog of thousands is read in seconds "
+            "(each poll takes up to 10 messages)."
+        ),
+    )
     rebalance_starts_replacements: bool = Field(
         default=True,
         description="Order replacements on a rebalance recommendation (no draining until a warning).",

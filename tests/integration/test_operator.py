@@ -382,3 +382,47 @@ def test_a_service_of_the_models_name_that_belongs_to_someone_else_is_never_take
     assert cluster.get_json("service", "llama-3-70b", "-n", namespace)["spec"]["selector"] == {
         "app": "database"
     }
+
+
+def test_a_deployment_of_a_groups_name_that_belongs_to_someone_else_is_never_taken(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = operator.cluster
+    theirs = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llama-3-70b-us-east-1b-spot", "labels": {"app": "theirs"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "theirs"}},
+            "template": {
+                "metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/theirs:1"}]},
+            },
+        },
+    }
+    cluster.kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(theirs))
+    apply(cluster, namespace, load(SPOT_SAMPLE))
+    # the other group is created; this one is left to its owner and reported
+    wait_for_groups(cluster, namespace, "llama-3-70b", {"llama-3-70b-us-east-1a-on-demand": 1})
+
+    def conflict() -> dict[str, Any] | None:
+        found = condition(cluster, namespace, "llama-3-70b", "Degraded")
+        return found if found and found["reason"] == "ObjectConflict" else None
+
+    degraded = wait_until(conflict, timeout=30, what="Degraded=True ObjectConflict")
+    assert f"Deployment {namespace}/llama-3-70b-us-east-1b-spot exists" in degraded["message"]
+    live = cluster.get_json(
+        "deployment", "llama-3-70b-us-east-1b-spot", "-n", namespace, "--show-managed-fields"
+    )
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/theirs:1"
+    assert "ownerReferences" not in live["metadata"]
+    assert "gpufleet" not in {m.get("manager") for m in live["metadata"]["managedFields"]}
+    # its owner removes it: the group is created, and the conflict clears
+    cluster.kubectl("delete", "deployment", "llama-3-70b-us-east-1b-spot", "-n", namespace, "--wait=true")
+    wait_for_groups(cluster, namespace, "llama-3-70b", SAMPLE_GROUPS, timeout=60)
+    wait_until(
+        lambda: (condition(cluster, namespace, "llama-3-70b", "Degraded") or {}).get("status") == "False",
+        timeout=30,
+        what="Degraded=False",
+    )

@@ -6,7 +6,21 @@ import copy
 from datetime import datetime
 from typing import Any
 
+from gpufleet.adapters.kube import KubeError
 from gpufleet.planning.merge_patch import as_stored
+
+
+def merge(live: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge member by member, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(live) if isinstance(live, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
 
 
 class FakeKube:
@@ -18,6 +32,7 @@ class FakeKube:
         self.scales: list[tuple[str, int]] = []
         self.events: list[tuple[str, str, str]] = []
         self.evictions: list[str] = []
+        self.patches: list[str] = []
         self.refuse_evictions: set[str] = set()  # pods whose PDB allows no disruption now (429)
         self._version = 0
 
@@ -42,8 +57,8 @@ class FakeKube:
             if k == kind and namespace in (None, ns) and selected(o["metadata"].get("labels", {}))
         ]
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        found = self.objects.get((kind, namespace, name))
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, namespace or "", name))
         return copy.deepcopy(found) if found is not None else None
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +77,23 @@ class FakeKube:
         self._bump(new)
         self.objects[key] = new
         return copy.deepcopy(new)
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, merge_patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A merge patch, refused (409) like the API server's when its resourceVersion is stale."""
+        key = (kind, namespace or "", name)
+        live = self.objects.get(key)
+        if live is None:
+            raise KubeError(404, f"{kind} {name} not found")
+        wanted = (merge_patch.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != live["metadata"].get("resourceVersion"):
+            raise KubeError(409, f"{kind} {name}: the object has been modified")
+        self.patches.append(f"{kind}/{name}")
+        merged = merge(live, merge_patch)
+        self._bump(merged)
+        self.objects[key] = merged
+        return copy.deepcopy(merged)
 
     def edit(self, kind: str, namespace: str, name: str, change: Any) -> None:
         """Someone else changes an object (kubectl edit): spec changes bump the generation."""

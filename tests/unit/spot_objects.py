@@ -77,8 +77,10 @@ class FakeQueue:
             raise ConnectionError("queue unreachable")
         return self.batches.pop(0) if self.batches else []
 
-    def delete(self, receipt_handle: str) -> None:
-        self.deleted.append(receipt_handle)
+    def delete_batch(self, receipt_handles: list[str]) -> list[str]:
+        assert 1 <= len(receipt_handles) <= 10  # SQS's limit
+        self.deleted.extend(receipt_handles)
+        return []
 
 
 def pod_object(name: str, zone: str, capacity: str, node_name: str, ready: bool = True) -> dict[str, Any]:

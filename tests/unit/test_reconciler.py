@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from gpufleet.adapters.kube import KubeError
 from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.planning.cost import ProductPrices
+from gpufleet.planning.observe import owned_by
 from gpufleet.planning.reconcile import ReconcilePlan
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.reconciler import Reconciler
@@ -244,7 +246,7 @@ def test_a_drain_the_pdb_refuses_lowers_no_count_and_is_retried() -> None:
     before = deployments(kube)
     clock[0] = NOW + timedelta(seconds=20)
     plan = reconciler.reconcile(body)
-    assert plan.refused_drains and plan.refused_drains[0].pod == "p-us-east-1b"
+    assert [d.pod for d in plan.refused_drains] == ["p-us-east-1b"]
     assert plan.drains == ()
     assert ("Pod", "ml", "p-us-east-1b") in kube.objects
     # the 1b Deployment keeps its count: lowering it would let the ReplicaSet remove some other pod
@@ -389,10 +391,44 @@ def test_objects_of_the_models_name_are_looked_up_only_until_written(
     kube.get = get  # type: ignore[method-assign]
     body = sample()
     reconciler.reconcile(body)
-    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b"]
+    created = sorted(f"Deployment/{name}" for name in deployments(kube))
+    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", *created]
     body["status"] = kube.last_status
     reconciler.reconcile(body)
-    assert len(looked) == 2  # written by this operator since: nothing to look up
+    assert len(looked) == 2 + len(created)  # written by this operator since: nothing to look up
+
+
+def test_a_users_deployment_of_a_groups_name_is_never_taken_and_is_reported(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    reconciler.reconcile(sample())
+    names = sorted(deployments(kube))
+    theirs = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": names[0], "namespace": "ml", "uid": "their-uid", "labels": {"app": "theirs"}},
+        "spec": {"replicas": 3, "template": {"metadata": {"labels": {"app": "theirs"}}}},
+    }
+    fresh = FakeKube()
+    fresh.objects[("Deployment", "ml", names[0])] = copy.deepcopy(theirs)
+    other = Reconciler(fresh, reconcile_policy(), clock=lambda: NOW)
+    body = sample()
+    plan = other.reconcile(body)
+    assert fresh.objects[("Deployment", "ml", names[0])] == theirs  # not applied over
+    assert plan.requeue_after == 0.0  # reported at once
+    body["status"] = fresh.last_status
+    again = other.reconcile(body)
+    assert again.requeue_after == 10.0  # looked at again soon: its going away makes no event of ours
+    degraded = next(c for c in fresh.last_status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ObjectConflict"
+    assert f"Deployment ml/{names[0]} exists" in degraded["message"]
+    assert fresh.objects[("Deployment", "ml", names[0])] == theirs
+    # its owner renames theirs away: the group is created on the next pass
+    del fresh.objects[("Deployment", "ml", names[0])]
+    body["status"] = fresh.last_status
+    other.reconcile(body)
+    assert owned_by(fresh.objects[("Deployment", "ml", names[0])], "uid-1")
 
 
 def test_a_foreign_service_is_left_exactly_as_it_was(kube: FakeKube, reconciler: Reconciler) -> None:

@@ -46,9 +46,13 @@ class KubeApi(Protocol):
         self, api_version: str, kind: str, namespace: str | None, label_selector: str
     ) -> list[dict[str, Any]]: ...
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, merge_patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
 
@@ -149,7 +153,7 @@ class RestKubeApi:
             item.setdefault("kind", kind)
         return items
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
             result: dict[str, Any] = self._call("GET", _path(api_version, kind, namespace, name))
@@ -168,6 +172,18 @@ class RestKubeApi:
             [("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=obj,
             content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, merge_patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch; one carrying metadata.resourceVersion is refused (409) when stale."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            _path(api_version, kind, namespace, name),
+            body=merge_patch,
+            content_type="application/merge-patch+json",
         )
         return result
 

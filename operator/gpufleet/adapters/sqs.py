@@ -134,3 +134,13 @@ class InterruptionQueue:
 
     def delete(self, receipt_handle: str) -> None:
         self._client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
+
+    def delete_batch(self, receipt_handles: list[str]) -> list[str]:
+        """Delete up to 10 messages in one call (DeleteMessageBatch); the handles SQS did not delete."""
+        if not 1 <= len(receipt_handles) <= MAX_MESSAGES:
+            raise ValueError(f"a batch holds 1-{MAX_MESSAGES} messages, not {len(receipt_handles)}")
+        response = self._client.delete_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(receipt_handles)],
+        )
+        return [receipt_handles[int(f["Id"])] for f in response.get("Failed", [])]

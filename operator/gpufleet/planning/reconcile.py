@@ -86,6 +86,9 @@ from gpufleet.planning.workloads import (
 )
 from gpufleet.planning.zone_loss import NodeLoss, lost_zones
 
+# An object of our name that belongs to someone else is looked at again this often, until it is gone.
+CONFLICT_RECHECK_SECONDS = 10.0
+
 # (kind, name) of an applied object → (template hash, generation or resourceVersion) after the apply
 AppliedVersions = Mapping[tuple[str, str], tuple[str, str]]
 
@@ -125,15 +128,19 @@ class ObjectRef:
     name: str
 
 
-def names_to_look_up(body: Mapping[str, Any], applied: AppliedVersions) -> tuple[ObjectRef, ...]:
+def names_to_look_up(
+    body: Mapping[str, Any], applied: AppliedVersions, foreign: Iterable[ObjectRef] = ()
+) -> tuple[ObjectRef, ...]:
     """Objects the plan would write under the ModelDeployment's own name (its Service and PDB) that this
     operator does not remember writing: someone else may already have one of that name (a Service
     `postgres` in the namespace of a ModelDeployment `postgres`), and applying over it would take it,
     and the garbage collector would delete it with the ModelDeployment. Looked up once; none in steady
-    state."""
+    state. Plus `foreign`: objects found to belong to someone else when this operator was about to
+    create them (Deployments, see Apply.check_owner), looked up on every pass until they are gone."""
     name = body["metadata"]["name"]
     wanted = (ObjectRef("v1", "Service", name), ObjectRef("policy/v1", "PodDisruptionBudget", name))
-    return tuple(ref for ref in wanted if (ref.kind, ref.name) not in applied)
+    first = tuple(ref for ref in wanted if (ref.kind, ref.name) not in applied)
+    return first + tuple(ref for ref in foreign if ref not in first)
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,9 @@ class Apply:
     obj: dict[str, Any]
     template_hash: str
     event: EventView | None  # posted once applied
+    # No object of ours by that name is known: the runtime looks it up first and applies only when
+    # there is none or it is ours (a user's Deployment of that name is never taken over).
+    check_owner: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,15 +243,15 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     desired = desired_workloads(Owner(name, namespace, uid), spec, capacity.groups, policy.workloads)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
     applied = observed.remembered.applied
-    applies = [
-        _apply(
-            obj,
-            live_by_name.get(obj["metadata"]["name"]),
-            applied.get((obj["kind"], obj["metadata"]["name"])),
-        )
-        for obj in desired.deployments
-    ]
+    applies: list[Apply | None] = []
     conflicts = []
+    for obj in desired.deployments:
+        deployment = obj["metadata"]["name"]
+        existing = observed.looked_up.get(("Deployment", deployment))
+        if existing is not None and not owned_by(existing, uid):
+            conflicts.append(_conflict("Deployment", namespace, deployment, existing))
+            continue
+        applies.append(_apply(obj, live_by_name.get(deployment), applied.get(("Deployment", deployment))))
     for obj in (desired.service, desired.pod_disruption_budget):
         existing = observed.looked_up.get((obj["kind"], obj["metadata"]["name"]))
         if existing is not None and not owned_by(existing, uid):
@@ -290,7 +300,10 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         events=capacity.events,
         applies=tuple(a for a in applies if a is not None),
         removals=tuple(removals),
-        requeue_after=capacity.requeue_after,
+        # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
+        requeue_after=min(capacity.requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
+        if conflicts
+        else capacity.requeue_after,
     )
 
 
@@ -449,12 +462,9 @@ def _apply(
         # Services and PDBs are not listed on every reconcile: their watch events make the runtime
         # forget what it applied, which makes the next plan apply them again.
         return None
-    event = (
-        _apply_event(desired, live, live_digest, digest, remembered)
-        if desired["kind"] == "Deployment"
-        else None
-    )
-    return Apply(desired, digest, event)
+    deployment = desired["kind"] == "Deployment"
+    event = _apply_event(desired, live, live_digest, digest, remembered) if deployment else None
+    return Apply(desired, digest, event, check_owner=deployment and live is None)
 
 
 def _apply_event(

@@ -472,7 +472,7 @@ def _service(owner: Owner, options: WorkloadOptions) -> dict[str, Any]:
     }
 
 
-def _pod_disruption_budget(owner: Owner) -> dict[str, Any]:
+def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -498,5 +498,5 @@ def desired_workloads(
     return DesiredWorkloads(
         deployments=tuple(_deployment(owner, spec, group, options) for group in groups if group.replicas > 0),
         service=_service(owner, options),
-        pod_disruption_budget=_pod_disruption_budget(owner),
+        pod_disruption_budget=pod_disruption_budget(owner),
     )

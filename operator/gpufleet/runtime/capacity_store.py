@@ -1,7 +1,9 @@
 """Nodes and capacity signals, shared by the watches, the SQS loop and the reconciles.
 
-In memory and safe to lose: cloud events that moved replicas are persisted by
-the reconcile in each ModelDeployment's status.spot, and node state is read
+In memory and safe to lose: a cloud event is recorded on its Node (annotation
+and taint, gpufleet.planning.nodes) before its SQS message is deleted, and read
+back from the node here; cloud events that moved replicas are also persisted
+by the reconcile in each ModelDeployment's status.spot; node state is read
 again from the watch after a restart. Thread-safe: kopf's handlers, the SQS
 thread and the reconcile workers use it at once. It only records; every rule
 (what a node's taints mean, which doom wins, when a zone is lost) is in
@@ -17,7 +19,7 @@ from typing import Any
 
 from gpufleet.planning.capacity_signals import CapacitySignal
 from gpufleet.planning.failover import Doom
-from gpufleet.planning.nodes import NodeInfo, doom_of, lost_without_warning, read_node
+from gpufleet.planning.nodes import NodeInfo, doom_of, lost_without_warning, read_node, read_signal_record
 from gpufleet.planning.observe import Key
 from gpufleet.planning.reconcile import CapacitySnapshot
 from gpufleet.planning.zone_loss import NodeLoss, recent
@@ -65,6 +67,10 @@ class CapacityStore:
             if info.instance_id:
                 self._by_instance[info.instance_id] = name
             self._node_dooms[name] = reading.dooms
+            # A warning recorded on the node before a restart (or by the previous leader) counts again.
+            recorded = read_signal_record(node, info)
+            if recorded is not None and recorded.supersedes(self._cloud_dooms.get(name)):
+                self._cloud_dooms[name] = recorded
             if old is not None and old.ready and not info.ready:
                 self._lose(NodeLoss(now, name, info.zone, info.capacity_type), now)
         return [(d.kind, d.deadline) for d in before] != [(d.kind, d.deadline) for d in reading.dooms]
@@ -98,7 +104,7 @@ class CapacityStore:
 
     # --- cloud events ----------------------------------------------------------------------------
 
-    def record_cloud(self, signal: CapacitySignal) -> NodeInfo | None:
+    def record_cloud(self, signal: CapacitySignal) -> Doom | None:
         """Attach an SQS signal to its node; None when no node of this cluster has that instance."""
         node = self.node_for_instance(signal.instance_id or "")
         if node is None:
@@ -107,7 +113,7 @@ class CapacityStore:
         with self._lock:
             if doom.supersedes(self._cloud_dooms.get(node.name)):
                 self._cloud_dooms[node.name] = doom
-        return node
+        return doom
 
     def forget_cloud(self, older_than: datetime) -> None:
         """Drop cloud dooms whose node is gone and whose deadline passed long ago."""

@@ -33,6 +33,7 @@ from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 from gpufleet.runtime.capacity_store import CapacityStore
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.leader import LeaderElector
+from gpufleet.runtime.node_records import NodeRecorder
 from gpufleet.runtime.prices import SpotPriceRefresher
 from gpufleet.runtime.reconciler import Reconciler
 from gpufleet.runtime.watch_gaps import WatchGapCheck
@@ -307,9 +308,12 @@ class Operator:
             wait_seconds=settings.interruption_queue_wait_seconds,
             visibility_seconds=settings.interruption_queue_visibility_seconds,
             prepare=self.prime_capacity,
+            record=NodeRecorder(self.kube).record,
         )
         self._stoppables.append(consumer.stopped)
-        threading.Thread(target=consumer.run, name="interruption-queue", daemon=True).start()
+        # Parallel long polls: a backlog of thousands is read in seconds, not one batch of ten at a time.
+        for index in range(settings.interruption_queue_pollers):
+            threading.Thread(target=consumer.run, name=f"interruption-queue-{index}", daemon=True).start()
         log.info("reading capacity signals from %s (%s)", sqs.queue_url, sqs.region)
 
 
@@ -344,6 +348,6 @@ def price_refresher(
 def build(settings: Settings) -> Operator:
     """The operator for these settings, with one Kubernetes client shared by everything in it."""
     # Reconcile workers, autoscaler evaluations and the few background loops share one client.
-    connections = settings.workers + settings.autoscale_concurrency + 4
+    connections = settings.workers + settings.autoscale_concurrency + settings.interruption_queue_pollers + 4
     kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.KUBE_REQUESTS.inc)
     return Operator(settings, kube)

@@ -1,13 +1,21 @@
 """The interruption queue consumer: SQS messages → capacity signals on nodes → reconciles of their models.
 
-One long poll at a time (Karpenter's parameters, REFERENCE.md). Every message
-is deleted once read: a signal is recorded in the CapacityStore (the
-reconciler persists it in each affected model's status), and a malformed,
-unknown, foreign or irrelevant message is logged and counted. A message for an
-instance that is not a node of this cluster is counted as "no-node" and
-deleted too: another cluster or a node already gone. A receive or delete that
-fails marks the queue down (gpufleet_interruption_queue_up 0) and backs off;
-node taints keep driving failover meanwhile.
+Several long polls at once (each with Karpenter's parameters, REFERENCE.md), so
+a backlog of thousands of messages is read in seconds, and deleted ten at a
+time (DeleteMessageBatch). A message is deleted only once what it says is
+durable or proven irrelevant:
+- a signal for a node of this cluster is recorded on the Node (annotation, and
+  a NoSchedule taint when the node is going: runtime.node_records) and in the
+  CapacityStore; the reconciler persists it in each affected model's status;
+- a malformed, unknown or foreign message is logged and counted;
+- a message for an instance that is not a node of this cluster ("no-node":
+  another cluster, or a node already gone) is counted. The store is primed
+  from the API server before the first receive, so "no node" is known, not
+  merely not yet seen.
+A message whose record fails (the API server down or refusing) is not deleted:
+SQS shows it again after the visibility timeout. A receive or delete that fails
+marks the queue down (gpufleet_interruption_queue_up 0) and backs off; node
+taints keep driving failover meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Protocol
 
 from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.planning.capacity_signals import Rejected, parse_message
+from gpufleet.planning.failover import Doom
 from gpufleet.planning.observe import Key
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.capacity_store import CapacityStore
@@ -38,7 +47,7 @@ class Queue(Protocol):
         self, wait_seconds: int = 20, max_messages: int = 10, visibility_timeout: int = 20
     ) -> list[QueueMessage]: ...
 
-    def delete(self, receipt_handle: str) -> None: ...
+    def delete_batch(self, receipt_handles: list[str]) -> list[str]: ...
 
 
 class InterruptionConsumer:
@@ -53,6 +62,7 @@ class InterruptionConsumer:
         wait_seconds: int = 20,
         visibility_seconds: int = 20,
         prepare: Callable[[], None] | None = None,
+        record: Callable[[Doom], None] | None = None,
     ) -> None:
         self.wait_seconds = wait_seconds
         self.visibility_seconds = visibility_seconds
@@ -68,6 +78,9 @@ class InterruptionConsumer:
         # watches may not have delivered yet, so a warning read at startup finds its node.
         self.prepare = prepare
         self.prepared = prepare is None
+        self._preparing = threading.Lock()
+        # Writes a signal where it survives this process (the Node); raises when it cannot.
+        self.record = record
         self.stopped = threading.Event()
 
     def handle(self, message: QueueMessage) -> str:
@@ -87,18 +100,20 @@ class InterruptionConsumer:
             return parsed.outcome
         outcome = "no-node"
         for signal in parsed:
-            node = self.store.record_cloud(signal)
-            if node is None:
+            doom = self.store.record_cloud(signal)
+            if doom is None:
                 log.info("interruption queue: %s: no node of this cluster has that instance", signal.detail)
                 metrics.INTERRUPTION_EVENTS.labels(source="sqs", type=signal.kind, outcome="no-node").inc()
                 continue
-            models = self.store.models_on(node.name)
+            if self.record is not None:
+                self.record(doom)
+            models = self.store.models_on(doom.node)
             log.warning(
                 "interruption queue: %s: node %s (%s, %s) hosts %d model(s)",
                 signal.detail,
-                node.name,
-                node.zone,
-                node.capacity_type,
+                doom.node,
+                doom.zone,
+                doom.capacity_type,
                 len(models),
             )
             metrics.INTERRUPTION_EVENTS.labels(source="sqs", type=signal.kind, outcome="handled").inc()
@@ -114,13 +129,31 @@ class InterruptionConsumer:
         )
         metrics.INTERRUPTION_QUEUE_UP.set(1)
         metrics.INTERRUPTION_QUEUE_LAST_RECEIVE.set(time.time())
+        done = []
         for message in messages:
             try:
                 self.handle(message)
-            finally:
-                # Handled or not, a message is never retried: a bad one would come back forever.
-                self.queue.delete(message.receipt_handle)
+            except Exception:
+                # Not recorded anywhere durable: left in the queue, it comes back after the visibility
+                # timeout. (What cannot be parsed is rejected by handle, never raised: no poison loop.)
+                metrics.INTERRUPTION_EVENTS.labels(source="sqs", type="unrecorded", outcome="retried").inc()
+                log.exception(
+                    "interruption queue: message %s not recorded; it stays queued", message.message_id
+                )
+                continue
+            done.append(message.receipt_handle)
+        for start in range(0, len(done), 10):
+            failed = self.queue.delete_batch(done[start : start + 10])
+            if failed:
+                # Recorded already: shown again, it is recorded again (a no-op) and deleted then.
+                log.warning("interruption queue: %d message(s) not deleted; they come back", len(failed))
         return len(messages)
+
+    def _prepare_once(self) -> None:
+        with self._preparing:  # several pollers start together; one primes the store for all
+            if not self.prepared and self.prepare is not None:
+                self.prepare()
+                self.prepared = True
 
     def run(self) -> None:
         """Poll until stopped; failures back off exponentially up to a minute."""
@@ -129,9 +162,7 @@ class InterruptionConsumer:
             if self.leading is not None and not self.leading.wait(1.0):
                 continue
             try:
-                if not self.prepared and self.prepare is not None:
-                    self.prepare()
-                    self.prepared = True
+                self._prepare_once()
                 self.poll_once()
                 failures = 0
             except Exception:

@@ -15,10 +15,11 @@ from typing import Any
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.api.v1alpha1 import API_VERSION, KIND
 from gpufleet.planning.cost import ProductPrices
-from gpufleet.planning.observe import Key, key_of, version_of
+from gpufleet.planning.observe import Key, key_of, owned_by, version_of
 from gpufleet.planning.reconcile import (
     CapacitySnapshot,
     Drain,
+    ObjectRef,
     Observed,
     ReconcilePlan,
     ReconcilePolicy,
@@ -52,12 +53,14 @@ class Reconciler:
         self.prices: Mapping[str, ProductPrices] = prices or {}
         self._applied: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
         self._statuses: dict[Key, dict[str, Any]] = {}
+        self._foreign: dict[Key, set[ObjectRef]] = {}  # objects of our names that belong to others
 
     def reconcile(self, body: Mapping[str, Any]) -> ReconcilePlan:
         key = key_of(body)
         namespace, selector = key[0], selector_string(key[1])
         now = self.clock()
         remembered = Remembered(dict(self._applied.get(key, {})), self._statuses.get(key))
+        foreign = self._foreign.get(key, set())
         observed = Observed(
             body=body,
             pods=self.kube.list("v1", "Pod", namespace, selector),
@@ -67,11 +70,16 @@ class Reconciler:
             remembered=remembered,
             looked_up={
                 (ref.kind, ref.name): self.kube.get(ref.api_version, ref.kind, namespace, ref.name)
-                for ref in names_to_look_up(body, remembered.applied)
+                for ref in names_to_look_up(body, remembered.applied, sorted(foreign, key=str))
             },
         )
         plan = plan_reconcile(observed, self.policy, now)
+        # Foreign objects that are gone or ours now need no more looking up.
+        foreign -= {r for r in foreign if not _foreign(observed.looked_up.get((r.kind, r.name)), body)}
+        known_foreign = len(self._foreign.get(key, ()))
         refused = self.execute(body, plan)
+        if len(self._foreign.get(key, ())) > known_foreign:
+            plan = replace(plan, requeue_after=0.0)  # report the conflict now, not at the next resync
         if refused:
             plan = replace(
                 plan,
@@ -92,6 +100,8 @@ class Reconciler:
         for write in plan.applies:
             if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
                 continue  # its lowered count would remove another pod than the one the PDB kept
+            if write.check_owner and self._taken(body, plan.key, write.obj):
+                continue
             result = self.kube.apply(write.obj)
             applied[(write.obj["kind"], write.obj["metadata"]["name"])] = (
                 write.template_hash,
@@ -111,6 +121,16 @@ class Reconciler:
             for event in plan.status.events:
                 post_event(self.kube, body, event, self.clock())
         return refused
+
+    def _taken(self, body: Mapping[str, Any], key: Key, obj: Mapping[str, Any]) -> bool:
+        """Whether an object of that name exists and is not this ModelDeployment's: then it is left alone,
+        remembered, and the next pass (right away) reports it as Degraded ObjectConflict."""
+        meta = obj["metadata"]
+        existing = self.kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if not _foreign(existing, body):
+            return False
+        self._foreign.setdefault(key, set()).add(ObjectRef(obj["apiVersion"], obj["kind"], meta["name"]))
+        return True
 
     def _drain(self, body: Mapping[str, Any], plan: ReconcilePlan) -> tuple[Drain, ...]:
         """Drain the plan's pods; those the PDB kept (to retry)."""
@@ -148,8 +168,13 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         """Drop everything remembered of a deleted ModelDeployment."""
         self._statuses.pop(key, None)
+        self._foreign.pop(key, None)
         self._applied.pop(key, None)
 
     def invalidate(self, key: Key, kind: str, name: str) -> None:
         """An owned object changed outside a reconcile: apply it again on the next pass."""
         self._applied.get(key, {}).pop((kind, name), None)
+
+
+def _foreign(existing: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
+    return existing is not None and not owned_by(existing, body["metadata"]["uid"])

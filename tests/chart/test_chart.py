@@ -180,10 +180,12 @@ NAMESPACED = {
         for v in ("get", "list", "watch", "create", "patch", "delete")
     },
     *{("", "pods", v) for v in ("get", "list", "watch", "delete")},
+    ("", "pods/eviction", "create"),
     *{("", "events", v) for v in ("create", "patch")},
 }
 CLUSTER = {
-    *{("", "nodes", v) for v in ("get", "list", "watch")},
+    *{("", "nodes", v) for v in ("get", "list", "watch", "patch")},
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
 }
 

@@ -208,8 +208,11 @@ ALLOWED = [
     ("delete", "services", "other"),
     ("patch", "poddisruptionbudgets.policy", "other"),
     ("delete", "pods", "other"),
+    ("create", "pods/eviction", "other"),  # a serving replica on a going node leaves as kubectl drain does
     ("create", "events", "other"),
     ("watch", "nodes", None),
+    ("patch", "nodes", None),  # an SQS warning is recorded on its node before the message is deleted
+    ("create", "subjectaccessreviews.authorization.k8s.io", None),  # the webhook's reference check
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
     ("update", "leases.coordination.k8s.io", "release"),
 ]
@@ -218,10 +221,8 @@ DENIED = [
     ("get", "secrets", "other"),
     ("list", "secrets", None),
     ("list", "configmaps", "other"),
-    ("patch", "nodes", None),
     ("delete", "nodes", None),
     ("create", "pods", "other"),
-    ("create", "pods/eviction", "other"),
     ("create", "pods/exec", "other"),
     ("delete", "modeldeployments.gpufleet.io", "other"),
     ("create", "modeldeployments.gpufleet.io", "other"),

@@ -4,6 +4,7 @@ scheduler placing their pods on fake GPU nodes, drift, scale, deletion, restart,
 from __future__ import annotations
 
 import copy
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -426,3 +427,83 @@ def test_a_deployment_of_a_groups_name_that_belongs_to_someone_else_is_never_tak
         timeout=30,
         what="Degraded=False",
     )
+
+
+def grant(cluster: Cluster, namespace: str, user: str, name: str, rules: list[dict[str, Any]]) -> None:
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    for obj in (role, binding):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(obj))
+
+
+MD_AUTHOR = [
+    {"apiGroups": ["gpufleet.io"], "resources": ["modeldeployments"], "verbs": ["get", "create", "patch"]}
+]
+
+
+def test_a_modeldeployment_may_only_reference_what_its_author_may_read(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = operator.cluster
+    grant(cluster, namespace, "alice", "md-author", MD_AUTHOR)
+    doc = load(SPOT_SAMPLE)  # spec.model.credentialsSecret: hf-token
+    refused = cluster.kubectl(
+        "--as=alice", "create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc), check=False
+    )
+    assert refused.returncode != 0
+    assert "spec.model.credentialsSecret: alice may not get secrets 'hf-token'" in refused.stderr
+    assert cluster.kubectl("get", "md", "llama-3-70b", "-n", namespace, check=False).returncode != 0
+    # allowed to read that one Secret, alice may use it
+    secret_rule = {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["hf-token"],
+        "verbs": ["get"],
+    }
+    grant(cluster, namespace, "alice", "hf-reader", [secret_rule])
+    cluster.kubectl("--as=alice", "create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc))
+    # bob may edit ModelDeployments but read no Secret: what it already reads he may keep, not add to
+    grant(cluster, namespace, "bob", "md-author", MD_AUTHOR)
+    cluster.kubectl(
+        "--as=bob",
+        "patch",
+        "md",
+        "llama-3-70b",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"replicas":3}}',
+    )
+    steal = {
+        "spec": {
+            "engine": {
+                "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "prod-db", "key": "password"}}}]
+            }
+        }
+    }
+    stolen = cluster.kubectl(
+        "--as=bob",
+        "patch",
+        "md",
+        "llama-3-70b",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps(steal),
+        check=False,
+    )
+    assert stolen.returncode != 0
+    assert "spec.engine.env[0].valueFrom.secretKeyRef: bob may not get secrets 'prod-db'" in stolen.stderr

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gpufleet.api import validate_manifest
-from gpufleet.api.validation import admission_problems, memory_fit
+from gpufleet.api.validation import admission_problems, gpu_memory_utilization, memory_fit
 from tests.unit.dotted import with_changes
 
 BASE: dict[str, Any] = {
@@ -190,6 +190,32 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         ("spec.accelerator.tensorParallelSize",),
     ),
     "port in args": ({"spec__engine": {"args": ["--port=9000"]}}, "spec.engine.args[0]", ("port 8000",)),
+    # vLLM's parser reads underscores as dashes and takes unambiguous prefixes: these set the same flag.
+    "managed flag with underscores": (
+        {"spec__engine": {"args": ["--tensor_parallel_size=8"]}},
+        "spec.engine.args[0]",
+        ("spec.accelerator.tensorParallelSize",),
+    ),
+    "managed flag abbreviated": (
+        {"spec__engine": {"args": ["--enable-prefix-caching", "--tensor-parallel", "8"]}},
+        "spec.engine.args[1]",
+        ("spec.accelerator.tensorParallelSize",),
+    ),
+    "short managed flag with its value attached": (
+        {"spec__engine": {"args": ["-tp8"]}},
+        "spec.engine.args[0]",
+        ("spec.accelerator.tensorParallelSize",),
+    ),
+    "served name with underscores": (
+        {"spec__engine": {"args": ["--served_model_name", "x"]}},
+        "spec.engine.args[0]",
+        ("spec.model.servedName",),
+    ),
+    "config file": (
+        {"spec__engine": {"args": ["--config", "/etc/vllm.yaml"]}},
+        "spec.engine.args[0]",
+        ("--config reads engine flags from a file",),
+    ),
     "duplicate env": (
         {"spec__engine": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
         "spec.engine.env[1].name",
@@ -319,6 +345,11 @@ def test_memory_fit_matches_reference_numbers(
     fit = memory_fit(params, bytes_per, shards, gib)
     assert kv_min <= fit.kv_cache_gib <= kv_max
     assert fit.fits is fits
+
+
+def test_gpu_memory_utilization_is_read_as_vllm_reads_it() -> None:
+    assert gpu_memory_utilization(["--gpu_memory_utilization=0.95"]) == 0.95
+    assert gpu_memory_utilization(["--gpu-memory-utilization", "0.8"]) == 0.8
 
 
 def test_gpu_memory_utilization_from_args_changes_the_fit() -> None:

@@ -8,7 +8,7 @@ implements it over the kubernetes client's REST layer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,6 +30,10 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("gpufleet.io/v1alpha1", "ModelDeployment"): ("/apis/gpufleet.io/v1alpha1", "modeldeployments"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): (
+        "/apis/authorization.k8s.io/v1",
+        "subjectaccessreviews",
+    ),
 }
 
 
@@ -233,6 +237,31 @@ class RestKubeApi:
             if error.status != 404:
                 raise
         return True
+
+    def may(self, user: Mapping[str, Any], verb: str, resource: str, namespace: str, name: str) -> bool:
+        """Whether `user` (an admission request's userInfo) may `verb` the named object: the API
+        server's own authorizers answer (a SubjectAccessReview), as for a request of that user."""
+        review = self._call(
+            "POST",
+            _path("authorization.k8s.io/v1", "SubjectAccessReview", None),
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": user.get("username", ""),
+                    "uid": user.get("uid", ""),
+                    "groups": list(user.get("groups") or []),
+                    "extra": dict(user.get("extra") or {}),
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": verb,
+                        "resource": resource,
+                        "name": name,
+                    },
+                },
+            },
+        )
+        return bool((review.get("status") or {}).get("allowed"))
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

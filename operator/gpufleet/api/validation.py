@@ -237,9 +237,12 @@ def gpu_memory_utilization(args: Sequence[str]) -> float:
     """vLLM's --gpu-memory-utilization from engine.args, or its default."""
     for i, arg in enumerate(args):
         value: str | None = None
-        if arg.startswith("--gpu-memory-utilization="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--gpu-memory-utilization" and i + 1 < len(args):
+        name, equals, attached = arg.partition("=")
+        if vllm_flag_name(name) != "--gpu-memory-utilization":
+            continue
+        if equals:
+            value = attached
+        elif i + 1 < len(args):
             value = args[i + 1]
         if value is not None:
             try:
@@ -353,14 +356,44 @@ def _suggest_fit(spec: ModelDeploymentSpec, per_param: float, device_gib: float,
     return " or ".join(options)
 
 
-def _flag_name(arg: str) -> str:
-    return arg.split("=", 1)[0]
+def vllm_flag_name(name: str) -> str:
+    """A flag name as vLLM's parser reads it: underscores in a `--` name are dashes."""
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def managed_flag(arg: str) -> str | None:
+    """The managed flag `arg` sets as vLLM's parser reads it, or None.
+
+    vLLM's FlexibleArgumentParser turns underscores in `--` flag names into dashes
+    (vllm/utils FlexibleArgumentParser, "allows both underscore and dash in names"),
+    and argparse takes an unambiguous prefix of a long flag (allow_abbrev, on by
+    default), so `--tensor_parallel_size=8` and `--tensor-parallel 8` both set
+    --tensor-parallel-size. Short flags take their value attached (`-tp8`, `-qfp8`).
+    """
+    name = vllm_flag_name(arg.split("=", 1)[0])
+    if name.startswith("--"):
+        if name in MANAGED_VLLM_FLAGS:
+            return name
+        if len(name) > 3:
+            longer = [flag for flag in MANAGED_VLLM_FLAGS if flag.startswith("--") and flag.startswith(name)]
+            return longer[0] if longer else None
+        return None
+    if name.startswith("-"):
+        return next((flag for flag in ("-tp", "-q") if name.startswith(flag)), None)
+    return None
 
 
 def _check_engine_args(spec: ModelDeploymentSpec) -> Iterator[Problem]:
     for i, arg in enumerate(spec.engine.args):
-        flag = _flag_name(arg)
-        if flag not in MANAGED_VLLM_FLAGS:
+        if vllm_flag_name(arg.split("=", 1)[0]) == "--config":
+            yield Problem(
+                f"spec.engine.args[{i}]",
+                "--config reads engine flags from a file gpufleet cannot check (it could set flags the "
+                "spec manages); put the flags in engine.args instead",
+            )
+            continue
+        flag = managed_flag(arg)
+        if flag is None:
             continue
         owner = MANAGED_VLLM_FLAGS[flag]
         if owner is None:

@@ -283,7 +283,7 @@ class CloudEvents:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(event))
         return event
 
-    def spot_interruption_warning(
+    def warning_event(
         self,
         instance_id: str,
         zone: str,
@@ -294,13 +294,36 @@ class CloudEvents:
         # REFERENCE.md warns the format is inconsistent; consumers must read detail.instance-id.
         resources = [f"arn:aws:ec2:{zone}:instance/{instance_id}"]
         detail = {"instance-id": instance_id, "instance-action": action}
-        return self._send(self._event(SPOT_WARNING, resources, detail, when))
+        return self._event(SPOT_WARNING, resources, detail, when)
+
+    def rebalance_event(self, instance_id: str, when: datetime) -> dict[str, Any]:
+        detail = {"instance-id": instance_id}
+        return self._event(REBALANCE, [self._instance_arn(instance_id)], detail, when)
+
+    def send_all(self, events: list[dict[str, Any]]) -> None:
+        """Deliver events in order, ten per SendMessageBatch call (SQS's limit), as a backlog builds up."""
+        for start in range(0, len(events), 10):
+            entries = [
+                {"Id": str(i), "MessageBody": json.dumps(event)}
+                for i, event in enumerate(events[start : start + 10])
+            ]
+            failed = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries).get("Failed")
+            if failed:
+                raise RuntimeError(f"SQS refused {len(failed)} message(s): {failed[0]}")
+
+    def spot_interruption_warning(
+        self,
+        instance_id: str,
+        zone: str,
+        when: datetime,
+        action: Literal["terminate", "stop", "hibernate"] = "terminate",
+    ) -> dict[str, Any]:
+        return self._send(self.warning_event(instance_id, zone, when, action))
 
     def rebalance_recommendation(self, instance_id: str, zone: str, when: datetime) -> dict[str, Any]:
         # `zone` is kept for symmetry with the warning; this event's ARN carries region + account.
         del zone
-        detail = {"instance-id": instance_id}
-        return self._send(self._event(REBALANCE, [self._instance_arn(instance_id)], detail, when))
+        return self._send(self.rebalance_event(instance_id, when))
 
     def state_change(self, instance_id: str, state: str, when: datetime) -> dict[str, Any]:
         detail = {"instance-id": instance_id, "state": state}

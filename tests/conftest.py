@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import TypeVar
 import pytest
 from kubernetes import client, config
 
-from fleetsim.cloud import MotoServer
+from fleetsim.cloud import ElasticMQServer, MotoServer
 from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane, free_port
 from fleetsim.local import OperatorProcess as LocalOperator
 from fleetsim.pools import load_fleet, operator_prices
@@ -182,4 +183,17 @@ def aws_env() -> Iterator[None]:
 def moto(tmp_path_factory: pytest.TempPathFactory, aws_env: None) -> Iterator[MotoServer]:
     """One moto server per test module (SQS and EC2 alike), on loopback."""
     with MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def elasticmq(tmp_path_factory: pytest.TempPathFactory, aws_env: None) -> Iterator[ElasticMQServer]:
+    """An SQS that holds a backlog of 10,000 messages (hack/install-elasticmq.sh, `make sqsdeps`)."""
+    installed = subprocess.run(
+        ["bash", str(ROOT / "hack" / "install-elasticmq.sh")], capture_output=True, text=True, check=False
+    )
+    if installed.returncode != 0:
+        pytest.fail(f"hack/install-elasticmq.sh failed:\n{installed.stderr}", pytrace=False)
+    jars = Path(installed.stdout.strip().splitlines()[-1]) / "lib"
+    with ElasticMQServer(jars, tmp_path_factory.mktemp("elasticmq")).start(timeout=60) as server:
         yield server

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
 import boto3
@@ -91,8 +91,10 @@ def client(service: str, endpoint_url: str, region: str) -> Any:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class MotoServer:
-    """`python -m moto.server` on a loopback port, with its own log file."""
+class LoopbackServer:
+    """A local AWS-compatible server as a subprocess on a loopback port, with its own log file."""
+
+    name = "server"
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log: Path | None = None) -> None:
         self.host = host
@@ -102,7 +104,10 @@ class MotoServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> MotoServer:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> Self:
         if self._process is not None:
             return self
         if self.log_path is not None:
@@ -111,7 +116,7 @@ class MotoServer:
         # Nothing in the server's environment may route it elsewhere; it needs no credentials.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            self.command(),
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -122,17 +127,17 @@ class MotoServer:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self.stop()
-                raise RuntimeError(f"moto server exited with {code}; see {self.log_path or 'its output'}")
+                raise RuntimeError(f"{self.name} exited with {code}; see {self.log_path or 'its output'}")
             if self._answers():
                 return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"moto server on {self.endpoint_url} did not answer within {timeout}s")
+                raise RuntimeError(f"{self.name} on {self.endpoint_url} did not answer within {timeout}s")
             time.sleep(0.1)
 
     def _answers(self) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.endpoint_url}/moto-api/", timeout=1):
+            with _NO_PROXY.open(f"{self.endpoint_url}/", timeout=1):
                 return True
         except urllib.error.HTTPError:
             return True  # any HTTP answer means it is serving
@@ -152,11 +157,44 @@ class MotoServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MotoServer(LoopbackServer):
+    """`python -m moto.server`: SQS, EC2 and the rest, in memory."""
+
+    name = "moto server"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+
+
+class ElasticMQServer(LoopbackServer):
+    """ElasticMQ (hack/install-elasticmq.sh): an SQS-compatible server that stays fast with tens of
+    thousands of messages queued, where moto's SQS scans every message on every call."""
+
+    name = "ElasticMQ"
+
+    def __init__(self, jars: Path, work: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(port, host, work / "elasticmq.log")
+        self.jars = jars
+        self.config = work / "elasticmq.conf"
+
+    def command(self) -> list[str]:
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            'include classpath("application.conf")\n'
+            f'node-address {{ protocol = http, host = "{self.host}", port = {self.port}, '
+            'context-path = "" }\n'
+            f'rest-sqs {{ enabled = true, bind-port = {self.port}, bind-hostname = "{self.host}", '
+            "sqs-limits = strict }\n"
+            "rest-stats { enabled = false }\n"
+        )
+        return ["java", f"-Dconfig.file={self.config}", "-cp", f"{self.jars}/*", "org.elasticmq.server.Main"]
 
 
 def _utc(when: datetime) -> str:

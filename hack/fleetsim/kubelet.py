@@ -401,12 +401,15 @@ class SimKubelet:
             pod.task.cancel()  # still starting: nothing to drain
         elif pod.server is not None and plan is not None:
             await self.clock.sleep(plan.prestop_seconds)
-            pod.server.start_draining()
-            remaining = max(0.0, plan.grace_seconds - plan.prestop_seconds)
-            waited = 0.0
-            while pod.server.in_flight() > 0 and waited < remaining:
-                await self.clock.sleep(1.0)
-                waited += 1.0
+            # The node may have gone during the preStop sleep, taking the server with it (_forget).
+            server = pod.server
+            if server is not None:
+                server.start_draining()
+                remaining = max(0.0, plan.grace_seconds - plan.prestop_seconds)
+                waited = 0.0
+                while server.in_flight() > 0 and waited < remaining:
+                    await self.clock.sleep(1.0)
+                    waited += 1.0
         await self._forget(pod, delete=True)
 
     async def _forget(self, pod: SimPod, delete: bool) -> None:

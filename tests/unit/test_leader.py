@@ -6,10 +6,13 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from urllib3.exceptions import ProtocolError
 
 from gpufleet.adapters.kube import KubeError
-from gpufleet.runtime.leader import LeaderElector
+from gpufleet.runtime.fencing import FencedKube, NotLeadingError
+from gpufleet.runtime.leader import LeaderElector, Leadership
+from tests.unit.fake_kube import FakeKube
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -159,3 +162,20 @@ def test_a_standby_that_starts_waits_a_lease_duration_whatever_the_holders_clock
     assert not standby.step()
     clock[0] = NOW + timedelta(seconds=16)
     assert standby.step()
+
+
+def test_a_replica_paused_past_its_lease_does_not_act_on_waking() -> None:
+    now = [datetime(2026, 12, 3, 12, 0, tzinfo=UTC)]
+    leading = Leadership(lambda: now[0])
+    leading.renewed(now[0])
+    leading.set()
+    kube = FencedKube(FakeKube(), leading.is_set)
+    kube.create_event({"metadata": {"name": "m", "namespace": "ml"}}, "Normal", "R", "m", now[0])
+    # SIGSTOP for 20 s: the flag is still up, but the last renewal is older than the renew deadline
+    now[0] += timedelta(seconds=20)
+    assert leading.held()
+    assert not leading.is_set()
+    assert not leading.wait(0)
+    with pytest.raises(NotLeadingError):
+        kube.create_event({"metadata": {"name": "m", "namespace": "ml"}}, "Normal", "R", "m", now[0])
+    assert kube.list("v1", "Pod", "ml", "") == []  # reads pass

@@ -31,6 +31,7 @@ from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 from gpufleet.runtime.capacity_store import CapacityStore
+from gpufleet.runtime.fencing import FencedKube
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.leader import LeaderElector
 from gpufleet.runtime.node_records import NodeRecorder
@@ -56,6 +57,10 @@ class Operator:
     def __init__(self, settings: Settings, kube: RestKubeApi) -> None:
         self.settings = settings
         self.kube = kube
+        self.leading = threading.Event()
+        # The workers' writes, each refused unless this replica leads at that moment (runtime.fencing).
+        # A lambda, not the bound method: election replaces self.leading with its Leadership later.
+        fenced = FencedKube(kube, lambda: self.leading.is_set())  # noqa: PLW0108
         options = settings.workload_options()
         self.capacity = CapacityStore(
             options.capacity_type_label,
@@ -64,7 +69,7 @@ class Operator:
             zone_loss_window=timedelta(seconds=settings.zone_loss_window_seconds),
         )
         self.reconciler = Reconciler(
-            kube,
+            fenced,
             settings.reconcile_policy(),
             clock=utcnow,
             capacity=self.capacity if settings.spot_failover else None,
@@ -77,9 +82,9 @@ class Operator:
             if settings.prometheus_url
             else None
         )
-        self.autoscaler = Autoscaler(kube, reader, clock=utcnow, timings=settings.scaling_timings())
+        self.autoscaler = Autoscaler(fenced, reader, clock=utcnow, timings=settings.scaling_timings())
         self.queue = WorkQueue(self._work, settings.workers, settings.resync_seconds)
-        self.leading = threading.Event()
+        self._fenced = fenced
         self._elector: LeaderElector | None = None
         self._stoppables: list[threading.Event] = []
         self._autoscale_task: asyncio.Task[None] | None = None
@@ -308,7 +313,7 @@ class Operator:
             wait_seconds=settings.interruption_queue_wait_seconds,
             visibility_seconds=settings.interruption_queue_visibility_seconds,
             prepare=self.prime_capacity,
-            record=NodeRecorder(self.kube).record,
+            record=NodeRecorder(self._fenced).record,
         )
         self._stoppables.append(consumer.stopped)
         # Parallel long polls: a backlog of thousands is read in seconds, not one batch of ten at a time.

@@ -47,6 +47,38 @@ class LeaseApi(Protocol):
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class Leadership(threading.Event):
+    """Whether this replica may act now, asked at each use: an Event whose `is_set` also asks the clock.
+
+    With election, it leads only while its last successful renewal is within the renew deadline as of
+    the moment it asks: a flag alone stays set through a pause longer than the lease (SIGSTOP, a frozen
+    VM, a long stall), and the replica would act on waking, before its elector thread runs and sees that
+    a standby took over. The renew deadline (10 s) is shorter than the lease (15 s) that a standby waits
+    out from when it saw the last renewal, so the two never overlap, unless a write is already on the
+    wire when the pause begins.
+    """
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        super().__init__()
+        self._clock = clock
+        self._renewed: datetime | None = None
+
+    def renewed(self, at: datetime) -> None:
+        self._renewed = at
+
+    def held(self) -> bool:
+        """The flag alone: the elector won the Lease and has not seen it lost."""
+        return super().is_set()
+
+    def is_set(self) -> bool:
+        if not self.held():
+            return False
+        return self._renewed is None or self._clock() - self._renewed <= RENEW_DEADLINE
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(timeout) and self.is_set()
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -63,7 +95,7 @@ class LeaderElector:
         self.identity = identity
         self.clock = clock
         self.on_started_leading = on_started_leading
-        self.leading = threading.Event()
+        self.leading = Leadership(clock)
         self.stopped = threading.Event()
         self._last_renewal: datetime | None = None
         # The Lease record last seen (its resourceVersion) and when, on this replica's clock.
@@ -88,6 +120,7 @@ class LeaderElector:
             self._seen_version = str((written.get("metadata") or {}).get("resourceVersion", ""))
             # Counted from before the calls: the others count the lease from when they see it change.
             self._observed_at = self._last_renewal = started
+            self.leading.renewed(started)
             self._set(True)
         except Exception as error:
             # 409: another replica won the race. Anything else: the API server, the network, or a bug;
@@ -101,12 +134,12 @@ class LeaderElector:
         return self.leading.is_set()
 
     def _set(self, leading: bool) -> None:
-        if leading and not self.leading.is_set():
+        if leading and not self.leading.held():
             log.info("%s now leads (Lease %s/%s)", self.identity, self.namespace, self.name)
             self.leading.set()
             metrics.LEADER.set(1)
             self.on_started_leading()
-        elif not leading and self.leading.is_set():
+        elif not leading and self.leading.held():
             log.warning("%s no longer leads (Lease %s/%s)", self.identity, self.namespace, self.name)
             self.leading.clear()
             metrics.LEADER.set(0)
@@ -124,7 +157,7 @@ class LeaderElector:
         Called once this replica's work has stopped: a standby may act as soon as the holder is cleared.
         """
         self.stopped.set()
-        if not self.leading.is_set():
+        if not self.leading.held():
             return
         self._set(False)
         try:

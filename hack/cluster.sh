@@ -6,6 +6,9 @@
 #   hack/cluster.sh down   [STATE_DIR]   stop every process it started (by pid) and remove STATE_DIR
 #   hack/cluster.sh status [STATE_DIR]   exit 0 when it is up and ready
 #   hack/cluster.sh env    [STATE_DIR]   print `export KUBECONFIG=...` (eval it)
+#   hack/cluster.sh restart-apiserver [STATE_DIR]   stop kube-apiserver and start it again, same flags
+#
+# GPUFLEET_APISERVER_EXTRA_ARGS adds kube-apiserver flags at `up` (the fault tests' audit log).
 #
 # STATE_DIR defaults to $GPUFLEET_CLUSTER_DIR or .state/cluster. Ports are picked
 # free, so a test run and a demo can run side by side. The binaries are built
@@ -144,16 +147,22 @@ EOF
   wait_for etcd curl -fs --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" -o /dev/null \
     || die "etcd did not become healthy within ${READY_TIMEOUT}s"
 
-  start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
-    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
-    --client-ca-file "$STATE/pki/ca.crt" \
-    --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --cert-dir "$STATE/pki"
+  local apiserver=("$bin/kube-apiserver"
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT"
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT"
+    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key"
+    --client-ca-file "$STATE/pki/ca.crt"
+    --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC
+    --service-account-issuer https://kubernetes.default.svc
+    --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key"
+    --service-cluster-ip-range "$SERVICE_CIDR"
+    --cert-dir "$STATE/pki")
+  # Extra flags (e.g. an audit log for the fault tests), split on spaces.
+  # shellcheck disable=SC2206
+  apiserver+=(${GPUFLEET_APISERVER_EXTRA_ARGS:-})
+  # Kept so that `restart-apiserver` starts it again exactly so.
+  printf '%s\0' "${apiserver[@]}" >"$STATE/kube-apiserver.args"
+  start kube-apiserver "${apiserver[@]}"
   wait_for kube-apiserver api_ready || die "kube-apiserver did not become ready within ${READY_TIMEOUT}s"
 
   start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$STATE/kubeconfig" \
@@ -194,10 +203,20 @@ cmd_down_quiet() {
   rm -rf "$STATE"
 }
 
+cmd_restart_apiserver() { # stop kube-apiserver and start it again with the same flags (a control-plane upgrade)
+  [[ -f "$STATE/kube-apiserver.args" ]] || die "no control plane in $STATE"
+  local args=()
+  mapfile -d '' args <"$STATE/kube-apiserver.args"
+  stop_pid kube-apiserver
+  start kube-apiserver "${args[@]}"
+  wait_for kube-apiserver api_ready || die "kube-apiserver did not come back within ${READY_TIMEOUT}s"
+}
+
 case "$CMD" in
   up) cmd_up ;;
+  restart-apiserver) cmd_restart_apiserver ;;
   down) cmd_down_quiet; log "down: $STATE removed" ;;
   status) if all_up; then log "up ($STATE)"; else log "not running ($STATE)"; exit 1; fi ;;
   env) all_up || die "no control plane running in $STATE (run: hack/cluster.sh up)"; echo "export KUBECONFIG=$STATE/kubeconfig" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

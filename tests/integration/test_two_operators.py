@@ -1,0 +1,189 @@
+"""Two operators with leader election on the real Lease, their own control plane with an audit log: the API
+server restarted under them, then the leader paused with SIGSTOP past the lease. The proof that two never
+act at once comes from the API server's audit log, not from the operators: every write to the model's
+objects, by whom and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetsim.local import CLUSTER_SCRIPT, CRD_FILE, ControlPlane, OperatorProcess, control_plane
+from tests.conftest import ROOT, wait_until
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "two-operators"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]}, {"level": "None"}],
+}
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Path, Path]]:
+    work = tmp_path_factory.mktemp("audited")
+    policy, log = work / "audit-policy.yaml", work / "audit.log"
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    previous = os.environ.get("GPUFLEET_APISERVER_EXTRA_ARGS")
+    os.environ["GPUFLEET_APISERVER_EXTRA_ARGS"] = f"--audit-policy-file={policy} --audit-log-path={log}"
+    try:
+        with control_plane(None, work / "cluster") as plane:
+            os.environ.pop("GPUFLEET_APISERVER_EXTRA_ARGS")
+            yield plane, work / "cluster", log
+    finally:
+        if previous is not None:
+            os.environ["GPUFLEET_APISERVER_EXTRA_ARGS"] = previous
+        else:
+            os.environ.pop("GPUFLEET_APISERVER_EXTRA_ARGS", None)
+
+
+def service_account_kubeconfig(plane: ControlPlane, name: str, out: Path) -> Path:
+    """A kubeconfig of its own for each operator, so the audit log tells them apart."""
+    plane.kubectl("create", "serviceaccount", name, "-n", NAMESPACE)
+    plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        name,
+        "--clusterrole=cluster-admin",
+        f"--serviceaccount={NAMESPACE}:{name}",
+    )
+    token = plane.kubectl("create", "token", name, "-n", NAMESPACE, "--duration=2h").stdout.strip()
+    config = yaml.safe_load(plane.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+def writes(log: Path) -> list[dict[str, Any]]:
+    """Successful writes by the two operators, in the order the API server received them."""
+    found = []
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        user = event.get("user", {}).get("username", "")
+        code = (event.get("responseStatus") or {}).get("code", 0)
+        if (
+            event.get("stage") == "ResponseComplete"
+            and user.endswith((":operator-a", ":operator-b"))
+            and code < 400
+        ):
+            found.append(event)
+    return sorted(found, key=lambda e: e["requestReceivedTimestamp"])
+
+
+def leader_gauge(operator: OperatorProcess) -> float | None:
+    """The operator's own gpufleet_leader gauge (only to know it has woken; the proof is the audit log)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=2
+        ) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("gpufleet_leader "):
+            return float(line.split()[1])
+    return None
+
+
+def holder(plane: ControlPlane) -> str | None:
+    result = plane.kubectl("get", "lease", "gpufleet-leader", "-n", NAMESPACE, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    found: str | None = json.loads(result.stdout)["spec"].get("holderIdentity")
+    return found
+
+
+def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_pause(
+    audited: tuple[ControlPlane, Path, Path], tmp_path: Path
+) -> None:
+    plane, state, log = audited
+    plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    wait_until(
+        lambda: plane.kubectl("get", "crd", "modeldeployments.gpufleet.io", check=False).returncode == 0,
+        timeout=30,
+        what="the CRD",
+    )
+    plane.kubectl("create", "namespace", NAMESPACE)
+    operators = {}
+    for name in ("operator-a", "operator-b"):
+        config = service_account_kubeconfig(plane, name, tmp_path / f"{name}.kubeconfig")
+        operators[name] = OperatorProcess(
+            config,
+            tmp_path / name,
+            {
+                "GPUFLEET_LEADER_ELECTION": "true",
+                "GPUFLEET_LEADER_ELECTION_NAMESPACE": NAMESPACE,
+                "GPUFLEET_POD_NAME": name,
+                "GPUFLEET_RESYNC_SECONDS": "2",
+            },
+        )
+        operators[name].start()
+    try:
+        first = wait_until(lambda: holder(plane), timeout=30, what="a leader")
+        other = next(n for n in operators if n != first)
+        doc = yaml.safe_load((ROOT / "samples" / "llama-3-70b-a100-spot.yaml").read_text())
+        doc["spec"]["autoscaling"]["enabled"] = False
+        plane.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(doc))
+
+        def scaled(replicas: int) -> bool:
+            out = plane.kubectl("get", "deploy", "-n", NAMESPACE, "-o", "json").stdout
+            return sum(d["spec"]["replicas"] for d in json.loads(out)["items"]) == replicas
+
+        def scale(replicas: int) -> None:
+            plane.kubectl(
+                "patch",
+                "md",
+                doc["metadata"]["name"],
+                "-n",
+                NAMESPACE,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"replicas": replicas}}),
+            )
+            wait_until(lambda: scaled(replicas), timeout=60, what=f"{replicas} replicas applied")
+
+        scale(2)
+        # The API server restarts (a control-plane upgrade): both lose it for a few seconds.
+        subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "restart-apiserver", str(state)], check=True, capture_output=True
+        )
+        scale(3)
+        assert holder(plane) == first
+        # The leader freezes past its lease: the other takes over and serves, then the first wakes.
+        process = operators[first].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: holder(plane) == other, timeout=60, what=f"{other} taking the Lease")
+            scale(4)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        # The woken one sees the Lease taken and says so; whatever it had in hand runs into the fence.
+        wait_until(lambda: leader_gauge(operators[first]) == 0.0, timeout=30, what=f"{first} stepping down")
+        scale(2)
+        assert operators[first].alive()
+        assert holder(plane) == other
+    finally:
+        for operator in operators.values():
+            operator.stop()
+
+    acts = [e for e in writes(log) if e["objectRef"]["resource"] != "leases"]
+    writers = [e["user"]["username"].rsplit(":", 1)[1] for e in acts]
+    handover = writers.index(other)
+    print(f"\naudit log: {len(acts)} writes by the operators; {first} wrote {handover}, then only {other}")
+    assert handover > 0
+    assert set(writers[:handover]) == {first}
+    assert set(writers[handover:]) == {other}

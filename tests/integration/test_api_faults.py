@@ -1,7 +1,8 @@
 """The operator behind a TCP fault proxy (Toxiproxy, built from the Go module proxy) in front of the API
 server of its own control plane: latency, connections reset, the API server unreachable while the model
-changes and etcd is compacted (the watch comes back to 410 Gone). Through all of it the operator removes no
-serving capacity, and it converges once the fault ends.
+changes, a group is deleted and etcd is compacted past the operator's watch position (so its watches cannot
+resume where they were: kopf lists again, on a 410 Gone or after the failed connection). Through all of it
+the operator removes no serving capacity, and it converges once the fault ends.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def test_latency_resets_and_an_unreachable_apiserver_remove_nothing_and_converge
         floor[0] = 4
 
         # 3. Unreachable while the model changes, a group is deleted, and etcd is compacted past the
-        #    operator's watch position: it comes back to 410 Gone and must list again.
+        #    operator's watch position: it cannot resume its watches and must list again.
         toxiproxy.enable("apiserver", False)
         scale(5)
         victim = sorted(deployments())[0]
@@ -173,7 +174,7 @@ def test_latency_resets_and_an_unreachable_apiserver_remove_nothing_and_converge
         operator.stop()
     record_fault_figure(
         "API server faults",
-        "latency 300±100 ms, connections reset, unreachable with etcd compacted (410 Gone): capacity "
-        f"below the last converged count in {len(lowest)} samples; converged after each",
+        "latency 300±100 ms, connections reset, unreachable while etcd was compacted past its watch: "
+        f"capacity below the last converged count in {len(lowest)} samples; converged after each",
     )
     assert lowest == []

@@ -49,13 +49,19 @@ def _check_references(
     new: dict[str, Any], previous: dict[str, Any] | None, user: dict[str, Any], memo: kopf.Memo
 ) -> None:
     spec = _spec(new)
-    operator = getattr(memo, "operator", None)
-    if spec is None or operator is None:
+    if spec is None:
         return
+    added = added_references(spec, _spec(previous))
+    if not added:
+        return
+    operator = getattr(memo, "operator", None)
+    if operator is None:
+        # Serving before the operator is built: fail closed, as when the check cannot be made.
+        raise kopf.AdmissionError(f"{added[0].path}: the operator is starting; retry", code=503)
     namespace = new["metadata"].get("namespace", "")
     who = user.get("username") or "the requesting user"
     refused = []
-    for ref in added_references(spec, _spec(previous)):
+    for ref in added:
         try:
             allowed = operator.kube.may(user, "get", ref.resource, namespace, ref.name)
         except KubeError as error:

@@ -32,23 +32,18 @@ from fleetsim.background import BackgroundSimulation
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
 from tests.conftest import OperatorProcess, record_fault_figure, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
+from tests.e2e.pods import MD_LABEL, model_pods, serving
 
 MODEL = "llama-3-8b-kills"
-MD_LABEL = "gpufleet.io/model-deployment"
 ROUNDS = 5
 SEED = 20261203
 
 
 def _pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:
-    return [p for p in sim.simulation._pods() if p["metadata"]["labels"].get(MD_LABEL) == MODEL]
+    return model_pods(sim, MODEL)
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
-    )
+_ready = serving
 
 
 def _ready_count(sim: BackgroundSimulation, capacity_type: str | None = None) -> int:

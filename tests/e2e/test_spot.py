@@ -23,23 +23,18 @@ from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from fleetsim.scenario import Event
 from tests.conftest import OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
+from tests.e2e.pods import model_pods, serving
 from tests.e2e.scrape import metric
 
 SPOT_MODEL = "llama-3-8b-spot"
-MD_LABEL = "gpufleet.io/model-deployment"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
 def _pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:
-    return [p for p in sim.simulation._pods() if p["metadata"]["labels"].get(MD_LABEL) == SPOT_MODEL]
+    return model_pods(sim, SPOT_MODEL)
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
-    )
+_ready = serving
 
 
 def _ready_pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gpufleet.planning.merge_patch import as_stored, with_deletions
+from tests.unit.fake_kube import merge  # RFC 7386, section 2
 
 
 def test_null_members_are_not_stored_at_any_depth() -> None:
@@ -43,17 +44,6 @@ def test_members_the_stored_objects_have_and_the_new_lacks_are_deleted(
 
 
 def test_merging_the_patch_over_what_is_stored_leaves_exactly_the_new_value() -> None:
-    def merge(target: Any, patch: Any) -> Any:  # RFC 7386, section 2
-        if not isinstance(patch, dict):
-            return patch
-        result = dict(target) if isinstance(target, dict) else {}
-        for key, value in patch.items():
-            if value is None:
-                result.pop(key, None)
-            else:
-                result[key] = merge(result.get(key), value)
-        return result
-
     stored = {
         "spot": {"handled": 2, "fallbackSince": "t", "cooldowns": [1]},
         "cost": {"perHour": 3.0},

@@ -77,7 +77,7 @@ def test_receive_parse_delete_leaves_the_queue_empty(cloud: CloudEvents, queue: 
         else:
             assert [s.instance_id for s in result] == ["i-0aaaaaaaaaaaaaaa1"]
             kinds.extend(s.kind for s in result)
-        queue.delete(message.receipt_handle)
+        assert queue.delete_batch([message.receipt_handle]) == []
     assert sorted(kinds) == ["ignored", "interruption", "rebalance", "stopping"]
 
     assert queue.receive(wait_seconds=0) == []
@@ -101,7 +101,7 @@ def test_foreign_region_seen_through_the_queue(cloud: CloudEvents, queue: Interr
     assert not isinstance(
         parse_message(ours.body, now=WHEN, region=queue.region, account=queue.account), Rejected
     )
-    queue.delete(ours.receipt_handle)
+    assert queue.delete_batch([ours.receipt_handle]) == []
     # The same event from another region's EventBridge rule, delivered to this queue.
     cloud.sqs.send_message(QueueUrl=cloud.queue_url, MessageBody=json.dumps({**event, "region": "eu-west-1"}))
     (theirs,) = queue.receive(wait_seconds=1)
@@ -116,7 +116,7 @@ def test_received_message_stays_invisible_for_the_visibility_timeout(
     (first,) = queue.receive(wait_seconds=1, visibility_timeout=20)
     assert queue.receive(wait_seconds=0) == []  # not deleted, but invisible: a crash would redeliver it
     assert counts(cloud) == (0, 1)
-    queue.delete(first.receipt_handle)
+    assert queue.delete_batch([first.receipt_handle]) == []
     assert counts(cloud) == (0, 0)
 
 
@@ -126,7 +126,7 @@ def test_visibility_timeout_zero_redelivers_at_once(cloud: CloudEvents, queue: I
     (again,) = queue.receive(wait_seconds=1, visibility_timeout=20)
     assert again.message_id == first.message_id
     assert again.body == first.body
-    queue.delete(again.receipt_handle)
+    assert queue.delete_batch([again.receipt_handle]) == []
     assert counts(cloud) == (0, 0)
 
 
@@ -265,9 +265,9 @@ class Recorder:
         self.calls.append(("receive_message", kwargs))
         return {"Messages": self.messages} if self.messages else {}
 
-    def delete_message(self, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append(("delete_message", kwargs))
-        return {}
+    def delete_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("delete_message_batch", kwargs))
+        return {"Failed": [{"Id": "1", "SenderFault": True, "Code": "ReceiptHandleIsInvalid"}]}
 
 
 def test_defaults_are_karpenters_long_poll() -> None:
@@ -276,13 +276,20 @@ def test_defaults_are_karpenters_long_poll() -> None:
     )
     queue = InterruptionQueue(STANDARD, client=recorder)
     assert queue.receive() == [QueueMessage("m1", "r1", "{}")]  # m2 has no receipt handle: undeletable
-    queue.delete("r1")
+    # The second handle is refused: the caller gets it back (the message will come back from SQS).
+    assert queue.delete_batch(["r1", "stale"]) == ["stale"]
     assert recorder.calls == [
         (
             "receive_message",
             {"QueueUrl": STANDARD, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 20, "VisibilityTimeout": 20},
         ),
-        ("delete_message", {"QueueUrl": STANDARD, "ReceiptHandle": "r1"}),
+        (
+            "delete_message_batch",
+            {
+                "QueueUrl": STANDARD,
+                "Entries": [{"Id": "0", "ReceiptHandle": "r1"}, {"Id": "1", "ReceiptHandle": "stale"}],
+            },
+        ),
     ]
 
 

@@ -132,9 +132,6 @@ class InterruptionQueue:
             if message.get("ReceiptHandle")  # without one it cannot be deleted; SQS always sends it
         ]
 
-    def delete(self, receipt_handle: str) -> None:
-        self._client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
-
     def delete_batch(self, receipt_handles: list[str]) -> list[str]:
         """Delete up to 10 messages in one call (DeleteMessageBatch); the handles SQS did not delete."""
         if not 1 <= len(receipt_handles) <= MAX_MESSAGES:

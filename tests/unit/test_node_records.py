@@ -117,9 +117,12 @@ def test_a_message_is_deleted_only_once_recorded_on_its_node() -> None:
     def api_down(d: Doom) -> None:
         raise KubeError(503, "apiserver restarting")
 
-    down = InterruptionConsumer(queue, s, lambda key: None, lambda: NOW, record=api_down)
+    s.update_pod(("ml", "llama"), "ml/p1", "n1")
+    enqueued: list[tuple[str, str]] = []
+    down = InterruptionConsumer(queue, s, enqueued.append, lambda: NOW, record=api_down)
     assert down.poll_once() == 1
     assert queue.deleted == []  # it comes back after the visibility timeout
+    assert enqueued == [("ml", "llama")]  # and is acted on from memory meanwhile
     up = InterruptionConsumer(queue, s, lambda key: None, lambda: NOW, record=NodeRecorder(kube).record)
     up.poll_once()
     assert queue.deleted == ["r1"]

@@ -105,8 +105,6 @@ class InterruptionConsumer:
                 log.info("interruption queue: %s: no node of this cluster has that instance", signal.detail)
                 metrics.INTERRUPTION_EVENTS.labels(source="sqs", type=signal.kind, outcome="no-node").inc()
                 continue
-            if self.record is not None:
-                self.record(doom)
             models = self.store.models_on(doom.node)
             log.warning(
                 "interruption queue: %s: node %s (%s, %s) hosts %d model(s)",
@@ -119,7 +117,9 @@ class InterruptionConsumer:
             metrics.INTERRUPTION_EVENTS.labels(source="sqs", type=signal.kind, outcome="handled").inc()
             outcome = "handled"
             for key in models:
-                self.enqueue(key)
+                self.enqueue(key)  # acted on from memory now, whether or not the record below succeeds
+            if self.record is not None:
+                self.record(doom)
         return outcome
 
     def poll_once(self) -> int:

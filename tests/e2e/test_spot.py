@@ -288,8 +288,12 @@ def test_a_zone_outage_moves_the_replicas_into_the_other_zone(
     # A lost zone is avoided for a cooldown, then tried again; still down, its pending pods make it
     # unavailable and the replicas go back to 2b: allow for one such retry.
     _wait(sim, all_in_2b, 180, "three ready replicas in us-west-2b")
+    # The zone was reported lost when it went. By the time the replicas are ready in 2b, that cooldown
+    # may have given way to the retry's (its pods pending there: SpotCoolingDown, OnDemandUnavailable),
+    # so the reason now depends on timing; that 2a is avoided does not.
+    assert any("zone us-west-2a unavailable (ZoneLost)" in m for m in _events(operator, "ZoneLost"))
     degraded = _condition(sim, "ZoneDegraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "ZoneLost")
+    assert degraded["status"] == "True"
     assert "us-west-2a" in degraded["message"]
     kinds = {p["metadata"]["labels"]["gpufleet.io/capacity-type"] for p in _ready_pods(sim)}
     assert kinds == {"on-demand", "spot"}

@@ -121,6 +121,8 @@ class OperatorProcess(LocalOperator):
                 # The e2e simulator's Prometheus will listen here; until it does, autoscaling holds.
                 "GPUFLEET_PROMETHEUS_URL": f"http://127.0.0.1:{prometheus_port}",
                 "GPUFLEET_AUTOSCALE_INTERVAL_SECONDS": "2",
+                # Scrapes come every second here (90 s is three 30 s DCGM intervals in a cluster).
+                "GPUFLEET_AUTOSCALE_STALE_AFTER_SECONDS": "8",
                 # ... and its moto server here: the operator reads its interruption queue.
                 **operator_cloud_env(
                     f"http://127.0.0.1:{moto_port}", e2e_fleet.region, E2E_TIME_SCALE, E2E_SPOT_NOTICE_SECONDS

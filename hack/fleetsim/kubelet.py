@@ -44,6 +44,7 @@ DCGM_PORT = 9400
 
 class Server(Protocol):
     draining: bool
+    refuse_scrapes: bool
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -99,14 +100,16 @@ class AddressBook:
         self._reserved.update(addresses)
 
     def take(self, kind: str) -> str:
-        free = self._free.setdefault(kind, [])
-        if free:
-            return str(free.pop(0))
+        # Fresh addresses first: a returned one is reused only when the range is spent, so a
+        # pod's address is not handed on while anything of the old pod may still hold it.
         while self._next[kind] <= self._limit[kind]:
             address = str(ipaddress.IPv4Address(self._next[kind]))
             self._next[kind] += 1
             if address not in self._reserved:
                 return address
+        free = self._free.setdefault(kind, [])
+        if free:
+            return str(free.pop(0))
         raise RuntimeError(f"no loopback {kind} address left")
 
     def give_back(self, kind: str, address: str) -> None:
@@ -376,7 +379,16 @@ class SimKubelet:
             server = self.server_factory(
                 pod.ip, pod.plan.port, pod.plan.served_name, profile, self.clock, pod.plan.lora_names
             )
-            await server.start()
+            starting = asyncio.ensure_future(server.start())
+            try:
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                # A cancel inside start() can land after the port is bound and before anything
+                # holds the server: let it finish, then release the port, or the next pod given
+                # this address cannot bind.
+                await asyncio.wait([starting])
+                await server.stop()
+                raise
             pod.server = server
         ready_status = {
             "conditions": self._conditions(True),
@@ -415,6 +427,7 @@ class SimKubelet:
     async def _forget(self, pod: SimPod, delete: bool) -> None:
         if pod.task is not None and not pod.task.done():
             pod.task.cancel()
+            await asyncio.wait([pod.task])  # its port is released before its address is given back
         if pod.server is not None:
             await pod.server.stop()
             pod.server = None

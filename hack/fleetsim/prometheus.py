@@ -222,9 +222,15 @@ class PrometheusServer:
         except (OSError, urllib.error.URLError):
             return False
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0, crash: bool = False) -> None:
+        """End Prometheus: SIGTERM, or with `crash` SIGKILL (a crash: the samples it holds stay in
+        its TSDB without staleness markers, and a restart serves them for its 5-minute lookback)."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
+            return
+        if crash:
+            process.kill()
+            process.wait(timeout=timeout_s)
             return
         process.terminate()
         try:

@@ -242,6 +242,9 @@ class VllmServer:
         self._wake = asyncio.Event()
         # Set by start_draining (or directly): new requests and /health get 503.
         self.draining = False
+        # A fault the tests inject (a scrape that fails, as when the metrics port is unreachable): /metrics
+        # answers 503 while serving goes on, so Prometheus marks the pod's series stale.
+        self.refuse_scrapes = False
         # End of the step in flight (simulated); the timeline the engine runs on.
         self._step_end = 0.0
         self._busy = False
@@ -368,6 +371,8 @@ class VllmServer:
         return web.json_response({"object": "list", "data": data})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        if self.refuse_scrapes:
+            return web.Response(status=503, text="metrics refused (injected fault)\n")
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetsim.background import BackgroundSimulation
+from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 
 MD_LABEL = "gpufleet.io/model-deployment"
 
@@ -20,3 +21,32 @@ def serving(pod: dict[str, Any]) -> bool:
     return any(
         c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
     )
+
+
+def constant_load(
+    sim: BackgroundSimulation,
+    namespace: str,
+    model: str,
+    rate: float = 2,
+    prompt_tokens: int = 256,
+    max_tokens: int = 32,
+    **options: Any,
+) -> LoadGenerator:
+    """Requests at `rate` per simulated second to the model's ready endpoints, as its clients would send."""
+    core = sim.simulation.core
+    return LoadGenerator(
+        lambda: ready_endpoints(core, namespace, model),
+        model,
+        parse_trace({"kind": "constant", "rate": rate}),
+        sim.simulation.clock,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        **options,
+    )
+
+
+def model_deployment(sim: BackgroundSimulation, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = sim.simulation.custom.get_namespaced_custom_object(
+        "gpufleet.io", "v1alpha1", namespace, "modeldeployments", name
+    )
+    return found

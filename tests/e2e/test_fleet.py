@@ -12,10 +12,10 @@ from prometheus_api_client import PrometheusConnect
 
 from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import client
-from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from gpufleet.adapters.serving_metrics import ModelMetrics, PrometheusMetrics
 from tests.conftest import OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, MODEL, NAMESPACE
+from tests.e2e.pods import constant_load, model_deployment
 from tests.e2e.scrape import metric
 
 pytestmark = pytest.mark.e2e
@@ -58,9 +58,7 @@ def test_the_sample_becomes_ready_pods_on_simulated_nodes_of_the_right_zones(
     assert {p["metadata"]["labels"]["gpufleet.io/zone"] for p in pods} == {"us-west-2a", "us-west-2b"}
 
     def md_ready() -> bool:
-        status = sim.simulation.custom.get_namespaced_custom_object(
-            "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", MODEL
-        ).get("status", {})
+        status = model_deployment(sim, NAMESPACE, MODEL).get("status", {})
         return status.get("readyReplicas") == 2
 
     wait_until(md_ready, timeout=30, what="status.readyReplicas 2")
@@ -84,15 +82,7 @@ def test_prometheus_returns_vllm_metrics_for_the_model(sim: BackgroundSimulation
 
 def test_the_load_generator_gets_answers_from_the_served_model(sim: BackgroundSimulation) -> None:
     wait_for_ready_pods(sim, 2)
-    simulation = sim.simulation
-    load = LoadGenerator(
-        lambda: ready_endpoints(simulation.core, NAMESPACE, MODEL),
-        MODEL,
-        parse_trace({"kind": "constant", "rate": 2}),
-        simulation.clock,
-        prompt_tokens=256,
-        max_tokens=32,
-    )
+    load = constant_load(sim, NAMESPACE, MODEL)
     report = sim.call(load.run(30), timeout=120)
     assert report.sent > 20
     assert report.ok == report.sent
@@ -129,10 +119,7 @@ AUTOSCALED = "llama-3-8b-auto"
 
 
 def _md(sim: BackgroundSimulation, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = sim.simulation.custom.get_namespaced_custom_object(
-        "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", name
-    )
-    return found
+    return model_deployment(sim, NAMESPACE, name)
 
 
 def _condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -143,21 +130,12 @@ def _ready_pods_of(sim: BackgroundSimulation, name: str) -> int:
     return sum(1 for p in _pods(sim, name) if _ready(p))
 
 
-def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_down(
+def test_autoscaling_follows_the_queue_and_scales_back_down(
     sim: BackgroundSimulation, operator: OperatorProcess
 ) -> None:
     operator.cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(HERE / "llama-3-8b-autoscaled.yaml"))
     wait_until(lambda: _ready_pods_of(sim, AUTOSCALED) == 1, timeout=60, what="the first replica ready")
-    simulation = sim.simulation
-    load = LoadGenerator(
-        lambda: ready_endpoints(simulation.core, NAMESPACE, AUTOSCALED),
-        AUTOSCALED,
-        parse_trace({"kind": "constant", "rate": 2}),
-        simulation.clock,
-        prompt_tokens=128,
-        max_tokens=64,
-        max_in_flight=64,
-    )
+    load = constant_load(sim, NAMESPACE, AUTOSCALED, prompt_tokens=128, max_tokens=64, max_in_flight=64)
     running = asyncio.run_coroutine_threadsafe(load.run(100_000), sim.loop)
     try:
         # One sequence per replica at ~85 tokens/s serves ~1.3 requests/s: 2/s queues, and the
@@ -170,33 +148,7 @@ def test_autoscaling_follows_the_queue_holds_without_prometheus_and_scales_back_
     finally:
         running.cancel()
 
-    # Prometheus down: the autoscaler must hold, not read the silence as an idle model.
-    simulation.prometheus.stop()
-    try:
-        inactive = wait_until(
-            lambda: _condition(_md(sim, AUTOSCALED), "ScalingActive").get("status") == "False",
-            timeout=30,
-            what="ScalingActive=False",
-        )
-        assert inactive
-        held_since = datetime.now(UTC)
-        # Longer than scaleDownDelaySeconds (10 s) plus a step: a scale-down would have happened.
-        wait_until(
-            lambda: (
-                (datetime.now(UTC) - held_since).total_seconds() > 20
-                and _md(sim, AUTOSCALED)["spec"]["replicas"] == 3
-            ),
-            timeout=40,
-            what="replicas held while Prometheus is down",
-        )
-        assert _condition(_md(sim, AUTOSCALED), "ScalingActive")["reason"] == "MetricsMissing"
-        # The age the AutoscalerMetricsStale alert reads has grown over the 20 s held.
-        age = metric(operator.metrics_port, "gpufleet_autoscaler_signal_age_seconds", name=AUTOSCALED)
-        assert age >= 15
-    finally:
-        simulation.prometheus.start()
-
-    # Metrics back, load gone: one replica at a time, back to minReplicas.
+    # Load gone: one replica at a time, back to minReplicas (metrics faults: test_metrics_faults.py).
     wait_until(lambda: _md(sim, AUTOSCALED)["spec"]["replicas"] == 1, timeout=150, what="scale down to 1")
     assert _condition(_md(sim, AUTOSCALED), "ScalingActive")["status"] == "True"
     reasons = operator.cluster.kubectl(

@@ -29,10 +29,10 @@ import yaml
 from kubernetes import client
 
 from fleetsim.background import BackgroundSimulation
-from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
+from fleetsim.loadgen import LoadReport
 from tests.conftest import OperatorProcess, record_fault_figure, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
-from tests.e2e.pods import MD_LABEL, model_pods, serving
+from tests.e2e.pods import MD_LABEL, constant_load, model_deployment, model_pods, serving
 
 MODEL = "llama-3-8b-kills"
 ROUNDS = 5
@@ -77,10 +77,7 @@ class Story:
     warned: list[tuple[str, bool]] = field(default_factory=list)  # node, drained before it went
 
     def md(self) -> dict[str, Any]:
-        found: dict[str, Any] = self.sim.simulation.custom.get_namespaced_custom_object(
-            "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", MODEL
-        )
-        return found
+        return model_deployment(self.sim, NAMESPACE, MODEL)
 
     def scale(self, replicas: int) -> None:
         self.operator.cluster.kubectl(
@@ -160,15 +157,7 @@ def kill_model(sim: BackgroundSimulation, operator: OperatorProcess) -> Iterator
 def run_story(
     sim: BackgroundSimulation, operator: OperatorProcess, kill: Callable[[], None]
 ) -> tuple[LoadReport, Story, Watch]:
-    simulation = sim.simulation
-    load = LoadGenerator(
-        lambda: ready_endpoints(simulation.core, NAMESPACE, MODEL),
-        MODEL,
-        parse_trace({"kind": "constant", "rate": 2}),
-        simulation.clock,
-        prompt_tokens=256,
-        max_tokens=32,
-    )
+    load = constant_load(sim, NAMESPACE, MODEL)
     running = asyncio.run_coroutine_threadsafe(load.run(10**6), sim.loop)
     watch = Watch(sim)
     watcher = threading.Thread(target=watch.run, daemon=True)

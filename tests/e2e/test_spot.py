@@ -19,11 +19,10 @@ import pytest
 
 from fleetsim.background import BackgroundSimulation
 from fleetsim.cloud import client
-from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from fleetsim.scenario import Event
 from tests.conftest import OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
-from tests.e2e.pods import model_pods, serving
+from tests.e2e.pods import constant_load, model_deployment, model_pods, serving
 from tests.e2e.scrape import metric
 
 SPOT_MODEL = "llama-3-8b-spot"
@@ -42,10 +41,7 @@ def _ready_pods(sim: BackgroundSimulation) -> list[dict[str, Any]]:
 
 
 def _md(sim: BackgroundSimulation) -> dict[str, Any]:
-    found: dict[str, Any] = sim.simulation.custom.get_namespaced_custom_object(
-        "gpufleet.io", "v1alpha1", NAMESPACE, "modeldeployments", SPOT_MODEL
-    )
-    return found
+    return model_deployment(sim, NAMESPACE, SPOT_MODEL)
 
 
 def _condition(sim: BackgroundSimulation, kind: str) -> dict[str, Any]:
@@ -116,14 +112,7 @@ def test_a_warning_gets_a_ready_replacement_in_another_zone_before_the_node_goes
     )
     node = victim["spec"]["nodeName"]
     before = {p["metadata"]["name"] for p in _pods(sim)}
-    load = LoadGenerator(
-        lambda: ready_endpoints(simulation.core, NAMESPACE, spot_model),
-        spot_model,
-        parse_trace({"kind": "constant", "rate": 2}),
-        simulation.clock,
-        prompt_tokens=256,
-        max_tokens=32,
-    )
+    load = constant_load(sim, NAMESPACE, spot_model)
     # 900 simulated seconds of load (18 s real) span the whole story.
     running = asyncio.run_coroutine_threadsafe(load.run(900), sim.loop)
     # The e2e fleet's five minutes of notice (6 s real; tests/conftest.py), longer than an 8B replica

@@ -153,7 +153,9 @@ class Settings(BaseSettings):
         default=None, description="Override of the AWS endpoint (a local moto server in tests)."
     )
     interruption_queue_max_backoff_seconds: float = Field(
-        default=60.0, gt=0, description="Longest wait between attempts while the queue cannot be read."
+        default=10.0,
+        gt=0,
+        description="Longest wait between attempts while the queue cannot be read (jittered: half to all).",
     )
     interruption_queue_wait_seconds: int = Field(
         default=20, ge=0, le=20, description="Long-poll wait of one receive (Karpenter: 20 s)."

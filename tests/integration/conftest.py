@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ import yaml
 from kubernetes import client
 
 from fleetsim.local import CRD_FILE, ControlPlane, control_plane
-from tests.conftest import wait_until
+from fleetsim.toxiproxy import ToxiproxyServer
+from tests.conftest import ROOT, wait_until
 from tests.integration.fleet import FakeKubelet
 
 
@@ -77,3 +79,16 @@ def service_account_kubeconfig(plane: ControlPlane, namespace: str, name: str, o
     config["users"] = [{"name": "admin", "user": {"token": token}}]
     out.write_text(yaml.safe_dump(config))
     return out
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToxiproxyServer]:
+    """A TCP fault proxy (hack/install-toxiproxy.sh builds it from the Go module proxy)."""
+    built = subprocess.run(
+        ["bash", str(ROOT / "hack" / "install-toxiproxy.sh")], capture_output=True, text=True, check=False
+    )
+    if built.returncode != 0:
+        pytest.fail(f"hack/install-toxiproxy.sh failed:\n{built.stderr[-3000:]}", pytrace=False)
+    binary = Path(built.stdout.strip().splitlines()[-1])
+    with ToxiproxyServer(binary, tmp_path_factory.mktemp("toxiproxy") / "toxiproxy.log") as server:
+        yield server

@@ -11,11 +11,9 @@ import base64
 import json
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +28,6 @@ pytestmark = pytest.mark.integration
 
 NAMESPACE = "api-faults"
 MODEL = "llama-3-70b"
-
-
-@pytest.fixture(scope="module")
-def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToxiproxyServer]:
-    built = subprocess.run(
-        ["bash", str(ROOT / "hack" / "install-toxiproxy.sh")], capture_output=True, text=True, check=False
-    )
-    if built.returncode != 0:
-        pytest.fail(f"hack/install-toxiproxy.sh failed:\n{built.stderr[-3000:]}", pytrace=False)
-    binary = Path(built.stdout.strip().splitlines()[-1])
-    with ToxiproxyServer(binary, tmp_path_factory.mktemp("toxiproxy") / "toxiproxy.log") as server:
-        yield server
 
 
 def ports(state: Path) -> dict[str, int]:

@@ -11,8 +11,10 @@ time leaves no time to move the replicas, which is the failure this test is abou
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import urllib.error
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ import pytest
 from kubernetes import client
 
 from fleetsim.cloud import CloudEvents, ElasticMQServer
+from fleetsim.toxiproxy import ToxiproxyServer
 from gpufleet.adapters.kube import RestKubeApi
 from gpufleet.adapters.sqs import InterruptionQueue
 from gpufleet.config import Settings
@@ -79,6 +82,28 @@ def outcome_counts() -> dict[str, float]:
     return totals
 
 
+def consumer_of(kube: RestKubeApi, queue: InterruptionQueue) -> InterruptionConsumer:
+    """The operator's consumer as the composition root wires it, recording on the real API server's Nodes."""
+    options = SETTINGS.workload_options()
+    store = CapacityStore(
+        options.capacity_type_label,
+        options.spot_value,
+        timedelta(seconds=SETTINGS.spot_notice_seconds),
+        timedelta(seconds=SETTINGS.zone_loss_window_seconds),
+    )
+    return InterruptionConsumer(
+        queue,
+        store,
+        lambda key: None,
+        lambda: datetime.now(UTC),
+        wait_seconds=1,
+        prepare=lambda: store.prime(
+            kube.list("v1", "Node", None, ""), [], lambda pod: None, datetime.now(UTC)
+        ),
+        record=NodeRecorder(kube).record,
+    )
+
+
 def test_warnings_at_the_end_of_a_10000_message_backlog_are_recorded_before_their_deadline(
     api: client.ApiClient, elasticmq: ElasticMQServer, our_nodes: dict[str, str]
 ) -> None:
@@ -105,24 +130,7 @@ def test_warnings_at_the_end_of_a_10000_message_backlog_are_recorded_before_thei
     act_by = deadline - timedelta(seconds=SETTINGS.interruption_drain_seconds)
 
     kube = RestKubeApi(api)
-    options = SETTINGS.workload_options()
-    store = CapacityStore(
-        options.capacity_type_label,
-        options.spot_value,
-        timedelta(seconds=SETTINGS.spot_notice_seconds),
-        timedelta(seconds=SETTINGS.zone_loss_window_seconds),
-    )
-    consumer = InterruptionConsumer(
-        InterruptionQueue(cloud.queue_url, REGION, elasticmq.endpoint_url),
-        store,
-        lambda key: None,
-        lambda: datetime.now(UTC),
-        wait_seconds=1,
-        prepare=lambda: store.prime(
-            kube.list("v1", "Node", None, ""), [], lambda pod: None, datetime.now(UTC)
-        ),
-        record=NodeRecorder(kube).record,
-    )
+    consumer = consumer_of(kube, InterruptionQueue(cloud.queue_url, REGION, elasticmq.endpoint_url))
     before = outcome_counts()
     pollers = [
         threading.Thread(target=consumer.run, daemon=True) for _ in range(SETTINGS.interruption_queue_pollers)
@@ -178,3 +186,79 @@ def test_warnings_at_the_end_of_a_10000_message_backlog_are_recorded_before_thei
     assert counted.get("retried", 0.0) == 0
     assert counted.get("no-node", 0.0) >= BACKLOG - 3 * WARNED
     assert counted.get("handled", 0.0) >= 3 * WARNED
+
+
+def queue_errors() -> float:
+    return float(metrics.INTERRUPTION_QUEUE_ERRORS._value.get())
+
+
+def test_warnings_sent_while_sqs_is_slow_resetting_or_unreachable_are_recorded_when_it_recovers(
+    api: client.ApiClient, elasticmq: ElasticMQServer, toxiproxy: ToxiproxyServer, our_nodes: dict[str, str]
+) -> None:
+    """The consumer reads SQS through a TCP fault proxy; each warning is sent (straight to the queue) while
+    a fault lasts, and must be on its Node once the fault ends, with the consumer still running."""
+    cloud = CloudEvents(
+        elasticmq.endpoint_url, REGION, queue_name=f"faults-{uuid.uuid4().hex[:8]}", account="000000000000"
+    )
+    proxy = f"sqs-{uuid.uuid4().hex[:6]}"
+    listen = toxiproxy.proxy(proxy, elasticmq.endpoint_url.removeprefix("http://"))
+    kube = RestKubeApi(api)
+    consumer = consumer_of(kube, InterruptionQueue(cloud.queue_url, REGION, f"http://127.0.0.1:{listen}"))
+    pollers = [threading.Thread(target=consumer.run, daemon=True) for _ in range(2)]
+    instances = iter(our_nodes.items())
+    outcomes: list[str] = []
+
+    def warn_and_wait(fault: str, until_failing: bool) -> None:
+        instance, name = next(instances)
+        errors = queue_errors()
+        cloud.send_all(
+            [cloud.warning_event(instance, "us-east-1a", datetime.now(UTC).replace(microsecond=0))]
+        )
+        if until_failing:  # the consumer's calls fail while the fault lasts
+            wait_until(lambda: queue_errors() > errors, timeout=60, what=f"SQS calls failing ({fault})")
+            assert recorded(kube, name) is None
+        heal()
+        wait_until(
+            lambda: recorded(kube, name), timeout=60, interval=0.5, what=f"the warning recorded ({fault})"
+        )
+        assert all(poller.is_alive() for poller in pollers)
+        outcomes.append(fault)
+
+    def heal() -> None:
+        for toxic in ("slow-down", "slow-up", "resets"):
+            with contextlib.suppress(urllib.error.HTTPError):
+                toxiproxy.remove(proxy, toxic)
+        toxiproxy.enable(proxy, True)
+
+    for poller in pollers:
+        poller.start()
+    try:
+        # 1. Slow: 2 s each way, more than the long poll waits.
+        toxiproxy.add(proxy, "slow-down", "latency", "downstream", latency=2000)
+        toxiproxy.add(proxy, "slow-up", "latency", "upstream", latency=2000)
+        instance, name = next(instances)
+        cloud.send_all(
+            [cloud.warning_event(instance, "us-east-1a", datetime.now(UTC).replace(microsecond=0))]
+        )
+        wait_until(
+            lambda: recorded(kube, name), timeout=60, interval=0.5, what="the warning recorded (slow SQS)"
+        )
+        outcomes.append("slow")
+        heal()
+        # 2. Every connection reset as it opens.
+        toxiproxy.add(proxy, "resets", "reset_peer", "downstream", timeout=0)
+        warn_and_wait("connections reset", until_failing=True)
+        # 3. Unreachable (connections refused).
+        toxiproxy.enable(proxy, False)
+        warn_and_wait("unreachable", until_failing=True)
+    finally:
+        heal()
+        consumer.stopped.set()
+        for poller in pollers:
+            poller.join(timeout=30)
+    record_fault_figure(
+        "SQS faults",
+        "slow (2 s each way), connections reset, unreachable (Toxiproxy between the consumer and the queue): "
+        f"a warning sent during each, recorded on its node after: {len(outcomes)} of 3; 0 lost",
+    )
+    assert outcomes == ["slow", "connections reset", "unreachable"]

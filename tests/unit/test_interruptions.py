@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from gpufleet.adapters.sqs import QueueMessage
+from gpufleet.config import Settings
 from gpufleet.runtime import operator_metrics as metrics
-from gpufleet.runtime.interruptions import InterruptionConsumer
+from gpufleet.runtime.interruptions import InterruptionConsumer, backoff_seconds
 from tests.unit.spot_objects import FakeQueue, instance, node, store, warning_body
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -53,7 +54,10 @@ def _counts() -> dict[str, float]:
 
 def test_an_unreachable_queue_is_reported_and_retried() -> None:
     queue = FakeQueue([[]], fail=2)
-    consumer = InterruptionConsumer(queue, store(), lambda key: None, lambda: NOW, max_backoff_seconds=0.01)
+    consumer = InterruptionConsumer(
+        queue, store(), lambda key: None, lambda: NOW, max_backoff_seconds=0.01, jitter=lambda: 0.999999
+    )
+    metrics.INTERRUPTION_QUEUE_UP.set(1)  # a global gauge: whatever ran before must not decide this test
     with pytest.raises(ConnectionError):
         consumer.poll_once()
     assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1  # set only by a run loop's failure handling
@@ -74,7 +78,7 @@ def test_an_unreachable_queue_is_reported_and_retried() -> None:
 
     queue.receive = receive_then_stop  # type: ignore[method-assign]
     consumer.run()
-    assert waits == [0.01]  # one failure left: backed off once, then read, then stopped
+    assert waits == pytest.approx([0.01])  # one failure left: backed off once, then read, then stopped
     assert metrics.INTERRUPTION_QUEUE_UP._value.get() == 1
 
 
@@ -108,3 +112,17 @@ def test_the_queue_is_read_only_once_the_nodes_and_pods_are_known() -> None:
     assert attempts == ["prepare", "prepare", "receive"]
     assert enqueued == [("ml", "llama")]
     assert queue.deleted == ["r1"]
+
+
+def test_queue_back_off_grows_is_capped_and_jittered_between_half_and_all() -> None:
+    assert [backoff_seconds(n, 10.0, jitter=0.999999) for n in (1, 2, 3, 4, 5, 9)] == pytest.approx(
+        [1, 2, 4, 8, 10, 10], rel=1e-5
+    )
+    assert [backoff_seconds(n, 10.0, jitter=0.0) for n in (1, 4, 9)] == [0.5, 4.0, 5.0]
+    # Two pollers that failed together wait different times.
+    assert backoff_seconds(3, 10.0, 0.1) != backoff_seconds(3, 10.0, 0.7)
+
+
+def test_the_default_back_off_reads_the_queue_again_well_inside_a_warnings_notice() -> None:
+    longest = backoff_seconds(50, Settings.defaults().interruption_queue_max_backoff_seconds, jitter=0.999999)
+    assert longest <= 10.0 < Settings.defaults().spot_notice_seconds / 10

@@ -21,6 +21,7 @@ taints keep driving failover meanwhile.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,14 @@ from gpufleet.runtime.capacity_store import CapacityStore
 
 log = logging.getLogger("gpufleet.interruptions")
 
-MAX_BACKOFF_SECONDS = 60.0
+# A warning gives two minutes: once the queue answers again it must be read within seconds, not a minute.
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def backoff_seconds(failures: int, cap: float, jitter: float) -> float:
+    """Exponential from 1 s, capped, then between half and all of it (`jitter` in [0, 1)), so that the
+    pollers that failed together do not all call again at the same instant."""
+    return min(cap, 2.0 ** (failures - 1)) * (0.5 + 0.5 * jitter)
 
 
 class Queue(Protocol):
@@ -63,7 +71,9 @@ class InterruptionConsumer:
         visibility_seconds: int = 20,
         prepare: Callable[[], None] | None = None,
         record: Callable[[Doom], None] | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        self.jitter = jitter
         self.wait_seconds = wait_seconds
         self.visibility_seconds = visibility_seconds
         self.notice = store.notice
@@ -156,7 +166,7 @@ class InterruptionConsumer:
                 self.prepared = True
 
     def run(self) -> None:
-        """Poll until stopped; failures back off exponentially up to a minute."""
+        """Poll until stopped; failures back off exponentially (jittered) up to `max_backoff`."""
         failures = 0
         while not self.stopped.is_set():
             if self.leading is not None and not self.leading.wait(1.0):
@@ -167,7 +177,7 @@ class InterruptionConsumer:
                 failures = 0
             except Exception:
                 failures += 1
-                delay = min(self.max_backoff, 2.0 ** (failures - 1))
+                delay = backoff_seconds(failures, self.max_backoff, self.jitter())
                 metrics.INTERRUPTION_QUEUE_UP.set(0)
                 metrics.INTERRUPTION_QUEUE_ERRORS.inc()
                 log.exception(

@@ -348,31 +348,31 @@ def test_real_429s_from_priority_and_fairness_delay_the_operator_and_remove_noth
         model.apply(2)
         model.converged(2)
         refused_before = rejected(plane, "gpufleet-operator")
-        for thread in threads:
-            thread.start()
-        wait_until(
-            lambda: sum(h.admitted for h in neighbours) >= 3, timeout=30, what="the level's seats taken"
-        )
-        model.scale(4)
-        wait_until(
-            lambda: rejected(plane, "gpufleet-operator") > refused_before,
-            timeout=60,
-            what="the operator's requests refused by API Priority and Fairness",
-        )
-        started = time.monotonic()
-        while time.monotonic() - started < 10:  # a while under the fault, the floor sampled meanwhile
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(
+                lambda: sum(h.admitted for h in neighbours) >= 3, timeout=30, what="the level's seats taken"
+            )
+            model.scale(4)
+            wait_until(
+                lambda: rejected(plane, "gpufleet-operator") > refused_before,
+                timeout=60,
+                what="the operator's requests refused by API Priority and Fairness",
+            )
+            # Ten more seconds under the fault, the capacity floor sampled meanwhile.
+            held_until = time.monotonic() + 10
+            wait_until(lambda: not operator.alive() or time.monotonic() > held_until, timeout=15, what="10 s")
             assert operator.alive()
-            time.sleep(0.5)
-        refused = rejected(plane, "gpufleet-operator") - refused_before
-        seats = apiserver_metric(
-            plane, "apiserver_flowcontrol_nominal_limit_seats", priority_level="gpufleet-tiny"
-        )
-    finally:
-        for hog in neighbours:
-            hog.stop.set()
-        for thread in threads:
-            thread.join(timeout=15)
-    try:
+            refused = rejected(plane, "gpufleet-operator") - refused_before
+            seats = apiserver_metric(
+                plane, "apiserver_flowcontrol_nominal_limit_seats", priority_level="gpufleet-tiny"
+            )
+        finally:
+            for hog in neighbours:
+                hog.stop.set()
+            for thread in threads:
+                thread.join(timeout=15)
         model.converged(4)
     finally:
         model.stop_sampling()

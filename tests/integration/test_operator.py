@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Cluster, OperatorProcess, wait_until
+from tests.conftest import ROOT, Cluster, OperatorProcess, record_fault_figure, wait_until
 from tests.integration.fleet import TEST_FLEET
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fleet")]
@@ -351,17 +351,35 @@ def test_an_invalid_object_that_got_in_leaves_workloads_alone(
         operator.restart()  # registers the webhook configuration again
 
 
-def test_a_service_of_the_models_name_that_belongs_to_someone_else_is_never_taken(
-    operator: OperatorProcess, namespace: str
-) -> None:
-    cluster = operator.cluster
-    database = {
+FOREIGN = {
+    "Service": {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "llama-3-70b", "labels": {"app": "database"}},
         "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
-    }
-    cluster.kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(database))
+    },
+    "PodDisruptionBudget": {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "llama-3-70b", "labels": {"app": "database"}},
+        "spec": {"selector": {"matchLabels": {"app": "database"}}, "minAvailable": 2},
+    },
+}
+
+
+def untouched_by_us(live: dict[str, Any]) -> bool:
+    """No owner reference, and no field managed by the operator (the API server's managed fields)."""
+    managers = {m.get("manager") for m in live["metadata"].get("managedFields", [])}
+    return "ownerReferences" not in live["metadata"] and "gpufleet" not in managers
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+def test_an_object_of_the_models_name_that_belongs_to_someone_else_is_never_taken(
+    operator: OperatorProcess, namespace: str, kind: str
+) -> None:
+    cluster = operator.cluster
+    theirs = FOREIGN[kind]
+    cluster.kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(theirs))
     apply(cluster, namespace, load(SPOT_SAMPLE))
     wait_for_groups(cluster, namespace, "llama-3-70b", SAMPLE_GROUPS)
 
@@ -370,19 +388,23 @@ def test_a_service_of_the_models_name_that_belongs_to_someone_else_is_never_take
         return found if found and found["reason"] == "ObjectConflict" else None
 
     degraded = wait_until(conflict, timeout=30, what="Degraded=True ObjectConflict")
-    assert f"Service {namespace}/llama-3-70b exists" in degraded["message"]
-    service = cluster.get_json("service", "llama-3-70b", "-n", namespace, "--show-managed-fields")
-    assert service["spec"]["selector"] == {"app": "database"}
-    assert "ownerReferences" not in service["metadata"]
-    assert "gpufleet" not in {m.get("manager") for m in service["metadata"]["managedFields"]}
-    # Deleting the ModelDeployment leaves the database's Service where it was (nothing to collect).
+    assert f"{kind} {namespace}/llama-3-70b exists" in degraded["message"]
+    live = cluster.get_json(kind.lower(), "llama-3-70b", "-n", namespace, "--show-managed-fields")
+    assert live["spec"] == {**live["spec"], **theirs["spec"]}
+    assert untouched_by_us(live)
+    # Deleting the ModelDeployment leaves their object where it was (nothing to collect).
     cluster.kubectl("delete", "md", "llama-3-70b", "-n", namespace, "--wait=true")
     wait_until(
         lambda: not deployments(cluster, namespace, "llama-3-70b"), timeout=60, what="Deployments collected"
     )
-    assert cluster.get_json("service", "llama-3-70b", "-n", namespace)["spec"]["selector"] == {
-        "app": "database"
-    }
+    after = cluster.get_json(kind.lower(), "llama-3-70b", "-n", namespace, "--show-managed-fields")
+    assert after["spec"] == live["spec"]
+    assert untouched_by_us(after)
+    record_fault_figure(
+        "foreign objects",
+        f"a {kind} of the model's name owned by someone else: reported (ObjectConflict), 0 fields taken "
+        "(managed fields), kept when the ModelDeployment was deleted",
+    )
 
 
 def test_a_deployment_of_a_groups_name_that_belongs_to_someone_else_is_never_taken(
@@ -417,8 +439,12 @@ def test_a_deployment_of_a_groups_name_that_belongs_to_someone_else_is_never_tak
         "deployment", "llama-3-70b-us-east-1b-spot", "-n", namespace, "--show-managed-fields"
     )
     assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/theirs:1"
-    assert "ownerReferences" not in live["metadata"]
-    assert "gpufleet" not in {m.get("manager") for m in live["metadata"]["managedFields"]}
+    assert untouched_by_us(live)
+    record_fault_figure(
+        "foreign objects",
+        "a Deployment of a group's name owned by someone else: reported (ObjectConflict), 0 fields taken "
+        "(managed fields); the group created once its owner removed it",
+    )
     # its owner removes it: the group is created, and the conflict clears
     cluster.kubectl("delete", "deployment", "llama-3-70b-us-east-1b-spot", "-n", namespace, "--wait=true")
     wait_for_groups(cluster, namespace, "llama-3-70b", SAMPLE_GROUPS, timeout=60)

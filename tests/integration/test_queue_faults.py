@@ -24,6 +24,7 @@ import pytest
 from kubernetes import client
 
 from fleetsim.cloud import CloudEvents, ElasticMQServer
+from fleetsim.sqs_throttle import ThrottlingFront
 from fleetsim.toxiproxy import ToxiproxyServer
 from gpufleet.adapters.kube import RestKubeApi
 from gpufleet.adapters.sqs import InterruptionQueue
@@ -195,13 +196,15 @@ def queue_errors() -> float:
 def test_warnings_sent_while_sqs_is_slow_resetting_or_unreachable_are_recorded_when_it_recovers(
     api: client.ApiClient, elasticmq: ElasticMQServer, toxiproxy: ToxiproxyServer, our_nodes: dict[str, str]
 ) -> None:
-    """The consumer reads SQS through a TCP fault proxy; each warning is sent (straight to the queue) while
-    a fault lasts, and must be on its Node once the fault ends, with the consumer still running."""
+    """The consumer reads SQS through a TCP fault proxy and a throttling front; each warning is sent
+    (straight to the queue) while a fault lasts, and must be on its Node once the fault ends (or, when
+    throttled, in spite of it), with the consumer still running."""
     cloud = CloudEvents(
         elasticmq.endpoint_url, REGION, queue_name=f"faults-{uuid.uuid4().hex[:8]}", account="000000000000"
     )
     proxy = f"sqs-{uuid.uuid4().hex[:6]}"
-    listen = toxiproxy.proxy(proxy, elasticmq.endpoint_url.removeprefix("http://"))
+    front = ThrottlingFront(elasticmq.endpoint_url, seed=20261203)
+    listen = toxiproxy.proxy(proxy, front.address)
     kube = RestKubeApi(api)
     consumer = consumer_of(kube, InterruptionQueue(cloud.queue_url, REGION, f"http://127.0.0.1:{listen}"))
     pollers = [threading.Thread(target=consumer.run, daemon=True) for _ in range(2)]
@@ -230,6 +233,7 @@ def test_warnings_sent_while_sqs_is_slow_resetting_or_unreachable_are_recorded_w
                 toxiproxy.remove(proxy, toxic)
         toxiproxy.enable(proxy, True)
 
+    front.start()
     for poller in pollers:
         poller.start()
     try:
@@ -251,14 +255,29 @@ def test_warnings_sent_while_sqs_is_slow_resetting_or_unreachable_are_recorded_w
         # 3. Unreachable (connections refused).
         toxiproxy.enable(proxy, False)
         warn_and_wait("unreachable", until_failing=True)
+        # 4. Throttled: half of all calls refused with SQS's RequestThrottled (fleetsim.sqs_throttle).
+        front.share = 0.5
+        instance, name = next(instances)
+        cloud.send_all(
+            [cloud.warning_event(instance, "us-east-1a", datetime.now(UTC).replace(microsecond=0))]
+        )
+        wait_until(
+            lambda: recorded(kube, name), timeout=60, interval=0.5, what="the warning recorded (throttled)"
+        )
+        assert front.throttled > 0
+        assert all(poller.is_alive() for poller in pollers)
+        outcomes.append("throttled")
     finally:
+        front.share = 0.0
+        front.stop()
         heal()
         consumer.stopped.set()
         for poller in pollers:
             poller.join(timeout=30)
     record_fault_figure(
         "SQS faults",
-        "slow (2 s each way), connections reset, unreachable (Toxiproxy between the consumer and the queue): "
-        f"a warning sent during each, recorded on its node after: {len(outcomes)} of 3; 0 lost",
+        "slow (2 s each way), connections reset, unreachable (Toxiproxy between the consumer and the queue), "
+        f"throttled (half of all calls, simulated: {front.throttled} refused): a warning sent during each, "
+        f"recorded on its node: {len(outcomes)} of 4; 0 lost",
     )
-    assert outcomes == ["slow", "connections reset", "unreachable"]
+    assert outcomes == ["slow", "connections reset", "unreachable", "throttled"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -243,3 +245,74 @@ def test_a_member_the_new_state_lacks_is_deleted_once_and_then_nothing_is_writte
     autoscaler.clock = lambda: NOW + timedelta(seconds=30)
     autoscaler.evaluate(body(status=kube.stored_status))
     assert kube.status_patches == patches + 1
+
+
+class KilledError(Exception):
+    """The operator SIGKILLed: nothing after this point is written."""
+
+
+class KilledAfterOneWrite(FakeKube):
+    """The first of the evaluation's writes lands; the process dies before the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def _one_write(self) -> None:
+        self.writes += 1
+        if self.writes > 1:
+            raise KilledError
+
+    def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
+        self._one_write()
+        super().patch_scale(api_version, kind, namespace, name, replicas)
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self._one_write()
+        super().patch_status(api_version, kind, namespace, name, status)
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+    ) -> None:
+        self._one_write()
+        super().create_event(involved, event_type, reason, message, now)
+
+
+def evaluate_and_store(kube: FakeKube, md: dict[str, Any], at: datetime) -> None:
+    """One evaluation; what reached the API server is kept in `md` (spec.replicas and status)."""
+    with_pods(kube, ready=md["spec"]["replicas"])
+    idle = ScriptedMetrics(waiting=0, running=0, kv=0.02, gpu=0.03)
+    try:
+        Autoscaler(kube, idle, clock=lambda: at, timings=scaling_timings()).evaluate(md)
+    finally:
+        if kube.scales:
+            md["spec"]["replicas"] = kube.scales[-1][1]
+        if kube.status_patches:
+            md["status"] = {**md.get("status", {}), **kube.stored_status}
+
+
+def test_a_kill_between_the_autoscalers_writes_never_removes_two_replicas_in_one_step() -> None:
+    # Idle at 4 replicas (minimum 2): find the evaluation that takes the first replica away.
+    md = body(replicas=4)
+    at = NOW
+    while True:
+        before = copy.deepcopy(md)
+        evaluate_and_store(FakeKube(), md, at)
+        if md["spec"]["replicas"] < 4:
+            break
+        at += timedelta(seconds=15)
+        assert at < NOW + timedelta(hours=1), "the idle model never scaled down"
+    # That evaluation again, killed after its first write; the restarted operator evaluates 2 s later.
+    md = before
+    with contextlib.suppress(KilledError):
+        evaluate_and_store(KilledAfterOneWrite(), md, at)
+    evaluate_and_store(FakeKube(), md, at + timedelta(seconds=2))
+    assert md["spec"]["replicas"] >= 3, "two replicas removed within one scale-down step"
+    # ... and the scale-down goes on to the minimum after the restart.
+    later = at + timedelta(seconds=2)
+    while md["spec"]["replicas"] > md["spec"]["minReplicas"]:
+        later += timedelta(seconds=15)
+        evaluate_and_store(FakeKube(), md, later)
+        assert later < at + timedelta(hours=1), "the scale-down stopped after the kill"

@@ -60,13 +60,16 @@ class Autoscaler:
         return plan.decision
 
     def execute(self, body: Mapping[str, Any], plan: AutoscalePlan, now: datetime) -> None:
+        """Status, then spec.replicas, then the Event. The status holds lastScaleTime, which spaces the
+        scale-down steps: a process killed between the writes finds the step recorded and not taken,
+        and takes it one interval later; in the other order it would take a second step at once."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if plan.status_patch is not None:
+            self.kube.patch_status(API_VERSION, KIND, namespace, name, plan.status_patch)
         if plan.scale_to is not None:
             self.kube.patch_scale(API_VERSION, KIND, namespace, name, plan.scale_to)
         if plan.event is not None:
             post_event(self.kube, body, plan.event, now)
-        if plan.status_patch is not None:
-            self.kube.patch_status(API_VERSION, KIND, namespace, name, plan.status_patch)
 
 
 async def evaluate_all(

@@ -1,10 +1,11 @@
-"""Autoscaler sweep benchmark: one evaluation of N autoscaled ModelDeployments, concurrent against serial.
+"""Autoscaler sweep benchmark: one evaluation of N autoscaled ModelDeployments, fleet-wide queries against
+per-model queries.
 
     python hack/bench/autoscale_sweep.py [--n 100 400] [--concurrency 8] [--sweeps 5] [--kubeconfig PATH]
 
 Every GPUFLEET_AUTOSCALE_INTERVAL_SECONDS (15 s) the operator evaluates each
-autoscaled ModelDeployment: it lists the model's pods, reads up to five PromQL
-signals, decides, and writes only what changed. A sweep that outlasts the
+autoscaled ModelDeployment: it lists the model's pods, reads its signals from
+Prometheus, decides, and writes only what changed. A sweep that outlasts the
 interval delays every decision of every model.
 
 This runs the operator's own sweep (gpufleet.runtime.autoscaler.evaluate_all
@@ -12,30 +13,34 @@ over the Autoscaler, its Kubernetes client and its Prometheus reader, built as
 the operator builds them) against a real API server and a real Prometheus that
 holds vLLM series for every model, two ways, alternating, on the same objects:
 
-- ours:     a pool of --concurrency threads (GPUFLEET_AUTOSCALE_CONCURRENCY);
-- baseline: one thread, one evaluation after another, as the operator's loop
-            did before (and as a concurrency of 1 still does).
+- ours:     the default queries, one per signal for every model (a sweep's reader
+            asks each once);
+- baseline: the same signals asked for each model on its own
+            (serving_metrics.PER_MODEL_QUERIES, the defaults of the release before);
 
-It prints the median sweep time of each, their ratio, and how many models fit
-in one 15 s interval at each rate. It never asserts: this is a benchmark, not a
-test. See hack/bench/README.md.
+both with a pool of --concurrency threads (GPUFLEET_AUTOSCALE_CONCURRENCY). It
+prints the median sweep time of each, the queries Prometheus answered per sweep
+(its own counter), their ratios, and how many models fit in one 15 s interval.
+It never asserts: this is a benchmark, not a test. See hack/bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,7 +53,7 @@ from kubernetes import client
 from fleetsim.local import ROOT, ControlPlane, control_plane, free_port
 from fleetsim.prometheus import VLLM_TARGETS_FILE, PrometheusServer
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
-from gpufleet.adapters.serving_metrics import PrometheusMetrics
+from gpufleet.adapters.serving_metrics import PER_MODEL_QUERIES, MetricQueries, PrometheusMetrics
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
@@ -141,6 +146,7 @@ class Figures:
     ours: list[float]
     baseline: list[float]
     failures: int  # evaluations that raised, over every timed sweep
+    queries: dict[str, float] = field(default_factory=dict)  # Prometheus queries per sweep, by kind
 
     @property
     def ours_median(self) -> float:
@@ -154,14 +160,28 @@ class Figures:
 def timed_sweep(
     autoscaler: Autoscaler, bodies: dict[tuple[str, str], dict[str, Any]], workers: int
 ) -> tuple[float, int]:
+    """One sweep as the operator runs it: one reader for the sweep, `workers` evaluations at once."""
+
     async def sweep() -> tuple[float, int]:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="autoscaler") as executor:
             started = time.perf_counter()
-            results = await evaluate_all(bodies, autoscaler.evaluate, executor)
+            evaluate = functools.partial(autoscaler.evaluate, metrics=autoscaler.sweep_reader())
+            results = await evaluate_all(bodies, evaluate, executor)
             elapsed = time.perf_counter() - started
         return elapsed, sum(1 for r in results.values() if isinstance(r, Exception))
 
     return asyncio.run(sweep())
+
+
+def prometheus_queries(prometheus: PrometheusServer) -> float:
+    """Instant queries Prometheus has answered, from its own /metrics."""
+    with urllib.request.urlopen(f"{prometheus.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
+    )
 
 
 def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: int, sweeps: int) -> Figures:
@@ -178,23 +198,30 @@ def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: i
         )
         models = [f"md-{i:04d}" for i in range(n)]
         with serving_series(namespace, models, prometheus):
-            autoscaler = Autoscaler(
-                RestKubeApi(api),
-                PrometheusMetrics(prometheus.url, connections=concurrency),
-                clock=lambda: datetime.now(UTC),
-                timings=Settings.defaults().scaling_timings(),
-            )
+            kinds = {
+                kind: Autoscaler(
+                    RestKubeApi(api),
+                    PrometheusMetrics(prometheus.url, queries, connections=concurrency),
+                    clock=lambda: datetime.now(UTC),
+                    timings=Settings.defaults().scaling_timings(),
+                )
+                for kind, queries in (("ours", MetricQueries()), ("baseline", PER_MODEL_QUERIES))
+            }
             # The first sweep records every model's status.autoscaler; later ones only read.
-            warm, failed = timed_sweep(autoscaler, current_bodies(custom, namespace), concurrency)
+            warm, failed = timed_sweep(kinds["ours"], current_bodies(custom, namespace), concurrency)
             log(f"n={n}: first sweep (writes status) {warm:.2f}s, {failed} failed")
             figures = Figures(n, concurrency, [], [], 0)
+            asked = dict.fromkeys(kinds, 0.0)
             for round_ in range(sweeps):
                 # Alternate which goes first, so neither always meets a warmer cache.
-                order = [1, concurrency] if round_ % 2 == 0 else [concurrency, 1]
-                for workers in order:
-                    elapsed, failed = timed_sweep(autoscaler, current_bodies(custom, namespace), workers)
-                    (figures.baseline if workers == 1 else figures.ours).append(elapsed)
+                order = ["baseline", "ours"] if round_ % 2 == 0 else ["ours", "baseline"]
+                for kind in order:
+                    before = prometheus_queries(prometheus)
+                    elapsed, failed = timed_sweep(kinds[kind], current_bodies(custom, namespace), concurrency)
+                    asked[kind] += prometheus_queries(prometheus) - before
+                    (figures.ours if kind == "ours" else figures.baseline).append(elapsed)
                     figures.failures += failed
+            figures.queries = {kind: total / sweeps for kind, total in asked.items()}
             return figures
     finally:
         core.delete_namespace(namespace)
@@ -211,10 +238,15 @@ def report_lines(figures: Figures) -> list[str]:
             f"fits {int(INTERVAL_S / median * n)} models in {INTERVAL_S:g}s"
         )
 
+    queries = figures.queries
     return [
-        f"n={n} ours (concurrency {figures.concurrency}): {rate(figures.ours)}",
-        f"n={n} baseline (one at a time): {rate(figures.baseline)}",
-        f"n={n} ratio baseline/ours: {baseline / ours:.2f}x; failed evaluations: {figures.failures}",
+        f"n={n} ours (fleet-wide queries): {rate(figures.ours)}; "
+        f"{queries['ours']:.0f} Prometheus queries a sweep",
+        f"n={n} baseline (per-model queries): {rate(figures.baseline)}; "
+        f"{queries['baseline']:.0f} Prometheus queries a sweep",
+        f"n={n} ratio baseline/ours: time {baseline / ours:.2f}x, queries "
+        f"{queries['baseline'] / max(queries['ours'], 1):.0f}x (both at concurrency {figures.concurrency}); "
+        f"failed evaluations: {figures.failures}",
     ]
 
 
@@ -238,14 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, nargs="+", default=[100, 400], help="model counts (default 100 400)")
-    parser.add_argument("--concurrency", type=int, default=8, help="ours' threads (default 8, the setting's)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="threads of both (default 8, the setting's)"
+    )
     parser.add_argument(
         "--sweeps", type=int, default=5, help="timed sweeps of each kind per count (default 5)"
     )
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.n) or args.concurrency < 2 or args.sweeps < 1:
-        parser.error("--n and --sweeps take positive integers, --concurrency at least 2")
+    if any(n < 1 for n in args.n) or args.concurrency < 1 or args.sweeps < 1:
+        parser.error("--n, --concurrency and --sweeps take positive integers")
     results = or_failure(lambda: run(args.n, args.concurrency, args.sweeps, args.kubeconfig))
     if results is None:
         return 1

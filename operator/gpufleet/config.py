@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     autoscale_concurrency: int = Field(
         default=8,
         ge=1,
-        description="ModelDeployments evaluated at once (each a pod list and up to 7 Prometheus queries).",
+        description="ModelDeployments evaluated at once (each lists its pods; Prometheus: once a sweep).",
     )
     # The planner's windows (gpufleet.planning.scaling); the defaults are its published anchors.
     autoscale_panic_window_seconds: int = Field(
@@ -107,7 +107,8 @@ class Settings(BaseSettings):
             stale_after_seconds=self.autoscale_stale_after_seconds,
         )
 
-    # PromQL templates ($namespace, $model, $pods) for clusters whose labels differ from the defaults.
+    # PromQL of the signals: fleet-wide (split by namespace/model_name or namespace/pod labels), or
+    # templates with $namespace, $model, $pods run per model (gpufleet.adapters.serving_metrics).
     query_waiting: str = MetricQueries.waiting
     query_running: str = MetricQueries.running
     query_kv_cache_usage: str = MetricQueries.kv_cache_usage

@@ -8,22 +8,20 @@ partial and stale data, is tests/e2e/test_metrics_faults.py), never as an except
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client import CollectorRegistry, Gauge
 
 from fleetsim.local import free_port
 from fleetsim.prometheus import VLLM_TARGETS_FILE, PrometheusServer
 from fleetsim.toxiproxy import ToxiproxyServer
 from gpufleet.adapters.serving_metrics import ModelMetrics, PrometheusMetrics
 from tests.conftest import record_fault_figure, wait_until
+from tests.integration.metrics_pages import serve_text_format
 
 pytestmark = pytest.mark.integration
 
@@ -61,27 +59,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         server.stop()
         for metrics_server in servers:
             metrics_server.shutdown()
-
-
-def serve_text_format(port: int, registry: CollectorRegistry) -> ThreadingHTTPServer:
-    """/metrics in the text format 0.0.4, as vLLM serves it: prometheus_client's own server answers
-    Prometheus's OpenMetrics Accept header with `vllm_…` names (its escaping of the colon)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def timed_read(reader: PrometheusMetrics) -> tuple[ModelMetrics, float]:

@@ -1,10 +1,12 @@
 """Serving signals of one ModelDeployment from Prometheus (prometheus-api-client).
 
-The queries are templates (string.Template: $namespace, $model, $pods) so
-clusters whose label names differ can change them without code; the
-defaults fit vLLM's own metrics scraped by a kube-prometheus-stack PodMonitor
-(labels namespace, pod, model_name) and the dcgm-exporter chart with its pod
-mapping (labels namespace, pod). GPU utilisation of MIG slices comes from
+One query per signal serves every model: the defaults aggregate `by (namespace, model_name)`
+(vLLM's series) or `by (namespace, pod)` (DCGM's), and each model's reading is taken from the
+answer, so an autoscale sweep costs the same handful of queries at 1 model or 1,000. A template
+that names $namespace, $model or $pods (string.Template) is instead run once per model, as
+before: clusters whose labels differ can write either kind. The defaults fit vLLM's own metrics
+scraped by a kube-prometheus-stack PodMonitor (labels namespace, pod, model_name) and the
+dcgm-exporter chart with its pod mapping (labels namespace, pod). GPU utilisation of MIG slices comes from
 DCGM_FI_PROF_GR_ENGINE_ACTIVE: DCGM_FI_DEV_GPU_UTIL is not reported for them
 (REFERENCE.md).
 
@@ -14,11 +16,12 @@ treat as missing data (hold), never as an idle model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from string import Template
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -29,21 +32,84 @@ from urllib3.util.retry import Retry
 
 @dataclass(frozen=True)
 class MetricQueries:
-    waiting: str = 'sum(vllm:num_requests_waiting{namespace="$namespace",model_name="$model"})'
-    running: str = 'sum(vllm:num_requests_running{namespace="$namespace",model_name="$model"})'
-    kv_cache_usage: str = 'avg(vllm:kv_cache_usage_perc{namespace="$namespace",model_name="$model"})'
-    gpu_utilization: str = 'avg(DCGM_FI_DEV_GPU_UTIL{namespace="$namespace",pod=~"$pods"}) / 100'
-    mig_utilization: str = 'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="$namespace",pod=~"$pods"})'
+    waiting: str = "sum by (namespace, model_name) (vllm:num_requests_waiting)"
+    running: str = "sum by (namespace, model_name) (vllm:num_requests_running)"
+    kv_cache_usage: str = "avg by (namespace, model_name) (vllm:kv_cache_usage_perc)"
+    gpu_utilization: str = "avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL) / 100"
+    mig_utilization: str = "avg by (namespace, pod) (DCGM_FI_PROF_GR_ENGINE_ACTIVE)"
     # Replicas whose vLLM metrics Prometheus has, and the time of the oldest of their samples: a sum over
     # the replicas that report reads low when some do not, and Prometheus answers an instant query with
     # samples up to 5 minutes old (its lookback), stamped with the query's time.
-    reporting: str = 'count(vllm:num_requests_running{namespace="$namespace",model_name="$model"})'
-    oldest_sample: str = (
-        'min(timestamp(vllm:num_requests_running{namespace="$namespace",model_name="$model"}))'
-    )
+    reporting: str = "count by (namespace, model_name) (vllm:num_requests_running)"
+    oldest_sample: str = "min by (namespace, model_name) (timestamp(vllm:num_requests_running))"
     # Requests a gateway saw for the model (e.g. its request rate), the only signal that can wake a
     # model at zero replicas: with no pods there are no vLLM series. None: not configured.
     activation: str | None = None
+
+
+# The same signals asked for one model at a time (the defaults before they answered for the fleet):
+# for clusters that must scope each query, and the baseline of hack/bench/autoscale_sweep.py.
+PER_MODEL_QUERIES: Final = MetricQueries(
+    waiting='sum(vllm:num_requests_waiting{namespace="$namespace",model_name="$model"})',
+    running='sum(vllm:num_requests_running{namespace="$namespace",model_name="$model"})',
+    kv_cache_usage='avg(vllm:kv_cache_usage_perc{namespace="$namespace",model_name="$model"})',
+    gpu_utilization='avg(DCGM_FI_DEV_GPU_UTIL{namespace="$namespace",pod=~"$pods"}) / 100',
+    mig_utilization='avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="$namespace",pod=~"$pods"})',
+    reporting='count(vllm:num_requests_running{namespace="$namespace",model_name="$model"})',
+    oldest_sample='min(timestamp(vllm:num_requests_running{namespace="$namespace",model_name="$model"}))',
+)
+
+# Signals read per pod (DCGM knows pods, not models); the others per model.
+POD_SIGNALS: Final = frozenset({"gpu_utilization", "mig_utilization"})
+MODEL_LABELS: Final = ("namespace", "model_name")
+POD_LABELS: Final = ("namespace", "pod")
+SETTINGS: Final = {  # the environment variable of each template, for error messages
+    "waiting": "GPUFLEET_QUERY_WAITING",
+    "running": "GPUFLEET_QUERY_RUNNING",
+    "kv_cache_usage": "GPUFLEET_QUERY_KV_CACHE_USAGE",
+    "gpu_utilization": "GPUFLEET_QUERY_GPU_UTILIZATION",
+    "mig_utilization": "GPUFLEET_QUERY_MIG_UTILIZATION",
+    "reporting": "GPUFLEET_QUERY_REPORTING",
+    "oldest_sample": "GPUFLEET_QUERY_OLDEST_SAMPLE",
+    "activation": "GPUFLEET_QUERY_ACTIVATION",
+}
+
+
+def per_model(template: str) -> bool:
+    """A template with placeholders is run for each model; one without answers for all of them."""
+    return any(name in template for name in ("$namespace", "$model", "$pods"))
+
+
+class FleetAnswerError(ValueError):
+    """A fleet-wide query answered with series that do not say which model (or pod) they are."""
+
+
+def by_labels(signal: str, result: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """A fleet-wide answer keyed by (namespace, model_name), or (namespace, pod) for per-pod signals."""
+    labels = POD_LABELS if signal in POD_SIGNALS else MODEL_LABELS
+    keyed: dict[tuple[str, str], float] = {}
+    for series in result:
+        metric = series.get("metric", {})
+        if not all(label in metric for label in labels):
+            raise FleetAnswerError(
+                f"{SETTINGS[signal]} answered a series without the labels {', '.join(labels)} ({metric}): "
+                f"aggregate it with `by ({', '.join(labels)})`, or use $namespace/$model/$pods to query "
+                "each model on its own"
+            )
+        keyed[(metric[labels[0]], metric[labels[1]])] = float(series["value"][1])
+    return keyed
+
+
+def model_value(
+    signal: str, answer: Mapping[tuple[str, str], float], namespace: str, model: str, pods: Sequence[str]
+) -> float | None:
+    """One model's value from a fleet-wide answer: its own series, or the mean over its pods' series.
+
+    None when nothing in the answer is the model's: missing data, never zero."""
+    if signal not in POD_SIGNALS:
+        return answer.get((namespace, model))
+    present = [answer[(namespace, pod)] for pod in pods if (namespace, pod) in answer]
+    return sum(present) / len(present) if present else None
 
 
 @dataclass(frozen=True)
@@ -101,34 +167,80 @@ class PrometheusMetrics:
         pool = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=max(1, connections))
         session.mount(url, pool)
 
-    def _scalar(self, template: str, values: dict[str, str]) -> float | None:
-        query = Template(template).substitute(values)
+    def _query(self, query: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._client.custom_query(
             query, params={"timeout": f"{int(self.timeout_seconds * 1000)}ms"}
         )
+        return result
+
+    def _scalar(self, template: str, values: dict[str, str]) -> float | None:
+        result = self._query(Template(template).substitute(values))
         if not result:
             return None
         return float(result[0]["value"][1])
 
+    def sweep(self) -> SweepReader:
+        """A reader for one autoscale sweep: each fleet-wide query runs once, when a model first needs it."""
+        return SweepReader(self)
+
+    def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
+        """One model on its own (a sweep of one)."""
+        return self.sweep().read(namespace, model, pods, mig, now)
+
+
+class SweepReader:
+    """One sweep's view of Prometheus. Fleet-wide answers are shared by every model of the sweep (and
+    a failed one is every model's error: all hold); per-model templates are queried for each model."""
+
+    def __init__(self, source: PrometheusMetrics) -> None:
+        self.source = source
+        self._answers: dict[str, dict[tuple[str, str], float] | Exception] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def queries_made(self) -> int:
+        return len(self._answers)
+
+    def _fleet(self, signal: str, template: str) -> dict[tuple[str, str], float]:
+        with self._lock:  # evaluations run in threads: the first asks, the others wait for its answer
+            if signal not in self._answers:
+                try:
+                    self._answers[signal] = by_labels(signal, self.source._query(template))
+                except (PrometheusApiClientException, RequestException, ValueError, KeyError) as error:
+                    self._answers[signal] = error
+            answer = self._answers[signal]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _signal(
+        self, signal: str, values: dict[str, str], namespace: str, model: str, pods: Sequence[str]
+    ) -> float | None:
+        template = getattr(self.source.queries, signal)
+        if per_model(template):
+            return self.source._scalar(template, values)
+        return model_value(signal, self._fleet(signal, template), namespace, model, pods)
+
     def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
         values = {"namespace": _in_string(namespace), "model": _in_string(model), "pods": _pod_regex(pods)}
+
+        def signal(name: str) -> float | None:
+            return self._signal(name, values, namespace, model, pods)
+
         try:
-            gpu_query = self.queries.mig_utilization if mig else self.queries.gpu_utilization
-            waiting = self._scalar(self.queries.waiting, values)
-            running = self._scalar(self.queries.running, values)
-            kv_cache_usage = self._scalar(self.queries.kv_cache_usage, values)
-            gpu_utilization = self._scalar(gpu_query, values)
-            reporting = self._scalar(self.queries.reporting, values)
-            oldest = self._scalar(self.queries.oldest_sample, values)
+            reporting = signal("reporting")
+            oldest = signal("oldest_sample")
             return ModelMetrics(
                 sampled_at=now if oldest is None else datetime.fromtimestamp(oldest, UTC),
-                waiting=waiting,
-                running=running,
-                kv_cache_usage=kv_cache_usage,
-                gpu_utilization=gpu_utilization,
-                activation=self._scalar(self.queries.activation, values) if self.queries.activation else None,
+                waiting=signal("waiting"),
+                running=signal("running"),
+                kv_cache_usage=signal("kv_cache_usage"),
+                gpu_utilization=signal("mig_utilization" if mig else "gpu_utilization"),
+                activation=signal("activation") if self.source.queries.activation else None,
                 reporting_replicas=None if reporting is None else int(reporting),
             )
+        except FleetAnswerError as error:
+            return ModelMetrics(now, None, None, None, None, error=str(error)[:500])
         except (PrometheusApiClientException, RequestException, ValueError, KeyError) as error:
-            message = f"Prometheus at {self.url}: {type(error).__name__}: {error}"
+            message = f"Prometheus at {self.source.url}: {type(error).__name__}: {error}"
             return ModelMetrics(now, None, None, None, None, error=message[:500])

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Executor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.adapters.serving_metrics import MetricsReader, ModelMetrics
@@ -25,6 +25,11 @@ from gpufleet.runtime.events import post_event
 NO_PROMETHEUS = "no Prometheus configured (set GPUFLEET_PROMETHEUS_URL); holding replicas"
 
 K = TypeVar("K", bound=Hashable)
+
+
+@runtime_checkable
+class SweepSource(Protocol):
+    def sweep(self) -> MetricsReader: ...
 
 
 class Autoscaler:
@@ -40,8 +45,15 @@ class Autoscaler:
         self.clock = clock
         self.timings = timings
 
-    def evaluate(self, body: Mapping[str, Any]) -> Decision | None:
-        """Evaluate once; None when autoscaling is off or the spec is not usable."""
+    def sweep_reader(self) -> MetricsReader | None:
+        """The reader for one sweep: fleet-wide queries are asked once and shared by its evaluations."""
+        if self.metrics is None:
+            return None
+        return self.metrics.sweep() if isinstance(self.metrics, SweepSource) else self.metrics
+
+    def evaluate(self, body: Mapping[str, Any], metrics: MetricsReader | None = None) -> Decision | None:
+        """Evaluate once (with this sweep's `metrics`, or a reading of its own); None when autoscaling
+        is off or the spec is not usable."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         spec = autoscaled_spec(body)
@@ -49,12 +61,11 @@ class Autoscaler:
             return None
         now = self.clock()
         target = autoscale_target(body, spec, self.kube.list("v1", "Pod", namespace, selector_string(name)))
-        if self.metrics is None:
+        reader = metrics or self.metrics
+        if reader is None:
             readings = ModelMetrics(now, None, None, None, None, error=NO_PROMETHEUS)
         else:
-            readings = self.metrics.read(
-                namespace, target.model_name, target.ready_pods, mig=target.mig, now=now
-            )
+            readings = reader.read(namespace, target.model_name, target.ready_pods, mig=target.mig, now=now)
         plan = plan_autoscale(target, readings, self.timings, now)
         self.execute(body, plan, now)
         return plan.decision

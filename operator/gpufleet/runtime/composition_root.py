@@ -13,6 +13,7 @@ else receives what it needs from here. Threads and tasks it starts:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
-from gpufleet.adapters.serving_metrics import PrometheusMetrics
+from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics
 from gpufleet.config import Settings
 from gpufleet.planning.observe import Key, owner_key, version_of
 from gpufleet.planning.scaling import Decision
@@ -214,9 +215,9 @@ class Operator:
         if plan.requeue_after is not None:
             self.queue.enqueue_after(key, plan.requeue_after)
 
-    def _evaluate(self, body: Mapping[str, Any]) -> Decision | None:
+    def _evaluate(self, body: Mapping[str, Any], metrics: MetricsReader | None = None) -> Decision | None:
         with self._working() as may_act:
-            return self.autoscaler.evaluate(body) if may_act else None
+            return self.autoscaler.evaluate(body, metrics) if may_act else None
 
     async def _autoscale_sweeps(self) -> None:
         """Evaluate every known ModelDeployment with autoscaling on, every interval.
@@ -239,7 +240,10 @@ class Operator:
                 next_sweep = max(next_sweep + interval, started)
                 if not self.leading.is_set():
                     continue
-                results = await evaluate_all(dict(self.queue.bodies), self._evaluate, executor)
+                reader = self.autoscaler.sweep_reader()  # one query per signal for the whole sweep
+                results = await evaluate_all(
+                    dict(self.queue.bodies), functools.partial(self._evaluate, metrics=reader), executor
+                )
                 metrics.AUTOSCALER_SWEEP_SECONDS.observe(loop.time() - started)
                 for key, decision in results.items():
                     if isinstance(decision, Exception):

@@ -70,8 +70,20 @@ def _wait(sim: BackgroundSimulation, probe: Any, timeout: float, what: str) -> A
             for p in _pods(sim)
         ]
         status = _md(sim).get("status", {})
+        # The model's Events, oldest first, and the simulator's own story, to tell what happened when.
+        listed = sim.simulation.core.list_namespaced_event(
+            NAMESPACE, field_selector=f"involvedObject.name={SPOT_MODEL}"
+        )
+        story = [
+            f"{e.last_timestamp or e.event_time} {e.reason}: {e.message}"
+            for e in sorted(listed.items, key=lambda e: str(e.last_timestamp or e.event_time))
+        ]
         raise AssertionError(
             f"{error}\npods: {pods}\nconditions: {status.get('conditions')}\nspot: {status.get('spot')}"
+            f"\nevents:\n"
+            + "\n".join(story[-40:])
+            + "\nsimulator:\n"
+            + "\n".join(sim.simulation.snapshot.events[-40:])
         ) from None
 
 
@@ -221,10 +233,11 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
     sim: BackgroundSimulation, operator: OperatorProcess, spot_model: str
 ) -> None:
     simulation = sim.simulation
-    # No spot launches in either zone for 1500 simulated seconds (30 s real), and the spot
-    # nodes are reclaimed.
+    # No spot launches in either zone for 3000 simulated seconds (60 s real), and the spot
+    # nodes are reclaimed. The outage must outlast the fallback: pods pending past the fallback delay
+    # (10 s here), in the zones one after the other when they do not go pending together.
     outages = [
-        asyncio.run_coroutine_threadsafe(simulation.spot_outage(zone, 1500), sim.loop)
+        asyncio.run_coroutine_threadsafe(simulation.spot_outage(zone, 3000), sim.loop)
         for zone in ("us-west-2a", "us-west-2b")
     ]
     # Every spot node goes (those with room left would take the replicas back at once).

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -173,17 +172,6 @@ def timed_sweep(
     return asyncio.run(sweep())
 
 
-def prometheus_queries(prometheus: PrometheusServer) -> float:
-    """Instant queries Prometheus has answered, from its own /metrics."""
-    with urllib.request.urlopen(f"{prometheus.url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
-    )
-
-
 def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: int, sweeps: int) -> Figures:
     api = load_api_client(str(cp.kubeconfig), connections=concurrency + 4)
     custom = client.CustomObjectsApi(api)
@@ -216,9 +204,9 @@ def bench(cp: ControlPlane, prometheus: PrometheusServer, n: int, concurrency: i
                 # Alternate which goes first, so neither always meets a warmer cache.
                 order = ["baseline", "ours"] if round_ % 2 == 0 else ["ours", "baseline"]
                 for kind in order:
-                    before = prometheus_queries(prometheus)
+                    before = prometheus.queries_answered()
                     elapsed, failed = timed_sweep(kinds[kind], current_bodies(custom, namespace), concurrency)
-                    asked[kind] += prometheus_queries(prometheus) - before
+                    asked[kind] += prometheus.queries_answered() - before
                     (figures.ours if kind == "ours" else figures.baseline).append(elapsed)
                     figures.failures += failed
             figures.queries = {kind: total / sweeps for kind, total in asked.items()}

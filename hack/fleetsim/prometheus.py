@@ -239,6 +239,16 @@ class PrometheusServer:
             process.kill()
             process.wait(timeout=timeout_s)
 
+    def queries_answered(self) -> float:
+        """Instant queries this Prometheus has answered, from its own /metrics (it does not scrape itself)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
+        )
+
     def query(self, promql: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Instant query; the `data.result` list of the HTTP API (vectors: `metric` and `value`)."""
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,27 +55,16 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         page.shutdown()
 
 
-def queries_answered(prometheus: PrometheusServer) -> float:
-    """Instant queries this Prometheus has answered, from its own /metrics."""
-    with urllib.request.urlopen(f"{prometheus.url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
-    )
-
-
 def sweep_queries(
     prometheus: PrometheusServer, queries: MetricQueries, models: list[str]
 ) -> tuple[float, list[float | None]]:
     """Prometheus queries one sweep over `models` costs, and each model's queue read."""
     sweep = PrometheusMetrics(prometheus.url, queries).sweep()
-    before = queries_answered(prometheus)
+    before = prometheus.queries_answered()
     now = datetime.now(UTC)
     readings = [sweep.read(NAMESPACE, m, [f"{m}-0", f"{m}-1"], mig=False, now=now) for m in models]
     assert all(r.error is None for r in readings)
-    return queries_answered(prometheus) - before, [r.waiting for r in readings]
+    return prometheus.queries_answered() - before, [r.waiting for r in readings]
 
 
 def test_a_sweep_asks_prometheus_the_same_queries_for_forty_models_as_for_one(

@@ -215,3 +215,20 @@ def test_answers_are_keyed_by_model_or_by_pod_and_a_pods_mean_is_over_those_pres
     assert model_value("waiting", keyed, "b", "m", []) is None  # same model name, other namespace
     with pytest.raises(FleetAnswerError, match="GPUFLEET_QUERY_WAITING"):
         by_labels("waiting", [{"metric": {"model_name": "m"}, "value": [0, "3"]}])
+
+
+def test_idle_gpus_without_a_pod_are_no_models_and_not_an_error() -> None:
+    # dcgm-exporter labels a GPU with namespace and pod only while a pod holds it; `by (namespace, pod)`
+    # puts the idle ones in one group without those labels.
+    answer = by_labels(
+        "gpu_utilization",
+        [{"metric": {}, "value": [0, "0"]}, {"metric": {"namespace": "a", "pod": "p"}, "value": [0, "0.9"]}],
+    )
+    assert answer == {("a", "p"): 0.9}
+    assert by_labels("gpu_utilization", [{"metric": {}, "value": [0, "0"]}]) == {}
+    # A model signal with some series labelled reads those (a stray unlabelled series is no model's).
+    mixed = [
+        {"metric": {}, "value": [0, "1"]},
+        {"metric": {"namespace": "a", "model_name": "m"}, "value": [0, "2"]},
+    ]
+    assert by_labels("waiting", mixed) == {("a", "m"): 2.0}

@@ -85,18 +85,23 @@ class FleetAnswerError(ValueError):
 
 
 def by_labels(signal: str, result: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
-    """A fleet-wide answer keyed by (namespace, model_name), or (namespace, pod) for per-pod signals."""
+    """A fleet-wide answer keyed by (namespace, model_name), or (namespace, pod) for per-pod signals.
+
+    Series without those labels are no model's: DCGM reports idle GPUs without a pod, and `by (...)`
+    groups them under empty labels. An answer of only such series for a model signal means the query
+    lost the labels (no `by`), which is an error that names the setting."""
     labels = POD_LABELS if signal in POD_SIGNALS else MODEL_LABELS
     keyed: dict[tuple[str, str], float] = {}
     for series in result:
         metric = series.get("metric", {})
-        if not all(label in metric for label in labels):
-            raise FleetAnswerError(
-                f"{SETTINGS[signal]} answered a series without the labels {', '.join(labels)} ({metric}): "
-                f"aggregate it with `by ({', '.join(labels)})`, or use $namespace/$model/$pods to query "
-                "each model on its own"
-            )
-        keyed[(metric[labels[0]], metric[labels[1]])] = float(series["value"][1])
+        if all(metric.get(label) for label in labels):
+            keyed[(metric[labels[0]], metric[labels[1]])] = float(series["value"][1])
+    if result and not keyed and signal not in POD_SIGNALS:
+        raise FleetAnswerError(
+            f"{SETTINGS[signal]} answered without the labels {', '.join(labels)} "
+            f"({result[0].get('metric', {})}): aggregate it with `by ({', '.join(labels)})`, or use "
+            "$namespace/$model/$pods to query each model on its own"
+        )
     return keyed
 
 

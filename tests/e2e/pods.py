@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fleetsim.background import BackgroundSimulation
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
+from tests.conftest import OperatorProcess
 
 MD_LABEL = "gpufleet.io/model-deployment"
 
@@ -50,3 +54,12 @@ def model_deployment(sim: BackgroundSimulation, namespace: str, name: str) -> di
         "gpufleet.io", "v1alpha1", namespace, "modeldeployments", name
     )
     return found
+
+
+def apply_sample(operator: OperatorProcess, sample: Path, name: str, namespace: str) -> None:
+    """One of the e2e manifests under another name, applied with the operator running."""
+    if not operator.alive():
+        operator.start()
+    doc = yaml.safe_load(sample.read_text())
+    doc["metadata"]["name"] = name
+    operator.cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc))

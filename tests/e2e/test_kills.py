@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from fleetsim.background import BackgroundSimulation
 from fleetsim.loadgen import LoadReport
 from tests.conftest import OperatorProcess, record_fault_figure, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
-from tests.e2e.pods import MD_LABEL, constant_load, model_deployment, model_pods, serving
+from tests.e2e.pods import MD_LABEL, apply_sample, constant_load, model_deployment, model_pods, serving
 
 MODEL = "llama-3-8b-kills"
 ROUNDS = 5
@@ -143,11 +142,7 @@ class Story:
 
 @pytest.fixture(scope="module")
 def kill_model(sim: BackgroundSimulation, operator: OperatorProcess) -> Iterator[str]:
-    if not operator.alive():
-        operator.start()
-    doc = yaml.safe_load((HERE / "llama-3-8b-spot.yaml").read_text())
-    doc["metadata"]["name"] = MODEL
-    operator.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(doc))
+    apply_sample(operator, HERE / "llama-3-8b-spot.yaml", MODEL, NAMESPACE)
     wait_until(lambda: _ready_count(sim) == 3, timeout=120, what="three ready replicas")
     yield MODEL
     operator.cluster.kubectl("delete", "md", MODEL, "-n", NAMESPACE, "--wait=true", check=False)

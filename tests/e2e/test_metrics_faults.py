@@ -20,12 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import yaml
 
 from fleetsim.background import BackgroundSimulation
 from tests.conftest import OperatorProcess, record_fault_figure, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
-from tests.e2e.pods import constant_load, model_deployment, model_pods, serving
+from tests.e2e.pods import apply_sample, constant_load, model_deployment, model_pods, serving
 from tests.e2e.scrape import metric
 
 MODEL = "llama-3-8b-metrics-faults"
@@ -96,11 +95,7 @@ def _hold(sim: BackgroundSimulation, fault: str, reason_seen: Callable[[dict[str
 @pytest.fixture(scope="module")
 def loaded_model(sim: BackgroundSimulation, operator: OperatorProcess) -> Iterator[str]:
     """The model at 3 ready replicas, scaled there by load, and the load stopped."""
-    if not operator.alive():
-        operator.start()
-    doc = yaml.safe_load((HERE / "llama-3-8b-autoscaled.yaml").read_text())
-    doc["metadata"]["name"] = MODEL
-    operator.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(doc))
+    apply_sample(operator, HERE / "llama-3-8b-autoscaled.yaml", MODEL, NAMESPACE)
     load = constant_load(sim, NAMESPACE, MODEL, prompt_tokens=128, max_tokens=64, max_in_flight=64)
     wait_until(lambda: _ready(sim) >= 1, timeout=90, what="the first replica ready")
     running = asyncio.run_coroutine_threadsafe(load.run(100_000), sim.loop)

@@ -39,6 +39,7 @@ from fleetsim.vllm_server import VllmServer
 log = logging.getLogger("fleetsim.kubelet")
 
 NODE_LABEL = "fleetsim.gpufleet.io/node"
+START_GRACE_SECONDS = 10.0  # real seconds a cancelled engine start may take to finish binding
 DCGM_PORT = 9400
 
 
@@ -386,7 +387,8 @@ class SimKubelet:
                 # A cancel inside start() can land after the port is bound and before anything
                 # holds the server: let it finish, then release the port, or the next pod given
                 # this address cannot bind.
-                await asyncio.wait([starting])
+                await asyncio.wait([starting], timeout=START_GRACE_SECONDS)
+                starting.cancel()  # a start that hangs is given up rather than the kubelet with it
                 await server.stop()
                 raise
             pod.server = server

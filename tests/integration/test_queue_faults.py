@@ -266,7 +266,7 @@ def test_warnings_sent_while_sqs_is_slow_resetting_or_unreachable_are_recorded_w
         )
         wait_until(
             lambda: recorded(kube, name) and front.throttled - throttled_before >= 10,
-            timeout=60,
+            timeout=90,
             interval=0.5,
             what="the warning recorded and ten calls throttled",
         )

@@ -121,6 +121,8 @@ def test_queue_back_off_grows_is_capped_and_jittered_between_half_and_all() -> N
     assert [backoff_seconds(n, 10.0, jitter=0.0) for n in (1, 4, 9)] == [0.5, 4.0, 5.0]
     # Two pollers that failed together wait different times.
     assert backoff_seconds(3, 10.0, 0.1) != backoff_seconds(3, 10.0, 0.7)
+    # Hours of outage: thousands of failures in a row still wait the cap (2.0 ** 1024 would overflow).
+    assert backoff_seconds(5000, 10.0, jitter=0.999999) == pytest.approx(10.0)
 
 
 def test_the_default_back_off_reads_the_queue_again_well_inside_a_warnings_notice() -> None:

@@ -23,6 +23,8 @@ def test_back_off_doubles_up_to_the_cap_and_is_jittered_between_half_and_all() -
     most = RetryLimiter(base=0.5, max_backoff=60, jitter=lambda: 0.999999)
     assert [least.delay(n, now=100.0 * n) for n in (1, 2, 3, 9)] == [0.25, 0.5, 1.0, 30.0]
     assert [round(most.delay(n, now=100.0 * n), 3) for n in (1, 2, 3, 9)] == [0.5, 1.0, 2.0, 60.0]
+    # A key failing for hours: thousands of failures still wait the cap (2.0 ** 1024 would overflow).
+    assert round(most.delay(5000, now=1e6), 3) == 60.0
 
 
 def test_keys_that_fail_together_spread_out_and_the_bucket_limits_them_all() -> None:

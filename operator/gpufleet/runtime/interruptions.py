@@ -44,7 +44,8 @@ MAX_BACKOFF_SECONDS = 10.0
 def backoff_seconds(failures: int, cap: float, jitter: float) -> float:
     """Exponential from 1 s, capped, then between half and all of it (`jitter` in [0, 1)), so that the
     pollers that failed together do not all call again at the same instant."""
-    return min(cap, 2.0 ** (failures - 1)) * (0.5 + 0.5 * jitter)
+    # The exponent is bounded: 2.0 ** 1024 overflows, and an outage of a few hours reaches that many.
+    return min(cap, 2.0 ** min(failures - 1, 60)) * (0.5 + 0.5 * jitter)
 
 
 class Queue(Protocol):

@@ -51,7 +51,8 @@ class RetryLimiter:
         self._stamp: float | None = None
 
     def delay(self, failures: int, now: float) -> float:
-        backoff = min(self.max_backoff, self.base * 2.0 ** (failures - 1))
+        # The exponent is bounded: 2.0 ** 1024 overflows, and a key failing for hours reaches that many.
+        backoff = min(self.max_backoff, self.base * 2.0 ** min(failures - 1, 60))
         # Between half and all of the back-off: keys that failed together spread out.
         jittered = backoff * (0.5 + 0.5 * self.jitter())
         return max(jittered, self._reserve(now))

@@ -9,7 +9,8 @@ import pytest
 from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.config import Settings
 from gpufleet.runtime import operator_metrics as metrics
-from gpufleet.runtime.interruptions import InterruptionConsumer, backoff_seconds
+from gpufleet.runtime.interruptions import FIRST_BACKOFF_SECONDS, InterruptionConsumer
+from gpufleet.runtime.work_queue import jittered_backoff
 from tests.unit.spot_objects import FakeQueue, instance, node, store, warning_body
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -112,6 +113,11 @@ def test_the_queue_is_read_only_once_the_nodes_and_pods_are_known() -> None:
     assert attempts == ["prepare", "prepare", "receive"]
     assert enqueued == [("ml", "llama")]
     assert queue.deleted == ["r1"]
+
+
+def backoff_seconds(failures: int, cap: float, jitter: float) -> float:
+    """The consumer's wait after `failures` failed polls in a row."""
+    return jittered_backoff(failures, FIRST_BACKOFF_SECONDS, cap, jitter)
 
 
 def test_queue_back_off_grows_is_capped_and_jittered_between_half_and_all() -> None:

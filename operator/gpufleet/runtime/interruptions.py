@@ -34,18 +34,13 @@ from gpufleet.planning.failover import Doom
 from gpufleet.planning.observe import Key
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.capacity_store import CapacityStore
+from gpufleet.runtime.work_queue import jittered_backoff
 
 log = logging.getLogger("gpufleet.interruptions")
 
 # A warning gives two minutes: once the queue answers again it must be read within seconds, not a minute.
 MAX_BACKOFF_SECONDS = 10.0
-
-
-def backoff_seconds(failures: int, cap: float, jitter: float) -> float:
-    """Exponential from 1 s, capped, then between half and all of it (`jitter` in [0, 1)), so that the
-    pollers that failed together do not all call again at the same instant."""
-    # The exponent is bounded: 2.0 ** 1024 overflows, and an outage of a few hours reaches that many.
-    return min(cap, 2.0 ** min(failures - 1, 60)) * (0.5 + 0.5 * jitter)
+FIRST_BACKOFF_SECONDS = 1.0  # doubled per failure in a row, up to max_backoff_seconds
 
 
 class Queue(Protocol):
@@ -178,7 +173,8 @@ class InterruptionConsumer:
                 failures = 0
             except Exception:
                 failures += 1
-                delay = backoff_seconds(failures, self.max_backoff, self.jitter())
+                # Jittered: pollers that failed together do not all call again at the same instant.
+                delay = jittered_backoff(failures, FIRST_BACKOFF_SECONDS, self.max_backoff, self.jitter())
                 metrics.INTERRUPTION_QUEUE_UP.set(0)
                 metrics.INTERRUPTION_QUEUE_ERRORS.inc()
                 log.exception(

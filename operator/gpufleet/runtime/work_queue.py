@@ -33,6 +33,13 @@ RETRY_RATE_PER_SECOND = 10.0
 RETRY_BURST = 100
 
 
+def jittered_backoff(failures: int, base: float, cap: float, jitter: float) -> float:
+    """`base` doubled per failure after the first, capped, then between half and all of it (`jitter` in
+    [0, 1)), so that what failed together does not all try again at the same instant."""
+    # The exponent is bounded: 2.0 ** 1024 overflows, and hours of failures reach that many.
+    return min(cap, base * 2.0 ** min(failures - 1, 60)) * (0.5 + 0.5 * jitter)
+
+
 class RetryLimiter:
     """When a failed key may run again: its exponential back-off, jittered, or later if the shared
     bucket is empty."""
@@ -51,10 +58,7 @@ class RetryLimiter:
         self._stamp: float | None = None
 
     def delay(self, failures: int, now: float) -> float:
-        # The exponent is bounded: 2.0 ** 1024 overflows, and a key failing for hours reaches that many.
-        backoff = min(self.max_backoff, self.base * 2.0 ** min(failures - 1, 60))
-        # Between half and all of the back-off: keys that failed together spread out.
-        jittered = backoff * (0.5 + 0.5 * self.jitter())
+        jittered = jittered_backoff(failures, self.base, self.max_backoff, self.jitter())
         return max(jittered, self._reserve(now))
 
     def _reserve(self, now: float) -> float:

@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,16 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def sum_samples(exposition: str, name: str, /, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`, in a /metrics page (0: none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class PrometheusServer:
@@ -243,11 +254,7 @@ class PrometheusServer:
         """Instant queries this Prometheus has answered, from its own /metrics (it does not scrape itself)."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             text = response.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
-        )
+        return sum_samples(text, "prometheus_http_requests_total", handler="/api/v1/query")
 
     def query(self, promql: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Instant query; the `data.result` list of the HTTP API (vectors: `metric` and `value`)."""

@@ -20,8 +20,10 @@ import pytest
 import yaml
 
 from fleetsim.local import ControlPlane, OperatorProcess
+from fleetsim.prometheus import sum_samples
 from fleetsim.toxiproxy import ToxiproxyServer
 from tests.conftest import ROOT, record_fault_figure, wait_until
+from tests.e2e.scrape import metric
 from tests.integration.conftest import AuditedPlane, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -59,13 +61,7 @@ def compact_etcd(etcd_port: int) -> int:
 
 def failed_calls(operator: OperatorProcess) -> float:
     """Reconciles that failed, from the operator's own /metrics (reached directly, not through the proxy)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith('gpufleet_reconciles_total{result="error"}')
-    )
+    return metric(operator.metrics_port, "gpufleet_reconciles_total", result="error")
 
 
 class Model:
@@ -274,12 +270,7 @@ class SeatHog:
 
 def apiserver_metric(plane: ControlPlane, name: str, **labels: str) -> float:
     """The sum of the API server's own samples of `name` that carry `labels`."""
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines()
-        if line.startswith(name + "{") and all(label in line for label in wanted)
-    )
+    return sum_samples(plane.kubectl("get", "--raw", "/metrics").stdout, name, **labels)
 
 
 def rejected(plane: ControlPlane, flow_schema: str) -> float:

@@ -3,6 +3,7 @@ model, per-model templates, empty answers, errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from gpufleet.adapters.serving_metrics import (
     by_labels,
     model_value,
     per_model,
+    setting,
 )
+from gpufleet.config import Settings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SAMPLED = NOW - timedelta(seconds=12)
@@ -232,3 +235,9 @@ def test_idle_gpus_without_a_pod_are_no_models_and_not_an_error() -> None:
         {"metric": {"namespace": "a", "model_name": "m"}, "value": [0, "2"]},
     ]
     assert by_labels("waiting", mixed) == {("a", "m"): 2.0}
+
+
+def test_the_setting_an_error_names_is_the_one_that_sets_the_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    for signal in (f.name for f in dataclasses.fields(MetricQueries)):
+        monkeypatch.setenv(setting(signal), f"sum by (namespace, model_name) ({signal})")
+        assert getattr(Settings().metric_queries(), signal) == f"sum by (namespace, model_name) ({signal})"

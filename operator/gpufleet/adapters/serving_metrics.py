@@ -63,16 +63,11 @@ PER_MODEL_QUERIES: Final = MetricQueries(
 POD_SIGNALS: Final = frozenset({"gpu_utilization", "mig_utilization"})
 MODEL_LABELS: Final = ("namespace", "model_name")
 POD_LABELS: Final = ("namespace", "pod")
-SETTINGS: Final = {  # the environment variable of each template, for error messages
-    "waiting": "GPUFLEET_QUERY_WAITING",
-    "running": "GPUFLEET_QUERY_RUNNING",
-    "kv_cache_usage": "GPUFLEET_QUERY_KV_CACHE_USAGE",
-    "gpu_utilization": "GPUFLEET_QUERY_GPU_UTILIZATION",
-    "mig_utilization": "GPUFLEET_QUERY_MIG_UTILIZATION",
-    "reporting": "GPUFLEET_QUERY_REPORTING",
-    "oldest_sample": "GPUFLEET_QUERY_OLDEST_SAMPLE",
-    "activation": "GPUFLEET_QUERY_ACTIVATION",
-}
+
+
+def setting(signal: str) -> str:
+    """The environment variable that sets a signal's query (gpufleet.config: query_<signal>)."""
+    return f"GPUFLEET_QUERY_{signal.upper()}"
 
 
 def per_model(template: str) -> bool:
@@ -98,7 +93,7 @@ def by_labels(signal: str, result: Sequence[Mapping[str, Any]]) -> dict[tuple[st
             keyed[(metric[labels[0]], metric[labels[1]])] = float(series["value"][1])
     if result and not keyed and signal not in POD_SIGNALS:
         raise FleetAnswerError(
-            f"{SETTINGS[signal]} answered without the labels {', '.join(labels)} "
+            f"{setting(signal)} answered without the labels {', '.join(labels)} "
             f"({result[0].get('metric', {})}): aggregate it with `by ({', '.join(labels)})`, or use "
             "$namespace/$model/$pods to query each model on its own"
         )

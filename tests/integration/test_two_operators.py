@@ -85,7 +85,8 @@ def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_paus
         operators[name].start()
     try:
         first = wait_until(lambda: holder(plane), timeout=30, what="a leader")
-        other = next(n for n in operators if n != first)
+        # Every holder of the Lease in turn, as seen from outside; the audit log must match it.
+        holders = [first]
         doc = yaml.safe_load((ROOT / "samples" / "llama-3-70b-a100-spot.yaml").read_text())
         doc["spec"]["autoscaling"]["enabled"] = False
         plane.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(doc))
@@ -108,25 +109,31 @@ def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_paus
             wait_until(lambda: scaled(replicas), timeout=60, what=f"{replicas} replicas applied")
 
         scale(2)
-        # The API server restarts (a control-plane upgrade): both lose it for a few seconds.
+        # The API server restarts (a control-plane upgrade): both lose it for a few seconds. When the
+        # restart outlasts the renew deadline (10 s; a loaded machine), the leader rightly steps down
+        # and either may win the Lease afterwards.
         subprocess.run(
             ["bash", str(CLUSTER_SCRIPT), "restart-apiserver", str(state)], check=True, capture_output=True
         )
         scale(3)
-        assert holder(plane) == first
-        # The leader freezes past its lease: the other takes over and serves, then the first wakes.
-        process = operators[first].process
+        leader = wait_until(lambda: holder(plane), timeout=30, what="a leader after the restart")
+        if leader != holders[-1]:
+            holders.append(leader)
+        other = next(n for n in operators if n != leader)
+        # The leader freezes past its lease: the other takes over and serves, then the frozen one wakes.
+        process = operators[leader].process
         assert process is not None
         process.send_signal(signal.SIGSTOP)
         try:
             wait_until(lambda: holder(plane) == other, timeout=60, what=f"{other} taking the Lease")
+            holders.append(other)
             scale(4)
         finally:
             process.send_signal(signal.SIGCONT)
         # The woken one sees the Lease taken and says so; whatever it had in hand runs into the fence.
-        wait_until(lambda: leader_gauge(operators[first]) == 0.0, timeout=30, what=f"{first} stepping down")
+        wait_until(lambda: leader_gauge(operators[leader]) == 0.0, timeout=30, what=f"{leader} stepping down")
         scale(2)
-        assert operators[first].alive()
+        assert operators[leader].alive()
         assert holder(plane) == other
     finally:
         for operator in operators.values():
@@ -134,12 +141,14 @@ def test_two_operators_never_act_at_once_through_an_apiserver_restart_and_a_paus
 
     acts = [e for e in writes(log) if e["objectRef"]["resource"] != "leases"]
     writers = [e["user"]["username"].rsplit(":", 1)[1] for e in acts]
-    handover = writers.index(other)
+    # Runs of writes by one operator, in the API server's order: two acting leaders would interleave,
+    # giving more runs than the Lease changed hands, or runs in an order the Lease never had.
+    runs = [w for i, w in enumerate(writers) if i == 0 or writers[i - 1] != w]
     record_fault_figure(
         "two operators",
-        f"API server restarted, leader SIGSTOPped past its lease: audit log of {len(acts)} writes, {first} "
-        f"wrote {handover}, then only {other}; moments with two acting leaders: 0",
+        f"API server restarted, leader SIGSTOPped past its lease: Lease held by {' -> '.join(holders)}; "
+        f"audit log of {len(acts)} writes by {' -> '.join(runs)}; moments with two acting leaders: 0",
     )
-    assert handover > 0
-    assert set(writers[:handover]) == {first}
-    assert set(writers[handover:]) == {other}
+    assert runs[-1] == other, "the last leader did the last writes"
+    remaining = iter(holders)
+    assert all(run in remaining for run in runs), f"writes by {runs} do not follow the Lease: {holders}"

@@ -7,8 +7,12 @@
 #   hack/cluster.sh status [STATE_DIR]   exit 0 when it is up and ready
 #   hack/cluster.sh env    [STATE_DIR]   print `export KUBECONFIG=...` (eval it)
 #   hack/cluster.sh restart-apiserver [STATE_DIR]   stop kube-apiserver and start it again, same flags
+#   hack/cluster.sh restart-controller-manager [STATE_DIR] [FLAG...]
+#                                        start kube-controller-manager again with its `up` flags and
+#                                        FLAGs after them (the last of a repeated flag wins)
 #
-# GPUFLEET_APISERVER_EXTRA_ARGS adds kube-apiserver flags at `up` (the fault tests' audit log).
+# GPUFLEET_APISERVER_EXTRA_ARGS adds kube-apiserver flags at `up` (the fault tests' audit log);
+# GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS adds kube-controller-manager flags at `up`.
 #
 # STATE_DIR defaults to $GPUFLEET_CLUSTER_DIR or .state/cluster. Ports are picked
 # free, so a test run and a demo can run side by side. The binaries are built
@@ -169,11 +173,15 @@ EOF
     --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT"
   # Without the token controller's key and a root CA, no pod can be created.
-  start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
-    --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
-    --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CONTROLLER_PORT" \
-    --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
-    --use-service-account-credentials=false --service-cluster-ip-range "$SERVICE_CIDR"
+  local controller_manager=("$bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig"
+    --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig"
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CONTROLLER_PORT"
+    --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt"
+    --use-service-account-credentials=false --service-cluster-ip-range "$SERVICE_CIDR")
+  # shellcheck disable=SC2206 # word splitting of the extra flags is intended
+  controller_manager+=(${GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS:-})
+  printf '%s\0' "${controller_manager[@]}" >"$STATE/kube-controller-manager.args"
+  start kube-controller-manager "${controller_manager[@]}"
   wait_for kube-scheduler curl -fsk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" -o /dev/null \
     || die "kube-scheduler did not become healthy within ${READY_TIMEOUT}s"
   wait_for kube-controller-manager curl -fsk --max-time 2 "https://127.0.0.1:$CONTROLLER_PORT/healthz" -o /dev/null \
@@ -212,11 +220,23 @@ cmd_restart_apiserver() { # stop kube-apiserver and start it again with the same
   wait_for kube-apiserver api_ready || die "kube-apiserver did not come back within ${READY_TIMEOUT}s"
 }
 
+cmd_restart_controller_manager() { # FLAG...: kube-controller-manager again, its `up` flags then these
+  [[ -f "$STATE/kube-controller-manager.args" ]] || die "no control plane in $STATE"
+  local args=() port
+  mapfile -d '' args <"$STATE/kube-controller-manager.args"
+  port="$(sed -n 's/^CONTROLLER_PORT=//p' "$STATE/ports.env")"
+  stop_pid kube-controller-manager
+  start kube-controller-manager "${args[@]}" "$@"
+  wait_for kube-controller-manager curl -fsk --max-time 2 "https://127.0.0.1:$port/healthz" -o /dev/null \
+    || die "kube-controller-manager did not come back within ${READY_TIMEOUT}s"
+}
+
 case "$CMD" in
   up) cmd_up ;;
   restart-apiserver) cmd_restart_apiserver ;;
+  restart-controller-manager) shift $(( $# < 2 ? $# : 2 )); cmd_restart_controller_manager "$@" ;;
   down) cmd_down_quiet; log "down: $STATE removed" ;;
   status) if all_up; then log "up ($STATE)"; else log "not running ($STATE)"; exit 1; fi ;;
   env) all_up || die "no control plane running in $STATE (run: hack/cluster.sh up)"; echo "export KUBECONFIG=$STATE/kubeconfig" ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -32,9 +32,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetsim.local import ROOT, ControlPlane, control_plane
+from fleetsim.local import CLUSTER_SCRIPT, ROOT, ControlPlane, control_plane
 from fleetsim.local import OperatorProcess as LocalOperator
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
+from gpufleet.config import Settings
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
 SAMPLE = ROOT / "samples" / "llama-3-70b-a100-spot.yaml"
@@ -375,6 +376,9 @@ class Figures:
     n: int
     ours: OursResult
     reference: ReferenceResult
+    # The same controller with its client-side rate limit lifted and our worker count (None when the
+    # benchmark reuses a control plane it cannot restart).
+    unthrottled: ReferenceResult | None = None
 
 
 def bench_ours(
@@ -497,10 +501,24 @@ def report_lines(figures: Figures) -> list[str]:
             f"({ref.requests / ref.seconds:.1f}/s, all controllers) that waited {ref.throttled_seconds:.0f}s "
             "in total in its client-side rate limiters (--kube-api-qps 20, --kube-api-burst 30: defaults)"
         )
+    fast = figures.unthrottled
+    if fast is None:
+        lines.append(f"N={n} unthrottled reference: not run (a reused control plane is not restarted)")
+    else:
+        lines.append(
+            f"N={n} time-to-converge vs unthrottled reference ({' '.join(UNTHROTTLED_FLAGS)}): "
+            f"ours={ours.seconds:.2f}s reference={fast.seconds:.2f}s "
+            f"ratio={ratio(ours.seconds, fast.seconds)}"
+        )
+        if fast.throttled_seconds is not None and fast.syncs is not None:
+            lines.append(
+                f"N={n} unthrottled reference: {fast.syncs:.0f} deployment syncs, "
+                f"{fast.throttled_seconds:.1f}s waited in client-side rate limiters"
+            )
     rss = "n/a" if ours.peak_rss_mib is None else f"{ours.peak_rss_mib:.1f} MiB"
     lines += [
         f"N={n} API requests per ModelDeployment: ours={ours.requests / n:.1f} "
-        "(gpufleet_kube_requests_total; kopf's watch streams are not counted)",
+        "(gpufleet_kube_requests_total; kopf's ModelDeployment watch is not counted)",
         f"N={n} API requests per ModelDeployment, API server's count: ours={ours.requests_seen / n:.1f} "
         "(applies, status patches, namespaced lists; Events excluded)",
         f"N={n} reconcile duration: ours p50={milliseconds(ours.p50)} p99={milliseconds(ours.p99)} "
@@ -509,6 +527,25 @@ def report_lines(figures: Figures) -> list[str]:
         f"N={n} operator log: {ours.error_lines} ERROR/Traceback lines ({ours.log_file})",
     ]
     return lines
+
+
+# kube-controller-manager on equal terms with the operator: no client-side throttling (defaults: QPS 20,
+# burst 30) and as many Deployment workers as the operator has reconcile workers (default 5; ours 8).
+UNTHROTTLED_FLAGS = (
+    "--kube-api-qps=100000",
+    "--kube-api-burst=100000",
+    f"--concurrent-deployment-syncs={Settings().workers}",
+)
+
+
+def restart_controller_manager(cp: ControlPlane, *flags: str) -> None:
+    assert cp.state is not None
+    subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "restart-controller-manager", str(cp.state), *flags],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def run(counts: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
@@ -525,7 +562,16 @@ def run(counts: Sequence[int], kubeconfig: Path | None) -> list[Figures]:
             ours = bench_ours(cp, api, namespaces, n, workdir)
             namespaces.settle()
             reference = bench_reference(cp, api, namespaces, n)
-            figures = Figures(n, ours, reference)
+            unthrottled = None
+            if cp.state is not None:
+                log(f"restarting kube-controller-manager with {' '.join(UNTHROTTLED_FLAGS)}")
+                restart_controller_manager(cp, *UNTHROTTLED_FLAGS)
+                try:
+                    namespaces.settle()
+                    unthrottled = bench_reference(cp, api, namespaces, n)
+                finally:
+                    restart_controller_manager(cp)  # its defaults again, for the next N
+            figures = Figures(n, ours, reference, unthrottled)
             results.append(figures)
             print("\n".join(report_lines(figures)), flush=True)
     return results
@@ -556,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = max(results, key=lambda f: f.n)
     ours, reference = last.ours.seconds, last.reference.seconds
     print(f"reconcile: ours={ours:.2f} reference={reference:.2f} ratio={ours / reference:.2f}")
+    if last.unthrottled is not None:
+        fast = last.unthrottled.seconds
+        print(f"reconcile vs unthrottled: ours={ours:.2f} reference={fast:.2f} ratio={ours / fast:.2f}")
     return 0
 
 

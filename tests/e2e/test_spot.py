@@ -87,6 +87,12 @@ def _wait(sim: BackgroundSimulation, probe: Any, timeout: float, what: str) -> A
         ) from None
 
 
+def _posted(operator: OperatorProcess, reason: str) -> list[str]:
+    """The Events of that reason, once there is one: they are posted from a queue of their own, a
+    moment after the status that the test waited for."""
+    return wait_until(lambda: _events(operator, reason), timeout=15, what=f"a {reason} Event")
+
+
 def _events(operator: OperatorProcess, reason: str) -> list[str]:
     result = operator.cluster.kubectl(
         "get",
@@ -266,7 +272,7 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
         )
 
     _wait(sim, on_demand_only, 120, "three ready on-demand replicas in fallback")
-    assert _events(operator, "OnDemandFallback")
+    assert _posted(operator, "OnDemandFallback")
     assert _md(sim)["status"]["spot"]["fallbackSince"]
     for outage in outages:
         outage.result(timeout=120)
@@ -282,7 +288,7 @@ def test_with_no_spot_capacity_anywhere_spot_replicas_fall_back_to_on_demand_and
 
     # Cooldowns end, spot is tried again with growing waits; on-demand serves until spot is ready.
     _wait(sim, back_on_spot, 180, "spot replicas back, fallback over")
-    assert _events(operator, "SpotRestored")
+    assert _posted(operator, "SpotRestored")
     # The write that ended the fallback deleted its start time; a plain merge patch would keep it.
     assert "fallbackSince" not in _md(sim)["status"]["spot"]
 
@@ -303,7 +309,7 @@ def test_a_zone_outage_moves_the_replicas_into_the_other_zone(
     # The zone was reported lost when it went. By the time the replicas are ready in 2b, that cooldown
     # may have given way to the retry's (its pods pending there: SpotCoolingDown, OnDemandUnavailable),
     # so the reason now depends on timing; that 2a is avoided does not.
-    assert any("zone us-west-2a unavailable (ZoneLost)" in m for m in _events(operator, "ZoneLost"))
+    assert any("zone us-west-2a unavailable (ZoneLost)" in m for m in _posted(operator, "ZoneLost"))
     degraded = _condition(sim, "ZoneDegraded")
     assert degraded["status"] == "True"
     assert "us-west-2a" in degraded["message"]
@@ -341,7 +347,7 @@ def test_with_the_queue_unreachable_a_termination_handler_taint_still_moves_repl
                 )
 
             _wait(sim, moved, 120, "the replicas moved off the tainted node")
-            assert _events(operator, "SpotInterruption")
+            assert _posted(operator, "SpotInterruption")
         finally:
             operator.cluster.kubectl(
                 "taint", "node", node, "aws-node-termination-handler/spot-itn=true:NoSchedule-", check=False

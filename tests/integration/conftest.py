@@ -29,14 +29,21 @@ AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]}, {"level": "None"}],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
+        # Reads by the operators under test (service accounts), to count their LISTs and WATCHes; the
+        # control plane's own components read as other users and stay out of the log.
+        {"level": "Metadata", "verbs": ["get", "list", "watch"], "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
 }
 
 
 @dataclass(frozen=True)
 class AuditedPlane:
-    """A control plane of its own, with the CRD and an audit log of every write: the fault tests restart
-    and starve its API server, which the session's shared one must not suffer."""
+    """A control plane of its own, with the CRD and an audit log of every write and of the service
+    accounts' reads: the fault tests restart and starve its API server, which the session's shared one
+    must not suffer."""
 
     plane: ControlPlane
     state: Path  # hack/cluster.sh's folder (ports.env: the etcd and API server ports)

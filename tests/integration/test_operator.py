@@ -75,6 +75,14 @@ FIVE_GROUPS = {
 }
 
 
+def reasons_and_messages(cluster: Any, namespace: str) -> str:
+    """Every Event's reason and message in the namespace (Events are posted from a queue, a moment after
+    what they report)."""
+    return cluster.kubectl(
+        "get", "events", "-n", namespace, "-o", "jsonpath={range .items[*]}{.reason} {.message}{'\\n'}{end}"
+    ).stdout
+
+
 def test_sample_becomes_groups_whose_pods_bind_to_matching_nodes(
     operator: OperatorProcess, namespace: str
 ) -> None:
@@ -112,10 +120,15 @@ def test_sample_becomes_groups_whose_pods_bind_to_matching_nodes(
         ("us-east-1a", "on-demand"),
         ("us-east-1b", "spot"),
     }
-    events = cluster.kubectl(
-        "get", "events", "-n", namespace, "--field-selector", "reason=CreatedGroup"
-    ).stdout
-    assert "llama-3-70b-us-east-1a-on-demand" in events
+    # Events are posted from a queue of their own, a moment after the status.
+    wait_until(
+        lambda: (
+            "CreatedGroup Applied Deployment llama-3-70b-us-east-1a-on-demand "
+            in reasons_and_messages(cluster, namespace)
+        ),
+        timeout=15,
+        what="a CreatedGroup Event",
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
         exported = response.read().decode()
     assert re.search(r'^gpufleet_reconciles_total\{result="ok"\} [1-9]', exported, re.MULTILINE)
@@ -259,11 +272,11 @@ def test_hand_edits_and_deletions_of_owned_deployments_are_reverted(
         return found.returncode == 0
 
     wait_until(service_and_pdb_back, timeout=30, what="Service and PDB recreated")
-    reasons = cluster.kubectl(
-        "get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}"
-    ).stdout.split()
-    assert "RevertedDrift" in reasons
-    assert "RestoredGroup" in reasons
+    wait_until(
+        lambda: {"RevertedDrift", "RestoredGroup"} <= set(reasons_and_messages(cluster, namespace).split()),
+        timeout=15,
+        what="RevertedDrift and RestoredGroup Events",
+    )
 
 
 def test_deleting_the_model_deployment_removes_everything_it_owned(

@@ -34,6 +34,7 @@ def writes(log: Path) -> list[dict[str, Any]]:
         code = (event.get("responseStatus") or {}).get("code", 0)
         if (
             event.get("stage") == "ResponseComplete"
+            and event.get("verb") in ("create", "update", "patch", "delete")
             and user.endswith((":operator-a", ":operator-b"))
             and code < 400
         ):

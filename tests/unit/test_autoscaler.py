@@ -18,6 +18,7 @@ from gpufleet.adapters.serving_metrics import ModelMetrics
 from gpufleet.planning.scaling import Decision
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime.autoscaler import NO_PROMETHEUS, Autoscaler, evaluate_all
+from gpufleet.runtime.events import QueuedEvents
 from tests.unit.fake_kube import FakeKube
 from tests.unit.helpers import scaling_timings
 
@@ -316,3 +317,47 @@ def test_a_kill_between_the_autoscalers_writes_never_removes_two_replicas_in_one
         later += timedelta(seconds=15)
         evaluate_and_store(FakeKube(), md, later)
         assert later < at + timedelta(hours=1), "the scale-down stopped after the kill"
+
+
+class HeldEvents(FakeKube):
+    """An API server that takes Events but answers them only once `answer` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = threading.Event()
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+    ) -> None:
+        self.answer.wait(5)
+        super().create_event(involved, event_type, reason, message, now)
+
+
+def test_an_evaluations_event_never_delays_it() -> None:
+    kube = HeldEvents()
+    with_pods(kube, ready=2)
+    events = QueuedEvents(kube)
+    events.start()
+    reader = ScriptedMetrics(waiting=40, running=60, kv=0.9, gpu=0.99)
+    try:
+        decision = Autoscaler(events, reader, clock=lambda: NOW, timings=scaling_timings()).evaluate(body())
+        assert decision is not None
+        assert kube.scales == [("llama-3-70b", decision.replicas)]  # done, the Event still unanswered
+        assert kube.events == []
+    finally:
+        kube.answer.set()
+    assert events.stop(5)
+    assert [reason for _, reason, _ in kube.events] == ["Autoscaled"]
+
+
+def test_the_autoscaler_keeps_nothing_per_model_deployment() -> None:
+    # Its state is in each status.autoscaler, so a deleted ModelDeployment leaves nothing to forget.
+    kube = FakeKube()
+    autoscaler = Autoscaler(kube, None, clock=lambda: NOW, timings=scaling_timings())
+    before = copy.copy(vars(autoscaler))
+    template = body()
+    for index in range(1000):
+        md = copy.deepcopy(template)
+        md["metadata"]["name"] = f"model-{index}"
+        autoscaler.evaluate(md)
+    assert vars(autoscaler) == before

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from gpufleet.adapters.sqs import QueueMessage
+from gpufleet.planning.capacity_signals import CapacitySignal
 from gpufleet.planning.failover import Doom
 from gpufleet.planning.observe import owner_key
 from gpufleet.planning.reconcile import dooms_for
@@ -135,3 +136,73 @@ def test_a_fresh_store_is_primed_from_lists_as_the_watches_would_fill_it() -> No
     found = s.node_for_instance(instance("n1"))
     assert found is not None
     assert (found.name, found.zone) == ("n1", "us-east-1b")
+
+
+# --- nothing grows without bound ---------------------------------------------------------------------
+
+EMPTY = {
+    "nodes": 0,
+    "instances": 0,
+    "node_dooms": 0,
+    "cloud_dooms": 0,
+    "pod_nodes": 0,
+    "pods": 0,
+    "losses": 0,
+}
+MANY = 10_000
+
+
+def test_deleted_nodes_and_their_pods_leave_nothing_once_their_signals_are_old() -> None:
+    s = store()
+    taint = [{"key": "aws-node-termination-handler/spot-itn", "effect": "NoSchedule"}]
+    for i in range(MANY):
+        s.update_node(node(f"n{i}", "us-east-1b", taints=taint if i % 2 else None), NOW)
+        s.update_pod(("ml", f"m{i % 7}"), f"ml/p{i}", f"n{i}")
+    for i in range(MANY):
+        s.delete_pod(f"ml/p{i}")
+        s.delete_node(f"n{i}", NOW)
+    # Kept for now, by rule: each deletion is a loss within the window and a signal within retention.
+    assert s.sizes() == {**EMPTY, "cloud_dooms": MANY, "losses": MANY}
+    # Later deletions sweep them, with no forget_cloud from outside.
+    later = NOW + s.zone_loss_window + s.signal_retention + timedelta(minutes=1)
+    s.update_node(node("last", "us-east-1c"), later)
+    s.delete_node("last", later)
+    assert s.sizes() == {**EMPTY, "cloud_dooms": 1, "losses": 1}
+
+
+def test_a_signal_ahead_of_its_deadline_outlives_its_node_until_the_deadline_has_passed() -> None:
+    s = store()
+    s.update_node(node("n1", "us-east-1b"), NOW)
+    s.update_node(node("n2", "us-east-1b"), NOW)
+    start = NOW + timedelta(hours=3)
+    s.record_cloud(CapacitySignal("scheduled-change", "sqs", NOW, start, instance("n1")))
+    s.delete_node("n1", NOW)
+    s.delete_node("n2", start)  # a sweep at the deadline keeps it
+    assert [d.kind for d in s.snapshot(start).cloud_dooms] == ["scheduled-change", "terminated"]
+    s.forget_cloud(start + timedelta(seconds=1))
+    assert s.snapshot(start).cloud_dooms == ()
+
+
+def test_the_pods_of_a_deleted_model_are_forgotten_with_it() -> None:
+    s = store()
+    s.update_node(node("n1", "us-east-1b"), NOW)
+    for i in range(MANY):
+        s.update_pod(("ml", "gone"), f"ml/gone-{i}", f"n{i % 100}")
+    s.update_pod(("ml", "stays"), "ml/stays-0", "n1")
+    s.forget_model(("ml", "gone"))
+    assert (s.sizes()["pods"], s.sizes()["pod_nodes"]) == (1, 1)
+    assert s.models_on("n1") == {("ml", "stays")}
+    s.delete_pod("ml/gone-1")  # its deletion seen after all: nothing to do
+
+
+def test_a_name_taken_by_another_machine_drops_the_old_instance() -> None:
+    s = store()
+    for i in range(MANY):  # the same name over and over, the deletions never seen
+        again = node("n1", "us-east-1b")
+        again["spec"]["providerID"] = f"aws:///us-east-1b/{instance(f'machine-{i}')}"
+        s.update_node(again, NOW)
+    assert s.sizes()["instances"] == 1
+    assert s.node_for_instance(instance("machine-0")) is None
+    found = s.node_for_instance(instance(f"machine-{MANY - 1}"))
+    assert found is not None
+    assert found.name == "n1"

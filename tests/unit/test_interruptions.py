@@ -134,3 +134,28 @@ def test_queue_back_off_grows_is_capped_and_jittered_between_half_and_all() -> N
 def test_the_default_back_off_reads_the_queue_again_well_inside_a_warnings_notice() -> None:
     longest = backoff_seconds(50, Settings.defaults().interruption_queue_max_backoff_seconds, jitter=0.999999)
     assert longest <= 10.0 < Settings.defaults().spot_notice_seconds / 10
+
+
+def test_messages_leave_nothing_behind_but_counts_of_a_fixed_set_of_labels() -> None:
+    # No message ids, instances or signals are kept per message: a backlog of thousands read through
+    # (duplicates, other clusters' instances, garbage) holds no more afterwards than before.
+    s = store()
+    s.update_node(node("n1", "us-east-1b"), NOW)
+    messages = [
+        QueueMessage(str(i), f"r{i}", warning_body(instance(f"elsewhere-{i}")) if i % 3 else "{not json")
+        for i in range(3000)
+    ] + [QueueMessage(f"dup-{i}", f"d{i}", warning_body(instance("n1"))) for i in range(3000)]
+    consumer = InterruptionConsumer(FakeQueue([messages]), s, lambda key: None, lambda: NOW)
+    sizes, series = s.sizes(), _series()
+    assert consumer.poll_once() == 6000
+    assert s.sizes() == {**sizes, "cloud_dooms": 1}  # the one node's one signal
+    # At most the three kinds of outcome seen here are new series, not one per message or instance.
+    assert len(_series() - series) <= 3
+
+
+def _series() -> set[tuple[tuple[str, str], ...]]:
+    return {
+        tuple(sorted(sample.labels.items()))
+        for sample in metrics.INTERRUPTION_EVENTS.collect()[0].samples
+        if sample.name.endswith("_total")
+    }

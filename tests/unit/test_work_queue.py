@@ -130,3 +130,60 @@ def test_a_429_is_retried_no_sooner_than_its_retry_after() -> None:
     # The queue's own back-off would retry after 10 ms; the API server asked for 300.
     run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
     assert attempts[1] - attempts[0] >= 0.3
+
+
+def test_a_key_deleted_while_its_reconcile_fails_leaves_no_retry_behind() -> None:
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        started.set()
+        release.wait(5)
+        done.set()
+        raise ConnectionError("the API server is restarting")
+
+    async def steps(queue: WorkQueue) -> None:
+        queue.set_body(("ml", "m"), BODY)
+        await until(started)
+        queue.set_body(("ml", "m"), None)  # deleted while its reconcile runs
+        release.set()
+        await until(done)
+        while not queue.idle:
+            await asyncio.sleep(0.001)
+        assert (queue._failures, queue.timers, queue.errors) == ({}, 0, 1)
+
+    run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
+
+
+def test_requeues_of_a_key_keep_one_timer_the_soonest_and_a_deleted_key_none() -> None:
+    runs: list[Key] = []
+    both_ran, woken = threading.Event(), threading.Event()
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        runs.append(key)
+        if len(runs) == 2:
+            both_ran.set()
+        if len(runs) == 3:
+            woken.set()
+
+    async def settle() -> None:
+        for _ in range(3):  # enqueue_after hands over through call_soon_threadsafe
+            await asyncio.sleep(0)
+
+    async def steps(queue: WorkQueue) -> None:
+        for name in ("a", "b"):
+            queue.set_body(("ml", name), BODY)
+        await until(both_ran)
+        # Each reconcile of a key waiting on a drain deadline asks again, for thousands of passes.
+        for index in range(10_000):
+            queue.enqueue_after(("ml", "a"), 600 - index * 0.01)
+            queue.enqueue_after(("ml", "b"), 600 + index)
+        await settle()
+        assert queue.timers == 2
+        queue.set_body(("ml", "b"), None)
+        assert queue.timers == 1
+        queue.enqueue_after(("ml", "a"), 0.01)  # sooner than the one waiting: replaces it
+        await until(woken)
+        await settle()
+        assert (runs[2:], queue.timers) == ([("ml", "a")], 0)
+
+    run_queue(work, steps)

@@ -8,9 +8,9 @@ implements it over the kubernetes client's REST layer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -35,6 +35,15 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
         "subjectaccessreviews",
     ),
 }
+
+
+# Seconds past a watch's own timeout before a silent connection counts as lost.
+WATCH_READ_MARGIN_SECONDS = 30
+
+
+class Listing(NamedTuple):
+    items: list[dict[str, Any]]
+    resource_version: str
 
 
 class KubeError(Exception):
@@ -93,6 +102,32 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
     return f"{path}/{name}" if name else path
 
 
+_PLURALS = {plural for _, plural in _RESOURCES.values()}
+_SUBRESOURCES = {"status", "scale", "eviction"}
+
+
+def _resource(path: str) -> str:
+    """The resource a request's path names, with its subresource: "pods", "modeldeployments/status"."""
+    parts = path.strip("/").split("/")
+    for index, part in enumerate(parts):
+        if part in _PLURALS:
+            # plural/name/subresource: a subresource is the third segment (a pod may be named "status").
+            subresource = len(parts) - index == 3 and parts[-1] in _SUBRESOURCES
+            return f"{part}/{parts[-1]}" if subresource else part
+    return "other"
+
+
+def _verb(method: str, path: str, content_type: str) -> str:
+    """The verb of a request as the API server's own metrics name it (lower case)."""
+    if method == "GET":
+        parts = path.strip("/").split("/")
+        collection = next((i for i, part in enumerate(parts) if part in _PLURALS), -1) == len(parts) - 1
+        return "list" if collection else "get"
+    if method == "PATCH":
+        return "apply" if content_type == "application/apply-patch+yaml" else "patch"
+    return {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
+
+
 def load_api_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
 
@@ -116,11 +151,11 @@ class RestKubeApi:
         self,
         api_client: client.ApiClient,
         timeout: float = 30.0,
-        on_request: Callable[[], object] | None = None,
+        on_request: Callable[[str, str], object] | None = None,
     ) -> None:
         self._api = api_client
         self._timeout = timeout
-        # Called once per request (from worker threads), e.g. a metrics counter's inc.
+        # Called once per request with its verb and resource (from worker threads): a metrics counter.
         self._on_request = on_request
 
     def _call(
@@ -132,7 +167,7 @@ class RestKubeApi:
         content_type: str = "application/json",
     ) -> Any:
         if self._on_request is not None:
-            self._on_request()
+            self._on_request(_verb(method, path, content_type), _resource(path))
         try:
             response = self._api.call_api(
                 path,
@@ -168,6 +203,69 @@ class RestKubeApi:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def list_at(self, api_version: str, kind: str, namespace: str | None, label_selector: str) -> Listing:
+        """A list and the resourceVersion it was read at: where a watch of the same objects starts."""
+        result = self._call("GET", _path(api_version, kind, namespace), [("labelSelector", label_selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return Listing(items, str((result.get("metadata") or {}).get("resourceVersion", "")))
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> Iterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) after `resource_version`, with bookmarks, until the API
+        server ends the watch after `timeout_seconds`. A 410 Gone arrives as an ERROR event; no answer or
+        a connection lost midway raises KubeError."""
+        path = _path(api_version, kind, namespace)
+        if self._on_request is not None:
+            self._on_request("watch", _resource(path))
+        query = [
+            ("watch", "true"),
+            ("labelSelector", label_selector),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        try:
+            response = self._api.call_api(
+                path,
+                "GET",
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                # A connection that went quiet (a dead peer) is noticed after this; the server ends the
+                # watch itself at timeout_seconds and sends bookmarks in between.
+                _request_timeout=(10, timeout_seconds + WATCH_READ_MARGIN_SECONDS),
+            )
+            raw = response[0] if isinstance(response, tuple) else response
+            pending = b""
+            try:
+                for chunk in raw.stream(64 * 1024, decode_content=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+            finally:
+                raw.release_conn()
+        except ApiException as error:
+            raise KubeError(
+                error.status or 0,
+                f"WATCH {path}: {error.status} {error.reason}: {error.body}",
+                _retry_after(error.headers),
+            ) from error
+        except (OSError, HTTPError, ValueError) as error:
+            raise KubeError(0, f"WATCH {path}: {type(error).__name__}: {error}") from error
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

@@ -1,5 +1,10 @@
 """kopf registrations: startup builds the operator (gpufleet.runtime.composition_root); watches feed it.
 
+kopf watches ModelDeployments. Nodes and the objects gpufleet owns (pods, Deployments, Services, PDBs)
+are watched by the operator's own informers (gpufleet.runtime.informer): the owned kinds with a label
+selector on the API server, which kopf cannot give, and all of them with deletions missed while a
+watch was away reported on the next list.
+
 Importing this module registers the handlers with kopf's default registry.
 Nothing here decides or does anything but translate kopf's calls: decisions
 are in gpufleet.planning, the work in gpufleet.runtime.
@@ -15,8 +20,6 @@ import kopf
 from gpufleet.adapters.certs import ensure_self_signed
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
-from gpufleet.planning.observe import owner_key_of
-from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime.composition_root import Operator, build
 
 WEBHOOK_CONFIGURATION = "gpufleet.io"
@@ -80,49 +83,3 @@ def model_deployment_event(
         memo.operator.model_deployment_changed(
             (namespace, name), None if _deleted(event) else event["object"]
         )
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
-def owned_deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    key = owner_key_of(namespace, labels)
-    if key:
-        memo.operator.owned_deployment_changed(key)
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
-def owned_pod_event(
-    event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
-) -> None:
-    key = owner_key_of(namespace, labels)
-    if key:
-        node = ((event.get("object") or {}).get("spec") or {}).get("nodeName")
-        memo.operator.owned_pod_changed(key, f"{namespace}/{name}", node, _deleted(event))
-
-
-@kopf.on.event("", "v1", "nodes")
-def node_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.node_changed(name, None if _deleted(event) else (event.get("object") or {}))
-
-
-@kopf.on.event("", "v1", "services", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
-def owned_service_event(**kwargs: Any) -> None:
-    _owned_object_event("Service", **kwargs)
-
-
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT})
-def owned_pdb_event(**kwargs: Any) -> None:
-    _owned_object_event("PodDisruptionBudget", **kwargs)
-
-
-def _owned_object_event(
-    kind: str,
-    event: kopf.RawEvent,
-    namespace: str | None,
-    name: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    key = owner_key_of(namespace, labels)
-    if key:
-        memo.operator.owned_object_changed(key, kind, name, None if _deleted(event) else event.get("object"))

@@ -3,7 +3,10 @@
 It writes spec.replicas through the scale subresource, as kubectl scale and
 an HPA do, so the reconciler turns it into Deployments like any other
 change. Its state lives in status.autoscaler, so a restarted operator carries
-on with the same recommendation history.
+on with the same recommendation history, and it keeps nothing per
+ModelDeployment in memory: a deleted one leaves nothing here to forget. Its
+Events go through the KubeApi it is given (runtime.events.QueuedEvents in the
+operator), so posting them never delays an evaluation.
 """
 
 from __future__ import annotations

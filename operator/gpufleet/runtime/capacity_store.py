@@ -8,11 +8,18 @@ again from the watch after a restart. Thread-safe: kopf's handlers, the SQS
 thread and the reconcile workers use it at once. It only records; every rule
 (what a node's taints mean, which doom wins, when a zone is lost) is in
 gpufleet.planning.
+
+Bounded: it holds the nodes that exist, the pods of ModelDeployments that
+exist, node losses within the zone-loss window, and the cloud signals of
+deleted nodes until `signal_retention` after their deadline. Deletions a
+watch missed while it was away reach it from the informer's next list
+(runtime.informer), as deletions.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +31,17 @@ from gpufleet.planning.observe import Key
 from gpufleet.planning.reconcile import CapacitySnapshot
 from gpufleet.planning.zone_loss import NodeLoss, recent
 
+# How long the cloud signal of a deleted node is kept past its deadline (or, without one, past its first
+# sighting): by then the reconciles of the models it hit have persisted it in their status.spot.
+SIGNAL_RETENTION = timedelta(hours=1)
+# Cloud signals of deleted nodes are swept at most this often (a sweep reads them all).
+_SWEEP_EVERY = timedelta(minutes=1)
+
+
+def _pod_id(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
 
 class CapacityStore:
     def __init__(
@@ -32,18 +50,22 @@ class CapacityStore:
         spot_value: str,
         notice: timedelta,
         zone_loss_window: timedelta,
+        signal_retention: timedelta = SIGNAL_RETENTION,
     ) -> None:
         self._label = capacity_type_label
         self._spot = spot_value
         self.notice = notice
         self.zone_loss_window = zone_loss_window
+        self.signal_retention = signal_retention
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
-        self._by_instance: dict[str, str] = {}
-        self._node_dooms: dict[str, tuple[Doom, ...]] = {}
-        self._cloud_dooms: dict[str, Doom] = {}
+        self._by_instance: dict[str, str] = {}  # instance id → name, of nodes in _nodes only
+        self._node_dooms: dict[str, tuple[Doom, ...]] = {}  # nodes in _nodes with a doom only
+        self._cloud_dooms: dict[str, Doom] = {}  # outlives its node: see _sweep_cloud
         self._pods: dict[str, dict[str, Key]] = {}  # node → pod → owning ModelDeployment
-        self._losses: list[NodeLoss] = []
+        self._pod_at: dict[str, str] = {}  # pod → its node: the index of _pods
+        self._losses: deque[NodeLoss] = deque()
+        self._swept: datetime | None = None
 
     # --- nodes -----------------------------------------------------------------------------------
 
@@ -64,9 +86,16 @@ class CapacityStore:
         with self._lock:
             old = self._nodes.get(name)
             self._nodes[name] = info
+            if old is not None and old.instance_id != info.instance_id:
+                # Another machine under the same name (its deletion unseen): the old id must not find
+                # this node, nor stay behind.
+                self._unindex(old)
             if info.instance_id:
                 self._by_instance[info.instance_id] = name
-            self._node_dooms[name] = reading.dooms
+            if reading.dooms:
+                self._node_dooms[name] = reading.dooms
+            else:
+                self._node_dooms.pop(name, None)
             # A warning recorded on the node before a restart (or by the previous leader) counts again.
             recorded = read_signal_record(node, info)
             if recorded is not None and recorded.supersedes(self._cloud_dooms.get(name)):
@@ -78,19 +107,31 @@ class CapacityStore:
     def delete_node(self, name: str, now: datetime) -> None:
         """A node gone without warning is a loss; with a warning its doom stays until the pods are gone."""
         with self._lock:
-            info = self._nodes.pop(name, None)
-            self._node_dooms.pop(name, None)
-            self._pods.pop(name, None)
-            if info is None:
-                return
-            self._by_instance.pop(info.instance_id, None)
-            self._lose(NodeLoss(now, name, info.zone, info.capacity_type), now)
-            if name not in self._cloud_dooms:
-                self._cloud_dooms[name] = lost_without_warning(info, now)
+            self._delete_node(name, now)
+            self._sweep_cloud(now)
+
+    def _delete_node(self, name: str, now: datetime) -> None:
+        info = self._nodes.pop(name, None)
+        self._node_dooms.pop(name, None)
+        for pod in self._pods.pop(name, {}):
+            self._pod_at.pop(pod, None)
+        if info is None:
+            return
+        self._unindex(info)
+        self._lose(NodeLoss(now, name, info.zone, info.capacity_type), now)
+        if name not in self._cloud_dooms:
+            self._cloud_dooms[name] = lost_without_warning(info, now)
+
+    def _unindex(self, info: NodeInfo) -> None:
+        if info.instance_id and self._by_instance.get(info.instance_id) == info.name:
+            del self._by_instance[info.instance_id]
 
     def _lose(self, loss: NodeLoss, now: datetime) -> None:
-        # Older losses no longer count for the zone-loss rule; keeping them would only grow.
-        self._losses = [*recent(self._losses, now, self.zone_loss_window), loss]
+        # Older losses no longer count for the zone-loss rule; keeping them would only grow. They come
+        # in time order (near enough: one out of order only waits for those before it).
+        while self._losses and now - self._losses[0].when > self.zone_loss_window:
+            self._losses.popleft()
+        self._losses.append(loss)
 
     def zones(self) -> set[str]:
         """Zones of the nodes known now."""
@@ -118,9 +159,20 @@ class CapacityStore:
     def forget_cloud(self, older_than: datetime) -> None:
         """Drop cloud dooms whose node is gone and whose deadline passed long ago."""
         with self._lock:
-            for name, doom in list(self._cloud_dooms.items()):
-                if name not in self._nodes and (doom.deadline or doom.since) < older_than:
-                    del self._cloud_dooms[name]
+            self._forget_cloud(older_than)
+
+    def _forget_cloud(self, older_than: datetime) -> None:
+        for name, doom in list(self._cloud_dooms.items()):
+            if name not in self._nodes and (doom.deadline or doom.since) < older_than:
+                del self._cloud_dooms[name]
+
+    def _sweep_cloud(self, now: datetime) -> None:
+        """Forget the cloud signals of deleted nodes `signal_retention` after their deadline: the store
+        keeps them no longer than that, whoever calls forget_cloud. A signal still ahead of its deadline
+        stays: the replicas it moves may not have moved yet."""
+        if self._swept is None or now - self._swept >= _SWEEP_EVERY:
+            self._swept = now
+            self._forget_cloud(now - self.signal_retention)
 
     # --- pods ------------------------------------------------------------------------------------
 
@@ -129,14 +181,27 @@ class CapacityStore:
             self._drop_pod(pod)
             if node:
                 self._pods.setdefault(node, {})[pod] = key
+                self._pod_at[pod] = node
 
     def delete_pod(self, pod: str) -> None:
         with self._lock:
             self._drop_pod(pod)
 
     def _drop_pod(self, pod: str) -> None:
-        for node in [n for n, pods in self._pods.items() if pods.pop(pod, None) is not None and not pods]:
-            del self._pods[node]  # an empty entry per node ever seen would grow without bound
+        node = self._pod_at.pop(pod, None)
+        if node is None:
+            return
+        pods = self._pods.get(node, {})
+        pods.pop(pod, None)
+        if not pods:
+            self._pods.pop(node, None)  # an empty entry per node ever seen would grow without bound
+
+    def forget_model(self, key: Key) -> None:
+        """A ModelDeployment is deleted: forget its pods now, whether or not their deletions are seen
+        (what they would still wake is a key the work queue no longer knows)."""
+        with self._lock:
+            for pod in [pod for pod, node in self._pod_at.items() if self._pods[node][pod] == key]:
+                self._drop_pod(pod)
 
     def models_on(self, node: str) -> set[Key]:
         with self._lock:
@@ -157,13 +222,8 @@ class CapacityStore:
             self.update_node(node, now)
         for pod in pods:
             key = owner_of(pod)
-            meta = pod.get("metadata", {})
             if key is not None:
-                self.update_pod(
-                    key,
-                    f"{meta.get('namespace')}/{meta.get('name')}",
-                    (pod.get("spec") or {}).get("nodeName"),
-                )
+                self.update_pod(key, _pod_id(pod), (pod.get("spec") or {}).get("nodeName"))
 
     # --- what a reconcile reads ------------------------------------------------------------------
 
@@ -176,3 +236,16 @@ class CapacityStore:
                 ready_zones=frozenset(n.zone for n in self._nodes.values() if n.ready and n.zone),
                 instance_types={n.name: n.instance_type for n in self._nodes.values() if n.instance_type},
             )
+
+    def sizes(self) -> dict[str, int]:
+        """How much is held, structure by structure (for tests and debugging)."""
+        with self._lock:
+            return {
+                "nodes": len(self._nodes),
+                "instances": len(self._by_instance),
+                "node_dooms": len(self._node_dooms),
+                "cloud_dooms": len(self._cloud_dooms),
+                "pod_nodes": len(self._pods),
+                "pods": len(self._pod_at),
+                "losses": len(self._losses),
+            }

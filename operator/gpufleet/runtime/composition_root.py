@@ -7,7 +7,10 @@ else receives what it needs from here. Threads and tasks it starts:
 - the work queue's workers on the event loop (each reconcile in a thread),
 - the autoscale sweep on the event loop (evaluations on a thread pool),
 - leader election, the interruption queue consumer and the spot price
-  refresh, each a daemon thread that acts only while this replica leads.
+  refresh, each a daemon thread that acts only while this replica leads,
+- one informer thread per owned kind (pods, Deployments, Services, PDBs) and
+  namespace scope: watches with a label selector on the API server, whose
+  caches reconciles and evaluations read instead of listing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import functools
 import logging
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,13 +29,16 @@ from typing import Any
 from gpufleet.adapters.kube import RestKubeApi, load_api_client
 from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics
 from gpufleet.config import Settings
-from gpufleet.planning.observe import Key, owner_key, version_of
+from gpufleet.planning.observe import Key, owner_key, owner_key_of, version_of
 from gpufleet.planning.scaling import Decision
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime import operator_metrics as metrics
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
+from gpufleet.runtime.cached_kube import CachedKube
 from gpufleet.runtime.capacity_store import CapacityStore
+from gpufleet.runtime.events import QueuedEvents
 from gpufleet.runtime.fencing import FencedKube
+from gpufleet.runtime.informer import Handler, Informer
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.leader import LeaderElector
 from gpufleet.runtime.node_records import NodeRecorder
@@ -46,6 +52,8 @@ log = logging.getLogger("gpufleet")
 # Longest wait at shutdown for reconciles and evaluations under way, inside the operator pod's default
 # 30 s termination grace period (the Lease is still renewed meanwhile, then released).
 STOP_WORK_TIMEOUT = 20.0
+# Then at most this long to post the Events still queued.
+EVENT_FLUSH_SECONDS = 5.0
 
 
 def utcnow() -> datetime:
@@ -69,8 +77,18 @@ class Operator:
             notice=timedelta(seconds=settings.spot_notice_seconds),
             zone_loss_window=timedelta(seconds=settings.zone_loss_window_seconds),
         )
+        self.informers = [
+            *owned_object_informers(kube, settings.namespaces, self._owned_object_event),
+            Informer(kube, "v1", "Node", None, "", self._node_event),
+        ]
+        # Events are posted by a thread of their own (a slow API server never holds a reconcile), still
+        # through the fence: a replica that lost the Lease posts nothing.
+        self.events = QueuedEvents(
+            fenced, on_drop=metrics.event_dropped, on_depth=metrics.EVENT_QUEUE_DEPTH.set
+        )
+        cached = CachedKube(self.events, self.informers)
         self.reconciler = Reconciler(
-            fenced,
+            cached,
             settings.reconcile_policy(),
             clock=utcnow,
             capacity=self.capacity if settings.spot_failover else None,
@@ -83,7 +101,7 @@ class Operator:
             if settings.prometheus_url
             else None
         )
-        self.autoscaler = Autoscaler(fenced, reader, clock=utcnow, timings=settings.scaling_timings())
+        self.autoscaler = Autoscaler(cached, reader, clock=utcnow, timings=settings.scaling_timings())
         self.queue = WorkQueue(self._work, settings.workers, settings.resync_seconds)
         self._fenced = fenced
         self._elector: LeaderElector | None = None
@@ -102,6 +120,9 @@ class Operator:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._start_leader_election(loop)
+        for informer in self.informers:
+            informer.start()
+        self.events.start()
         self.queue.start()
         self._autoscale_task = loop.create_task(self._autoscale_sweeps())
         self._watch_gap_task = loop.create_task(self.watch_gaps.run(settings.resync_seconds))
@@ -123,12 +144,16 @@ class Operator:
         self._stopping = True
         for stopped in self._stoppables:
             stopped.set()
+        for informer in self.informers:
+            informer.stop()
         for task in (self._autoscale_task, self._watch_gap_task):
             if task is not None:
                 task.cancel()
         await self.queue.stop()
         if not await asyncio.to_thread(self._wait_idle, work_timeout):
             log.warning("work still running after %.0fs; stepping down anyway", work_timeout)
+        # Still leading: the last events pass the fence. Inside the pod's 30 s grace with the wait above.
+        await asyncio.to_thread(self.events.stop, EVENT_FLUSH_SECONDS)
         if self._elector is not None:
             await asyncio.to_thread(self._elector.release)
 
@@ -154,8 +179,12 @@ class Operator:
         """The latest body of a ModelDeployment; None once it is deleted."""
         self.queue.set_body(key, body)
         if body is None:
-            self.reconciler.forget(key)
-            metrics.forget_model_deployment(*key)
+            self._forget(key)
+
+    def _forget(self, key: Key) -> None:
+        self.reconciler.forget(key)
+        self.capacity.forget_model(key)
+        metrics.forget_model_deployment(*key)
 
     def owned_deployment_changed(self, key: Key) -> None:
         self.queue.enqueue(key)
@@ -167,13 +196,16 @@ class Operator:
             self.capacity.update_pod(key, pod_id, node)
         self.queue.enqueue(key)
 
+    def _node_event(self, event: str, node: Mapping[str, Any]) -> None:
+        name = str((node.get("metadata") or {}).get("name"))
+        self.node_changed(name, None if event == "DELETED" else node)
+
     def node_changed(self, name: str, node: Mapping[str, Any] | None) -> None:
         """Node taints, readiness and deletion are capacity signals that need no cloud access."""
         now = utcnow()
         if node is None:
+            # The store drops signals of nodes long gone itself (the models they hit have persisted them).
             self.capacity.delete_node(name, now)
-            # Signals of nodes long gone have been persisted by the models they hit; drop them here.
-            self.capacity.forget_cloud(now - timedelta(hours=1))
             changed = True
         else:
             changed = self.capacity.update_node(node, now)
@@ -188,6 +220,22 @@ class Operator:
         self.reconciler.invalidate(key, kind, name)
         self.queue.enqueue(key)
 
+    def _owned_object_event(self, event: str, obj: Mapping[str, Any]) -> None:
+        """An informer's event about a pod, Deployment, Service or PDB labelled with its model."""
+        meta = obj.get("metadata") or {}
+        key = owner_key_of(meta.get("namespace"), meta.get("labels") or {})
+        if not key:
+            return
+        deleted = event == "DELETED"
+        kind = obj.get("kind")
+        if kind == "Pod":
+            node = (obj.get("spec") or {}).get("nodeName")
+            self.owned_pod_changed(key, f"{meta.get('namespace')}/{meta.get('name')}", node, deleted)
+        elif kind == "Deployment":
+            self.owned_deployment_changed(key)
+        else:
+            self.owned_object_changed(key, str(kind), str(meta.get("name")), None if deleted else obj)
+
     def prime_capacity(self) -> None:
         """List the nodes and the models' pods into the capacity store (the consumer's first step)."""
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
@@ -201,6 +249,9 @@ class Operator:
             if not may_act:
                 return  # a standby keeps its caches warm and acts once it leads; a stopping one no more
             self._reconcile(key, body)
+            if key not in self.queue.bodies:
+                # Deleted while this reconcile ran: what it remembered and reported would outlive it.
+                self._forget(key)
 
     def _reconcile(self, key: Key, body: Mapping[str, Any]) -> None:
         with metrics.RECONCILE_SECONDS.time():
@@ -258,7 +309,8 @@ class Operator:
                     if decision.active or key not in last_complete:
                         last_complete[key] = now
                     age = (now - last_complete[key]).total_seconds()
-                    metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
+                    if key in self.queue.bodies:  # deleted mid-sweep: its series is gone, keep it so
+                        metrics.SIGNAL_AGE.labels(namespace=key[0], name=key[1]).set(age)
                 for gone in set(last_complete) - set(self.queue.bodies):
                     del last_complete[gone]
         finally:
@@ -354,9 +406,33 @@ def price_refresher(
     )
 
 
+# The kinds gpufleet creates, all labelled with their ModelDeployment: watched with that label as the
+# API server's selector, so a cluster's other pods and Deployments never reach this process.
+OWNED_KINDS = (
+    ("v1", "Pod"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+
+def owned_object_informers(
+    kube: RestKubeApi, namespaces: Sequence[str], on_change: Handler
+) -> list[Informer]:
+    scopes: list[str | None] = [*namespaces] or [None]
+    return [
+        Informer(kube, api_version, kind, scope, LABEL_MODEL_DEPLOYMENT, on_change)
+        for api_version, kind in OWNED_KINDS
+        for scope in scopes
+    ]
+
+
 def build(settings: Settings) -> Operator:
     """The operator for these settings, with one Kubernetes client shared by everything in it."""
     # Reconcile workers, autoscaler evaluations and the few background loops share one client.
-    connections = settings.workers + settings.autoscale_concurrency + settings.interruption_queue_pollers + 4
-    kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.KUBE_REQUESTS.inc)
+    watches = len(OWNED_KINDS) * max(1, len(settings.namespaces))
+    connections = (
+        settings.workers + settings.autoscale_concurrency + settings.interruption_queue_pollers + watches + 4
+    )
+    kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.kube_request)
     return Operator(settings, kube)

@@ -20,7 +20,11 @@ RECONCILE_SECONDS = Histogram(
     "Time of one reconcile (observe, plan, apply, status).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-KUBE_REQUESTS = Counter("gpufleet_kube_requests_total", "Kubernetes API requests made by reconciles.")
+KUBE_REQUESTS = Counter(
+    "gpufleet_kube_requests_total",
+    "Kubernetes API requests the operator made (not kopf's ModelDeployment watch), by verb and resource.",
+    ["verb", "resource"],
+)
 WRITES = Counter(
     "gpufleet_object_writes_total", "Objects applied or deleted, by kind and action.", ["kind", "action"]
 )
@@ -94,6 +98,18 @@ INTERRUPTION_QUEUE_LAST_RECEIVE = Gauge(
 INTERRUPTION_QUEUE_ERRORS = Counter(
     "gpufleet_interruption_queue_errors_total", "Failed receives or deletes on the interruption SQS queue."
 )
+EVENT_QUEUE_DEPTH = Gauge(
+    "gpufleet_event_queue_depth", "Kubernetes Events waiting to be posted (runtime.events.QueuedEvents)."
+)
+EVENTS_DROPPED = Counter(
+    "gpufleet_events_dropped_total",
+    "Kubernetes Events never posted: queue_full (the oldest waiting one gave way), post_failed (the API"
+    " server refused or did not answer; not retried) or stopped (still waiting when the operator stopped).",
+    ["reason"],
+)
+# Every reason exported from the start, so a rate over it is 0 rather than absent.
+for _reason in ("queue_full", "post_failed", "stopped"):
+    EVENTS_DROPPED.labels(reason=_reason)
 
 _PER_MODEL_DEPLOYMENT = (
     CONDITION,
@@ -105,6 +121,16 @@ _PER_MODEL_DEPLOYMENT = (
     REPLACEMENTS,
     EVICTIONS_REFUSED,
 )
+
+
+def kube_request(verb: str, resource: str) -> None:
+    """RestKubeApi's on_request."""
+    KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
+
+
+def event_dropped(reason: str) -> None:
+    """QueuedEvents' on_drop: runtime.events may not import this module (independent in the layers)."""
+    EVENTS_DROPPED.labels(reason=reason).inc()
 
 
 def forget_model_deployment(namespace: str, name: str) -> None:

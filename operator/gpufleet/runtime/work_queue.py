@@ -89,6 +89,9 @@ class WorkQueue:
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._failures: dict[Key, int] = {}
+        # One timer per key (a retry or a requeue_after), the soonest asked for: each reconcile of a key
+        # waiting on a drain deadline asks again, and a timer per ask would pile up until the deadline.
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reconciles = 0
@@ -97,9 +100,14 @@ class WorkQueue:
     def set_body(self, key: Key, body: Mapping[str, Any] | None) -> None:
         """Remember the latest body (None: deleted) and enqueue the key."""
         if body is None:
+            # Everything kept per key goes with it (a failure noted by a reconcile that was running
+            # meanwhile is not kept either: see _worker), so deleted keys leave nothing behind.
             self.bodies.pop(key, None)
             self.received_at.pop(key, None)
             self._failures.pop(key, None)
+            timer = self._timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
             return
         self.bodies[key] = body
         self.received_at[key] = time.monotonic()
@@ -118,7 +126,30 @@ class WorkQueue:
         """Look at `key` again in `delay` seconds (a drain deadline); from the event loop's thread or not."""
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(loop.call_later, delay, self.enqueue, key)
+            loop.call_soon_threadsafe(self._enqueue_later, key, delay)
+
+    def _enqueue_later(self, key: Key, delay: float) -> None:
+        """On the loop: wake `key` in `delay` seconds unless a timer of its wakes it sooner. Dropping the
+        later wake-up is safe: the sooner one reconciles the key, which asks again for what it still needs
+        (a failure schedules its retry), and a deleted key needs nothing."""
+        if key not in self.bodies:
+            return
+        loop = asyncio.get_running_loop()
+        pending = self._timers.get(key)
+        if pending is not None and not pending.cancelled():
+            if pending.when() <= loop.time() + delay:
+                return
+            pending.cancel()
+        self._timers[key] = loop.call_later(delay, self._timer_fired, key)
+
+    def _timer_fired(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    @property
+    def timers(self) -> int:
+        """Wake-ups pending (at most one per key)."""
+        return len(self._timers)
 
     @property
     def depth(self) -> int:
@@ -138,6 +169,9 @@ class WorkQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
     async def _resync_loop(self) -> None:
         while True:
@@ -160,6 +194,10 @@ class WorkQueue:
                 raise
             except Exception as error:
                 self.errors += 1
+                if key not in self.bodies:
+                    # Deleted while this reconcile ran: no retry, and no failure count left behind.
+                    log.exception("reconcile of %s/%s failed; it was deleted meanwhile", *key)
+                    continue
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = self._retries.delay(failures, time.monotonic())
                 if isinstance(error, KubeError) and error.retry_after is not None:
@@ -167,7 +205,7 @@ class WorkQueue:
                 log.exception(
                     "reconcile of %s/%s failed (attempt %d); retrying in %.1fs", *key, failures, delay
                 )
-                asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+                self._enqueue_later(key, delay)
             finally:
                 self.reconciles += 1
                 self._running.discard(key)

@@ -20,6 +20,7 @@ Figures only, never assertions. See hack/bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,10 @@ from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 # main before the watch caches (issue 16 item 1): reconciles listed pods and Deployments every pass.
 BEFORE_CACHES = "4c7ad19dc46af435e067ac3f1b517405a84bfc6d"
+REQUESTS = "gpufleet_kube_requests_total"
+REPLICAS_PER_MODEL = 2  # reconcile.model_deployment's spec
+# After the last status counts its pods, before the window opens: the last follow-up reconciles.
+SETTLE_SECONDS = 10
 LISTS = (
     {"verb": "LIST", "resource": "pods", "scope": "namespace"},
     {"verb": "LIST", "resource": "deployments", "scope": "namespace"},
@@ -65,6 +70,7 @@ class Steady:
     requests: float  # the operator's own count of its requests
     minutes: float
     n: int
+    by_verb: dict[str, float]  # "verb resource" → requests (empty for an operator without the labels)
 
     def per_model_minute(self, value: float) -> float:
         return value / self.n / self.minutes
@@ -107,8 +113,10 @@ def measure(label: str, bench: Bench, env: dict[str, str]) -> Steady:
                     raise BenchError(f"{label}: the operator exited:\n{operator.log_tail()}")
 
             wait_converged(label, lambda: ours_progress(api, namespace, n), started, alive)
-            # Let the creation's own follow-up reconciles pass before the window opens.
-            time.sleep(5)
+            # Steady means the follow-ups of creation are over too: every pod exists and every status
+            # counts them (the ReplicaSet controller creates 2N pods at its own pace).
+            wait_converged(label, lambda: statuses_settled(api, namespace, n), started, alive)
+            time.sleep(SETTLE_SECONDS)
             own_before, server_before = scrape_both(api, operator)
             opened = time.monotonic()
             log(f"{label}: converged; counting for {window:.0f}s")
@@ -125,7 +133,32 @@ def measure(label: str, bench: Bench, env: dict[str, str]) -> Steady:
         requests=delta(own_before, own_after, "gpufleet_kube_requests_total"),
         minutes=minutes,
         n=n,
+        by_verb=by_verb(own_before, own_after),
     )
+
+
+def by_verb(before: Any, after: Any) -> dict[str, float]:
+    labels = {
+        (sample["verb"], sample["resource"])
+        for sample, _ in after.get(REQUESTS, [])
+        if "verb" in sample and "resource" in sample
+    }
+    counted = {
+        f"{verb} {resource}": delta(before, after, REQUESTS, verb=verb, resource=resource)
+        for verb, resource in sorted(labels)
+    }
+    return {k: v for k, v in counted.items() if v}
+
+
+def statuses_settled(api: client.ApiClient, namespace: str, n: int) -> tuple[bool, str]:
+    custom = client.CustomObjectsApi(api)
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False)
+    counted = sum(
+        1
+        for md in json.loads(listed.data)["items"]
+        if (md.get("status") or {}).get("replicas") == REPLICAS_PER_MODEL
+    )
+    return counted == n, f"{counted}/{n} ModelDeployments count their {REPLICAS_PER_MODEL} pods"
 
 
 def worktree(revision: str, where: Path) -> Path:
@@ -154,6 +187,10 @@ def report(ours: Steady, baseline: Steady, resync: float) -> list[str]:
             f"N={ours.n} resync={resync:.0f}s per ModelDeployment per minute, {what}: "
             f"ours={mine:.2f} baseline={theirs:.2f} ratio={ratio(mine, theirs)}"
         )
+    for steady in (ours, baseline):
+        if steady.by_verb:
+            parts = ", ".join(f"{k} {steady.per_model_minute(v):.3f}" for k, v in steady.by_verb.items())
+            lines.append(f"N={ours.n} {steady.label}: per ModelDeployment per minute by verb: {parts}")
     return lines
 
 

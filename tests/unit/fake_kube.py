@@ -132,3 +132,6 @@ class FakeKube:
         self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
     ) -> None:
         self.events.append((event_type, reason, message))
+
+    def flush_events(self, timeout: float) -> bool:
+        return True

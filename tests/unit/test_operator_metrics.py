@@ -29,7 +29,9 @@ MD = ("namespace", "name")
 INTERFACE = {
     "gpufleet_reconciles": ("counter", ("result",)),
     "gpufleet_reconcile_duration_seconds": ("histogram", ()),
-    "gpufleet_kube_requests": ("counter", ()),
+    "gpufleet_kube_requests": ("counter", ("verb", "resource")),
+    "gpufleet_events_dropped": ("counter", ("reason",)),
+    "gpufleet_event_queue_depth": ("gauge", ()),
     "gpufleet_object_writes": ("counter", ("kind", "action")),
     "gpufleet_autoscaler_decisions": ("counter", ("reason",)),
     "gpufleet_model_deployments": ("gauge", ()),

@@ -91,6 +91,10 @@ class KubeApi(Protocol):
 
     def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None: ...
 
+    def flush_events(self, timeout: float) -> bool:
+        """Return once the Events created so far are posted (True), or after `timeout` (False)."""
+        ...
+
 
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
     """The object's (or the collection's) URL; namespace None: the collection in every namespace."""
@@ -419,3 +423,6 @@ class RestKubeApi:
             "count": 1,
         }
         self._call("POST", _path("v1", "Event", meta["namespace"]), body=event)
+
+    def flush_events(self, timeout: float) -> bool:
+        return True  # each Event was posted before create_event returned

@@ -94,6 +94,10 @@ class QueuedEvents:
         self._stopping = False
         self._stopped = False
         self.posted = 0
+        # Events ever queued, and ever done with (posted, refused or dropped): they leave in order, so
+        # `flush` waits for the second to reach what the first was when it was called.
+        self._queued = 0
+        self._done = 0
         self.dropped: dict[str, int] = dict.fromkeys(
             (DROPPED_QUEUE_FULL, DROPPED_POST_FAILED, DROPPED_STOPPED), 0
         )
@@ -116,10 +120,21 @@ class QueuedEvents:
                 oldest = self._waiting.popleft()
                 self._identities.discard(oldest.identity)
                 self._drop(DROPPED_QUEUE_FULL)
+                self._done += 1
             self._waiting.append(waiting)
+            self._queued += 1
             self._identities.add(waiting.identity)
             self._depth()
             self._changed.notify()
+
+    def flush_events(self, timeout: float) -> bool:
+        """Wait until every Event queued before this call has been posted (or given up on); False after
+        `timeout`. For Events whose loss a status write would hide (a reconcile records an interruption
+        as handled): posted before that write, a kill between the two repeats them instead of losing
+        them. Such Events are rare, so reconciles almost never wait here."""
+        with self._changed:
+            target = self._queued
+            return self._changed.wait_for(lambda: self._done >= target or self._stopped, timeout)
 
     @property
     def depth(self) -> int:
@@ -151,6 +166,7 @@ class QueuedEvents:
             left = len(self._waiting)
             for _ in range(left):
                 self._drop(DROPPED_STOPPED)
+            self._done += left
             self._waiting.clear()
             self._identities.clear()
             self._depth()
@@ -190,9 +206,13 @@ class QueuedEvents:
                 log.warning("could not post event %s for %s: %s", waiting.reason, name, error)
                 with self._changed:
                     self._drop(DROPPED_POST_FAILED)
+                    self._done += 1
+                    self._changed.notify_all()
             else:
                 with self._changed:
                     self.posted += 1
+                    self._done += 1
+                    self._changed.notify_all()
 
     # --- everything else goes straight through ---------------------------------------------------
 

@@ -71,3 +71,6 @@ class FencedKube:
     def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
         self._check(f"scale of {kind} {name}")
         self._kube.patch_scale(api_version, kind, namespace, name, replicas)
+
+    def flush_events(self, timeout: float) -> bool:
+        return self._kube.flush_events(timeout)

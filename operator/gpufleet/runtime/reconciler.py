@@ -34,6 +34,8 @@ from gpufleet.runtime.events import post_event
 
 # A PDB-refused drain is asked again this soon (kubectl drain retries every 5 s).
 EVICTION_RETRY_SECONDS = 5.0
+# The longest a reconcile waits for its capacity Events to be posted before it writes status.
+EVENT_FLUSH_SECONDS = 5.0
 
 
 class Reconciler:
@@ -97,6 +99,10 @@ class Reconciler:
         held = {d.deployment for d in refused}
         for event in plan.events:
             post_event(self.kube, body, event, self.clock())
+        if plan.events and plan.status.patch is not None:
+            # Capacity events (a warning acted on) are recorded as handled in the status: posted first,
+            # a kill between the two repeats them rather than losing them (at least once).
+            self.kube.flush_events(EVENT_FLUSH_SECONDS)
         for write in plan.applies:
             if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
                 continue  # its lowered count would remove another pod than the one the PDB kept

@@ -254,3 +254,17 @@ def test_drops_and_depth_reach_the_operators_metrics(kube: GatedKube) -> None:
     assert REGISTRY.get_sample_value("gpufleet_events_dropped_total", {"reason": "post_failed"}) is not None
     queue.stop(WAIT)
     assert REGISTRY.get_sample_value("gpufleet_event_queue_depth") == 0
+
+
+def test_flush_waits_for_what_was_queued_before_it_and_gives_up_at_its_timeout(kube: GatedKube) -> None:
+    queue, _, _ = queued(kube)
+    queue.start()
+    try:
+        event(queue, "SpotInterruption")
+        assert not queue.flush_events(0.05)  # the API server holds the post: not yet
+        kube.gate.set()
+        assert queue.flush_events(WAIT)
+        assert kube.reasons() == ["SpotInterruption"]
+        assert queue.flush_events(0.0)  # nothing waits: at once
+    finally:
+        queue.stop(WAIT)

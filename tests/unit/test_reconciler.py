@@ -17,6 +17,7 @@ from gpufleet.adapters.sqs import QueueMessage
 from gpufleet.planning.cost import ProductPrices
 from gpufleet.planning.observe import owned_by
 from gpufleet.planning.reconcile import ReconcilePlan
+from gpufleet.runtime.events import QueuedEvents
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.reconciler import Reconciler
 from tests.unit.fake_kube import FakeKube
@@ -124,7 +125,7 @@ def test_invalid_spec_touches_no_workload(kube: FakeKube, reconciler: Reconciler
     before = copy.deepcopy(kube.objects)
     applies = len(kube.applies)
     broken = sample()
-    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 1
     plan = reconciler.reconcile(broken)
     assert not plan.valid
     assert kube.objects == before
@@ -286,7 +287,7 @@ def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_sp
     assert kube.stored_status["spot"]["interruptionsHandled"] == 1
 
     broken = sample()
-    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 1
     broken["status"] = kube.stored_status
     reconciler.reconcile(broken)
     assert "spot" not in kube.last_status
@@ -438,3 +439,43 @@ def test_a_foreign_service_is_left_exactly_as_it_was(kube: FakeKube, reconciler:
         reconciler.reconcile(sample())
     assert kube.objects[("Service", "ml", "llama-3-70b")] == foreign
     assert "Service/llama-3-70b" not in kube.deletes
+
+
+def test_capacity_events_are_posted_before_the_status_that_records_them_handled() -> None:
+    """Events go through a queue of their own (runtime.events), but a warning acted on is posted before
+    the status counts it: a kill between the two then repeats the Event instead of losing it."""
+    order: list[str] = []
+
+    class Recording(FakeKube):
+        def create_event(
+            self, involved: dict[str, Any], event_type: str, reason: str, message: str, now: datetime
+        ) -> None:
+            super().create_event(involved, event_type, reason, message, now)
+            order.append(f"event {reason}")
+
+        def patch_status(
+            self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+        ) -> None:
+            super().patch_status(api_version, kind, namespace, name, status)
+            order.append("status")
+
+    kube, s = Recording(), store()
+    events = QueuedEvents(kube)
+    events.start()
+    try:
+        reconciler = Reconciler(events, reconcile_policy(), clock=lambda: NOW, capacity=s)
+        capacity = {"zones": ["us-east-1a", "us-east-1b"], "onDemandReplicas": 1, "spotPercent": 100}
+        body = sample(replicas=2, capacity=capacity)
+        reconciler.reconcile(body)
+        for zone, kind in (("us-east-1a", "on-demand"), ("us-east-1b", "spot")):
+            s.update_node(node(f"n-{zone}", zone, kind), NOW)
+            kube.objects[("Pod", "ml", f"p-{zone}")] = pod_object(f"p-{zone}", zone, kind, f"n-{zone}")
+        consumer = InterruptionConsumer(FakeQueue([]), s, lambda key: None, lambda: NOW)
+        consumer.handle(QueueMessage("m", "r", warning_body(instance("n-us-east-1b"))))
+        body["status"] = kube.last_status
+        order.clear()
+        reconciler.reconcile(body)
+    finally:
+        events.stop(5.0)
+    assert kube.last_status["spot"]["interruptionsHandled"] == 1
+    assert order.index("event SpotInterruption") < order.index("status")

@@ -187,3 +187,26 @@ def test_requeues_of_a_key_keep_one_timer_the_soonest_and_a_deleted_key_none() -
         assert (runs[2:], queue.timers) == ([("ml", "a")], 0)
 
     run_queue(work, steps)
+
+
+def test_a_key_enqueued_from_another_thread_wakes_an_idle_worker() -> None:
+    """Informers and kopf's executor call enqueue from their own threads; the loop may be asleep with
+    nothing else to wake it (no resync for an hour here)."""
+    done = threading.Event()
+
+    async def scenario() -> bool:
+        queue = WorkQueue(lambda key, body: done.set(), workers=1, resync=3600)
+        queue.start()
+        queue.bodies[("ml", "m")] = BODY
+        await asyncio.sleep(0.05)  # the worker is waiting on an empty queue
+
+        def later() -> None:
+            time.sleep(0.2)  # the loop is asleep by now, waiting for the thread below
+            queue.enqueue(("ml", "m"))
+
+        threading.Thread(target=later).start()
+        woke = await asyncio.to_thread(done.wait, 5.0)
+        await queue.stop()
+        return woke
+
+    assert asyncio.run(scenario())

@@ -70,6 +70,13 @@ class RetryLimiter:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False  # a thread without a loop
+
+
 class WorkQueue:
     def __init__(
         self,
@@ -114,6 +121,15 @@ class WorkQueue:
         self.enqueue(key)
 
     def enqueue(self, key: Key) -> None:
+        """Look at `key` soon; from any thread. Watch events arrive on informer and kopf executor threads,
+        and an asyncio queue touched from those would neither be safe nor wake the waiting workers."""
+        loop = self._loop
+        if loop is not None and not _running_on(loop):
+            loop.call_soon_threadsafe(self._enqueue_now, key)
+        else:
+            self._enqueue_now(key)
+
+    def _enqueue_now(self, key: Key) -> None:
         if key not in self.bodies:
             return
         if key in self._running:

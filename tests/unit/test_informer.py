@@ -16,6 +16,8 @@ from gpufleet.runtime.cached_kube import CachedKube
 from gpufleet.runtime.informer import Informer, matches
 from tests.conftest import wait_until
 
+LABEL = "gpufleet.io/model-deployment"
+
 
 def pod(name: str, version: str, namespace: str = "ns", **labels: str) -> dict[str, Any]:
     return {
@@ -69,7 +71,7 @@ def running(api: ScriptedApi, events: queue.Queue[tuple[str, str]] | None = None
         if events is not None:
             events.put((kind, obj["metadata"]["name"]))
 
-    informer = Informer(api, "v1", "Pod", None, "gpufleet.io/model-deployment", record, watch_seconds=(1, 1))
+    informer = Informer(api, "v1", "Pod", None, LABEL, record, watch_seconds=(1, 1), min_watch_seconds=0)
     informer.start()
     return informer
 
@@ -196,3 +198,70 @@ def test_a_synced_cache_answers_without_the_api_server() -> None:
 )
 def test_equality_selectors_match_as_the_api_server_does(selector: str, expected: bool | None) -> None:
     assert matches({"a": "1", "b": "2"}, selector) is expected
+
+
+def test_the_index_answers_a_models_list_and_follows_additions_relabels_and_deletions() -> None:
+    def labelled(name: str, version: str, model: str) -> dict[str, Any]:
+        obj = pod(name, version)
+        obj["metadata"]["labels"]["gpufleet.io/model-deployment"] = model
+        return obj
+
+    api = ScriptedApi(
+        [Listing([labelled("a1", "1", "a"), labelled("b1", "2", "b")], "10")],
+        [
+            [
+                {"type": "ADDED", "object": labelled("a2", "11", "a")},
+                {"type": "MODIFIED", "object": labelled("a1", "12", "b")},  # relabelled: it moves
+                {"type": "DELETED", "object": labelled("b1", "13", "b")},
+                None,  # the watch stays open: the state below holds
+            ]
+        ],
+    )
+    informer = Informer(
+        api,
+        "v1",
+        "Pod",
+        None,
+        "",
+        watch_seconds=(1, 1),
+        index_label="gpufleet.io/model-deployment",
+        min_watch_seconds=0,
+    )
+
+    def names(model: str) -> list[str] | None:
+        found = informer.list("ns", f"gpufleet.io/model-deployment={model}")
+        return None if found is None else sorted(o["metadata"]["name"] for o in found)
+
+    informer.start()
+    try:
+        wait_until(lambda: names("b") == ["a1"], timeout=5, what="a1 relabelled, b1 deleted")
+        assert names("a") == ["a2"]
+        assert names("c") == []
+        assert ("ns", "b") in informer._index
+        # Lists the index cannot answer still scan: all namespaces, a selector without the label.
+        assert len(informer.list(None) or []) == 2
+        assert len(informer.list("ns", "gpufleet.io/model-deployment!=a") or []) == 1
+    finally:
+        informer.stop()
+        api.release.set()
+
+
+def test_the_index_holds_no_entry_for_a_model_whose_objects_are_all_gone() -> None:
+    api = ScriptedApi([Listing([pod("a", "1")], "10")], [[{"type": "DELETED", "object": pod("a", "2")}]])
+    informer = Informer(
+        api,
+        "v1",
+        "Pod",
+        None,
+        "",
+        watch_seconds=(1, 1),
+        index_label="gpufleet.io/model-deployment",
+        min_watch_seconds=0,
+    )
+    informer.start()
+    try:
+        wait_until(lambda: len(informer) == 0, timeout=5, what="a deleted")
+        assert informer._index == {}
+    finally:
+        informer.stop()
+        api.release.set()

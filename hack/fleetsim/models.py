@@ -16,6 +16,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from gpufleet.api import catalog, kv_fit, model_catalog
+from gpufleet.api.model_catalog import ModelArchitecture
+
 GIB = 1 << 30
 
 
@@ -33,35 +36,54 @@ class ModelSpec:
     source: str
     # True when the geometry was guessed from "<N>B" in an unknown name (see model_spec).
     assumed: bool = False
+    # gpufleet's catalog entry the facts come from (attention heads, sliding windows), if any.
+    catalog_entry: ModelArchitecture | None = field(default=None, compare=False, repr=False)
 
     def kv_bytes_per_token(self, kv_dtype_bytes: float = 2) -> float:
         """K and V for every layer and KV head: 2 × layers × kv_heads × head_dim × bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
+        return kv_fit.kv_bytes_per_token(self.architecture(), kv_dtype_bytes)
+
+    def architecture(self) -> ModelArchitecture:
+        """These facts as gpufleet's sizing arithmetic (gpufleet.api.kv_fit) takes them."""
+        if self.catalog_entry is not None:
+            return self.catalog_entry
+        return ModelArchitecture(
+            name=self.name,
+            parameters=self.params,
+            layers=self.layers,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            attention_heads=None,
+            max_position_embeddings=self.max_position_embeddings,
+            source=self.source,
+        )
 
     def weight_bytes(self, dtype_bytes: float = 2) -> float:
         return self.params * dtype_bytes
 
 
-_HF_CONFIG = "Hugging Face config.json of the meta-llama repository"
+def _from_catalog(entry: ModelArchitecture) -> ModelSpec:
+    """A gpufleet model catalog entry (config.json facts with their sources) as a ModelSpec."""
+    return ModelSpec(
+        name=entry.name,
+        params=entry.parameters,
+        layers=entry.layers,
+        kv_heads=entry.kv_heads,
+        head_dim=entry.head_dim,
+        max_position_embeddings=entry.max_position_embeddings or _UNKNOWN_CONTEXT,
+        source=entry.source,
+        catalog_entry=entry,
+    )
 
-# Llama 3 family. The 70B row is ../shared/REFERENCE.md (70.6 B parameters, 80 layers,
-# 8 KV heads, hidden 8192 / 64 heads = head dim 128); the others are the models'
-# config.json (num_hidden_layers, num_key_value_heads, hidden_size / num_attention_heads,
-# max_position_embeddings) and the parameter counts on their model cards.
-_LLAMA3_8B = ModelSpec("Meta-Llama-3-8B", 8.03e9, 32, 8, 128, 8192, _HF_CONFIG)
-_LLAMA3_70B = ModelSpec("Meta-Llama-3-70B", 70.6e9, 80, 8, 128, 8192, "REFERENCE.md (Llama 3 70B)")
-# Llama 3.1/3.3 keep the geometry and extend the context to 128K tokens.
-_LLAMA31_8B = ModelSpec("Llama-3.1-8B", 8.03e9, 32, 8, 128, 131072, _HF_CONFIG)
-_LLAMA31_70B = ModelSpec("Llama-3.1-70B", 70.6e9, 80, 8, 128, 131072, _HF_CONFIG)
-_LLAMA31_405B = ModelSpec("Llama-3.1-405B", 405.9e9, 126, 8, 128, 131072, _HF_CONFIG)
 
-# Geometries a guessed model borrows from, nearest parameter count first.
-_ANCHORS = (_LLAMA31_8B, _LLAMA31_70B, _LLAMA31_405B)
 # vLLM falls back to this context when a config carries none; we use it for unknown names.
 _UNKNOWN_CONTEXT = 8192
+# Geometries a guessed model borrows from, nearest parameter count first.
+_ANCHORS = tuple(
+    _from_catalog(model_catalog.MODELS[key]) for key in ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
+)
 
 _SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)b(?![a-z0-9])")
-_LLAMA3 = re.compile(r"llama-?3(?:\.(\d))?(?![\d])")
 
 
 def model_basename(model_id: str) -> str:
@@ -78,27 +100,21 @@ def parse_billions(model_id: str) -> float | None:
 def model_spec(model_id: str) -> ModelSpec:
     """Facts for a model argument.
 
-    Llama 3 / 3.1 / 3.3 names of sizes 8B, 70B and 405B resolve to the table. Any
-    other name that carries "<N>B" is assumed Llama-like: N billion parameters with
+    Names in gpufleet's model catalog (gpufleet.api.model_catalog: Llama 3.x, Mistral,
+    Mixtral, Qwen2.5, Qwen3, DeepSeek-R1 distills, Gemma) resolve to it. Any other name
+    that carries "<N>B" is assumed Llama-like: N billion parameters with
     the layer/KV-head geometry of the nearest Llama 3.1 size and an 8K context.
     That is rough (a 32B Qwen gets Llama 70B's KV footprint) but keeps memory and
     speed in the right order of magnitude. A name without a size is an error,
     as a real pod could not load it either.
     """
+    known = model_catalog.lookup(model_id)
+    if known is not None:
+        return _from_catalog(known)
     base = model_basename(model_id)
     billions = parse_billions(model_id)
     if billions is None:
         raise ValueError(f"cannot infer a parameter count from model {model_id!r} (expected '<N>B')")
-    llama = _LLAMA3.search(base)
-    if llama is not None:
-        long_context = llama.group(1) is not None
-        table = {
-            8.0: _LLAMA31_8B if long_context else _LLAMA3_8B,
-            70.0: _LLAMA31_70B if long_context else _LLAMA3_70B,
-            405.0: _LLAMA31_405B,
-        }
-        if billions in table:
-            return table[billions]
     anchor = min(_ANCHORS, key=lambda spec: abs(math.log(spec.params / (billions * 1e9))))
     return ModelSpec(
         name=base,
@@ -156,22 +172,23 @@ class GpuSpec:
 # Datasheet numbers (NVIDIA A100 datasheet r4, NVIDIA H100 datasheet): HBM bandwidth
 # A100 40GB SXM 1.555 TB/s, A100 80GB SXM 2.039 TB/s, H100 SXM 3.35 TB/s; dense BF16
 # tensor throughput A100 312 TFLOPS, H100 SXM 989 TFLOPS (the 1,979 figure is sparse).
-# CUDA-visible memory: 79.22 GiB on an A100 80GB (vLLM's profiler log, vllm PR #10511),
-# 42,405,855,232 B = 39.49 GiB on an A100 40GB (deviceQuery); H100 80GB taken as 79.1 GiB.
+# CUDA-visible memory comes from gpufleet's catalog (CUDA_MEMORY_GIB, with its sources), so the
+# simulated vLLM and gpufleet's fit check size the same memory.
+_CUDA = catalog.CUDA_MEMORY_GIB
 # fmt: off
 GPUS: dict[str, GpuSpec] = {
     spec.product: spec
     for spec in (
         GpuSpec(
-            "NVIDIA-A100-SXM4-80GB", 79.22, 2.039e12, 312e12, 80, _MIG_80GB,
+            "NVIDIA-A100-SXM4-80GB", _CUDA["NVIDIA-A100-SXM4-80GB"], 2.039e12, 312e12, 80, _MIG_80GB,
             source="A100 datasheet", model_name="NVIDIA A100-SXM4-80GB",
         ),
         GpuSpec(
-            "NVIDIA-A100-SXM4-40GB", 39.49, 1.555e12, 312e12, 40, _MIG_40GB,
+            "NVIDIA-A100-SXM4-40GB", _CUDA["NVIDIA-A100-SXM4-40GB"], 1.555e12, 312e12, 40, _MIG_40GB,
             source="A100 datasheet", model_name="NVIDIA A100-SXM4-40GB",
         ),
         GpuSpec(
-            "NVIDIA-H100-80GB-HBM3", 79.1, 3.35e12, 989e12, 80, _MIG_80GB,
+            "NVIDIA-H100-80GB-HBM3", _CUDA["NVIDIA-H100-80GB-HBM3"], 3.35e12, 989e12, 80, _MIG_80GB,
             source="H100 datasheet", model_name="NVIDIA H100 80GB HBM3",
         ),
     )
@@ -206,7 +223,7 @@ def gpu_spec(product: str, mig_profile: str | None = None) -> GpuSpec:
     memory = int(match.group(2)) / whole.nominal_memory_gb
     return GpuSpec(
         product=f"{product}-MIG-{profile}",
-        memory_gib=whole.memory_gib * memory,
+        memory_gib=kv_fit.device_memory_gib(product, profile) or whole.memory_gib * memory,
         hbm_bandwidth_bytes_per_s=whole.hbm_bandwidth_bytes_per_s * memory,
         bf16_dense_flops=whole.bf16_dense_flops * compute,
         nominal_memory_gb=int(match.group(2)),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetsim.params import KubeletParams
+from gpufleet.api.kv_fit import KV_CACHE_DTYPE_BYTES
 
 GIB = 1024**3
 
@@ -34,6 +35,8 @@ class PodPlan:
     prestop_seconds: float
     grace_seconds: float
     port: int
+    # vLLM --kv-cache-dtype in bytes per element (auto: the model's 2).
+    kv_cache_dtype_bytes: float = 2
 
     @property
     def mig_profile(self) -> str | None:
@@ -112,6 +115,7 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         prestop_seconds=prestop,
         grace_seconds=float(spec.get("terminationGracePeriodSeconds", 30)),
         port=int(_flag(args, "--port") or 8000),
+        kv_cache_dtype_bytes=KV_CACHE_DTYPE_BYTES.get(_flag(args, "--kv-cache-dtype") or "auto", 2),
     )
 
 

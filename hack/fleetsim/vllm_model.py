@@ -23,18 +23,17 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fleetsim.models import GIB, gpu_spec, model_spec
+from gpufleet.api import kv_fit
 
-# vLLM's profile run keeps this much per GPU beside weights and KV cache: activation
-# peak and non-torch memory (CUDA context, NCCL, CUDA graphs). vLLM's logs show
-# 0.6 GiB (vllm PR #14447, 0.8.x) to 3.05 GiB (Llama 3 8B on A100, PR #10511); 2 GiB
-# sits between and puts Llama 3 70B TP4 near REFERENCE.md's 450K tokens.
-ACTIVATION_RESERVE_GIB = 2.0
+# The memory arithmetic and vLLM's start-up refusals are gpufleet's (gpufleet.api.kv_fit, with
+# their sources), so the simulated engine refuses exactly what `gpufleet validate` rejects.
+ACTIVATION_RESERVE_GIB = kv_fit.ACTIVATION_RESERVE_GIB
 # Fraction of datasheet HBM bandwidth a decode step achieves reading weights and KV.
 DECODE_BANDWIDTH_EFFICIENCY = 0.7
 # Model FLOPs utilisation of the tensor cores for a token's 2 × params FLOPs.
 MFU = 0.5
 # vLLM allocates the KV cache in blocks of this many tokens (--block-size default).
-KV_BLOCK_TOKENS = 16
+KV_BLOCK_TOKENS = kv_fit.BLOCK_TOKENS
 
 
 class EngineConfigError(ValueError):
@@ -78,14 +77,6 @@ def weights_bytes(model_id: str, dtype_bytes: float = 2) -> float:
     return model_spec(model_id).weight_bytes(dtype_bytes)
 
 
-def _batch_defaults(memory_gib: float, product: str) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) as vLLM's EngineArgs.get_batch_defaults picks for
-    its OpenAI server: 8192 / 1024 on GPUs with >= 70 GiB that are not A100, else 2048 / 256."""
-    if memory_gib >= 70 and "A100" not in product:
-        return 8192, 1024
-    return 2048, 256
-
-
 def profile_for(
     model_id: str,
     tensor_parallel_size: int,
@@ -106,14 +97,15 @@ def profile_for(
 
     - weights per GPU = params × dtype_bytes / TP
     - KV tokens = (GPU memory × utilization − weights per GPU − ACTIVATION_RESERVE_GIB)
-      × TP / KV bytes per token, rounded down to whole blocks
+      / KV bytes per token per GPU, rounded down to whole blocks (gpufleet.api.kv_fit)
     - decode step = weights per GPU / (bandwidth × efficiency)          (weights read once)
       + sequences × 2 × params / (TP × FLOPS × MFU)                     (each token's FLOPs)
-      + Σ context × KV bytes per token / TP / (bandwidth × efficiency)  (attention reads)
+      + Σ context × KV bytes per token per GPU / (bandwidth × efficiency)  (attention reads)
     - prefill tokens/s = TP × FLOPS × MFU / (2 × params)
 
-    Raises EngineConfigError where vLLM fails at startup: weights do not fit, or the KV
-    cache cannot hold one max_model_len sequence.
+    Raises EngineConfigError where vLLM fails at startup: weights do not fit, the KV
+    cache cannot hold one max_model_len sequence, max_model_len exceeds the model's context,
+    or the attention heads do not split over TP (gpufleet.api.kv_fit.vllm_refusal).
     """
     if tensor_parallel_size < 1:
         raise EngineConfigError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
@@ -125,51 +117,47 @@ def profile_for(
         # MIG slices have no peer-to-peer/NVLink path, so NCCL cannot span them.
         raise EngineConfigError("tensor parallelism across MIG slices is not supported")
 
-    weights_per_gpu = model.weight_bytes(dtype_bytes) / tensor_parallel_size
-    budget = gpu.memory_gib * GIB * gpu_memory_utilization
-    kv_per_gpu = budget - weights_per_gpu - ACTIVATION_RESERVE_GIB * GIB
-    if kv_per_gpu <= 0:
-        raise EngineConfigError(
-            f"No available memory for the cache blocks: {model.name} needs "
-            f"{weights_per_gpu / GIB:.1f} GiB of weights per GPU, {gpu.product} allows "
-            f"{budget / GIB:.1f} GiB at gpu_memory_utilization={gpu_memory_utilization}. "
-            "Try increasing `gpu_memory_utilization` or tensor_parallel_size."
-        )
-    kv_token_bytes = model.kv_bytes_per_token(kv_cache_dtype_bytes)
-    kv_tokens = int(kv_per_gpu * tensor_parallel_size / kv_token_bytes) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS
-
     context = max_model_len if max_model_len is not None else model.max_position_embeddings
-    if context > model.max_position_embeddings:
-        raise EngineConfigError(
-            f"max_model_len {context} exceeds the model's max_position_embeddings "
-            f"{model.max_position_embeddings}"
-        )
-    if kv_tokens < context:
-        raise EngineConfigError(
-            f"The model's max seq len ({context}) is larger than the maximum number of tokens "
-            f"that can be stored in KV cache ({kv_tokens}). Try increasing `gpu_memory_utilization` "
-            "or decreasing `max_model_len` when initializing the engine."
-        )
-
-    bandwidth = gpu.hbm_bandwidth_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
-    token_flops = 2 * model.params
-    compute = tensor_parallel_size * gpu.bf16_dense_flops * MFU
-    default_batched, default_seqs = _batch_defaults(gpu.memory_gib, gpu.product)
-    return EngineProfile(
-        kv_cache_tokens=kv_tokens,
-        prefill_tokens_per_s=compute / token_flops,
-        decode_step_base_s=weights_per_gpu / bandwidth,
-        decode_step_per_seq_s=token_flops / compute,
-        decode_step_per_context_token_s=kv_token_bytes / tensor_parallel_size / bandwidth,
+    default_batched, default_seqs = kv_fit.batch_defaults(gpu.memory_gib, gpu.product)
+    fit = kv_fit.KvFit(
+        architecture=model.architecture(),
+        parameters=model.params,
+        bytes_per_parameter=dtype_bytes,
+        tensor_parallel_size=tensor_parallel_size,
+        device_gib=gpu.memory_gib,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_dtype_bytes=kv_cache_dtype_bytes,
         max_model_len=context,
         max_num_seqs=max_num_seqs if max_num_seqs is not None else default_seqs,
         max_num_batched_tokens=(
             max_num_batched_tokens if max_num_batched_tokens is not None else default_batched
         ),
+    )
+    refusal = kv_fit.vllm_refusal(fit)
+    if refusal is not None:
+        raise EngineConfigError(f"{model.name} on {gpu.product}: {refusal}")
+    # Per GPU: each rank holds its share of the heads of every token (replicated past TP = KV heads).
+    kv_token_bytes = kv_fit.kv_bytes_per_token(
+        model.architecture(), kv_cache_dtype_bytes, tensor_parallel_size
+    )
+    weights_per_gpu = fit.weights_gib_per_gpu * GIB
+
+    bandwidth = gpu.hbm_bandwidth_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
+    token_flops = 2 * model.params
+    compute = tensor_parallel_size * gpu.bf16_dense_flops * MFU
+    return EngineProfile(
+        kv_cache_tokens=fit.kv_tokens,
+        prefill_tokens_per_s=compute / token_flops,
+        decode_step_base_s=weights_per_gpu / bandwidth,
+        decode_step_per_seq_s=token_flops / compute,
+        decode_step_per_context_token_s=kv_token_bytes / bandwidth,
+        max_model_len=context,
+        max_num_seqs=fit.max_num_seqs,
+        max_num_batched_tokens=fit.max_num_batched_tokens,
         model_id=model_id,
         tensor_parallel_size=tensor_parallel_size,
-        weights_gib_per_gpu=weights_per_gpu / GIB,
-        gpu_memory_gib_per_gpu=budget / GIB,
+        weights_gib_per_gpu=fit.weights_gib_per_gpu,
+        gpu_memory_gib_per_gpu=fit.budget_gib_per_gpu,
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,7 +15,9 @@ import yaml
 from gpufleet import __version__
 from gpufleet.api import KIND, validate_manifest
 from gpufleet.api.crd import custom_resource_definition, render_yaml
+from gpufleet.api.kv_fit import KV_CACHE_DTYPE_BYTES
 from gpufleet.api.reference import render_api_reference
+from gpufleet.api.validation import manifest_warnings
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,11 @@ class Finding:
     source: str
     name: str
     problem: str
+    warning: bool = False  # printed, but the object is valid
 
     def __str__(self) -> str:
-        return f"{self.source}: {self.name}: {self.problem}"
+        kind = "warning: " if self.warning else ""
+        return f"{self.source}: {self.name}: {kind}{self.problem}"
 
 
 def _documents(path: str) -> Iterator[tuple[int, Any]]:
@@ -56,6 +60,7 @@ def validate_files(paths: Sequence[str]) -> tuple[int, list[Finding]]:
             name = metadata.get("name") if isinstance(metadata, dict) else None
             label = str(name) if name else f"document {index + 1}"
             findings.extend(Finding(path, label, str(problem)) for problem in validate_manifest(doc))
+            findings.extend(Finding(path, label, str(w), warning=True) for w in manifest_warnings(doc))
     return checked, findings
 
 
@@ -66,9 +71,92 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     if checked == 0 and not findings:
         print("no ModelDeployment found in " + ", ".join(args.files), file=out)
         return 1
-    if findings:
+    if any(not finding.warning for finding in findings):
         return 1
     print(f"{checked} ModelDeployment(s) valid", file=out)
+    return 0
+
+
+def _fit_deployment(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The Deployment to size (from a manifest or the flags), or an error message."""
+    from gpufleet.api import ModelDeployment, sizing
+
+    if args.manifest:
+        docs = [d for _, d in _documents(args.manifest) if isinstance(d, dict) and d.get("kind") == KIND]
+        if not docs:
+            return None, f"no ModelDeployment found in {args.manifest}"
+        try:
+            spec = ModelDeployment.model_validate({k: v for k, v in docs[0].items() if k != "status"}).spec
+        except ValueError:
+            return None, "; ".join(str(p) for p in validate_manifest(docs[0]))
+        dep = sizing.deployment(spec)
+    else:
+        if not args.model or not args.gpu:
+            return None, "give a manifest, or --model and --gpu"
+        from gpufleet.api.model_catalog import lookup
+
+        known = lookup(args.model)
+        dep = sizing.Deployment(
+            uri=args.model,
+            parameters=known.parameters if known else None,
+            architecture=known,
+            dtype="bfloat16",
+            quantization="none",
+            gpu_product=args.gpu,
+            gpu_memory_gib=None,
+            tensor_parallel_size=1,
+            mig_profile=None,
+            gpu_memory_utilization=0.9,
+            kv_cache_dtype="auto",
+            max_model_len=None,
+            max_num_seqs=None,
+            max_num_batched_tokens=None,
+            typical_sequence_length=1024,
+        )
+    changes: dict[str, Any] = {}
+    if args.max_model_len is not None:
+        changes["max_model_len"] = args.max_model_len
+    if args.gpu_memory_utilization is not None:
+        changes["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if args.kv_cache_dtype is not None:
+        changes["kv_cache_dtype"] = args.kv_cache_dtype
+    if args.typical_length is not None:
+        changes["typical_sequence_length"] = args.typical_length
+    if args.gpu_memory_gib is not None:
+        changes["gpu_memory_gib"] = args.gpu_memory_gib
+    return replace(dep, **changes), None
+
+
+def _fit_prices(args: argparse.Namespace, product: str | None) -> Any:
+    """The price book of the GPU product: --prices FILE, else GPUFLEET_PRICES, else None."""
+    import json
+
+    from gpufleet.config import ProductPriceSetting
+
+    text = Path(args.prices).read_text() if args.prices else os.environ.get("GPUFLEET_PRICES", "")
+    table = (yaml.safe_load(text) if args.prices else json.loads(text)) if text.strip() else {}
+    entry = (table or {}).get(product or "")
+    return ProductPriceSetting.model_validate(entry).book() if entry else None
+
+
+def _cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
+    from gpufleet.api.sizing import fit_of
+    from gpufleet.planning.fit_table import fit_rows, render
+
+    dep, error = _fit_deployment(args)
+    if error is not None:
+        print(error, file=out)
+        return 1
+    if fit_of(dep) is None:
+        missing = "the model's architecture (not in the catalog: use a manifest with spec.model.architecture)"
+        if dep.device_gib is None:
+            missing = f"the memory of {dep.gpu_product} (use a manifest with spec.accelerator.gpuMemoryGiB)"
+        elif dep.effective_max_model_len is None:
+            missing = "maxModelLen (--max-model-len)"
+        print(f"cannot size {dep.uri}: unknown {missing}", file=out)
+        return 1
+    prices = _fit_prices(args, dep.gpu_product)
+    out.write(render(dep, fit_rows(dep, prices), prices, mark_choice=bool(args.manifest)))
     return 0
 
 
@@ -133,6 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     run.add_argument("--verbose", action="store_true", help="log every event kopf handles")
     run.set_defaults(handler=_cmd_run)
+
+    fit = commands.add_parser(
+        "fit",
+        help="compare TP degrees, MIG profiles and weight formats for a model on a GPU type",
+        description=(
+            "Weights and KV cache per GPU, KV capacity in tokens and sequences, GPUs and cost per replica "
+            "for every tensor-parallel degree, MIG profile and weight format; the manifest's choice is "
+            "marked."
+        ),
+    )
+    fit.add_argument("manifest", nargs="?", metavar="FILE", help="a ModelDeployment manifest (the first one)")
+    fit.add_argument("--model", help="model URI, e.g. hf://meta-llama/Meta-Llama-3-70B-Instruct")
+    fit.add_argument("--gpu", help="GPU product (node label nvidia.com/gpu.product)")
+    fit.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU when the product is not known")
+    fit.add_argument("--max-model-len", type=int, help="default: the manifest's, else the model's context")
+    fit.add_argument("--gpu-memory-utilization", type=float, help="default: the manifest's, else 0.9")
+    fit.add_argument("--kv-cache-dtype", choices=sorted(KV_CACHE_DTYPE_BYTES), help="default: auto")
+    fit.add_argument("--typical-length", type=int, help="tokens of a typical request (default 1024)")
+    fit.add_argument("--prices", help="YAML/JSON prices per GPU product, as GPUFLEET_PRICES (the default)")
+    fit.set_defaults(handler=_cmd_fit)
 
     reference = commands.add_parser(
         "api-reference", help="print the Markdown API reference generated from the models"

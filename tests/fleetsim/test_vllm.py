@@ -78,7 +78,10 @@ def test_model_catalog() -> None:
     # a bucket or volume path names the model by its last component
     assert model_spec("s3://models/llama/Meta-Llama-3-70B-Instruct/") == llama70
     assert model_spec("/mnt/models/llama-3.1-8b-instruct").max_position_embeddings == 131072
-    guessed = model_spec("Qwen/Qwen2.5-32B-Instruct")
+    # gpufleet's catalog: Qwen2.5 32B has its own geometry (64 layers), not a guess
+    qwen = model_spec("Qwen/Qwen2.5-32B-Instruct")
+    assert (qwen.assumed, qwen.layers, qwen.max_position_embeddings) == (False, 64, 32768)
+    guessed = model_spec("acme/Foo-32B-Instruct")
     assert guessed.assumed
     assert guessed.params == 32e9
     assert guessed.layers == 80  # nearest Llama geometry: 70B
@@ -282,3 +285,30 @@ async def _exercise_server() -> None:
 
 def test_server_speaks_vllm_http() -> None:
     asyncio.run(asyncio.wait_for(_exercise_server(), 20))
+
+
+def test_the_engine_refuses_exactly_what_gpufleet_validate_rejects() -> None:
+    """One arithmetic (gpufleet.api.kv_fit): validation and the simulated vLLM agree at the edge."""
+    from gpufleet.api import validate_manifest
+
+    def manifest(utilization: float) -> dict[str, object]:
+        return {
+            "apiVersion": "gpufleet.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "llama-3-8b"},
+            "spec": {
+                "model": {"uri": "hf://meta-llama/Meta-Llama-3-8B-Instruct", "maxModelLen": 8192},
+                "engine": {"args": [f"--gpu-memory-utilization={utilization}"]},
+                "accelerator": {"gpuProduct": A100, "migProfile": "2g.20gb"},
+            },
+        }
+
+    # 8B bf16 on a 2g.20gb slice holds one 8K sequence from about 0.907 up.
+    for utilization in (0.88, 0.90, 0.904, 0.906, 0.91, 0.95):
+        rejected = bool(validate_manifest(manifest(utilization)))
+        try:
+            profile_for(LLAMA_8B, 1, A100, "2g.20gb", gpu_memory_utilization=utilization, max_model_len=8192)
+            refused = False
+        except EngineConfigError:
+            refused = True
+        assert rejected is refused, utilization

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gpufleet.api.v1alpha1 import DEFAULT_IMAGE
 from tests.conftest import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ def test_schema_defaults_are_filled_in_by_the_server(crd: Cluster, namespace: st
     }
     assert _apply(crd, namespace, minimal).returncode == 0
     spec = crd.get_json("md", "minimal", "-n", namespace)["spec"]
-    assert spec["engine"]["image"] == "vllm/vllm-openai:v0.11.0"
+    assert spec["engine"]["image"] == DEFAULT_IMAGE
     assert spec["accelerator"]["tensorParallelSize"] == 1
     assert spec["replicas"] == 1
     assert spec["autoscaling"]["scaleDownDelaySeconds"] == 300

@@ -259,7 +259,7 @@ def test_hand_edits_and_deletions_of_owned_deployments_are_reverted(
         ]
         return (
             found["llama-3-70b-us-east-1b-spot"]["spec"]["replicas"] == 1
-            and image == "vllm/vllm-openai:v0.11.0"
+            and image == load(SPOT_SAMPLE)["spec"]["engine"]["image"]
         )
 
     wait_until(reverted, timeout=30, what="hand edits reverted")
@@ -308,12 +308,12 @@ def test_the_webhook_rejects_an_invalid_manifest_with_the_fix(
 ) -> None:
     cluster = operator.cluster
     doc = load(SPOT_SAMPLE)
-    doc["spec"]["accelerator"]["tensorParallelSize"] = 2
+    doc["spec"]["accelerator"]["tensorParallelSize"] = 1
     result = cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc), check=False)
     assert result.returncode != 0
     assert "denied the request" in result.stderr
     assert "spec.accelerator.tensorParallelSize" in result.stderr
-    assert "use tensorParallelSize: 4 or quantization: fp8" in result.stderr
+    assert "use tensorParallelSize: 4, or quantization: fp8" in result.stderr
     assert cluster.kubectl("get", "md", "-n", namespace, "-o", "name").stdout.strip() == ""
 
 
@@ -345,7 +345,7 @@ def test_an_invalid_object_that_got_in_leaves_workloads_alone(
     # As if the webhook were off: remove its configuration, then write a spec the operator cannot use.
     cluster.kubectl("delete", "validatingwebhookconfiguration", "gpufleet.io")
     broken = copy.deepcopy(doc)
-    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 1
     broken["spec"]["replicas"] = 3
     apply(cluster, namespace, broken)
     try:

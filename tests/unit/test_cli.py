@@ -33,12 +33,14 @@ def test_there_are_three_samples() -> None:
 @pytest.mark.parametrize("sample", SAMPLES, ids=[p.name for p in SAMPLES])
 def test_samples_are_valid(sample: Path) -> None:
     code, out = run("validate", str(sample))
-    assert (code, out) == (0, "1 ModelDeployment(s) valid\n")
+    *warnings, last = out.splitlines()
+    assert (code, last) == (0, "1 ModelDeployment(s) valid")
+    assert all(": warning: " in line for line in warnings)
 
 
 def test_invalid_file_reports_file_object_and_field(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "samples" / "llama-3-70b-a100-spot.yaml").read_text())
-    doc["spec"]["accelerator"]["tensorParallelSize"] = 2
+    doc["spec"]["accelerator"]["tensorParallelSize"] = 1
     other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump_all([other, doc]))
@@ -80,3 +82,38 @@ def test_python_dash_m_entry_point() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def test_fit_prints_every_option_with_the_manifests_own_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "NVIDIA-A100-SXM4-80GB: {instanceType: p4de.24xlarge, gpusPerInstance: 8, onDemand: 27.44705}\n"
+    )
+    code, out = run("fit", str(ROOT / "samples" / "llama-3-70b-a100-spot.yaml"), "--prices", str(prices))
+    assert code == 0
+    rows = {
+        " ".join(line[2:].split()[:3]): line[2:].split()
+        for line in out.splitlines()
+        if line[2:5] in ("TP ", "MIG")
+    }
+    chosen = [line for line in out.splitlines() if line.startswith("* ")]
+    assert len(chosen) == 1
+    assert chosen[0].startswith("* TP 4         bf16")
+    # the case study: 4-bit halves the GPUs (and the cost) of a replica that still batches fully
+    tp4, awq2 = rows["TP 4 bf16"], rows["TP 2 awq/gptq"]
+    assert (tp4[3], tp4[-1], tp4[-3]) == ("4", "ok", "13.72")
+    assert (awq2[3], awq2[-1], awq2[-3]) == ("2", "ok", "6.86")
+    assert "weights do not fit: TP 1 bf16" in out
+
+
+def test_fit_from_flags_and_what_it_cannot_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUFLEET_PRICES", raising=False)
+    code, out = run("fit", "--model", "hf://Qwen/Qwen3-8B", "--gpu", "NVIDIA-A100-SXM4-80GB")
+    assert code == 0
+    assert "maxModelLen 40960" in out
+    assert "prices: none configured" in out
+    assert "MIG 1g.20gb" in out
+    assert run("fit", "--model", "hf://acme/mystery", "--gpu", "NVIDIA-A100-SXM4-80GB")[0] == 1
+    assert run("fit")[0] == 1

@@ -11,6 +11,7 @@ import yaml
 
 from gpufleet.api.crd import custom_resource_definition, openapi_schema, render_yaml, to_structural
 from gpufleet.api.reference import render_api_reference
+from gpufleet.api.v1alpha1 import DEFAULT_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
@@ -59,7 +60,8 @@ def test_every_spec_and_status_field_has_a_description() -> None:
         ("spec.capacity.spotPercent", "maximum", 100),
         ("spec.capacity.spotPercent", "minimum", 0),
         ("spec.capacity.zones", "x-kubernetes-list-type", "set"),
-        ("spec.engine.image", "default", "vllm/vllm-openai:v0.11.0"),
+        ("spec.engine.image", "default", DEFAULT_IMAGE),
+        ("spec.engine.version", "nullable", True),
         ("spec.accelerator", "default", {}),
         ("spec.accelerator.migProfile", "nullable", True),
         ("spec.autoscaling.targetKVCacheUsage", "maximum", 1),

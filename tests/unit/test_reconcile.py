@@ -226,7 +226,7 @@ def test_a_deployment_with_our_label_but_another_owner_is_never_removed() -> Non
 def test_an_invalid_spec_is_reported_and_nothing_is_touched() -> None:
     world, body = World(), sample()
     world.converge(body)
-    body["spec"]["accelerator"]["tensorParallelSize"] = 2
+    body["spec"]["accelerator"]["tensorParallelSize"] = 1
     plan = world.plan(body)
     assert not plan.valid
     assert (plan.applies, plan.removals, plan.drains, plan.events) == ((), (), (), ())
@@ -348,7 +348,7 @@ def test_status_members_that_went_away_are_deleted_and_an_invalid_spec_leaves_sp
     world.carry_out(plan, body)
 
     broken = sample()
-    broken["spec"]["accelerator"]["tensorParallelSize"] = 2
+    broken["spec"]["accelerator"]["tensorParallelSize"] = 1
     broken["status"] = {**plan.status.stored_form, "spot": {"interruptionsHandled": 1}}
     invalid = world.plan(broken)
     assert invalid.status.patch is not None

@@ -511,6 +511,8 @@ def test_vllm_args_full() -> None:
         "sql=acme/llama-3-70b-sql-lora",
         "chat=/mnt/pvc/adapters/chat",
         "legal=s3://adapters-bucket/legal",
+        "--shutdown-timeout",
+        "120",
         "--gpu-memory-utilization",
         "0.92",
         "--enable-prefix-caching",
@@ -527,6 +529,8 @@ def test_vllm_args_minimal_omits_defaults() -> None:
         "8000",
         "--tensor-parallel-size",
         "1",
+        "--shutdown-timeout",
+        "120",
     ]
 
 
@@ -539,7 +543,8 @@ def test_vllm_args_mig_is_tensor_parallel_one() -> None:
 def test_user_args_come_last_even_after_s3_streamer() -> None:
     spec = make_spec(model__uri="s3://models-bucket/llama-3-70b", engine__args=["--max-num-seqs=128"])
     args = container(only_deployment(spec))["args"]
-    assert args[-3:] == ["--load-format", "runai_streamer", "--max-num-seqs=128"]
+    assert args[-5:-3] == ["--load-format", "runai_streamer"]
+    assert args[-3:] == ["--shutdown-timeout", "120", "--max-num-seqs=128"]
 
 
 def test_container_command_image_and_port() -> None:
@@ -596,6 +601,38 @@ def test_pod_lifecycle() -> None:
     assert pod_spec(deployment)["enableServiceLinks"] is False
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 110
     assert container(deployment)["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "20"]}}}
+
+
+def _shutdown_timeout(args: list[str]) -> str | None:
+    return args[args.index("--shutdown-timeout") + 1] if "--shutdown-timeout" in args else None
+
+
+@pytest.mark.parametrize(("prestop", "drain"), [(20, 90), (15, 120), (0, 30), (15, 0)])
+def test_vllm_drains_for_what_the_grace_period_leaves_after_prestop(prestop: int, drain: int) -> None:
+    options = workload_options(prestop_delay_seconds=prestop, drain_seconds=drain)
+    (deployment,) = render(make_spec(), [PlacementGroup("", "spot", 1)], options).deployments
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    timeout = _shutdown_timeout(container(deployment)["args"])
+    # vLLM's rule: grace >= preStop sleep + --shutdown-timeout; 0 (no drain time) is vLLM's abort.
+    assert timeout == str(grace - prestop) == str(drain)
+
+
+@pytest.mark.parametrize(
+    ("engine", "drains"),
+    [
+        ({}, True),  # the default image, the newest release gpufleet knows
+        ({"image": "vllm/vllm-openai:v0.18.0"}, True),
+        ({"image": "vllm/vllm-openai:v0.17.1"}, False),  # before vllm PR #36666: the flag would be refused
+        ({"image": "vllm/vllm-openai:v0.11.0"}, False),
+        ({"image": "vllm/vllm-openai:latest"}, True),  # an unknown tag is taken as current
+        ({"image": "registry.example.com/vllm@sha256:" + "c" * 64}, True),
+        ({"image": "registry.example.com/vllm:prod", "version": "0.17.1"}, False),  # stated version wins
+        ({"image": "vllm/vllm-openai:v0.17.1", "version": "0.34.0"}, True),
+    ],
+)
+def test_shutdown_timeout_only_for_releases_that_take_it(engine: dict[str, str], drains: bool) -> None:
+    args = vllm_args(MD, make_spec(engine=engine), workload_options())
+    assert (_shutdown_timeout(args) is not None) is drains
 
 
 @pytest.mark.parametrize(

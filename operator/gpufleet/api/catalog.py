@@ -25,6 +25,15 @@ GPU_MEMORY_GIB: Final[dict[str, float]] = {
     "NVIDIA-A10G": 24,
 }
 
+# What CUDA reports as a GPU's total memory, which vLLM multiplies by --gpu-memory-utilization:
+# 79.22 GiB on an A100 80GB (vLLM's profiler log, vllm PR #10511), 42,405,855,232 B = 39.49 GiB
+# on an A100 40GB (deviceQuery); H100 80GB taken as 79.1 GiB. Other products: GPU_MEMORY_GIB.
+CUDA_MEMORY_GIB: Final[dict[str, float]] = {
+    "NVIDIA-A100-SXM4-80GB": 79.22,
+    "NVIDIA-A100-SXM4-40GB": 39.49,
+    "NVIDIA-H100-80GB-HBM3": 79.1,
+}
+
 # MIG profiles (instances per GPU) by device memory class. A100 80GB and
 # H100 80GB share the profile set (REFERENCE.md: 1g.10gb x7 ... 7g.80gb x1).
 _MIG_80GB: Final[dict[str, int]] = {
@@ -74,11 +83,6 @@ BYTES_PER_PARAMETER_BY_QUANTIZATION: Final[dict[str, float]] = {"fp8": 1.0, "awq
 # vLLM's default --gpu-memory-utilization: the share of device memory vLLM
 # claims for weights, activations and KV cache.
 VLLM_DEFAULT_GPU_MEMORY_UTILIZATION: Final[float] = 0.90
-
-# A replica whose KV cache gets less than this share of the device is not
-# worth running: Llama 3 70B bf16 at TP=2 on 80 GB leaves ~6 GiB per GPU,
-# which REFERENCE.md calls impractical; at TP=4 it leaves ~35-39 GiB.
-MIN_KV_CACHE_SHARE: Final[float] = 0.10
 
 GIB: Final[int] = 1024**3
 

@@ -23,7 +23,11 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ("md",)
 
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+# The newest vLLM release on PyPI when it was set (0.34.0, uploaded 2026-11-16; PyPI release history). vLLM
+# publishes each release as vllm/vllm-openai:v<release> (.buildkite/scripts/publish-release-images.sh at
+# v0.34.0). gpufleet.api.vllm_versions reads the version from this tag, and tests/contract parses the
+# generated command line with that release's own parser.
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.34.0"
 
 Dtype = Literal["auto", "bfloat16", "float16"]
 Quantization = Literal["none", "fp8", "awq", "gptq"]
@@ -52,6 +56,31 @@ class _Model(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """As stored in the API server: camelCase, Kubernetes times, unset (None) members left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ModelArchitectureSpec(_Model):
+    """Architecture numbers from the model's config.json, for sizing the KV cache."""
+
+    num_hidden_layers: Annotated[int, Field(description="config.json num_hidden_layers.", ge=1)]
+    num_key_value_heads: Annotated[
+        int,
+        Field(description="config.json num_key_value_heads (num_attention_heads where it has none).", ge=1),
+    ]
+    head_dim: Annotated[
+        int,
+        Field(description="config.json head_dim (hidden_size / num_attention_heads if it has none).", ge=1),
+    ]
+    num_attention_heads: Annotated[
+        int | None,
+        Field(description="config.json num_attention_heads; must divide by tensorParallelSize.", ge=1),
+    ] = None
+    max_position_embeddings: Annotated[
+        int | None,
+        Field(
+            description="config.json max_position_embeddings: vLLM's default for maxModelLen.",
+            ge=1,
+        ),
+    ] = None
 
 
 class ModelSource(_Model):
@@ -86,8 +115,9 @@ class ModelSource(_Model):
         float | None,
         Field(
             description=(
-                "Number of weights (e.g. 70.6e9 for Llama 3 70B). Enables the check that the weights "
-                "fit the GPUs with room left for the KV cache; without it that check is skipped."
+                "Number of weights (e.g. 70.6e9 for Llama 3 70B), for the check that the weights and "
+                "the KV cache fit the GPUs. Unset: the catalog's count for a known model; for another "
+                "model the check is skipped with a warning."
             ),
             gt=0,
         ),
@@ -110,8 +140,33 @@ class ModelSource(_Model):
     max_model_len: Annotated[
         int | None,
         Field(
-            description="Longest context (prompt + output tokens) a request may use; vLLM --max-model-len.",
+            description=(
+                "Longest context (prompt + output tokens) a request may use; vLLM --max-model-len. "
+                "Unset: the model's max_position_embeddings, as vLLM does. The KV cache must hold one "
+                "sequence of this length or vLLM refuses to start (see `gpufleet fit`)."
+            ),
             ge=1,
+        ),
+    ] = None
+    typical_sequence_length: Annotated[
+        int | None,
+        Field(
+            description=(
+                "Prompt + output tokens of a typical request. Validation warns when the KV cache cannot "
+                "hold --max-num-seqs such requests at once. Unset: 1024."
+            ),
+            ge=1,
+        ),
+    ] = None
+    architecture: Annotated[
+        ModelArchitectureSpec | None,
+        Field(
+            description=(
+                "Layers, KV heads and head size from the model's config.json, for the KV-cache check of a "
+                "model not in gpufleet's catalog (Llama 3.x, Mistral/Mixtral, Qwen2.5/Qwen3, DeepSeek-R1 "
+                "distills, Gemma 2/3); overrides the catalog. Without either, the check is skipped "
+                "with a warning."
+            )
         ),
     ] = None
     credentials_secret: Annotated[
@@ -162,8 +217,26 @@ class Engine(_Model):
 
     image: Annotated[
         str,
-        Field(description="vLLM OpenAI-compatible server image.", min_length=1),
+        Field(
+            description=(
+                "vLLM OpenAI-compatible server image. Its tag (vllm/vllm-openai:v0.34.0) tells gpufleet "
+                "which vLLM it runs, so which flags it takes; set version for a tag that does not."
+            ),
+            min_length=1,
+        ),
     ] = DEFAULT_IMAGE
+    version: Annotated[
+        str | None,
+        Field(
+            description=(
+                "vLLM release the image runs, e.g. 0.34.0, for an image whose tag does not say (a digest, "
+                "latest, a private build). Unset: read from the image tag; a tag naming no release is taken "
+                "as the newest release gpufleet knows (the default image's). Releases before 0.18.0 have "
+                "no --shutdown-timeout, so gpufleet does not pass it to them."
+            ),
+            pattern=r"^v?[0-9]+\.[0-9]+(\.[0-9]+)?$",
+        ),
+    ] = None
     args: Annotated[
         list[str],
         Field(

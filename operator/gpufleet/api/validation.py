@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from gpufleet.api import catalog
+from gpufleet.api import catalog, kv_fit, sizing
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
 
 # `vllm serve` flags that spec fields own; setting them in engine.args would
@@ -35,6 +35,16 @@ MANAGED_VLLM_FLAGS: dict[str, str | None] = {
     "--lora-modules": "spec.engine.loraAdapters",
     "--port": None,
     "--host": None,
+    "--shutdown-timeout": None,
+}
+# Why the operator owns the flags marked None above.
+_OPERATOR_FLAG_REASONS: dict[str, str] = {
+    "--port": "pods serve on port 8000 for probes and the Service",
+    "--host": "pods serve on port 8000 for probes and the Service",
+    "--shutdown-timeout": (
+        "it is the pod's termination grace period minus its preStop delay, the operator's "
+        "GPUFLEET_DRAIN_SECONDS; a longer one would be cut short by the kubelet"
+    ),
 }
 
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -217,20 +227,8 @@ def _check_accelerator(spec: ModelDeploymentSpec) -> Iterator[Problem]:
         )
 
 
-def device_memory_gib(spec: ModelDeploymentSpec) -> float | None:
-    """Memory of the device one shard of a replica runs on (a GPU or a MIG slice)."""
-    acc = spec.accelerator
-    if acc.mig_profile is not None:
-        return catalog.mig_profile_memory_gib(acc.mig_profile)
-    if acc.gpu_memory_gib is not None:
-        return acc.gpu_memory_gib
-    return catalog.GPU_MEMORY_GIB.get(acc.gpu_product or "")
-
-
 def bytes_per_parameter(dtype: str, quantization: str) -> float:
-    if quantization != "none":
-        return catalog.BYTES_PER_PARAMETER_BY_QUANTIZATION[quantization]
-    return catalog.BYTES_PER_PARAMETER_BY_DTYPE[dtype]
+    return kv_fit.bytes_per_parameter(dtype, quantization)
 
 
 def gpu_memory_utilization(args: Sequence[str]) -> float:
@@ -252,108 +250,22 @@ def gpu_memory_utilization(args: Sequence[str]) -> float:
     return catalog.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 
 
-@dataclass(frozen=True)
-class MemoryFit:
-    """How one shard of the weights sits in one device."""
-
-    weights_per_device_gib: float
-    usable_gib: float
-    kv_cache_gib: float
-    min_kv_cache_gib: float
-
-    @property
-    def fits(self) -> bool:
-        return self.kv_cache_gib >= self.min_kv_cache_gib
-
-
-def memory_fit(
-    parameter_count: float,
-    bytes_per_param: float,
-    shards: int,
-    device_gib: float,
-    utilization: float = catalog.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
-) -> MemoryFit:
-    weights = parameter_count * bytes_per_param / catalog.GIB / shards
-    usable = device_gib * utilization
-    return MemoryFit(
-        weights_per_device_gib=weights,
-        usable_gib=usable,
-        kv_cache_gib=usable - weights,
-        min_kv_cache_gib=device_gib * catalog.MIN_KV_CACHE_SHARE,
-    )
-
-
 def _check_memory_fit(spec: ModelDeploymentSpec) -> Iterator[Problem]:
-    acc, model = spec.accelerator, spec.model
-    if model.parameter_count is None:
-        return
-    device_gib = device_memory_gib(spec)
-    if device_gib is None:
-        yield Problem(
-            "spec.accelerator.gpuMemoryGiB",
-            f"the memory of {acc.gpu_product or 'the GPU'} is not known; set gpuMemoryGiB "
-            "(e.g. 80 for an A100 80GB) so the weights can be checked against it",
-        )
-        return
-    per_param = bytes_per_parameter(model.dtype, model.quantization)
-    utilization = gpu_memory_utilization(spec.engine.args)
-    shards = 1 if acc.mig_profile else acc.tensor_parallel_size
-    fit = memory_fit(model.parameter_count, per_param, shards, device_gib, utilization)
-    if fit.fits:
-        return
-    precision: str = model.quantization if model.quantization != "none" else model.dtype
-    if precision == "auto":
-        precision = "16-bit (dtype auto)"
-    device = f"the {acc.mig_profile} MIG slice" if acc.mig_profile else f"each {device_gib:g} GiB GPU"
-    summary = (
-        f"{model.parameter_count / 1e9:.1f}B parameters in {precision} over {shards} GPU(s) put "
-        f"{fit.weights_per_device_gib:.1f} GiB of weights on {device}, leaving "
-        f"{max(fit.kv_cache_gib, 0):.1f} GiB of the {fit.usable_gib:.1f} GiB vLLM may use "
-        f"for the KV cache (at least {fit.min_kv_cache_gib:.1f} GiB needed)"
-    )
-    yield Problem(
-        "spec.accelerator.migProfile" if acc.mig_profile else "spec.accelerator.tensorParallelSize",
-        f"{summary}; {_suggest_fit(spec, per_param, device_gib, utilization)}",
-    )
+    # KV-cache-aware, as vLLM's start-up check (gpufleet.api.kv_fit has the arithmetic and sources).
+    for path, message in sizing.problems(sizing.deployment(spec)):
+        yield Problem(path, message)
 
 
-def _suggest_fit(spec: ModelDeploymentSpec, per_param: float, device_gib: float, utilization: float) -> str:
-    acc, model = spec.accelerator, spec.model
-    assert model.parameter_count is not None
-    options: list[str] = []
-    if acc.mig_profile:
-        table = catalog.MIG_PROFILES.get(acc.gpu_product or "", {})
-        bigger = [
-            p
-            for p in sorted(table, key=catalog.mig_profile_memory_gib)
-            if memory_fit(
-                model.parameter_count, per_param, 1, catalog.mig_profile_memory_gib(p), utilization
-            ).fits
-        ]
-        if bigger:
-            options.append(f"use migProfile: {bigger[0]}")
-        options.append("remove migProfile and use whole GPUs")
-        return " or ".join(options)
-    for tp in catalog.TENSOR_PARALLEL_SIZES:
-        if (
-            tp > acc.tensor_parallel_size
-            and memory_fit(model.parameter_count, per_param, tp, device_gib, utilization).fits
-        ):
-            options.append(f"use tensorParallelSize: {tp}")
-            break
-    for quant in ("fp8", "awq"):
-        smaller = catalog.BYTES_PER_PARAMETER_BY_QUANTIZATION[quant]
-        if (
-            smaller < per_param
-            and memory_fit(
-                model.parameter_count, smaller, acc.tensor_parallel_size, device_gib, utilization
-            ).fits
-        ):
-            options.append(f"quantization: {quant}")
-            break
-    if not options:
-        options.append("use GPUs with more memory")
-    return " or ".join(options)
+def spec_warnings(spec: ModelDeploymentSpec) -> list[Problem]:
+    """What a valid spec may get wrong at run time, or what could not be checked."""
+    return [Problem(path, message) for path, message in sizing.warnings(sizing.deployment(spec))]
+
+
+def manifest_warnings(obj: Any) -> list[Problem]:
+    """Warnings for a manifest that validates; none for one that does not (its problems come first)."""
+    if validate_manifest(obj):
+        return []
+    return spec_warnings(ModelDeployment.model_validate({k: v for k, v in obj.items() if k != "status"}).spec)
 
 
 def vllm_flag_name(name: str) -> str:
@@ -397,7 +309,7 @@ def _check_engine_args(spec: ModelDeploymentSpec) -> Iterator[Problem]:
             continue
         owner = MANAGED_VLLM_FLAGS[flag]
         if owner is None:
-            message = f"{flag} is managed by gpufleet (pods serve on port 8000 for probes and the Service)"
+            message = f"{flag} is managed by gpufleet ({_OPERATOR_FLAG_REASONS[flag]})"
             yield Problem(f"spec.engine.args[{i}]", f"{message}; remove it from engine.args")
         else:
             yield Problem(

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from gpufleet.adapters.kube import KubeError
 from gpufleet.api.references import added_references
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeploymentSpec
-from gpufleet.api.validation import admission_problems
+from gpufleet.api.validation import admission_problems, manifest_warnings
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id="validate", operations=["CREATE", "UPDATE"])
@@ -36,6 +36,10 @@ def validate(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if problems:
         raise kopf.AdmissionError("; ".join(str(p) for p in problems), code=422)
     _check_references(new, previous, kwargs.get("userinfo") or {}, memo)
+    # Shown by kubectl as "Warning: ..." (AdmissionResponse.warnings); the object is admitted.
+    warnings = kwargs.get("warnings")
+    if isinstance(warnings, list):
+        warnings.extend(str(w) for w in manifest_warnings(new))
 
 
 def _spec(obj: dict[str, Any] | None) -> ModelDeploymentSpec | None:

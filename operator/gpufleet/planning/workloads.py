@@ -27,6 +27,7 @@ from typing import Any
 
 from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 from gpufleet.api.validation import bytes_per_parameter
+from gpufleet.api.vllm_versions import engine_version, takes_shutdown_timeout
 from gpufleet.planning.placement import PlacementGroup
 
 LABEL_MODEL_DEPLOYMENT = "gpufleet.io/model-deployment"
@@ -197,6 +198,22 @@ def startup_budget_seconds(spec: ModelDeploymentSpec, options: WorkloadOptions) 
     return min(max(budget, MIN_STARTUP_SECONDS), MAX_STARTUP_SECONDS)
 
 
+def termination_grace_seconds(options: WorkloadOptions) -> int:
+    """The pod's terminationGracePeriodSeconds: the preStop delay, then the drain."""
+    return options.prestop_delay_seconds + options.drain_seconds
+
+
+def shutdown_timeout_seconds(options: WorkloadOptions) -> int:
+    """vLLM --shutdown-timeout: what the grace period leaves after the preStop delay.
+
+    SIGTERM comes when preStop ends, and the kubelet kills at the end of the grace period, so
+    grace >= preStop + shutdown-timeout (the drain section proposed for vLLM's Kubernetes guide,
+    vllm PR #43208, still open and not in the v0.34.0 docs; KServe sets grace - preStop,
+    kserve/kserve PR #5496). Requests still running then are lost either way.
+    """
+    return max(termination_grace_seconds(options) - options.prestop_delay_seconds, 0)
+
+
 def vllm_args(md_name: str, spec: ModelDeploymentSpec, options: WorkloadOptions) -> list[str]:
     """Arguments after `vllm serve`: the model, the flags the spec owns, then engine.args."""
     model = spec.model
@@ -222,6 +239,10 @@ def vllm_args(md_name: str, spec: ModelDeploymentSpec, options: WorkloadOptions)
     if adapters:
         args += ["--enable-lora", "--lora-modules"]
         args += [f"{adapter.name}={_model_path(adapter.uri)}" for adapter in adapters]
+    if takes_shutdown_timeout(engine_version(spec.engine)):
+        # Without it vLLM aborts in-flight requests on SIGTERM; with it, it refuses new ones and lets
+        # running ones finish for up to this long (REFERENCE.md "vLLM shutdown and versions").
+        args += ["--shutdown-timeout", str(shutdown_timeout_seconds(options))]
     # Last, so a flag the spec does not own can still be tuned (validation rejects owned ones).
     args += spec.engine.args
     return args
@@ -423,7 +444,7 @@ def _deployment(
         "enableServiceLinks": False,
         # preStop delay + drain. On spot the node goes after 2 min (AWS notice, REFERENCE.md)
         # whatever this says; it matters for scale-down and rollouts.
-        "terminationGracePeriodSeconds": options.prestop_delay_seconds + options.drain_seconds,
+        "terminationGracePeriodSeconds": termination_grace_seconds(options),
         "tolerations": _tolerations(group, options),
         "affinity": _node_affinity(spec, group, options),
         "containers": [container],

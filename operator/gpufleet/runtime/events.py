@@ -18,6 +18,7 @@ from typing import Any
 
 from gpufleet.adapters.kube import KubeApi
 from gpufleet.planning.report import EventView
+from gpufleet.runtime.kube_passthrough import KubePassthrough
 
 log = logging.getLogger("gpufleet.events")
 
@@ -66,7 +67,7 @@ def _reference(involved: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class QueuedEvents:
+class QueuedEvents(KubePassthrough):
     """A KubeApi that posts Events from a bounded queue on its own thread; every other call goes
     straight to the wrapped API, unchanged.
 
@@ -83,7 +84,7 @@ class QueuedEvents:
     ) -> None:
         if capacity < 1:
             raise ValueError(f"an event queue holds at least one event, not {capacity}")
-        self._kube = kube
+        super().__init__(kube)
         self._capacity = capacity
         self._on_drop = on_drop
         self._on_depth = on_depth
@@ -213,35 +214,3 @@ class QueuedEvents:
                     self.posted += 1
                     self._done += 1
                     self._changed.notify_all()
-
-    # --- everything else goes straight through ---------------------------------------------------
-
-    def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str
-    ) -> list[dict[str, Any]]:
-        return self._kube.list(api_version, kind, namespace, label_selector)
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return self._kube.get(api_version, kind, namespace, name)
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self._kube.apply(obj)
-
-    def patch(
-        self, api_version: str, kind: str, namespace: str | None, name: str, merge_patch: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self._kube.patch(api_version, kind, namespace, name, merge_patch)
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self._kube.delete(api_version, kind, namespace, name)
-
-    def evict(self, namespace: str, pod: str) -> bool:
-        return self._kube.evict(namespace, pod)
-
-    def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        self._kube.patch_status(api_version, kind, namespace, name, status)
-
-    def patch_scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
-        self._kube.patch_scale(api_version, kind, namespace, name, replicas)

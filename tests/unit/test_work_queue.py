@@ -13,7 +13,7 @@ import pytest
 
 from gpufleet.adapters.kube import KubeError
 from gpufleet.planning.observe import Key
-from gpufleet.runtime.work_queue import RetryLimiter, WorkQueue
+from gpufleet.runtime.work_queue import URGENT, RetryLimiter, WorkQueue
 
 BODY = {"metadata": {"name": "m"}}
 
@@ -210,3 +210,35 @@ def test_a_key_enqueued_from_another_thread_wakes_an_idle_worker() -> None:
         return woke
 
     assert asyncio.run(scenario())
+
+
+def test_an_urgent_key_goes_before_every_normal_key_already_queued() -> None:
+    """A resync queues every model; a spot warning for one of them must not wait behind them all."""
+    order: list[Key] = []
+    gate = threading.Event()
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        if key == ("ml", "first"):
+            gate.wait(5)  # holds the only worker while the others queue up
+        order.append(key)
+
+    async def scenario() -> None:
+        queue = WorkQueue(work, workers=1, resync=3600)
+        queue.start()
+        keys = [("ml", "first")] + [("ml", f"m{i}") for i in range(5)]
+        for key in keys:
+            queue.bodies[key] = BODY
+        queue.enqueue(keys[0])
+        await asyncio.sleep(0.05)  # the worker has taken "first"
+        for key in keys[1:]:
+            queue.enqueue(key)
+        queue.enqueue(("ml", "m3"), URGENT)  # already queued as normal: raised
+        gate.set()
+        for _ in range(500):
+            if len(order) == len(keys):
+                break
+            await asyncio.sleep(0.01)
+        await queue.stop()
+
+    asyncio.run(scenario())
+    assert order == [("ml", "first"), ("ml", "m3"), ("ml", "m0"), ("ml", "m1"), ("ml", "m2"), ("ml", "m4")]

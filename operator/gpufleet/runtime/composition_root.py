@@ -45,7 +45,7 @@ from gpufleet.runtime.node_records import NodeRecorder
 from gpufleet.runtime.prices import SpotPriceRefresher
 from gpufleet.runtime.reconciler import Reconciler
 from gpufleet.runtime.watch_gaps import WatchGapCheck
-from gpufleet.runtime.work_queue import WorkQueue
+from gpufleet.runtime.work_queue import URGENT, WorkQueue
 
 log = logging.getLogger("gpufleet")
 
@@ -211,7 +211,7 @@ class Operator:
             changed = self.capacity.update_node(node, now)
         if changed:
             for key in self.capacity.models_on(name):
-                self.queue.enqueue(key)
+                self.queue.enqueue(key, URGENT)  # a node going: ahead of resyncs
 
     def owned_object_changed(self, key: Key, kind: str, name: str, obj: Mapping[str, Any] | None) -> None:
         """A Service or PDB event: reconcile unless it is the echo of gpufleet's own last write."""
@@ -357,7 +357,7 @@ class Operator:
         )
 
         def enqueue(key: Key) -> None:
-            loop.call_soon_threadsafe(self.queue.enqueue, key)
+            loop.call_soon_threadsafe(self.queue.enqueue, key, URGENT)  # a warning has a deadline
 
         consumer = InterruptionConsumer(
             sqs,

@@ -70,6 +70,10 @@ class RetryLimiter:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+URGENT = 0
+NORMAL = 1
+
+
 def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
@@ -91,10 +95,13 @@ class WorkQueue:
         self._retries = retries or RetryLimiter()
         self.bodies: dict[Key, Mapping[str, Any]] = {}
         self.received_at: dict[Key, float] = {}  # time.monotonic() of each key's last body
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
+        # (priority, arrival, key): URGENT before NORMAL, then first come first served. A key raised to
+        # URGENT while queued as NORMAL is queued again; the stale entry is skipped when it comes up.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self._arrivals = 0
+        self._queued: dict[Key, int] = {}  # key → the priority it is queued at
         self._running: set[Key] = set()
-        self._dirty: set[Key] = set()
+        self._dirty: dict[Key, int] = {}  # running keys asked for again, at that priority
         self._failures: dict[Key, int] = {}
         # One timer per key (a retry or a requeue_after), the soonest asked for: each reconcile of a key
         # waiting on a drain deadline asks again, and a timer per ask would pile up until the deadline.
@@ -120,23 +127,28 @@ class WorkQueue:
         self.received_at[key] = time.monotonic()
         self.enqueue(key)
 
-    def enqueue(self, key: Key) -> None:
+    def enqueue(self, key: Key, priority: int = NORMAL) -> None:
         """Look at `key` soon; from any thread. Watch events arrive on informer and kopf executor threads,
-        and an asyncio queue touched from those would neither be safe nor wake the waiting workers."""
+        and an asyncio queue touched from those would neither be safe nor wake the waiting workers.
+
+        URGENT (a capacity signal: a spot warning, a node going) goes before every NORMAL key: with
+        hundreds of models, a resync queues them all, and a warning behind them would wait past its
+        deadline."""
         loop = self._loop
         if loop is not None and not _running_on(loop):
-            loop.call_soon_threadsafe(self._enqueue_now, key)
+            loop.call_soon_threadsafe(self._enqueue_now, key, priority)
         else:
-            self._enqueue_now(key)
+            self._enqueue_now(key, priority)
 
-    def _enqueue_now(self, key: Key) -> None:
+    def _enqueue_now(self, key: Key, priority: int = NORMAL) -> None:
         if key not in self.bodies:
             return
         if key in self._running:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+            self._dirty[key] = min(priority, self._dirty.get(key, priority))
+        elif priority < self._queued.get(key, priority + 1):
+            self._queued[key] = priority
+            self._arrivals += 1
+            self._queue.put_nowait((priority, self._arrivals, key))
 
     def enqueue_after(self, key: Key, delay: float) -> None:
         """Look at `key` again in `delay` seconds (a drain deadline); from the event loop's thread or not."""
@@ -197,8 +209,10 @@ class WorkQueue:
 
     async def _worker(self, number: int) -> None:
         while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
+            priority, _, key = await self._queue.get()
+            if self._queued.get(key) != priority:
+                continue  # queued again at a higher priority, and taken from there (or already run)
+            del self._queued[key]
             body = self.bodies.get(key)
             if body is None:
                 continue
@@ -226,5 +240,4 @@ class WorkQueue:
                 self.reconciles += 1
                 self._running.discard(key)
                 if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+                    self.enqueue(key, self._dirty.pop(key))

@@ -1,6 +1,7 @@
 """Spot benchmark: gpufleet's interruption handling against no handling and a cordon-and-drain handler.
 
     python hack/bench/spot.py [--time-scale 30] [--duration 7200] [--rate 1.5] [--kubeconfig PATH]
+                              [--image vllm/vllm-openai:v0.11.0] [--drain-seconds 0]
 
 One control plane; three trials in turn, each on a fresh simulated fleet
 (fleetsim: spot and on-demand p4de.24xlarge pools in three zones, vLLM pods,
@@ -176,6 +177,12 @@ class Settings:
     duration: float
     rate: float
     seed: int
+    # The vLLM image (None: the operator's default) and the operator's drain seconds (None: its default):
+    # an image before v0.18.0 with drain 0 shows what SIGTERM's abort costs (hack/bench/README.md).
+    image: str | None = None
+    drain_seconds: int | None = None
+    # Tokens generated per request: long generations outlast the preStop delay and show what SIGTERM cuts.
+    max_tokens: int = MAX_TOKENS
 
 
 @dataclass
@@ -272,6 +279,7 @@ def model_deployment(settings: Settings) -> dict[str, Any]:
             "minReplicas": 1,
             "maxReplicas": REPLICAS,
             "autoscaling": {"enabled": False},
+            **({"engine": {"image": settings.image}} if settings.image else {}),
             "capacity": {
                 "zones": list(ZONES),
                 "onDemandReplicas": ON_DEMAND_REPLICAS,
@@ -481,7 +489,7 @@ class Trial:
             parse_trace({"kind": "constant", "rate": settings.rate}),
             clock,
             prompt_tokens=PROMPT_TOKENS,
-            max_tokens=MAX_TOKENS,
+            max_tokens=settings.max_tokens,
             seed=settings.seed,
             refresh_s=ENDPOINT_REFRESH_S,
         )
@@ -515,6 +523,8 @@ class Trial:
         settings = self.settings
         fleet, manifest = self._write_inputs()
         env = {} if self.trial == "ours" else {"GPUFLEET_SPOT_FAILOVER": "false"}
+        if settings.drain_seconds is not None:
+            env["GPUFLEET_DRAIN_SECONDS"] = str(settings.drain_seconds)
         scenario = parse_scenario(
             {
                 "name": f"bench-spot-{self.trial}",
@@ -657,10 +667,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals (the same in every trial)")
     parser.add_argument("--trials", nargs="+", choices=TRIALS, default=list(TRIALS), help="default all")
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
+    parser.add_argument("--image", help="the vLLM image of the ModelDeployment (default: the operator's)")
+    parser.add_argument(
+        "--drain-seconds", type=int, help="the operator's GPUFLEET_DRAIN_SECONDS (default: its own, 120)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=MAX_TOKENS, help=f"tokens per request (default {MAX_TOKENS})"
+    )
     args = parser.parse_args(argv)
     if args.time_scale <= 0 or args.duration <= 0 or args.rate <= 0:
         parser.error("--time-scale, --duration and --rate must be > 0")
-    settings = Settings(args.time_scale, args.duration, args.rate, args.seed)
+    if args.drain_seconds is not None and args.drain_seconds < 0:
+        parser.error("--drain-seconds must be >= 0")
+    if args.max_tokens < 1:
+        parser.error("--max-tokens must be >= 1")
+    settings = Settings(
+        args.time_scale, args.duration, args.rate, args.seed, args.image, args.drain_seconds, args.max_tokens
+    )
     results = or_failure(lambda: run(args.trials, settings, args.kubeconfig))
     if results is None:
         return 1

@@ -6,8 +6,10 @@ For pods the real scheduler bound to those nodes it does what a kubelet and
 vLLM would: pull the image, load the weights (delays from the model's size
 and source, REFERENCE.md), then start a simulated vLLM server on the pod's
 loopback IP and mark the pod Ready. On deletion it honours preStop (vLLM
-keeps serving), then drains (new requests get 503) until in-flight requests
-finish or the grace period ends, and completes the deletion. A node that
+keeps serving), then sends the engine SIGTERM: with --shutdown-timeout it
+drains (new requests get 503) until in-flight requests finish, the timeout or
+the grace period ends; without it in-flight requests are cut, as real vLLM
+aborts them. Then it completes the deletion. A node that
 disappears takes its pods with it, abruptly, as a reclaimed spot instance does.
 """
 
@@ -32,7 +34,7 @@ from fleetsim.clock import SimClock
 from fleetsim.dcgm import DcgmExporter, GpuSample
 from fleetsim.models import gpu_model_name
 from fleetsim.params import KubeletParams
-from fleetsim.podspec import PodPlan, load_seconds, plan_pod
+from fleetsim.podspec import PodPlan, adapter_fetch_seconds, load_seconds, plan_pod
 from fleetsim.vllm_model import EngineConfigError, EngineProfile, profile_for, weights_bytes
 from fleetsim.vllm_server import VllmServer
 
@@ -354,6 +356,17 @@ class SimKubelet:
                 for c in containers
             ],
         }
+        fetchers = raw.get("spec", {}).get("initContainers", [])
+        if pod.plan is not None and pod.plan.adapter_fetches:
+            # Init containers copy s3:// adapters first; vLLM starts only once they have all finished.
+            await self.clock.sleep(adapter_fetch_seconds(pod.plan, self.params))
+        if fetchers:
+            done = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}}
+            running_status["initContainerStatuses"] = [
+                {"name": c["name"], "image": c.get("image", ""), "ready": True, "restartCount": 0}
+                | {"state": done}
+                for c in fetchers
+            ]
         await self._patch_pod_status(pod, running_status)
         if pod.plan is not None:
             if not node.image_cached:
@@ -372,6 +385,11 @@ class SimKubelet:
                     max_model_len=pod.plan.max_model_len,
                     max_num_seqs=pod.plan.max_num_seqs,
                     kv_cache_dtype_bytes=pod.plan.kv_cache_dtype_bytes,
+                    speculative_method=pod.plan.speculative_method,
+                    num_speculative_tokens=pod.plan.num_speculative_tokens,
+                    draft_model_id=pod.plan.draft_model_id,
+                    max_loras=pod.plan.max_loras,
+                    max_lora_rank=pod.plan.max_lora_rank,
                 )
             except EngineConfigError as error:
                 # vLLM exits at start-up when the model does not fit; the pod crash-loops.
@@ -410,22 +428,36 @@ class SimKubelet:
         }
 
     async def _terminate(self, pod: SimPod) -> None:
-        """preStop (still serving), then drain until idle or the grace period ends."""
+        """preStop (still serving), then SIGTERM: drain if vLLM was given --shutdown-timeout, else abort.
+
+        The grace period counts from the deletion and covers the hook and the drain, as the kubelet's
+        does. Without --shutdown-timeout (vLLM's default 0, and every release before v0.18.0) SIGTERM
+        aborts what is in flight: _forget stops the server, which cuts those connections.
+        """
         plan = pod.plan
         if pod.task is not None and not pod.task.done():
             pod.task.cancel()  # still starting: nothing to drain
         elif pod.server is not None and plan is not None:
-            await self.clock.sleep(plan.prestop_seconds)
-            # The node may have gone during the preStop sleep, taking the server with it (_forget).
+            await self.clock.sleep(min(plan.prestop_seconds, plan.grace_seconds))
+            spent = min(plan.prestop_seconds, plan.grace_seconds)
+            # gpufleet's preStop for older releases: wait, bounded, until nothing runs or waits. The
+            # server keeps accepting meanwhile, as vLLM does before SIGTERM.
+            bound = min(plan.prestop_idle_wait_seconds, plan.grace_seconds - spent)
+            spent += await self._wait_idle(pod, bound)
+            # The node may have gone during the preStop, taking the server with it (_forget).
             server = pod.server
-            if server is not None:
-                server.start_draining()
-                remaining = max(0.0, plan.grace_seconds - plan.prestop_seconds)
-                waited = 0.0
-                while server.in_flight() > 0 and waited < remaining:
-                    await self.clock.sleep(1.0)
-                    waited += 1.0
+            if server is not None and plan.shutdown_timeout_seconds > 0:
+                server.start_draining()  # new requests and /health get 503
+                await self._wait_idle(pod, min(plan.shutdown_timeout_seconds, plan.grace_seconds - spent))
         await self._forget(pod, delete=True)
+
+    async def _wait_idle(self, pod: SimPod, bound: float) -> float:
+        """Simulated seconds waited, polling each second, until the pod's engine is idle or gone."""
+        waited = 0.0
+        while waited < bound and pod.server is not None and pod.server.in_flight() > 0:
+            await self.clock.sleep(1.0)
+            waited += 1.0
+        return waited
 
     async def _forget(self, pod: SimPod, delete: bool) -> None:
         if pod.task is not None and not pod.task.done():

@@ -8,6 +8,7 @@ preStop and the grace period.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from fleetsim.params import KubeletParams
 from gpufleet.api.kv_fit import KV_CACHE_DTYPE_BYTES
+from gpufleet.planning.workloads import PRESTOP_WAIT_IDLE_SCRIPT
 
 GIB = 1024**3
 
@@ -37,6 +39,21 @@ class PodPlan:
     port: int
     # vLLM --kv-cache-dtype in bytes per element (auto: the model's 2).
     kv_cache_dtype_bytes: float = 2
+    # vLLM --speculative-config: the method, tokens proposed per step and the draft checkpoint.
+    speculative_method: str | None = None
+    num_speculative_tokens: int = 0
+    draft_model_id: str | None = None
+    # vLLM --shutdown-timeout (v0.18.0+): on SIGTERM refuse new requests and drain this long; 0 (vLLM's
+    # default, and every older release) aborts in-flight requests at SIGTERM.
+    shutdown_timeout_seconds: float = 0.0
+    # gpufleet's preStop for older releases: after prestop_seconds, wait up to this long until the engine
+    # has nothing running or waiting (0: a plain sleep).
+    prestop_idle_wait_seconds: float = 0.0
+    # s3:// adapters copied by init containers (gpufleet's fetch-adapter-N) before vLLM starts.
+    adapter_fetches: int = 0
+    # --max-loras / --max-lora-rank with --enable-lora (vLLM's defaults 1 and 16); 0 without LoRA.
+    max_loras: int = 0
+    max_lora_rank: int = 0
 
     @property
     def mig_profile(self) -> str | None:
@@ -60,7 +77,13 @@ def _lora_names(args: Sequence[str]) -> tuple[str, ...]:
     for arg in args[args.index("--lora-modules") + 1 :]:
         if arg.startswith("-"):
             break
-        names.append(arg.split("=", 1)[0])
+        if arg.startswith("{"):  # vLLM's JSON form, {"name": ..., "path": ...}
+            try:
+                names.append(str(json.loads(arg)["name"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        else:
+            names.append(arg.split("=", 1)[0])
     return tuple(names)
 
 
@@ -81,6 +104,25 @@ def _dtype_bytes(args: Sequence[str]) -> float:
     return 2.0
 
 
+def _speculative(config: str | None) -> dict[str, Any]:
+    """PodPlan fields from --speculative-config's JSON, as vLLM's parser reads it (json.loads)."""
+    if config is None:
+        return {}
+    try:
+        parsed = json.loads(config)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    parsed = {str(key).replace("-", "_"): value for key, value in parsed.items()}
+    model = parsed.get("model")
+    return {
+        "speculative_method": parsed.get("method") or ("draft_model" if model else None),
+        "num_speculative_tokens": int(parsed.get("num_speculative_tokens") or 0),
+        "draft_model_id": model if isinstance(model, str) else None,
+    }
+
+
 def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
     """The vLLM container's plan, or None for pods that are not vLLM (those just run)."""
     spec = pod.get("spec", {})
@@ -95,10 +137,13 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
     for name, value in limits.items():
         if name == "nvidia.com/gpu" or name.startswith("nvidia.com/mig-"):
             gpu_resource, gpu_count = name, int(value)
-    prestop = 0.0
+    prestop, idle_wait = 0.0, 0.0
     command = vllm.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     if len(command) == 2 and command[0] == "sleep":
         prestop = float(command[1])
+    elif len(command) == 6 and command[:3] == ["python3", "-c", PRESTOP_WAIT_IDLE_SCRIPT]:
+        # Only the script gpufleet writes is understood; any other hook runs as if instant.
+        prestop, idle_wait = float(command[3]), float(command[4])
     max_len = _flag(args, "--max-model-len")
     return PodPlan(
         model_id=model_id,
@@ -116,7 +161,27 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         grace_seconds=float(spec.get("terminationGracePeriodSeconds", 30)),
         port=int(_flag(args, "--port") or 8000),
         kv_cache_dtype_bytes=KV_CACHE_DTYPE_BYTES.get(_flag(args, "--kv-cache-dtype") or "auto", 2),
+        **_speculative(_flag(args, "--speculative-config")),
+        shutdown_timeout_seconds=float(_flag(args, "--shutdown-timeout") or 0),
+        prestop_idle_wait_seconds=idle_wait,
+        max_loras=int(_flag(args, "--max-loras") or 1) if "--enable-lora" in args else 0,
+        max_lora_rank=int(_flag(args, "--max-lora-rank") or 16) if "--enable-lora" in args else 0,
+        adapter_fetches=sum(
+            1 for c in spec.get("initContainers", []) if c.get("command", [])[:3] == ["aws", "s3", "sync"]
+        ),
     )
+
+
+# An s3:// adapter's size is not in the pod: taken as a rank-64 adapter of a 70B model in bf16 (~1.6 GiB),
+# plus the AWS CLI container's start. Only the delay matters here; the files are not simulated.
+ADAPTER_GIB = 1.6
+ADAPTER_FETCH_START_SECONDS = 3.0
+
+
+def adapter_fetch_seconds(plan: PodPlan, params: KubeletParams) -> float:
+    """Simulated seconds the init containers take to copy the pod's s3:// adapters (one after another)."""
+    per_adapter = ADAPTER_FETCH_START_SECONDS + ADAPTER_GIB / params.s3_gib_per_second
+    return plan.adapter_fetches * per_adapter
 
 
 def load_seconds(weights_bytes: float, source: str, params: KubeletParams) -> float:

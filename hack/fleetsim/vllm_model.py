@@ -34,6 +34,33 @@ DECODE_BANDWIDTH_EFFICIENCY = 0.7
 MFU = 0.5
 # vLLM allocates the KV cache in blocks of this many tokens (--block-size default).
 KV_BLOCK_TOKENS = kv_fit.BLOCK_TOKENS
+# Probability that a proposed token is accepted, per method, treated as independent per position
+# (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding", §3.1). Each is
+# solved from a mean acceptance length L measured with vLLM at k proposed tokens, L = (1 − a^(k+1)) /
+# (1 − a) (derived):
+# - ngram 0.68: Qwen3-32B-FP8, k = 3, L = 2.46 in vLLM's SpecDecoding log (vllm issue #19254);
+# - eagle 0.57: EAGLE-LLaMA3-Instruct-8B on MT-Bench, k = 2, L = 1.89 (vllm PR #16035);
+# - eagle3 0.61: an EAGLE-3 head for MiniCPM, k = 6, L = 2.47 (vllm PR #24243).
+# draft_model and mtp have no measurement here: EAGLE's rate stands in for them. All depend on the
+# workload (prompt overlap for ngram, how well the drafter imitates the model for the others).
+ACCEPTANCE_RATES: dict[str, float] = {
+    "ngram": 0.68,
+    "eagle": 0.57,
+    "eagle3": 0.61,
+    "draft_model": 0.57,
+    "mtp": 0.57,
+}
+
+
+def tokens_per_step(acceptance_rate: float, num_speculative_tokens: int) -> float:
+    """Expected tokens a sequence gains per verification step with k proposals: the accepted prefix
+    plus the one the model samples itself, (1 − a^(k+1)) / (1 − a) (Leviathan et al. 2023, eq. 1)."""
+    k = num_speculative_tokens
+    if k <= 0:
+        return 1.0
+    if acceptance_rate >= 1:
+        return float(k + 1)
+    return (1 - acceptance_rate ** (k + 1)) / (1 - acceptance_rate)
 
 
 class EngineConfigError(ValueError):
@@ -57,6 +84,10 @@ class EngineProfile:
     max_model_len: int
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
+    # Speculative decoding: tokens proposed per step (each decode schedules 1 + k tokens) and the
+    # expected tokens a decoding sequence gains per step.
+    num_speculative_tokens: int = 0
+    tokens_per_decode_step: float = 1.0
     # Descriptive, for other simulators (dcgm-exporter memory, logs).
     model_id: str = ""
     tensor_parallel_size: int = 1
@@ -89,6 +120,12 @@ def profile_for(
     kv_cache_dtype_bytes: float = 2,
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
+    speculative_method: str | None = None,
+    num_speculative_tokens: int = 0,
+    draft_model_id: str | None = None,
+    acceptance_rate: float | None = None,
+    max_loras: int = 0,
+    max_lora_rank: int = 0,
 ) -> EngineProfile:
     """The profile of `vllm serve model_id --tensor-parallel-size tp` on `gpu_product` GPUs.
 
@@ -102,6 +139,12 @@ def profile_for(
       + sequences × 2 × params / (TP × FLOPS × MFU)                     (each token's FLOPs)
       + Σ context × KV bytes per token per GPU / (bandwidth × efficiency)  (attention reads)
     - prefill tokens/s = TP × FLOPS × MFU / (2 × params)
+
+    With speculative decoding (`speculative_method`, k = `num_speculative_tokens`) the drafter's
+    weights and KV share the GPUs (gpufleet.api.kv_fit.speculative_draft), a step verifies k + 1
+    tokens per sequence and runs the drafter k times (weights read and FLOPs per proposal; ngram
+    costs nothing on the GPU), and each sequence gains `tokens_per_step` tokens on average at
+    `acceptance_rate` (default: ACCEPTANCE_RATES of the method).
 
     Raises EngineConfigError where vLLM fails at startup: weights do not fit, the KV
     cache cannot hold one max_model_len sequence, max_model_len exceeds the model's context,
@@ -119,6 +162,21 @@ def profile_for(
 
     context = max_model_len if max_model_len is not None else model.max_position_embeddings
     default_batched, default_seqs = kv_fit.batch_defaults(gpu.memory_gib, gpu.product)
+    draft = None
+    k = num_speculative_tokens if speculative_method else 0
+    if speculative_method:
+        named = speculative_method == "draft_model" and draft_model_id
+        checkpoint = model_spec(draft_model_id) if named and draft_model_id else None
+        draft = kv_fit.speculative_draft(
+            speculative_method,
+            model.architecture(),
+            model.params,
+            dtype_bytes,
+            checkpoint.params if checkpoint else None,
+            checkpoint.architecture() if checkpoint else None,
+            # The simulator knows the weights' bytes only; a quantized target's draft is taken as bf16.
+            dtype_bytes=2,
+        )
     fit = kv_fit.KvFit(
         architecture=model.architecture(),
         parameters=model.params,
@@ -131,6 +189,11 @@ def profile_for(
         max_num_seqs=max_num_seqs if max_num_seqs is not None else default_seqs,
         max_num_batched_tokens=(
             max_num_batched_tokens if max_num_batched_tokens is not None else default_batched
+        ),
+        draft=draft,
+        # --enable-lora: slots of --max-lora-rank reserved before the KV cache, as gpufleet's fit counts them.
+        lora_bytes_per_gpu=kv_fit.lora_bytes_per_gpu(
+            model.architecture(), model.params, max_loras, max_lora_rank, 2, tensor_parallel_size
         ),
     )
     refusal = kv_fit.vllm_refusal(fit)
@@ -145,11 +208,17 @@ def profile_for(
     bandwidth = gpu.hbm_bandwidth_bytes_per_s * DECODE_BANDWIDTH_EFFICIENCY
     token_flops = 2 * model.params
     compute = tensor_parallel_size * gpu.bf16_dense_flops * MFU
+    # The drafter runs k times per step: its weights read and its FLOPs for each proposal.
+    draft_weights_per_gpu = fit.draft_weights_gib_per_gpu * GIB
+    draft_token_flops = draft.weight_bytes if draft is not None else 0.0  # 2 × params at 2 bytes each
+    rate = ACCEPTANCE_RATES.get(speculative_method or "", 0.0) if acceptance_rate is None else acceptance_rate
     return EngineProfile(
         kv_cache_tokens=fit.kv_tokens,
         prefill_tokens_per_s=compute / token_flops,
-        decode_step_base_s=weights_per_gpu / bandwidth,
-        decode_step_per_seq_s=token_flops / compute,
+        decode_step_base_s=(weights_per_gpu + k * draft_weights_per_gpu) / bandwidth,
+        decode_step_per_seq_s=((k + 1) * token_flops + k * draft_token_flops) / compute,
+        num_speculative_tokens=k,
+        tokens_per_decode_step=tokens_per_step(rate, k),
         decode_step_per_context_token_s=kv_token_bytes / bandwidth,
         max_model_len=context,
         max_num_seqs=fit.max_num_seqs,
@@ -220,6 +289,8 @@ class _Seq:
     scheduled_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float = 0.0
+    # Expected tokens earned by speculation and not yet emitted (whole tokens come out per step).
+    speculative_credit: float = 0.0
 
 
 class Engine:
@@ -306,7 +377,7 @@ class Engine:
         profile = self.profile
         budget = profile.max_num_batched_tokens
         capacity = profile.kv_cache_tokens
-        decodes: list[_Seq] = []
+        decodes: list[tuple[_Seq, int]] = []
         prefills: list[tuple[_Seq, int]] = []
         preemptions = 0
 
@@ -320,16 +391,23 @@ class Engine:
                 budget -= chunk
                 i += 1
                 continue
+            gained = 1
+            if profile.num_speculative_tokens:
+                # On average tokens_per_decode_step: the accepted proposals and the model's own token.
+                seq.speculative_credit += profile.tokens_per_decode_step
+                gained = max(1, min(int(seq.speculative_credit), seq.max_tokens - seq.generated))
+                seq.speculative_credit -= gained
             victim = None
-            while self._kv_used + 1 > capacity and victim is not seq:
+            while self._kv_used + gained > capacity and victim is not seq:
                 victim = self._preempt_newest()
                 preemptions += 1
             if victim is seq:
                 break
-            self._kv_used += 1
-            seq.kv += 1
-            decodes.append(seq)
-            budget -= 1
+            self._kv_used += gained
+            seq.kv += gained
+            decodes.append((seq, gained))
+            # vLLM schedules the proposals with the token they verify (1 + k per decode).
+            budget -= 1 + profile.num_speculative_tokens
             i += 1
 
         # Then the queue, FCFS, unless this step had to preempt (vLLM admits nothing then).
@@ -354,18 +432,20 @@ class Engine:
             return StepResult(start=now, duration=0.0, preemptions=preemptions)
 
         prefill_tokens = sum(chunk for _, chunk in prefills)
-        duration = profile.decode_step_s(len(decodes), sum(seq.kv for seq in decodes))
+        duration = profile.decode_step_s(len(decodes), sum(seq.kv for seq, _ in decodes))
         duration += prefill_tokens / profile.prefill_tokens_per_s
         end = now + duration
         result = StepResult(start=now, duration=duration, preemptions=preemptions)
 
         itl = result.inter_token_latencies
-        for seq in decodes:
+        for seq, gained in decodes:
+            # One observation per request and step however many tokens it brought, as vLLM records
+            # inter-token latency (vllm/v1/metrics/stats.py IterationStats.update_from_output).
             gap = end - seq.last_token_at
             itl[gap] = itl.get(gap, 0) + 1
-            seq.generated += 1
+            seq.generated += gained
             seq.last_token_at = end
-            result.tokens.append(seq.request_id)
+            result.tokens.extend([seq.request_id] * gained)
         for seq, chunk in prefills:
             seq.prefilled += chunk
             if seq.prefilled < seq.to_prefill:
@@ -417,6 +497,7 @@ class Engine:
 
 
 __all__ = [
+    "ACCEPTANCE_RATES",
     "ACTIVATION_RESERVE_GIB",
     "DECODE_BANDWIDTH_EFFICIENCY",
     "KV_BLOCK_TOKENS",
@@ -429,5 +510,6 @@ __all__ = [
     "RequestRejectedError",
     "StepResult",
     "profile_for",
+    "tokens_per_step",
     "weights_bytes",
 ]

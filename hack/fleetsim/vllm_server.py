@@ -16,8 +16,10 @@ HTTP behaviour follows vLLM's OpenAI server: 404 NotFoundError for an unknown
 model, 400 for a request beyond max_model_len, SSE streaming ending with
 `data: [DONE]`. Prompt tokens are estimated as ceil(characters / 4); every
 request generates exactly max_tokens tokens (as with ignore_eos). While draining
-(vLLM after SIGTERM, inside the preStop window) new requests and /health get
-503 and in-flight requests run to completion.
+(vLLM after SIGTERM with --shutdown-timeout, after the preStop hook) new
+requests and /health get 503 and in-flight requests run to completion; stop()
+(the process gone: SIGTERM without that flag, or the kill at the end of the
+grace period) cuts their connections.
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ NAMESPACED = {
     *{("", "pods", v) for v in ("get", "list", "watch", "delete")},
     ("", "pods/eviction", "create"),
     *{("", "events", v) for v in ("create", "patch")},
+    ("", "secrets", "get"),  # a model's credentialsSecret, by name (CredentialsReady)
 }
 CLUSTER = {
     *{("", "nodes", v) for v in ("get", "list", "watch", "patch")},
@@ -215,12 +216,13 @@ def test_watch_namespaces_gives_a_role_per_namespace(everything: list[dict[str, 
     assert bindings == {"ml", "ml-staging", "ops"}  # ops: the leader-election Role
 
 
-def test_no_role_grants_secrets_wildcards_or_admission_configuration() -> None:
+def test_no_role_lists_secrets_or_grants_wildcards_or_admission_configuration() -> None:
     for values in ([], ["-f", EVERYTHING]):
         for role in [o for o in render(*values) if o["kind"] in ("Role", "ClusterRole")]:
             for group, resource, verb in _grants(role["rules"]):
                 assert "*" not in (group, resource, verb)
-                assert resource not in ("secrets", "configmaps")
+                assert resource != "configmaps"
+                assert resource != "secrets" or verb == "get"  # by name only: never list or watch
                 assert not group.startswith("admissionregistration")
 
 

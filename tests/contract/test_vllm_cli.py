@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,26 @@ EDGE_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         ),
         {},
     ),
+    "lora slots and rank set; s3 adapters served from local dirs, names with / : @": (
+        with_changes(
+            LLAMA_70B,
+            {
+                "model__credentialsSecret": "creds",
+                "engine__maxLoras": 8,
+                "engine__maxLoraRank": 320,
+                "engine__loraAdapters": [
+                    {"name": "acme/legal:v2@eu", "uri": "s3://adapters-bucket/legal"},
+                    {"name": "support", "uri": "s3://adapters-bucket"},
+                    {"name": "hr", "uri": "pvc://adapters/hr,v2"},  # a comma: vLLM's JSON form
+                ],
+            },
+        ),
+        {},
+    ),
+    "lora defaults: one adapter, one slot, rank 16": (
+        with_changes(LLAMA_70B, {"engine__loraAdapters": [{"name": "sql", "uri": "hf://acme/sql-lora"}]}),
+        {},
+    ),
     "tuned engine flags": (
         with_changes(
             LLAMA_70B,
@@ -113,6 +134,56 @@ EDGE_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             {
                 "engine__image": "vllm/vllm-openai@sha256:" + "0" * 64,
                 "engine__version": format_version(NEWEST_KNOWN),
+            },
+        ),
+        {},
+    ),
+    "speculative ngram with prompt lookup bounds": (
+        with_changes(
+            LLAMA_70B,
+            {
+                "engine__speculativeDecoding": {
+                    "method": "ngram",
+                    "numSpeculativeTokens": 4,
+                    "promptLookupMin": 2,
+                    "promptLookupMax": 5,
+                }
+            },
+        ),
+        {},
+    ),
+    "speculative draft model from a pvc": (
+        with_changes(
+            LLAMA_70B,
+            {
+                "engine__speculativeDecoding": {
+                    "method": "draft_model",
+                    "numSpeculativeTokens": 3,
+                    "draftModel": {"uri": "pvc://weights/llama-3.2-1b-instruct"},
+                }
+            },
+        ),
+        {},
+    ),
+    "speculative eagle3 head from hf": (
+        with_changes(
+            LLAMA_70B,
+            {
+                "engine__speculativeDecoding": {
+                    "method": "eagle3",
+                    "numSpeculativeTokens": 3,
+                    "draftModel": {"uri": "hf://yuhuili/EAGLE3-LLaMA3.3-Instruct-70B"},
+                }
+            },
+        ),
+        {},
+    ),
+    "speculative mtp of an s3 model": (
+        with_changes(
+            LLAMA_70B,
+            {
+                "model__uri": "s3://models-bucket/deepseek-v3",
+                "engine__speculativeDecoding": {"method": "mtp", "numSpeculativeTokens": 1},
             },
         ),
         {},
@@ -208,3 +279,39 @@ def test_a_misspelt_or_abbreviated_flag_is_caught() -> None:
     assert short["inexact"] == ["--shutdown-time"]
     assert not value["ok"]
     assert "many" in value["error"]
+
+
+def test_speculative_config_names_fields_and_methods_vllm_has() -> None:
+    """vLLM's parser only json.loads --speculative-config; SpeculativeConfig checks it at engine start,
+    which needs the model. So the keys and methods gpufleet writes are checked against its source."""
+    source = (_parser_home() / "site" / "vllm" / "config" / "speculative.py").read_text()
+    body = source.split("class SpeculativeConfig:", 1)[1]
+    fields = set(re.findall(r"^    ([a-z_]+): ", body, flags=re.MULTILINE))
+    # The Literal types from MTPModelTypes to SpeculativeMethod: every built-in method name.
+    literals = source.split("MTPModelTypes = Literal[", 1)[1].split("RejectionSampleMethod", 1)[0]
+    methods = set(re.findall(r'"([a-z0-9_]+)"', literals))
+    lines, _ = _all_generated()
+    configs = [
+        json.loads(line[line.index("--speculative-config") + 1])
+        for line in lines.values()
+        if "--speculative-config" in line
+    ]
+    assert len(configs) >= 4
+    for config in configs:
+        assert set(config) <= fields, set(config) - fields
+        assert config["method"] in methods
+    assert {"ngram", "draft_model", "eagle", "eagle3", "mtp"} <= methods
+
+
+def test_the_contract_covers_lora_slots_rank_and_local_adapter_dirs() -> None:
+    lines, _ = _all_generated()
+    line = lines["edge case: lora slots and rank set; s3 adapters served from local dirs, names with / : @"]
+    assert line[line.index("--max-loras") + 1] == "8"
+    assert line[line.index("--max-lora-rank") + 1] == "320"
+    modules = line[line.index("--lora-modules") + 1 : line.index("--max-loras")]
+    assert [m.split("=", 1)[1].startswith("/mnt/lora-adapters/") for m in modules[:2]] == [True, True]
+    assert json.loads(modules[2]) == {"name": "hr", "path": "/mnt/pvc/adapters/hr,v2"}
+    bad_rank = [*edge_case_command_line("lora defaults: one adapter, one slot, rank 16")[2:]]
+    bad_rank[bad_rank.index("--max-lora-rank") + 1] = "24"
+    (refused,) = parse(bad_rank)["results"]
+    assert not refused["ok"]  # vLLM's parser knows the allowed ranks, as the API's enum does

@@ -10,6 +10,7 @@ fleet: so the RBAC is enough. The negative checks show it is no broader.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import uuid
 from collections.abc import Iterator
@@ -215,10 +216,11 @@ ALLOWED = [
     ("create", "subjectaccessreviews.authorization.k8s.io", None),  # the webhook's reference check
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
     ("update", "leases.coordination.k8s.io", "release"),
+    ("get", "secrets", "other"),  # a model's credentialsSecret, by name (CredentialsReady)
 ]
 DENIED = [
-    ("get", "secrets", "release"),
-    ("get", "secrets", "other"),
+    ("list", "secrets", "other"),  # never enumerated nor cached: only the one a model names
+    ("watch", "secrets", "other"),
     ("list", "secrets", None),
     ("list", "configmaps", "other"),
     ("delete", "nodes", None),
@@ -444,6 +446,29 @@ def test_the_operator_serves_a_model_deployment_with_the_chart_service_account(
         ).stdout.split()  # fmt: skip
         assert "CreatedGroup" in reasons
 
+        # A credentialsSecret that does not exist: the chart's `get` on Secrets lets the operator tell
+        # (not Unknown), and the condition and a Warning name it; once created, it is found.
+        with_secret = copy.deepcopy(MANIFEST)
+        with_secret["spec"]["model"]["credentialsSecret"] = "hf-token"
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(with_secret))
+
+        def credentials() -> str | None:
+            md = cluster.get_json("md", MODEL, "-n", namespace)
+            found = [c for c in md.get("status", {}).get("conditions", []) if c["type"] == "CredentialsReady"]
+            return f"{found[0]['status']} {found[0]['reason']}" if found else None
+
+        wait_until(lambda: credentials() == "False SecretNotFound", timeout=30, what="SecretNotFound")
+        cluster.kubectl(
+            "create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=HF_TOKEN=hf_test"
+        )
+        cluster.kubectl("annotate", "md", MODEL, "-n", namespace, "e2e/poke=1")  # reconcile now
+        wait_until(lambda: credentials() == "True SecretFound", timeout=30, what="SecretFound")
+        warnings = cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={MODEL}",
+            "-o", "jsonpath={.items[*].reason}",
+        ).stdout.split()  # fmt: skip
+        assert "SecretNotFound" in warnings
+
         cluster.kubectl("delete", "md", MODEL, "-n", namespace)
 
         def gone() -> bool:
@@ -484,6 +509,9 @@ def test_with_watch_namespaces_the_permissions_are_per_namespace(
         assert not _can(cluster, scoped.user, "patch", "deployments.apps", "default")
         assert not _can(cluster, scoped.user, "watch", "modeldeployments.gpufleet.io", None)
         assert not _can(cluster, scoped.user, "list", "pods", None)
+        # Secrets only in the watched namespaces, where its models' credentialsSecrets are.
+        assert _can(cluster, scoped.user, "get", "secrets", namespace)
+        assert not _can(cluster, scoped.user, "get", "secrets", "default")
         # Cluster-scoped reads it still needs: nodes, and namespaces (kopf resolves the list).
         assert _can(cluster, scoped.user, "watch", "nodes", None)
         assert _can(cluster, scoped.user, "list", "namespaces", None)

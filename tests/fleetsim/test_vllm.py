@@ -5,21 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from fleetsim.clock import SimClock
 from fleetsim.models import gpu_model_name, gpu_spec, model_spec, weight_dtype_bytes
+from fleetsim.podspec import plan_pod
 from fleetsim.vllm_model import (
+    ACCEPTANCE_RATES,
     Engine,
     EngineConfigError,
     EngineProfile,
     FinishedRequest,
     RequestRejectedError,
     profile_for,
+    tokens_per_step,
 )
 from fleetsim.vllm_server import VllmServer
+from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 LLAMA_70B = "meta-llama/Meta-Llama-3-70B-Instruct"
@@ -312,3 +317,133 @@ def test_the_engine_refuses_exactly_what_gpufleet_validate_rejects() -> None:
         except EngineConfigError:
             refused = True
         assert rejected is refused, utilization
+
+
+def test_tokens_per_step_is_the_expected_accepted_prefix_plus_one() -> None:
+    """(1 − a^(k+1)) / (1 − a): a = 0.68, k = 3 gives vLLM's logged mean acceptance length 2.46."""
+    assert tokens_per_step(0.68, 3) == pytest.approx(2.457, abs=1e-3)
+    assert tokens_per_step(0.57, 2) == pytest.approx(1.895, abs=1e-3)
+    assert tokens_per_step(0.9, 0) == 1.0
+    assert tokens_per_step(1.0, 4) == 5.0
+    assert set(ACCEPTANCE_RATES) == {"ngram", "draft_model", "eagle", "eagle3", "mtp"}
+
+
+def test_a_draft_model_takes_weights_and_kv_and_ngram_takes_nothing() -> None:
+    plain = profile_for(LLAMA_70B, 4, A100, max_model_len=8192)
+    ngram = profile_for(
+        LLAMA_70B, 4, A100, max_model_len=8192, speculative_method="ngram", num_speculative_tokens=3
+    )
+    draft = profile_for(
+        LLAMA_70B,
+        4,
+        A100,
+        max_model_len=8192,
+        speculative_method="draft_model",
+        num_speculative_tokens=3,
+        draft_model_id="meta-llama/Llama-3.2-1B-Instruct",
+    )
+    eagle = profile_for(
+        LLAMA_70B, 4, A100, max_model_len=8192, speculative_method="eagle", num_speculative_tokens=3
+    )
+    assert ngram.kv_cache_tokens == plain.kv_cache_tokens
+    assert draft.kv_cache_tokens < eagle.kv_cache_tokens < plain.kv_cache_tokens
+    # Verifying 1 + k tokens per sequence and running the drafter cost more per step than a plain decode.
+    assert draft.decode_step_s(8, 8000) > eagle.decode_step_s(8, 8000) > plain.decode_step_s(8, 8000)
+    assert ngram.tokens_per_decode_step == pytest.approx(tokens_per_step(ACCEPTANCE_RATES["ngram"], 3))
+
+
+@pytest.mark.parametrize("method", ["ngram", "eagle", "eagle3", "mtp"])
+def test_the_same_load_is_served_faster_per_token_with_speculation(method: str) -> None:
+    """Memory-bound decode: proposals that are often right cut time per output token and latency."""
+    arrivals = [(i * 0.5, 800, 300) for i in range(40)]
+    plain, _ = _run(Engine(profile_for(LLAMA_70B, 4, A100, max_model_len=8192)), arrivals)
+    profile = profile_for(
+        LLAMA_70B, 4, A100, max_model_len=8192, speculative_method=method, num_speculative_tokens=3
+    )
+    fast, _ = _run(Engine(profile), arrivals)
+
+    def per_token(done: list[FinishedRequest]) -> float:
+        return sum((r.e2e_latency - r.ttft) / (r.generated_tokens - 1) for r in done) / len(done)
+
+    assert all(r.generated_tokens == 300 for r in fast)
+    assert per_token(fast) < 0.75 * per_token(plain)
+    assert sum(r.e2e_latency for r in fast) < sum(r.e2e_latency for r in plain)
+
+
+def test_inter_token_latency_is_observed_once_per_step_as_vllm_does() -> None:
+    """vLLM records one inter-token latency per request and step, however many tokens it accepted."""
+    profile = replace(_small_profile(), num_speculative_tokens=3, tokens_per_decode_step=2.5)
+    engine = Engine(profile)
+    engine.submit("r", 10, 101, 0.0)
+    now, observations, steps = 0.0, 0, 0
+    while engine.has_work:
+        result = engine.step(now)
+        now = result.end
+        steps += 1
+        observations += sum(result.inter_token_latencies.values())
+    # One prefill step (first token), then 100 tokens at 2.5 per step.
+    assert steps == 1 + 40
+    assert observations == 40
+
+
+async def _serve_a_speculative_pod() -> None:
+    from gpufleet.config import Settings
+    from gpufleet.planning.placement import PlacementGroup
+    from gpufleet.planning.workloads import Owner, desired_workloads
+
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"uri": "hf://meta-llama/Meta-Llama-3-8B-Instruct", "maxModelLen": 8192},
+            "accelerator": {"gpuProduct": A100},
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "draft_model",
+                    "numSpeculativeTokens": 4,
+                    "draftModel": {"uri": "hf://meta-llama/Llama-3.2-1B-Instruct"},
+                }
+            },
+        }
+    )
+    workloads = desired_workloads(
+        Owner("spec", "ns", "u"),
+        spec,
+        [PlacementGroup("", "on-demand", 1)],
+        Settings.defaults().workload_options(),
+    )
+    plan = plan_pod({"spec": workloads.deployments[0]["spec"]["template"]["spec"]})
+    assert plan is not None
+    assert (plan.speculative_method, plan.num_speculative_tokens) == ("draft_model", 4)
+    assert plan.draft_model_id == "meta-llama/Llama-3.2-1B-Instruct"
+    # What the kubelet does before marking the pod Ready.
+    profile = profile_for(
+        plan.model_id,
+        plan.tensor_parallel_size,
+        A100,
+        max_model_len=plan.max_model_len,
+        speculative_method=plan.speculative_method,
+        num_speculative_tokens=plan.num_speculative_tokens,
+        draft_model_id=plan.draft_model_id,
+    )
+    assert profile.tokens_per_decode_step > 1
+    port = _free_port()
+    server = VllmServer("127.0.0.1", port, plan.served_name, profile, SimClock(1000))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                assert response.status == 200
+            completion = {"model": plan.served_name, "prompt": "x" * 400, "max_tokens": 50}
+            async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=completion) as response:
+                assert response.status == 200
+                assert (await response.json())["usage"]["completion_tokens"] == 50
+            stream = {**completion, "stream": True}
+            async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=stream) as response:
+                events = [line for line in (await response.text()).split("\n\n") if line]
+            chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+            assert sum(1 for c in chunks if c["choices"][0].get("text")) == 50
+    finally:
+        await server.stop()
+
+
+def test_a_pod_with_speculative_decoding_is_planned_and_served() -> None:
+    asyncio.run(asyncio.wait_for(_serve_a_speculative_pod(), 20))

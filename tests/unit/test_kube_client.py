@@ -94,3 +94,9 @@ def test_a_429_carries_the_retry_after_the_server_sent() -> None:
     finally:
         server.shutdown()
     assert (shed.value.status, shed.value.retry_after) == (429, 3.0)
+
+
+def test_a_credentials_secret_is_read_by_name_in_its_namespace() -> None:
+    from gpufleet.adapters.kube import _path
+
+    assert _path("v1", "Secret", "ml", "hf-token") == "/api/v1/namespaces/ml/secrets/hf-token"

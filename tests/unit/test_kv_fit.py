@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gpufleet.api import kv_fit, model_catalog, validate_manifest
+from gpufleet.api import kv_fit, model_catalog, sizing, validate_manifest
+from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 from gpufleet.api.validation import manifest_warnings
 from tests.unit.dotted import with_changes
 
@@ -271,3 +272,42 @@ def test_sliding_window_sequence_bytes_match_vllms_admission_bound() -> None:
     page = kv_fit.BLOCK_TOKENS * 2 * 16 * 128 * 2
     # full layers: every block of the sequence; local layers: cdiv(1023 + 2048, 16) + 1 blocks
     assert one == (10 * 131072 // 16 + 52 * (192 + 1)) * page
+
+
+def test_lora_slots_follow_vllms_stacked_a_and_b_per_projection() -> None:
+    """Llama 3 8B (hidden 4096, 8 KV heads of 128, MLP 14336, 32 layers): per slot of rank 16 in bf16,
+    q/k/v/gate/up keep A (rank × 4096) whole, o/down keep B (4096 × rank) whole, the rest is sharded:
+    16 × 32 × (7 × 4096 + (4096 + 2 × 1024 + 3 × 14336) ÷ TP) × 2 bytes = 76 MiB at TP 1. The MLP width
+    is estimated from the parameter count (embeddings included), so the estimate is a little over."""
+    arch = model_catalog.lookup("hf://meta-llama/Meta-Llama-3-8B-Instruct")
+    assert arch is not None
+    exact = 16 * 32 * (7 * 4096 + (4096 + 2 * 1024 + 3 * 14336)) * 2
+    estimate = kv_fit.lora_bytes_per_gpu(arch, arch.parameters, 1, 16, 2, 1)
+    assert exact <= estimate <= exact * 1.15
+    assert kv_fit.lora_bytes_per_gpu(arch, arch.parameters, 4, 64, 2, 1) == pytest.approx(16 * estimate)
+    # TP 4 shards only the part that is not replicated: a bit over half.
+    assert estimate * 0.45 < kv_fit.lora_bytes_per_gpu(arch, arch.parameters, 1, 16, 2, 4) < estimate * 0.6
+    assert kv_fit.lora_bytes_per_gpu(arch, arch.parameters, 0, 16, 2, 1) == 0
+
+
+def test_lora_slots_come_out_of_the_kv_cache_and_can_stop_a_fit() -> None:
+    def fit(**changes: Any) -> kv_fit.KvFit:
+        body = manifest(
+            "hf://meta-llama/Meta-Llama-3-70B-Instruct",
+            spec__model__maxModelLen=8192,
+            spec__accelerator__tensorParallelSize=4,
+            **changes,
+        )
+        found = sizing.fit_of(sizing.deployment(ModelDeploymentSpec.model_validate(body["spec"])))
+        assert found is not None
+        return found
+
+    adapters = [{"name": f"a{i}", "uri": f"hf://acme/a{i}"} for i in range(4)]
+    plain = fit()
+    four = fit(spec__engine__loraAdapters=adapters, spec__engine__maxLoraRank=64)
+    assert plain.lora_bytes_per_gpu == 0
+    # 4 slots of rank 64 on a 70B at TP 4: ~3 GiB per GPU, about 10K fewer tokens of KV cache.
+    assert 2.5 < four.lora_bytes_per_gpu / 2**30 < 3.5
+    assert plain.kv_tokens - four.kv_tokens > 9000
+    huge = fit(spec__engine__loraAdapters=adapters, spec__engine__maxLoras=64, spec__engine__maxLoraRank=512)
+    assert kv_fit.vllm_refusal(huge) is not None

@@ -27,9 +27,21 @@ from tests.unit.spot_objects import FakeQueue, instance, node, pod_object, store
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
+def hf_token_secret(**data: str) -> dict[str, Any]:
+    """The samples' credentialsSecret (hf-token in namespace ml)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf-token", "namespace": "ml"},
+        "data": data,
+    }
+
+
 @pytest.fixture
 def kube() -> FakeKube:
-    return FakeKube()
+    fake = FakeKube()
+    fake.objects[("Secret", "ml", "hf-token")] = hf_token_secret(HF_TOKEN="aGZfeHl6")
+    return fake
 
 
 @pytest.fixture
@@ -393,10 +405,13 @@ def test_objects_of_the_models_name_are_looked_up_only_until_written(
     body = sample()
     reconciler.reconcile(body)
     created = sorted(f"Deployment/{name}" for name in deployments(kube))
-    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", *created]
+    # The credentials Secret is read by name (CredentialsReady; no watch on Secrets), and once found
+    # not again within a minute: a steady reconcile makes no request for it.
+    secret = "Secret/hf-token"
+    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", secret, *created]
     body["status"] = kube.last_status
     reconciler.reconcile(body)
-    assert len(looked) == 2 + len(created)  # written by this operator since: nothing to look up
+    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", secret, *created]
 
 
 def test_a_users_deployment_of_a_groups_name_is_never_taken_and_is_reported(
@@ -479,3 +494,87 @@ def test_capacity_events_are_posted_before_the_status_that_records_them_handled(
         events.stop(5.0)
     assert kube.last_status["spot"]["interruptionsHandled"] == 1
     assert order.index("event SpotInterruption") < order.index("status")
+
+
+def credentials_condition_of(kube: FakeKube) -> dict[str, Any]:
+    (condition,) = [c for c in kube.last_status["conditions"] if c["type"] == "CredentialsReady"]
+    return dict(condition)
+
+
+def test_a_missing_credentials_secret_is_reported_by_name_with_a_warning(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    del kube.objects[("Secret", "ml", "hf-token")]
+    reconciler.reconcile(sample())
+    condition = credentials_condition_of(kube)
+    assert (condition["status"], condition["reason"]) == ("False", "SecretNotFound")
+    assert "Secret hf-token does not exist" in condition["message"]
+    assert "HF_TOKEN" in condition["message"]
+    warnings = [e for e in kube.events if e[0] == "Warning"]
+    assert [e[1] for e in warnings] == ["SecretNotFound"]
+
+
+def test_a_missing_key_names_the_secret_and_the_key(kube: FakeKube, reconciler: Reconciler) -> None:
+    kube.objects[("Secret", "ml", "hf-token")] = hf_token_secret(token="aGZfeHl6")
+    reconciler.reconcile(sample())
+    condition = credentials_condition_of(kube)
+    assert (condition["status"], condition["reason"]) == ("False", "SecretKeyMissing")
+    assert condition["message"] == "Secret hf-token has no key HF_TOKEN"
+    assert ("Warning", "SecretKeyMissing") in [(e[0], e[1]) for e in kube.events]
+
+
+def test_the_secret_found_with_its_key_is_ready_and_its_values_are_not_kept(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    plan = reconciler.reconcile(sample())
+    condition = credentials_condition_of(kube)
+    assert (condition["status"], condition["reason"]) == ("True", "SecretFound")
+    assert "aGZfeHl6" not in repr(plan)
+
+
+def test_a_secret_the_operator_may_not_read_is_unknown_and_blocks_nothing(
+    kube: FakeKube, reconciler: Reconciler
+) -> None:
+    original = kube.get
+
+    def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind == "Secret":
+            raise KubeError(403, "forbidden")
+        return original(api_version, kind, namespace, name)
+
+    kube.get = get  # type: ignore[method-assign]
+    reconciler.reconcile(sample())
+    condition = credentials_condition_of(kube)
+    assert (condition["status"], condition["reason"]) == ("Unknown", "SecretNotChecked")
+    assert len(deployments(kube)) == 2
+
+
+def test_an_api_error_reading_the_secret_holds_back_no_other_work(kube: FakeKube) -> None:
+    """The credentials check is a report: a failed GET of the Secret (a 500, a timeout) must not fail
+    the reconcile, which may be moving replicas off a node that is going."""
+    original = kube.get
+
+    def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind == "Secret":
+            raise KubeError(500, "etcdserver: request timed out")
+        return original(api_version, kind, namespace, name)
+
+    kube.get = get  # type: ignore[method-assign]
+    Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
+    assert len(deployments(kube)) == 2
+    assert credentials_condition_of(kube)["status"] == "Unknown"
+
+
+def test_a_secret_found_is_looked_at_again_after_a_minute(kube: FakeKube) -> None:
+    clock = [NOW]
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: clock[0])
+    body = sample()
+    reconciler.reconcile(body)
+    del kube.objects[("Secret", "ml", "hf-token")]
+    body["status"] = kube.last_status
+    reconciler.reconcile(body)
+    assert credentials_condition_of(kube)["status"] == "True"  # within the minute: not looked at
+    clock[0] = NOW + timedelta(seconds=61)
+    body["status"] = kube.last_status
+    reconciler.reconcile(body)
+    assert credentials_condition_of(kube)["reason"] == "SecretNotFound"

@@ -407,3 +407,103 @@ def test_admission_allows_edits_after_a_scale_past_max() -> None:
     assert admission_problems(edited, old=scaled) == []
     broken = manifest(spec__replicas=20, spec__accelerator__tensorParallelSize=1)
     assert [p.path for p in admission_problems(broken, old=scaled)] == ["spec.accelerator.tensorParallelSize"]
+
+
+SPECULATIVE = "spec__engine__speculativeDecoding"
+_EAGLE3 = {
+    "method": "eagle3",
+    "numSpeculativeTokens": 3,
+    "draftModel": {"uri": "hf://acme/EAGLE3-LLaMA3-70B"},
+}
+
+VALID_SPECULATIVE = {
+    "ngram": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMin": 2, "promptLookupMax": 4},
+    "draft model from the catalog": {
+        "method": "draft_model",
+        "numSpeculativeTokens": 3,
+        "draftModel": {"uri": "hf://meta-llama/Llama-3.2-1B-Instruct"},
+    },
+    "eagle3 head": _EAGLE3,
+}
+
+
+@pytest.mark.parametrize("speculative", VALID_SPECULATIVE.values(), ids=VALID_SPECULATIVE.keys())
+def test_valid_speculative_decoding(speculative: dict[str, Any]) -> None:
+    assert validate_manifest(manifest(**{SPECULATIVE: speculative})) == []
+
+
+INVALID_SPECULATIVE: dict[str, tuple[dict[str, Any], str, str]] = {
+    "draft_model without a draft": (
+        {"method": "draft_model", "numSpeculativeTokens": 3},
+        "spec.engine.speculativeDecoding.draftModel",
+        "needs a draft checkpoint",
+    ),
+    "eagle without a head": (
+        {"method": "eagle", "numSpeculativeTokens": 3},
+        "spec.engine.speculativeDecoding.draftModel",
+        "draftModel.uri",
+    ),
+    "ngram with a draft": (
+        {"method": "ngram", "numSpeculativeTokens": 3, "draftModel": {"uri": "hf://a/b"}},
+        "spec.engine.speculativeDecoding.draftModel",
+        "remove draftModel",
+    ),
+    "lookup bounds for eagle3": (
+        {**_EAGLE3, "promptLookupMax": 4},
+        "spec.engine.speculativeDecoding.promptLookupMin",
+        "only apply to method ngram",
+    ),
+    "lookup min above max": (
+        {"method": "ngram", "numSpeculativeTokens": 3, "promptLookupMin": 5, "promptLookupMax": 2},
+        "spec.engine.speculativeDecoding.promptLookupMin",
+        "above promptLookupMax",
+    ),
+    "mtp on a model without mtp layers": (
+        {"method": "mtp", "numSpeculativeTokens": 1},
+        "spec.engine.speculativeDecoding.method",
+        "no multi-token-prediction layers",
+    ),
+    "s3 draft for an hf model": (
+        {**_EAGLE3, "draftModel": {"uri": "s3://heads-bucket/eagle3"}},
+        "spec.engine.speculativeDecoding.draftModel.uri",
+        "s3://",
+    ),
+    "draft uri not a hub repo": (
+        {**_EAGLE3, "draftModel": {"uri": "hf://just-a-name"}},
+        "spec.engine.speculativeDecoding.draftModel.uri",
+        "hf://<org>/<name>",
+    ),
+    "unknown method": (
+        {"method": "medusa", "numSpeculativeTokens": 3},
+        "spec.engine.speculativeDecoding.method",
+        "must be one of",
+    ),
+    "zero tokens": (
+        {"method": "ngram", "numSpeculativeTokens": 0},
+        "spec.engine.speculativeDecoding.numSpeculativeTokens",
+        "at least 1",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("speculative", "path", "words"), INVALID_SPECULATIVE.values(), ids=INVALID_SPECULATIVE.keys()
+)
+def test_invalid_speculative_decoding(speculative: dict[str, Any], path: str, words: str) -> None:
+    problems = validate_manifest(manifest(**{SPECULATIVE: speculative}))
+    assert any(p.path == path and words in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}'],
+        ["--speculative_config={}"],
+        ['-sc{"method": "ngram"}'],
+        ["--spec-method", "ngram"],
+        ["--spec-tokens=3"],
+    ],
+)
+def test_speculative_flags_in_engine_args_point_at_the_field(args: list[str]) -> None:
+    problems = validate_manifest(manifest(spec__engine={"args": args}))
+    assert any("spec.engine.speculativeDecoding" in p.message for p in problems), problems

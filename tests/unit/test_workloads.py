@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import http.server
+import json
 import math
 import re
-from typing import Any
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import pytest
 
@@ -16,6 +24,7 @@ from gpufleet.planning.workloads import (
     LABEL_CAPACITY_TYPE,
     LABEL_MODEL_DEPLOYMENT,
     LABEL_ZONE,
+    PRESTOP_WAIT_IDLE_SCRIPT,
     DesiredWorkloads,
     Owner,
     WorkloadOptions,
@@ -365,7 +374,9 @@ def test_hf_source() -> None:
     assert env_by_name(deployment) == {
         "HF_TOKEN": {
             "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": True}},
+            # The only hf:// credential: required, so a missing Secret or key stops the container from
+            # starting (CreateContainerConfigError) instead of crash-looping on a 401.
+            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": False}},
         }
     }
     assert {"name": "model-cache", "emptyDir": {}} in pod_spec(deployment)["volumes"]
@@ -510,13 +521,98 @@ def test_vllm_args_full() -> None:
         "--lora-modules",
         "sql=acme/llama-3-70b-sql-lora",
         "chat=/mnt/pvc/adapters/chat",
-        "legal=s3://adapters-bucket/legal",
+        # vLLM cannot load s3:// adapters: an init container copies them to a local directory first.
+        f"legal={LEGAL_ADAPTER_DIR}",
+        "--max-loras",
+        "3",
+        "--max-lora-rank",
+        "16",
         "--shutdown-timeout",
         "120",
         "--gpu-memory-utilization",
         "0.92",
         "--enable-prefix-caching",
     ]
+
+
+LEGAL_ADAPTER_DIR = "/mnt/lora-adapters/legal-" + hashlib.sha256(b"legal").hexdigest()[:8]
+ADAPTERS = [
+    {"name": "sql", "uri": "hf://acme/llama-3-70b-sql-lora"},
+    {"name": "legal", "uri": "s3://adapters-bucket/legal"},
+]
+
+
+def test_s3_adapters_are_fetched_by_an_init_container_into_a_volume_vllm_reads() -> None:
+    deployment = only_deployment(make_spec(model__credentialsSecret="creds", engine__loraAdapters=ADAPTERS))
+    spec = pod_spec(deployment)
+    (fetch,) = spec["initContainers"]
+    assert fetch["name"] == "fetch-adapter-0"
+    assert fetch["image"] == "amazon/aws-cli:2.22.0"
+    assert fetch["command"] == [
+        "aws",
+        "s3",
+        "sync",
+        "--only-show-errors",
+        "s3://adapters-bucket/legal",
+        LEGAL_ADAPTER_DIR,
+    ]
+    assert fetch["volumeMounts"] == [{"name": "lora-adapters", "mountPath": "/mnt/lora-adapters"}]
+    # The same Secret's AWS keys; optional, as hf:// could be what the Secret is for.
+    fetch_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in fetch["env"]}
+    assert fetch_env["AWS_ACCESS_KEY_ID"] == {"name": "creds", "key": "AWS_ACCESS_KEY_ID", "optional": True}
+    assert {"name": "lora-adapters", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "lora-adapters", "mountPath": "/mnt/lora-adapters", "readOnly": True} in container(
+        deployment
+    )["volumeMounts"]
+    # vLLM reads the Hub only: no AWS keys in its container.
+    assert list(env_by_name(deployment)) == ["HF_TOKEN"]
+
+
+def test_s3_only_sources_require_the_aws_keys_and_the_fetch_image_is_configurable() -> None:
+    spec = make_spec(
+        model__uri="s3://models/llama-3-70b",
+        model__credentialsSecret="creds",
+        engine__loraAdapters=ADAPTERS[1:],
+        engine__adapterFetchImage="registry.internal/aws-cli:2",
+    )
+    (fetch,) = pod_spec(only_deployment(spec))["initContainers"]
+    assert fetch["image"] == "registry.internal/aws-cli:2"
+    optional = {e["name"]: e["valueFrom"]["secretKeyRef"]["optional"] for e in fetch["env"]}
+    assert optional == {
+        "AWS_ACCESS_KEY_ID": False,
+        "AWS_SECRET_ACCESS_KEY": False,
+        "AWS_SESSION_TOKEN": True,
+        "AWS_REGION": True,
+        "AWS_ENDPOINT_URL": True,
+    }
+
+
+def test_no_init_container_without_s3_adapters_and_no_service_account_token() -> None:
+    spec = pod_spec(only_deployment(make_spec(engine__loraAdapters=ADAPTERS[:1])))
+    assert "initContainers" not in spec
+    assert [v["name"] for v in spec["volumes"]] == ["dshm", "model-cache"]
+    # vLLM never calls the Kubernetes API.
+    assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("adapters", "changes", "expected"),
+    [
+        (1, {}, ["--max-loras", "1", "--max-lora-rank", "16"]),
+        (6, {}, ["--max-loras", "4", "--max-lora-rank", "16"]),  # default slots capped: each costs memory
+        (
+            2,
+            {"engine__maxLoras": 8, "engine__maxLoraRank": 64},
+            ["--max-loras", "8", "--max-lora-rank", "64"],
+        ),
+        (0, {"engine__maxLoras": 8}, []),  # no adapters: no LoRA flags at all
+    ],
+)
+def test_lora_slots_and_rank(adapters: int, changes: dict[str, Any], expected: list[str]) -> None:
+    listed = [{"name": f"a{i}", "uri": f"hf://acme/a{i}"} for i in range(adapters)]
+    args = vllm_args(MD, make_spec(engine__loraAdapters=listed, **changes), workload_options())
+    flags = [a for a in args if a in ("--max-loras", "--max-lora-rank")]
+    assert [args[args.index(f) + i] for f in flags for i in (0, 1)] == expected
 
 
 def test_vllm_args_minimal_omits_defaults() -> None:
@@ -633,6 +729,94 @@ def test_vllm_drains_for_what_the_grace_period_leaves_after_prestop(prestop: int
 def test_shutdown_timeout_only_for_releases_that_take_it(engine: dict[str, str], drains: bool) -> None:
     args = vllm_args(MD, make_spec(engine=engine), workload_options())
     assert (_shutdown_timeout(args) is not None) is drains
+
+
+@pytest.mark.parametrize(
+    ("engine", "drain", "prestop"),
+    [
+        ({}, 120, ["sleep", "15"]),  # --shutdown-timeout drains after SIGTERM
+        ({"image": "vllm/vllm-openai:v0.18.0"}, 120, ["sleep", "15"]),
+        # Before v0.18.0 SIGTERM aborts in-flight requests: the hook waits, bounded, until none are left.
+        (
+            {"image": "vllm/vllm-openai:v0.17.1"},
+            120,
+            ["python3", "-c", PRESTOP_WAIT_IDLE_SCRIPT, "15", "120", "8000"],
+        ),
+        (
+            {"image": "vllm/vllm-openai:v0.11.0"},
+            30,
+            ["python3", "-c", PRESTOP_WAIT_IDLE_SCRIPT, "15", "30", "8000"],
+        ),
+        ({"image": "vllm/vllm-openai:v0.11.0"}, 0, ["sleep", "15"]),  # no drain time: nothing to wait for
+    ],
+)
+def test_prestop_waits_for_idle_only_where_vllm_cannot_drain(
+    engine: dict[str, str], drain: int, prestop: list[str]
+) -> None:
+    options = workload_options(prestop_delay_seconds=15, drain_seconds=drain)
+    (deployment,) = render(make_spec(engine=engine), [PlacementGroup("", "spot", 1)], options).deployments
+    assert container(deployment)["lifecycle"] == {"preStop": {"exec": {"command": prestop}}}
+    # The hook and whatever drain follows fit in the grace period.
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 15 + drain
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    """vLLM's /metrics with running/waiting gauges taken from `busy` in turn (the last one repeats)."""
+
+    busy: ClassVar[list[tuple[int, int]]] = []
+    scrapes: ClassVar[int] = 0
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        running, waiting = cls.busy[min(cls.scrapes, len(cls.busy) - 1)]
+        cls.scrapes += 1
+        body = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{engine="0",model_name="m"}} {running}.0\n'
+            f'vllm:num_requests_waiting{{engine="0",model_name="m"}} {waiting}.0\n'
+            'vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 7.0\n'
+        ).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def metrics_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def _run_prestop(drain: float, port: int) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", PRESTOP_WAIT_IDLE_SCRIPT, "0", str(drain), str(port)], check=True, timeout=30
+    )
+    return time.monotonic() - started
+
+
+def test_prestop_script_waits_until_nothing_runs_or_waits(metrics_port: int) -> None:
+    _Metrics.busy, _Metrics.scrapes = [(2, 1), (1, 0), (0, 0)], 0
+    _run_prestop(drain=20, port=metrics_port)
+    assert _Metrics.scrapes == 3  # one scrape a second until both gauges read 0 (other series ignored)
+
+
+def test_prestop_script_is_bounded_by_the_drain(metrics_port: int) -> None:
+    _Metrics.busy, _Metrics.scrapes = [(1, 0)], 0
+    assert _run_prestop(drain=1.5, port=metrics_port) < 10
+    assert _Metrics.scrapes == 2
+
+
+def test_prestop_script_ends_when_metrics_cannot_be_read(metrics_port: int) -> None:
+    _Metrics.busy, _Metrics.scrapes = [(1, 0)], 0
+    assert _run_prestop(drain=60, port=1) < 10  # nothing listens on port 1: the hook ends, SIGTERM follows
 
 
 @pytest.mark.parametrize(
@@ -793,3 +977,46 @@ def test_pod_disruption_budget() -> None:
         "maxUnavailable": 1,
         "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
+
+
+def test_speculative_decoding_is_rendered_as_vllms_json_config() -> None:
+    spec = make_spec(
+        engine={
+            "speculativeDecoding": {
+                "method": "draft_model",
+                "numSpeculativeTokens": 3,
+                "draftModel": {"uri": "pvc://weights/llama-3.2-1b"},
+            }
+        }
+    )
+    args = vllm_args(MD, spec, workload_options())
+    config = args[args.index("--speculative-config") + 1]
+    assert (
+        config
+        == '{"method":"draft_model","model":"/mnt/pvc/weights/llama-3.2-1b","num_speculative_tokens":3}'
+    )
+    # The draft's claim is mounted like the model's.
+    deployment = desired_workloads(OWNER, spec, ZONE_GROUPS[:1], workload_options()).deployments[0]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "weights" for v in volumes)
+
+
+def test_ngram_speculation_passes_its_lookup_bounds_and_no_model() -> None:
+    spec = make_spec(
+        engine={
+            "speculativeDecoding": {
+                "method": "ngram",
+                "numSpeculativeTokens": 4,
+                "promptLookupMin": 2,
+                "promptLookupMax": 5,
+            }
+        }
+    )
+    args = vllm_args(MD, spec, workload_options())
+    assert json.loads(args[args.index("--speculative-config") + 1]) == {
+        "method": "ngram",
+        "num_speculative_tokens": 4,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 5,
+    }
+    assert "--speculative-config" not in vllm_args(MD, make_spec(), workload_options())

@@ -26,6 +26,7 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Node"): ("/api/v1", "nodes"),  # cluster-scoped: listed with namespace None
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "Event"): ("/api/v1", "events"),
+    ("v1", "Secret"): ("/api/v1", "secrets"),  # a model's credentialsSecret, by name (reconciler.py)
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("gpufleet.io/v1alpha1", "ModelDeployment"): ("/apis/gpufleet.io/v1alpha1", "modeldeployments"),

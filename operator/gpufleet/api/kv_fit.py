@@ -140,11 +140,80 @@ def available_kv_bytes(
     tensor_parallel_size: int,
     device_gib: float,
     gpu_memory_utilization: float,
+    draft_weight_bytes: float = 0.0,
 ) -> float:
-    """Bytes per GPU left for the KV cache; zero or less when the weights do not fit."""
-    weights = parameters * bytes_per_parameter / tensor_parallel_size
+    """Bytes per GPU left for the KV cache; zero or less when the weights do not fit.
+
+    `draft_weight_bytes` (all ranks) is a speculative drafter's, sharded like the model: vLLM
+    defaults draft_tensor_parallel_size to the target's (vllm/config/speculative.py
+    _verify_and_get_draft_tp)."""
+    weights = (parameters * bytes_per_parameter + draft_weight_bytes) / tensor_parallel_size
     budget = device_gib * catalog.GIB * gpu_memory_utilization
     return budget - weights - ACTIVATION_RESERVE_GIB * catalog.GIB
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A speculative-decoding drafter's footprint: its weights and the layers it keeps KV for."""
+
+    method: str
+    weight_bytes: float
+    # Its attention layers: vLLM puts the drafter's KV in the same cache as the model's
+    # (SpeculativeConfig.uses_draft_kv_cache: EAGLE-style methods and draft_model). None: no KV.
+    architecture: ModelArchitecture | None
+    # True where the numbers are gpufleet's guess, not the checkpoint's.
+    estimated: bool = False
+
+
+# Methods that run a second network. ngram matches the prompt and has neither weights nor KV.
+DRAFT_CHECKPOINT_METHODS: Final = ("draft_model", "eagle", "eagle3")
+
+
+def speculative_draft(
+    method: str,
+    target: ModelArchitecture,
+    target_parameters: float,
+    bytes_per_parameter: float,
+    draft_parameters: float | None = None,
+    draft_architecture: ModelArchitecture | None = None,
+    dtype_bytes: float | None = None,
+) -> Draft | None:
+    """The drafter of `method` for this target, or None when it takes no memory (ngram) or its
+    size is unknown (a draft_model with no parameter count). `bytes_per_parameter` is the
+    target's (with its quantization), `dtype_bytes` its unquantized dtype's.
+
+    An EAGLE/EAGLE-3 head and MTP layers are one decoder layer working on the target's hidden
+    states (EAGLE's configs have num_hidden_layers 1, vllm issue #11126); without a count they are
+    estimated as one layer's share of the target's weights, with the target's KV geometry. An
+    estimate: EAGLE-3 heads also carry their own reduced-vocabulary lm_head.
+    """
+    if method == "ngram":
+        return None
+    one_layer = ModelArchitecture(
+        name=f"{target.name} {method} head",
+        parameters=target_parameters / target.layers,
+        layers=1,
+        kv_heads=target.kv_heads,
+        head_dim=target.head_dim,
+        attention_heads=target.attention_heads,
+        max_position_embeddings=target.max_position_embeddings,
+        source="estimate: one decoder layer of the served model",
+    )
+    # A draft checkpoint loads in the target's dtype, unquantized unless speculative_config sets
+    # a quantization (DraftModelSpeculatorConfig.configure); MTP layers take the target's
+    # quantization (MTPSpeculatorConfig.default_model).
+    per_parameter = bytes_per_parameter if method == "mtp" else (dtype_bytes or bytes_per_parameter)
+    if method == "draft_model":
+        if draft_parameters is None:
+            return None
+        return Draft(method, draft_parameters * per_parameter, draft_architecture)
+    parameters = draft_parameters if draft_parameters is not None else one_layer.parameters
+    return Draft(
+        method,
+        parameters * per_parameter,
+        draft_architecture or one_layer,
+        estimated=draft_parameters is None or draft_architecture is None,
+    )
 
 
 @dataclass(frozen=True)
@@ -161,10 +230,18 @@ class KvFit:
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
+    # A speculative drafter sharing the GPUs (spec.engine.speculativeDecoding); None: none.
+    draft: Draft | None = None
+    # LoRA slots reserved beside the weights (lora_bytes_per_gpu); 0 without adapters.
+    lora_bytes_per_gpu: float = 0.0
 
     @property
     def weights_gib_per_gpu(self) -> float:
         return self.parameters * self.bytes_per_parameter / self.tensor_parallel_size / catalog.GIB
+
+    @property
+    def draft_weights_gib_per_gpu(self) -> float:
+        return self.draft.weight_bytes / self.tensor_parallel_size / catalog.GIB if self.draft else 0.0
 
     @property
     def budget_gib_per_gpu(self) -> float:
@@ -172,13 +249,15 @@ class KvFit:
 
     @property
     def available_bytes_per_gpu(self) -> float:
-        return available_kv_bytes(
+        weights_left = available_kv_bytes(
             self.parameters,
             self.bytes_per_parameter,
             self.tensor_parallel_size,
             self.device_gib,
             self.gpu_memory_utilization,
+            self.draft.weight_bytes if self.draft else 0.0,
         )
+        return weights_left - self.lora_bytes_per_gpu
 
     @property
     def kv_cache_gib_per_gpu(self) -> float:
@@ -189,13 +268,23 @@ class KvFit:
         return self.available_bytes_per_gpu > 0
 
     def sequence_bytes(self, length: int) -> float:
-        return sequence_bytes(
+        total = sequence_bytes(
             self.architecture,
             length,
             tensor_parallel_size=self.tensor_parallel_size,
             kv_dtype_bytes=self.kv_dtype_bytes,
             max_num_batched_tokens=self.max_num_batched_tokens,
         )
+        if self.draft is not None and self.draft.architecture is not None:
+            # Every token also has KV in the drafter's layers.
+            total += sequence_bytes(
+                self.draft.architecture,
+                length,
+                tensor_parallel_size=self.tensor_parallel_size,
+                kv_dtype_bytes=self.kv_dtype_bytes,
+                max_num_batched_tokens=self.max_num_batched_tokens,
+            )
+        return total
 
     @property
     def kv_tokens(self) -> int:
@@ -245,9 +334,10 @@ def vllm_refusal(fit: KvFit, allow_long_max_model_len: bool = False) -> str | No
             "set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1."
         )
     if not fit.weights_fit:
+        draft = f" (+{fit.draft_weights_gib_per_gpu:.1f} GiB of draft)" if fit.draft else ""
         return (
             "No available memory for the cache blocks: "
-            f"{fit.weights_gib_per_gpu:.1f} GiB of weights per GPU, {fit.budget_gib_per_gpu:.1f} GiB "
+            f"{fit.weights_gib_per_gpu:.1f} GiB of weights per GPU{draft}, {fit.budget_gib_per_gpu:.1f} GiB "
             f"allowed at gpu_memory_utilization={fit.gpu_memory_utilization}. "
             "Try increasing `gpu_memory_utilization` when initializing the engine."
         )
@@ -261,3 +351,40 @@ def vllm_refusal(fit: KvFit, allow_long_max_model_len: bool = False) -> str | No
             "or decreasing `max_model_len` when initializing the engine."
         )
     return None
+
+
+def lora_bytes_per_gpu(
+    arch: ModelArchitecture,
+    parameters: float,
+    max_loras: int,
+    max_lora_rank: int,
+    dtype_bytes: float,
+    tensor_parallel_size: int,
+) -> float:
+    """GPU memory per GPU vLLM reserves for LoRA adapters at start-up: an estimate.
+
+    With --enable-lora vLLM wraps every attention and MLP projection and allocates, per projection,
+    A of max_loras × max_lora_rank × input and B of max_loras × output × max_lora_rank in the LoRA dtype
+    (the model's by default): vllm/lora/layers/base_linear.py create_lora_weights and
+    vllm/config/lora.py at v0.34.0. Column-parallel projections (q, k, v, gate, up) keep A whole and
+    shard B's output; row-parallel ones (o, down) shard A's input and keep B whole. So per GPU and
+    layer, the ranks times 7 hidden (replicated) + (hidden + 2 KV widths + 3 intermediate) ÷ TP.
+
+    Estimated: the hidden size is heads × head dim (or, without heads, from 12 × hidden² per layer), and
+    the MLP width from what the parameters leave per layer after attention (embeddings counted in,
+    which overstates it by a few per cent). The MoE experts' LoRA weights are not counted.
+    """
+    if max_loras <= 0 or max_lora_rank <= 0:
+        return 0.0
+    layers = arch.layers
+    hidden = (
+        arch.attention_heads * arch.head_dim
+        if arch.attention_heads
+        else math.sqrt(parameters / (12 * layers))
+    )
+    kv_width = arch.kv_heads * arch.head_dim
+    attention = 2 * hidden * hidden + 2 * hidden * kv_width
+    intermediate = max((parameters / layers - attention) / (3 * hidden), hidden)
+    replicated = 7 * hidden
+    sharded = (hidden + 2 * kv_width + 3 * intermediate) / tensor_parallel_size
+    return max_loras * max_lora_rank * layers * (replicated + sharded) * dtype_bytes

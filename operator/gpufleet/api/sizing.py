@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from gpufleet.api import catalog, kv_fit, model_catalog
 from gpufleet.api.kv_fit import KvFit
 from gpufleet.api.model_catalog import ModelArchitecture
-from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.api.v1alpha1 import DEFAULT_MAX_LORAS_CAP, ModelDeploymentSpec
 
 # The highest --gpu-memory-utilization a fix suggests: vLLM needs some memory outside its budget.
 _SUGGESTED_UTILIZATION = 0.95
@@ -42,6 +42,16 @@ class Deployment:
     max_num_batched_tokens: int | None
     typical_sequence_length: int
     allow_long_max_model_len: bool = False
+    # LoRA slots (--max-loras) of --max-lora-rank reserved on the GPUs; 0 without adapters.
+    lora_slots: int = 0
+    lora_rank: int = 0
+    # The speculative drafter's weights and KV; draft_unsized names a draft_model not counted.
+    draft: kv_fit.Draft | None = None
+    draft_unsized: str | None = None
+
+    @property
+    def draft_weight_bytes(self) -> float:
+        return self.draft.weight_bytes if self.draft else 0.0
 
     @property
     def device_gib(self) -> float | None:
@@ -58,12 +68,61 @@ class Deployment:
         return self.architecture.max_position_embeddings if self.architecture else None
 
 
+def effective_max_loras(spec: ModelDeploymentSpec) -> int:
+    """vLLM --max-loras: spec.engine.maxLoras, else a slot per adapter up to DEFAULT_MAX_LORAS_CAP."""
+    if spec.engine.max_loras is not None:
+        return spec.engine.max_loras
+    return max(1, min(len(spec.engine.lora_adapters), DEFAULT_MAX_LORAS_CAP))
+
+
 def _float_flag(args: list[str], flag: str) -> float | None:
     value = kv_fit.engine_flag(args, flag)
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _draft(
+    spec: ModelDeploymentSpec, target: ModelArchitecture | None, target_parameters: float | None
+) -> tuple[kv_fit.Draft | None, str | None]:
+    """The speculative drafter's footprint, and the draft model's name when it cannot be sized."""
+    speculative = spec.engine.speculative_decoding
+    if speculative is None or target is None or not target_parameters:
+        return None, None
+    given = speculative.draft_model
+    known = model_catalog.lookup(given.uri) if given else None
+    draft_parameters = (given.parameter_count if given else None) or (known.parameters if known else None)
+    draft_arch = known
+    if given is not None and given.architecture is not None:
+        numbers = given.architecture
+        draft_arch = ModelArchitecture(
+            name=model_catalog.model_basename(given.uri),
+            parameters=draft_parameters or 0.0,
+            layers=numbers.num_hidden_layers,
+            kv_heads=numbers.num_key_value_heads,
+            head_dim=numbers.head_dim,
+            attention_heads=numbers.num_attention_heads,
+            max_position_embeddings=numbers.max_position_embeddings,
+            source="spec.engine.speculativeDecoding.draftModel.architecture",
+        )
+    if speculative.method in ("eagle", "eagle3") and known is not None:
+        # A catalog name inside an EAGLE head's URI is the model it was trained for, not its size.
+        draft_parameters = given.parameter_count if given else None
+        draft_arch = None
+    model = spec.model
+    draft = kv_fit.speculative_draft(
+        speculative.method,
+        target,
+        target_parameters,
+        kv_fit.bytes_per_parameter(model.dtype, model.quantization),
+        draft_parameters,
+        draft_arch,
+        dtype_bytes=kv_fit.bytes_per_parameter(model.dtype, "none"),
+    )
+    if speculative.method == "draft_model" and given is not None and (draft is None or draft_arch is None):
+        return None, model_catalog.model_basename(given.uri)
+    return draft, None
 
 
 def deployment(spec: ModelDeploymentSpec) -> Deployment:
@@ -86,7 +145,12 @@ def deployment(spec: ModelDeploymentSpec) -> Deployment:
         )
     seqs = _float_flag(args, "--max-num-seqs")
     batched = _float_flag(args, "--max-num-batched-tokens")
+    draft, draft_unsized = _draft(spec, arch, parameters)
     return Deployment(
+        draft=draft,
+        draft_unsized=draft_unsized,
+        lora_slots=effective_max_loras(spec) if spec.engine.lora_adapters else 0,
+        lora_rank=spec.engine.max_lora_rank,
         uri=model.uri,
         parameters=parameters,
         architecture=arch,
@@ -128,6 +192,11 @@ def fit_of(dep: Deployment) -> KvFit | None:
         max_model_len=length,
         max_num_seqs=dep.max_num_seqs or default_seqs,
         max_num_batched_tokens=dep.max_num_batched_tokens or default_batched,
+        draft=dep.draft,
+        # LoRA weights are in the model's 16-bit dtype even for fp8/awq/gptq (lora_dtype auto).
+        lora_bytes_per_gpu=kv_fit.lora_bytes_per_gpu(
+            dep.architecture, dep.parameters, dep.lora_slots, dep.lora_rank, 2, dep.shards
+        ),
     )
 
 
@@ -233,6 +302,7 @@ def problems(dep: Deployment) -> Iterator[tuple[str, str]]:
         dep.shards,
         device,
         dep.gpu_memory_utilization,
+        dep.draft_weight_bytes,
     )
     if available <= 0:
         yield _weights_problem(dep, device)
@@ -265,12 +335,13 @@ def problems(dep: Deployment) -> Iterator[tuple[str, str]]:
 def _weights_problem(dep: Deployment, device: float) -> tuple[str, str]:
     assert dep.parameters is not None
     per_param = kv_fit.bytes_per_parameter(dep.dtype, dep.quantization)
-    weights = dep.parameters * per_param / dep.shards / catalog.GIB
+    weights = (dep.parameters * per_param + dep.draft_weight_bytes) / dep.shards / catalog.GIB
     budget = device * dep.gpu_memory_utilization
     where = f"the {dep.mig_profile} MIG slice" if dep.mig_profile else f"each {device:g} GiB GPU"
+    drafted = " (with the speculative draft's)" if dep.draft else ""
     summary = (
         f"{dep.parameters / 1e9:.1f}B parameters in {_precision(dep)} over {dep.shards} GPU(s) put "
-        f"{weights:.1f} GiB of weights on {where}, more than the {budget:.1f} GiB vLLM may use "
+        f"{weights:.1f} GiB of weights{drafted} on {where}, more than the {budget:.1f} GiB vLLM may use "
         f"(gpu-memory-utilization {dep.gpu_memory_utilization:g}) less {kv_fit.ACTIVATION_RESERVE_GIB:g} GiB "
         "for activations, leaving nothing for the KV cache"
     )
@@ -291,6 +362,7 @@ def _weights_only_fixes(dep: Deployment, device: float) -> list[str]:
                 variant.shards,
                 gib,
                 variant.gpu_memory_utilization,
+                dep.draft_weight_bytes,
             )
             if left > 0 and not label.startswith("--kv-cache-dtype"):
                 found.append(label)
@@ -324,6 +396,12 @@ def warnings(dep: Deployment) -> Iterator[tuple[str, str]]:
     """(field path, message) for what could not be checked, and for a KV cache too small to batch."""
     if dep.device_gib is None:
         return
+    if dep.draft_unsized:
+        yield (
+            "spec.engine.speculativeDecoding.draftModel",
+            f"the draft model's memory is not fully counted: {dep.draft_unsized} is not in gpufleet's model "
+            "catalog; set draftModel.parameterCount and draftModel.architecture to count its weights and KV",
+        )
     name = model_catalog.model_basename(dep.uri)
     if not dep.parameters:
         yield (

@@ -29,7 +29,15 @@ SHORT_NAMES = ("md",)
 # generated command line with that release's own parser.
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.34.0"
 
+# The AWS CLI's own image (Docker Hub amazon/aws-cli), pinned: its entrypoint is `aws`, and `aws s3 sync`
+# copies an adapter's prefix. It reads AWS_ENDPOINT_URL and AWS_REGION like the SDKs do.
+DEFAULT_ADAPTER_FETCH_IMAGE = "amazon/aws-cli:2.22.0"
+# Without spec.engine.maxLoras, slots for every adapter up to this many: each slot reserves GPU memory.
+DEFAULT_MAX_LORAS_CAP = 4
+
 Dtype = Literal["auto", "bfloat16", "float16"]
+# vLLM 0.34.0 accepts only these for --max-lora-rank (vllm/config/lora.py MaxLoRARanks).
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 Quantization = Literal["none", "fp8", "awq", "gptq"]
 CapacityType = Literal["spot", "on-demand"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -174,7 +182,8 @@ class ModelSource(_Model):
         Field(
             description=(
                 "Name of a Secret in the same namespace holding HF_TOKEN (for hf://) and/or "
-                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (for s3://)."
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (for s3://), for the model and its "
+                "adapters. The operator checks that it exists and holds them (condition CredentialsReady)."
             ),
             pattern=_DNS_SUBDOMAIN,
             max_length=253,
@@ -201,7 +210,15 @@ class LoraAdapter(_Model):
 
     name: Annotated[
         str,
-        Field(description="Model name clients send to use this adapter.", min_length=1, max_length=253),
+        Field(
+            description=(
+                "Model name clients send to use this adapter. Letters, digits and . _ : / @ + -, starting "
+                "with a letter or digit (an = would split vLLM's --lora-modules name=path)."
+            ),
+            pattern=SERVED_NAME_PATTERN,
+            min_length=1,
+            max_length=253,
+        ),
     ]
     uri: Annotated[
         str,
@@ -210,6 +227,70 @@ class LoraAdapter(_Model):
             pattern=MODEL_URI_PATTERN,
         ),
     ]
+
+
+# vLLM 0.34.0's built-in proposers that gpufleet renders and sizes (vllm/config/speculative.py
+# SpeculativeMethod; the MTP model-type aliases there are deprecated in favour of "mtp").
+SpeculativeMethod = Literal["ngram", "draft_model", "eagle", "eagle3", "mtp"]
+
+
+class DraftModel(_Model):
+    """The checkpoint that proposes tokens: a small model of the same family, or an EAGLE head."""
+
+    uri: Annotated[
+        str,
+        Field(
+            description="Where the draft weights come from: hf://, s3:// or pvc:// as for spec.model.uri.",
+            pattern=MODEL_URI_PATTERN,
+            examples=["hf://meta-llama/Llama-3.2-1B-Instruct"],
+        ),
+    ]
+    parameter_count: Annotated[
+        float | None,
+        Field(
+            description=(
+                "Number of draft weights, for the memory fit. Unset: the catalog's count for a known "
+                "model; for an EAGLE head, an estimate of one decoder layer of the served model."
+            ),
+            gt=0,
+        ),
+    ] = None
+    architecture: Annotated[
+        ModelArchitectureSpec | None,
+        Field(description="The draft's config.json numbers, for its KV cache; overrides the catalog."),
+    ] = None
+
+
+class SpeculativeDecoding(_Model):
+    """Proposes several tokens cheaply and lets the served model verify them in one step."""
+
+    method: Annotated[
+        SpeculativeMethod,
+        Field(
+            description=(
+                "ngram: look the next tokens up in the prompt (no draft model; suits summarising and "
+                "editing). draft_model: a small model with the same tokenizer. eagle / eagle3: an "
+                "EAGLE or EAGLE-3 head trained for the served model. mtp: the served model's own "
+                "multi-token-prediction layers (DeepSeek-V3/R1, Qwen3-Next, GLM-4.5, ...)."
+            )
+        ),
+    ]
+    num_speculative_tokens: Annotated[
+        int,
+        Field(description="Tokens proposed per step (vLLM num_speculative_tokens); 2-5 is typical.", ge=1),
+    ]
+    draft_model: Annotated[
+        DraftModel | None,
+        Field(description="The draft checkpoint; required for draft_model, eagle and eagle3."),
+    ] = None
+    prompt_lookup_min: Annotated[
+        int | None,
+        Field(description="ngram only: shortest n-gram matched in the prompt. vLLM's default: 5.", ge=1),
+    ] = None
+    prompt_lookup_max: Annotated[
+        int | None,
+        Field(description="ngram only: longest n-gram matched in the prompt. vLLM's default: 5.", ge=1),
+    ] = None
 
 
 class Engine(_Model):
@@ -251,13 +332,52 @@ class Engine(_Model):
         list[EnvVar],
         Field(description="Extra environment variables for the vLLM container."),
     ] = []
+    speculative_decoding: Annotated[
+        SpeculativeDecoding | None,
+        Field(description="Speculative decoding (vLLM --speculative-config). Unset: off."),
+    ] = None
     lora_adapters: Annotated[
         list[LoraAdapter],
         Field(
-            description="LoRA adapters loaded at start-up (vLLM --enable-lora --lora-modules).",
+            description=(
+                "LoRA adapters loaded at start-up (vLLM --enable-lora --lora-modules). hf:// adapters are "
+                "downloaded by vLLM, pvc:// ones mounted read-only, s3:// ones copied into the pod by an "
+                "init container (adapterFetchImage) before vLLM starts; all are then served by name."
+            ),
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         ),
     ] = []
+    max_loras: Annotated[
+        int | None,
+        Field(
+            description=(
+                "Adapters vLLM can use in one batch (vLLM --max-loras); GPU memory is reserved for this "
+                "many adapters of maxLoraRank and counted in the memory fit. Unset: the number of "
+                f"loraAdapters, at most {DEFAULT_MAX_LORAS_CAP}."
+            ),
+            ge=1,
+        ),
+    ] = None
+    max_lora_rank: Annotated[
+        LoraRank,
+        Field(
+            description=(
+                "Highest adapter rank vLLM accepts (vLLM --max-lora-rank); an adapter of higher rank "
+                "fails to load. One of vLLM's allowed ranks; 16 is vLLM's default."
+            )
+        ),
+    ] = 16
+    adapter_fetch_image: Annotated[
+        str,
+        Field(
+            description=(
+                "Image of the init container that copies s3:// adapters into the pod before vLLM starts "
+                "(runs `aws s3 sync`, with the credentialsSecret's AWS keys when given). Set it to a mirror "
+                "when Docker Hub is not reachable."
+            ),
+            min_length=1,
+        ),
+    ] = DEFAULT_ADAPTER_FETCH_IMAGE
 
 
 class Accelerator(_Model):
@@ -655,7 +775,7 @@ class ModelDeploymentStatus(_Model):
         Field(
             description=(
                 "Ready, Progressing, Degraded, Valid, ScalingActive, ScalingLimited, SpotInterrupted, "
-                "OnDemandFallback, ZoneDegraded."
+                "OnDemandFallback, ZoneDegraded, CredentialsReady (with spec.model.credentialsSecret)."
             ),
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),

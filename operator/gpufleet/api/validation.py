@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from gpufleet.api import catalog, kv_fit, sizing
+from gpufleet.api import catalog, kv_fit, model_catalog, sizing
 from gpufleet.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
 
 # `vllm serve` flags that spec fields own; setting them in engine.args would
@@ -33,6 +33,13 @@ MANAGED_VLLM_FLAGS: dict[str, str | None] = {
     "-q": "spec.model.quantization",
     "--enable-lora": "spec.engine.loraAdapters",
     "--lora-modules": "spec.engine.loraAdapters",
+    # --spec-method/--spec-model/--spec-tokens are shorthands merged into --speculative-config
+    # (vllm/engine/arg_utils.py create_speculative_config); -sc is its short form.
+    "--speculative-config": "spec.engine.speculativeDecoding",
+    "-sc": "spec.engine.speculativeDecoding",
+    "--spec-method": "spec.engine.speculativeDecoding",
+    "--spec-model": "spec.engine.speculativeDecoding",
+    "--spec-tokens": "spec.engine.speculativeDecoding",
     "--port": None,
     "--host": None,
     "--shutdown-timeout": None,
@@ -158,6 +165,7 @@ def check_spec(spec: ModelDeploymentSpec) -> Iterator[Problem]:
     yield from _check_accelerator(spec)
     yield from _check_memory_fit(spec)
     yield from _check_engine_args(spec)
+    yield from _check_speculative(spec)
     yield from _check_autoscaling(spec)
     yield from _check_capacity(spec)
 
@@ -188,6 +196,9 @@ def _check_model_uri(spec: ModelDeploymentSpec) -> Iterator[Problem]:
     sources = [("spec.model.uri", spec.model.uri)] + [
         (f"spec.engine.loraAdapters[{i}].uri", lora.uri) for i, lora in enumerate(spec.engine.lora_adapters)
     ]
+    speculative = spec.engine.speculative_decoding
+    if speculative is not None and speculative.draft_model is not None:
+        sources.append(("spec.engine.speculativeDecoding.draftModel.uri", speculative.draft_model.uri))
     for path, uri in sources:
         scheme = uri.split("://", 1)[0]
         if scheme == "hf" and not _HF_REPO.match(uri):
@@ -291,7 +302,7 @@ def managed_flag(arg: str) -> str | None:
             return longer[0] if longer else None
         return None
     if name.startswith("-"):
-        return next((flag for flag in ("-tp", "-q") if name.startswith(flag)), None)
+        return next((flag for flag in ("-tp", "-q", "-sc") if name.startswith(flag)), None)
     return None
 
 
@@ -323,6 +334,56 @@ def _check_engine_args(spec: ModelDeploymentSpec) -> Iterator[Problem]:
         seen.add(var.name)
         if var.value is not None and var.value_from is not None:
             yield Problem(f"spec.engine.env[{i}]", "set value or valueFrom, not both")
+
+
+def _check_speculative(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    """What vLLM 0.34.0 refuses, or silently ignores, in a speculative config (vllm/config/
+    speculative.py and vllm/v1/worker/gpu/spec_decode/*/config.py)."""
+    speculative = spec.engine.speculative_decoding
+    if speculative is None:
+        return
+    path = "spec.engine.speculativeDecoding"
+    method, draft = speculative.method, speculative.draft_model
+    if method in kv_fit.DRAFT_CHECKPOINT_METHODS and draft is None:
+        # DraftModelSpeculatorConfig.default_model: "num_speculative_tokens was provided but
+        # without speculative model."
+        yield Problem(
+            f"{path}.draftModel",
+            f"method {method} needs a draft checkpoint; set draftModel.uri (e.g. a small model of the "
+            "same family for draft_model, or an EAGLE head trained for this model)",
+        )
+    if method == "ngram" and draft is not None:
+        yield Problem(
+            f"{path}.draftModel",
+            "ngram proposes tokens from the prompt and loads no model; remove draftModel",
+        )
+    if method != "ngram" and (speculative.prompt_lookup_min or speculative.prompt_lookup_max):
+        # SpeculatorConfig.configure zeroes them for every method but ngram.
+        yield Problem(
+            f"{path}.promptLookupMin",
+            f"promptLookupMin/promptLookupMax only apply to method ngram; vLLM ignores them for {method}",
+        )
+    low, high = speculative.prompt_lookup_min, speculative.prompt_lookup_max
+    if low is not None and high is not None and low > high:
+        # NgramSpeculatorConfig.configure: "prompt_lookup_min=... must be <= prompt_lookup_max=..."
+        yield Problem(f"{path}.promptLookupMin", f"{low} is above promptLookupMax ({high}); lower it")
+    known = model_catalog.lookup(spec.model.uri)
+    if method == "mtp" and draft is None and known is not None and spec.model.architecture is None:
+        # Every model in the catalog is a Llama/Mistral/Qwen/Gemma without MTP layers, so vLLM
+        # would find no MTP draft in the checkpoint.
+        yield Problem(
+            f"{path}.method",
+            f"{known.name} has no multi-token-prediction layers; use eagle3 with an EAGLE-3 head trained "
+            "for it, draft_model with a smaller model of its family, or ngram",
+        )
+    if draft is not None and (draft.uri.startswith("s3://") != spec.model.uri.startswith("s3://")):
+        # The draft loads with the target's load config (SpeculativeConfig.draft_load_config), so it
+        # is streamed from S3 exactly when the model is (--load-format runai_streamer).
+        yield Problem(
+            f"{path}.draftModel.uri",
+            "the draft must come from s3:// exactly when spec.model.uri does: vLLM loads it the same "
+            "way as the model",
+        )
 
 
 def _check_autoscaling(spec: ModelDeploymentSpec) -> Iterator[Problem]:

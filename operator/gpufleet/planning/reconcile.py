@@ -24,7 +24,8 @@ once, and executes the plan in this order:
 4. **Write status** when it differs from what is stored and from what this
    operator last wrote (the watch may lag), deleting members that went away;
    then post Warnings for conditions that turned bad (InvalidSpec,
-   ScalingLimited, Degraded).
+   ScalingLimited, Degraded, CredentialsReady=False: SecretNotFound or
+   SecretKeyMissing, from the credentials Secret the runtime looked up).
 
 A spec that does not validate is never acted on: no apply, no delete, no
 drain; only status says why (Valid=False), and spot state and cost are left as
@@ -44,6 +45,12 @@ from pydantic import ValidationError
 from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec, ModelDeploymentStatus, SpotStatus
 from gpufleet.api.validation import validate_manifest
 from gpufleet.planning.cost import ProductPrices, estimate_for, product_for
+from gpufleet.planning.credentials import (
+    CREDENTIALS_READY,
+    CredentialsVerdict,
+    SecretLookup,
+    credentials_condition,
+)
 from gpufleet.planning.failover import (
     Doom,
     FailoverPlan,
@@ -82,6 +89,7 @@ from gpufleet.planning.workloads import (
     deployment_name,
     desired_workloads,
     selector_string,
+    source_uris,
     template_hash,
 )
 from gpufleet.planning.zone_loss import NodeLoss, lost_zones
@@ -153,6 +161,8 @@ class Observed:
     remembered: Remembered = field(default_factory=Remembered)
     # names_to_look_up's objects as the API server has them: (kind, name) → object, None when absent.
     looked_up: Mapping[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
+    # spec.model.credentialsSecret as read (key names only); None when there is none or it was not read.
+    secret: SecretLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         capacity=capacity,
         cost=cost.to_status(),
         conflicts=conflicts,
+        credentials=credentials_condition(spec.model.credentials_secret, source_uris(spec), observed.secret),
     )
     return ReconcilePlan(
         (namespace, name),
@@ -366,6 +377,7 @@ def _status_input(
     capacity: FailoverPlan | None = None,
     cost: CostStatus | None = None,
     conflicts: Sequence[str] = (),
+    credentials: CredentialsVerdict | None = None,
 ) -> StatusInput:
     meta = body["metadata"]
     return StatusInput(
@@ -383,6 +395,7 @@ def _status_input(
         spot=capacity.state.to_status() if capacity else None,
         cost=cost,
         conflicts=conflicts,
+        credentials=credentials,
     )
 
 
@@ -428,6 +441,9 @@ def _condition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) ->
                 EventView("Warning", "InvalidSpec", f"Workloads left unchanged: {condition.message}")
             )
         elif condition.type in (SCALING_LIMITED, DEGRADED) and condition.status == "True":
+            events.append(EventView("Warning", condition.reason, condition.message))
+        elif condition.type == CREDENTIALS_READY and condition.status == "False":
+            # Posted when the Secret or key goes missing, before the pods' start fails on it.
             events.append(EventView("Warning", condition.reason, condition.message))
     return tuple(events)
 

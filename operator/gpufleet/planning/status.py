@@ -21,6 +21,7 @@ from gpufleet.api.v1alpha1 import (
     PlacementStatus,
     SpotStatus,
 )
+from gpufleet.planning.credentials import CREDENTIALS_READY, CredentialsVerdict
 from gpufleet.planning.observe import ObservedDeployment, ObservedPod
 from gpufleet.planning.placement import CAPACITY_TYPES, CapacityType, PlacementGroup
 from gpufleet.planning.report import ConditionView
@@ -87,18 +88,20 @@ class StatusInput:
     cost: CostStatus | None = None
     # Objects of the model's names that belong to someone else (not applied over).
     conflicts: Sequence[str] = ()
+    # CredentialsReady, when the pods reference a credentials Secret.
+    credentials: CredentialsVerdict | None = None
 
 
 def _condition(
     kind: str,
-    ok: bool,
+    ok: bool | None,
     reason: str,
     message: str,
     generation: int,
     now: datetime,
     previous: Mapping[str, Condition],
 ) -> Condition:
-    status: Literal["True", "False"] = "True" if ok else "False"
+    status: Literal["True", "False", "Unknown"] = "Unknown" if ok is None else "True" if ok else "False"
     old = previous.get(kind)
     since = old.last_transition_time if old and old.status == status else None
     return Condition(
@@ -144,7 +147,7 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
     live = [p for p in inp.pods if not p.terminating]
     ready = sum(p.ready for p in live)
 
-    def cond(kind: str, ok: bool, reason: str, message: str) -> Condition:
+    def cond(kind: str, ok: bool | None, reason: str, message: str) -> Condition:
         return _condition(kind, ok, reason, message, inp.generation, now, previous)
 
     conditions: list[Condition] = []
@@ -214,6 +217,9 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
     else:
         conditions.append(cond(DEGRADED, False, "AsExpected", "no pod is stuck"))
     conditions.extend(cond(c.type, c.ok, c.reason, c.message) for c in inp.capacity_conditions)
+    if inp.credentials is not None:
+        verdict = inp.credentials
+        conditions.append(cond(CREDENTIALS_READY, verdict.ok, verdict.reason, verdict.message))
     return ModelDeploymentStatus(
         observed_generation=inp.generation,
         replicas=len(live),

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+from gpufleet.api.sizing import effective_max_loras
+from gpufleet.api.v1alpha1 import (
+    LoraAdapter,
+    ModelDeploymentSpec,
+    SpeculativeDecoding,
+)
 from gpufleet.api.validation import bytes_per_parameter
 from gpufleet.api.vllm_versions import engine_version, takes_shutdown_timeout
+from gpufleet.planning.credentials import always_required_keys
 from gpufleet.planning.placement import PlacementGroup
 
 LABEL_MODEL_DEPLOYMENT = "gpufleet.io/model-deployment"
@@ -45,6 +51,11 @@ PORT_NAME = "http"
 HEALTH_PATH = "/health"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 PVC_MOUNT_ROOT = "/mnt/pvc"
+# s3:// adapters: vLLM loads a LoRA adapter only from a local directory or a Hub repo id
+# (vllm/lora/utils.py get_adapter_absolute_path at v0.34.0), so init containers copy them here first.
+ADAPTER_VOLUME = "lora-adapters"
+ADAPTER_ROOT = "/mnt/lora-adapters"
+ADAPTER_FETCH_PREFIX = "fetch-adapter-"
 
 # Startup budget. Weight-load rates per GiB, from REFERENCE.md "Cold start and capacity timing":
 # - s3: Run:ai Model Streamer measured 3.51 GiB/s (Llama-3-8B in 4.24 s); 1 s/GiB leaves ~3.5x headroom
@@ -160,7 +171,19 @@ def _scheme(uri: str) -> str:
 
 
 def _sources(spec: ModelDeploymentSpec) -> list[str]:
-    return [spec.model.uri, *(adapter.uri for adapter in spec.engine.lora_adapters)]
+    speculative = spec.engine.speculative_decoding
+    # A draft checkpoint needs the same volumes and credentials as the model.
+    draft = [speculative.draft_model.uri] if speculative and speculative.draft_model else []
+    return [spec.model.uri, *(adapter.uri for adapter in spec.engine.lora_adapters), *draft]
+
+
+def source_uris(spec: ModelDeploymentSpec) -> list[str]:
+    """Every source the pods read (model, adapters, drafter): what the credentials Secret is for."""
+    return _sources(spec)
+
+
+def _s3_adapters(spec: ModelDeploymentSpec) -> list[LoraAdapter]:
+    return [adapter for adapter in spec.engine.lora_adapters if _scheme(adapter.uri) == "s3"]
 
 
 def _pvc_claim_and_path(uri: str) -> tuple[str, str]:
@@ -177,6 +200,24 @@ def _model_path(uri: str) -> str:
         claim, path = _pvc_claim_and_path(uri)
         return f"{PVC_MOUNT_ROOT}/{claim}/{path}" if path else f"{PVC_MOUNT_ROOT}/{claim}"
     return uri
+
+
+def adapter_path(adapter: LoraAdapter) -> str:
+    """Where vLLM loads an adapter from: s3:// ones from the directory their init container fills."""
+    if _scheme(adapter.uri) != "s3":
+        return _model_path(adapter.uri)
+    # Adapter names may hold / : @ (served names do): a DNS-ish label plus a hash keeps dirs distinct.
+    digest = hashlib.sha256(adapter.name.encode()).hexdigest()[:8]
+    return f"{ADAPTER_ROOT}/{_dns_label(adapter.name)[:40]}-{digest}"
+
+
+def _lora_module(adapter: LoraAdapter) -> str:
+    """A --lora-modules item: name=path, or vLLM's JSON form when the path has a comma, which the
+    name=path form cannot carry (LoRAParserAction in vllm/entrypoints/common/cli_args.py, v0.34.0)."""
+    path = adapter_path(adapter)
+    if "," in path:
+        return json.dumps({"name": adapter.name, "path": path}, separators=(",", ":"))
+    return f"{adapter.name}={path}"
 
 
 def _gpu_count(spec: ModelDeploymentSpec) -> int:
@@ -214,6 +255,54 @@ def shutdown_timeout_seconds(options: WorkloadOptions) -> int:
     return max(termination_grace_seconds(options) - options.prestop_delay_seconds, 0)
 
 
+# preStop for releases without --shutdown-timeout (before v0.18.0): SIGTERM aborts whatever is in
+# flight (vllm/entrypoints/launcher.py cancels the server task), so after the endpoints delay this waits,
+# bounded by the drain time, until the engine has nothing running or waiting, then SIGTERM cuts nothing.
+# It reads the engine's own gauges on /metrics (vllm:num_requests_running / _waiting: V0's
+# vllm/engine/metrics.py, V1's vllm/v1/metrics/loggers.py) with the image's Python (vLLM is a Python
+# package on python3 in its image, docker/Dockerfile). An unreachable or odd /metrics ends the wait;
+# the grace period (delay + drain) bounds the hook anyway. Arguments: delay seconds, drain seconds, port.
+PRESTOP_WAIT_IDLE_SCRIPT = """\
+import sys, time, urllib.request
+delay, drain, port = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(delay)
+end = time.monotonic() + drain
+names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+while time.monotonic() < end:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        lines = [line for line in text.splitlines() if line.split("{")[0].split(" ")[0] in names]
+        busy = sum(float(line.split()[-1]) for line in lines)
+    except Exception:
+        break
+    if busy == 0:
+        break
+    time.sleep(1)
+"""
+
+
+def prestop_command(spec: ModelDeploymentSpec, options: WorkloadOptions) -> list[str]:
+    """The preStop hook: the endpoints delay, then for releases that cannot drain, the bounded wait."""
+    if takes_shutdown_timeout(engine_version(spec.engine)) or options.drain_seconds == 0:
+        return ["sleep", str(options.prestop_delay_seconds)]
+    delay, drain = str(options.prestop_delay_seconds), str(options.drain_seconds)
+    return ["python3", "-c", PRESTOP_WAIT_IDLE_SCRIPT, delay, drain, str(options.port)]
+
+
+def speculative_config(spec: SpeculativeDecoding) -> str:
+    """vLLM --speculative-config: a JSON object of SpeculativeConfig fields (vllm/engine/arg_utils.py
+    parses it with json.loads; vllm/config/speculative.py names the fields)."""
+    config: dict[str, Any] = {"method": spec.method, "num_speculative_tokens": spec.num_speculative_tokens}
+    if spec.draft_model is not None:
+        config["model"] = _model_path(spec.draft_model.uri)
+    if spec.prompt_lookup_min is not None:
+        config["prompt_lookup_min"] = spec.prompt_lookup_min
+    if spec.prompt_lookup_max is not None:
+        config["prompt_lookup_max"] = spec.prompt_lookup_max
+    # Compact and ordered, so the pod template (and its hash) is stable.
+    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
 def vllm_args(md_name: str, spec: ModelDeploymentSpec, options: WorkloadOptions) -> list[str]:
     """Arguments after `vllm serve`: the model, the flags the spec owns, then engine.args."""
     model = spec.model
@@ -238,7 +327,12 @@ def vllm_args(md_name: str, spec: ModelDeploymentSpec, options: WorkloadOptions)
     adapters = spec.engine.lora_adapters
     if adapters:
         args += ["--enable-lora", "--lora-modules"]
-        args += [f"{adapter.name}={_model_path(adapter.uri)}" for adapter in adapters]
+        args += [_lora_module(adapter) for adapter in adapters]
+        # Slots and rank size the GPU memory vLLM reserves for adapters (counted in the fit, kv_fit).
+        args += ["--max-loras", str(effective_max_loras(spec))]
+        args += ["--max-lora-rank", str(spec.engine.max_lora_rank)]
+    if spec.engine.speculative_decoding is not None:
+        args += ["--speculative-config", speculative_config(spec.engine.speculative_decoding)]
     if takes_shutdown_timeout(engine_version(spec.engine)):
         # Without it vLLM aborts in-flight requests on SIGTERM; with it, it refuses new ones and lets
         # running ones finish for up to this long (REFERENCE.md "vLLM shutdown and versions").
@@ -337,12 +431,23 @@ def _volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict
         # Read-only: replicas share the claim and must never change the weights.
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if _s3_adapters(spec):
+        # Pod disk shared with the fetch init containers; vLLM only reads it.
+        volumes.append({"name": ADAPTER_VOLUME, "emptyDir": {}})
+        mounts.append({"name": ADAPTER_VOLUME, "mountPath": ADAPTER_ROOT, "readOnly": True})
     return volumes, mounts
 
 
-def _secret_env(secret: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+def _secret_env(spec: ModelDeploymentSpec, secret: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+    # Keys the Secret must hold (credentials.always_required_keys) are not optional: a missing Secret or
+    # key then stops the container before it starts (CreateContainerConfigError) rather than letting it
+    # crash-loop on a 401. The others may be absent (a session token, a custom endpoint).
+    required = always_required_keys(secret, _sources(spec))
     return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": key not in required}},
+        }
         for key in keys
     ]
 
@@ -351,12 +456,14 @@ def _env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     secret = spec.model.credentials_secret
     ours: list[dict[str, Any]] = []
     if secret:
-        # Without a Secret, hf:// is anonymous and s3:// uses the node role or IRSA.
-        schemes = {_scheme(uri) for uri in _sources(spec)}
+        # Without a Secret, hf:// is anonymous and s3:// uses the node role or IRSA. s3:// adapters are
+        # fetched by the init containers, so vLLM itself gets no AWS keys for them.
+        s3_adapters = {adapter.uri for adapter in _s3_adapters(spec)}
+        schemes = {_scheme(uri) for uri in _sources(spec) if uri not in s3_adapters}
         if "hf" in schemes:
-            ours += _secret_env(secret, _HF_SECRET_KEYS)
+            ours += _secret_env(spec, secret, _HF_SECRET_KEYS)
         if "s3" in schemes:
-            ours += _secret_env(secret, _S3_SECRET_KEYS)
+            ours += _secret_env(spec, secret, _S3_SECRET_KEYS)
     users: list[dict[str, Any]] = []
     for var in spec.engine.env:
         entry: dict[str, Any] = {"name": var.name}
@@ -369,6 +476,24 @@ def _env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     # names break server-side apply's merge key. Ours stay first so $(VAR) in user values resolves.
     user_names = {entry["name"] for entry in users}
     return [entry for entry in ours if entry["name"] not in user_names] + users
+
+
+def _adapter_fetchers(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """One init container per s3:// adapter: `aws s3 sync` of its prefix into the shared volume."""
+    secret = spec.model.credentials_secret
+    env = _secret_env(spec, secret, _S3_SECRET_KEYS) if secret else []
+    return [
+        {
+            "name": f"{ADAPTER_FETCH_PREFIX}{index}",
+            "image": spec.engine.adapter_fetch_image,
+            "command": ["aws", "s3", "sync", "--only-show-errors", adapter.uri, adapter_path(adapter)],
+            "env": env,
+            # Adapters are tens to hundreds of MiB; the copy needs little.
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "volumeMounts": [{"name": ADAPTER_VOLUME, "mountPath": ADAPTER_ROOT}],
+        }
+        for index, adapter in enumerate(_s3_adapters(spec))
+    ]
 
 
 def _http_probe(period: int, failure_threshold: int, timeout: int | None = None) -> dict[str, Any]:
@@ -435,13 +560,15 @@ def _deployment(
         "readinessProbe": _http_probe(period=5, failure_threshold=3),
         # ~1 min of failed checks: a busy engine answers /health late, a hung one never does.
         "livenessProbe": _http_probe(period=10, failure_threshold=6, timeout=5),
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(options.prestop_delay_seconds)]}}},
+        "lifecycle": {"preStop": {"exec": {"command": prestop_command(spec, options)}}},
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         # Service env vars are useless to vLLM, and one named VLLM_PORT (a Service called "vllm")
         # would be read by vLLM as its own setting.
         "enableServiceLinks": False,
+        # vLLM never calls the Kubernetes API: no token in the pod for a compromised server to use.
+        "automountServiceAccountToken": False,
         # preStop delay + drain. On spot the node goes after 2 min (AWS notice, REFERENCE.md)
         # whatever this says; it matters for scale-down and rollouts.
         "terminationGracePeriodSeconds": termination_grace_seconds(options),
@@ -450,6 +577,9 @@ def _deployment(
         "containers": [container],
         "volumes": volumes,
     }
+    fetchers = _adapter_fetchers(spec)
+    if fetchers:
+        pod_spec["initContainers"] = fetchers
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

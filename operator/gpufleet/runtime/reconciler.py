@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from gpufleet.adapters.kube import KubeApi
+from gpufleet.adapters.kube import KubeApi, KubeError
 from gpufleet.api.v1alpha1 import API_VERSION, KIND
 from gpufleet.planning.cost import ProductPrices
+from gpufleet.planning.credentials import SecretLookup
 from gpufleet.planning.observe import Key, key_of, owned_by, version_of
 from gpufleet.planning.reconcile import (
     CapacitySnapshot,
@@ -36,6 +37,9 @@ from gpufleet.runtime.events import post_event
 EVICTION_RETRY_SECONDS = 5.0
 # The longest a reconcile waits for its capacity Events to be posted before it writes status.
 EVENT_FLUSH_SECONDS = 5.0
+# A credentials Secret found is checked again after this; entries not used for SECRET_FORGET go.
+SECRET_RECHECK = timedelta(minutes=1)
+SECRET_FORGET = timedelta(minutes=10)
 
 
 class Reconciler:
@@ -56,6 +60,8 @@ class Reconciler:
         self._applied: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
         self._statuses: dict[Key, dict[str, Any]] = {}
         self._foreign: dict[Key, set[ObjectRef]] = {}  # objects of our names that belong to others
+        # (namespace, name) of a credentials Secret → when it was looked up, and what was found.
+        self._secrets: dict[tuple[str, str], tuple[datetime, SecretLookup]] = {}
 
     def reconcile(self, body: Mapping[str, Any]) -> ReconcilePlan:
         key = key_of(body)
@@ -74,6 +80,7 @@ class Reconciler:
                 (ref.kind, ref.name): self.kube.get(ref.api_version, ref.kind, namespace, ref.name)
                 for ref in names_to_look_up(body, remembered.applied, sorted(foreign, key=str))
             },
+            secret=self._credentials(namespace, body),
         )
         plan = plan_reconcile(observed, self.policy, now)
         # Foreign objects that are gone or ours now need no more looking up.
@@ -90,6 +97,42 @@ class Reconciler:
                 requeue_after=min(EVICTION_RETRY_SECONDS, plan.requeue_after or EVICTION_RETRY_SECONDS),
             )
         return plan
+
+    def _credentials(self, namespace: str, body: Mapping[str, Any]) -> SecretLookup | None:
+        """The credentials Secret's key names (its values are dropped here), for CredentialsReady.
+
+        A GET by name on every reconcile of a model that has one: the chart grants `get` on Secrets and
+        no list or watch, so the operator cannot enumerate Secrets, and a cache of them would hold
+        every Secret's values in its memory."""
+        model = (body.get("spec") or {}).get("model") or {}
+        name = model.get("credentialsSecret")
+        if not isinstance(name, str) or not name:
+            return None
+        now = self.clock()
+        remembered = self._secrets.get((namespace, name))
+        if remembered is not None:
+            checked, lookup = remembered
+            # A Secret found is looked at again a minute later, one missing at every pass: a steady
+            # reconcile makes no request for it, and the fix of a missing one shows at once.
+            if lookup.found and now - checked < SECRET_RECHECK:
+                return lookup
+        lookup = self._look_up_secret(namespace, name)
+        self._secrets = {k: v for k, v in self._secrets.items() if now - v[0] < SECRET_FORGET}
+        self._secrets[(namespace, name)] = (now, lookup)
+        return lookup
+
+    def _look_up_secret(self, namespace: str, name: str) -> SecretLookup:
+        try:
+            secret = self.kube.get("v1", "Secret", namespace, name)
+        except KubeError as error:
+            # Unknown, and nothing is held back: an install without the chart's Secret rule (403), or
+            # an API error, which must not stop a reconcile that may be moving replicas off a node.
+            reason = "the operator may not get Secrets (403)" if error.status == 403 else str(error)[:200]
+            return SecretLookup(name, None, error=reason)
+        if secret is None:
+            return SecretLookup(name, False)
+        keys = {*(secret.get("data") or {}), *(secret.get("stringData") or {})}
+        return SecretLookup(name, True, frozenset(keys))
 
     def execute(self, body: Mapping[str, Any], plan: ReconcilePlan) -> tuple[Drain, ...]:
         """Carry the plan out; the drains the PDB refused (retried on the next pass)."""

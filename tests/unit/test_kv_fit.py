@@ -311,3 +311,21 @@ def test_lora_slots_come_out_of_the_kv_cache_and_can_stop_a_fit() -> None:
     assert plain.kv_tokens - four.kv_tokens > 9000
     huge = fit(spec__engine__loraAdapters=adapters, spec__engine__maxLoras=64, spec__engine__maxLoraRank=512)
     assert kv_fit.vllm_refusal(huge) is not None
+
+
+def test_a_spec_naming_no_gpu_is_not_refused_for_a_catalog_size_but_told_what_was_not_checked() -> None:
+    """The server fills in defaults for a minimal spec ({model: {uri}}); the catalog knows the model's
+    size, but nothing says how much memory a replica gets: a warning, not a refusal. A parameterCount
+    the author wrote asks for the check, and then an unknown GPU is an error, as before."""
+    minimal = {
+        "apiVersion": "gpufleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "minimal"},
+        "spec": {"model": {"uri": "hf://meta-llama/Meta-Llama-3-8B-Instruct"}},
+    }
+    assert validate_manifest(minimal) == []
+    (warning,) = manifest_warnings(minimal)
+    assert warning.path == "spec.accelerator.gpuProduct"
+    assert "not checked" in warning.message
+    stated = {**minimal, "spec": {"model": {**minimal["spec"]["model"], "parameterCount": 8e9}}}
+    assert [p.path for p in validate_manifest(stated)] == ["spec.accelerator.gpuMemoryGiB"]

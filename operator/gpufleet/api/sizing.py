@@ -48,6 +48,9 @@ class Deployment:
     # The speculative drafter's weights and KV; draft_unsized names a draft_model not counted.
     draft: kv_fit.Draft | None = None
     draft_unsized: str | None = None
+    # spec.model.parameterCount given: the author asked for a check, so an unknown GPU is an error. A
+    # count found in the catalog alone must not refuse a spec that names no GPU product.
+    parameters_stated: bool = False
 
     @property
     def draft_weight_bytes(self) -> float:
@@ -149,6 +152,7 @@ def deployment(spec: ModelDeploymentSpec) -> Deployment:
     return Deployment(
         draft=draft,
         draft_unsized=draft_unsized,
+        parameters_stated=model.parameter_count is not None,
         lora_slots=effective_max_loras(spec) if spec.engine.lora_adapters else 0,
         lora_rank=spec.engine.max_lora_rank,
         uri=model.uri,
@@ -287,7 +291,7 @@ def problems(dep: Deployment) -> Iterator[tuple[str, str]]:
     """(field path, message) for each reason vLLM would refuse to start."""
     device = dep.device_gib
     if device is None:
-        if dep.parameters:
+        if dep.parameters_stated:
             yield (
                 "spec.accelerator.gpuMemoryGiB",
                 f"the memory of {dep.gpu_product or 'the GPU'} is not known; set gpuMemoryGiB "
@@ -395,6 +399,12 @@ def _kv_problem(dep: Deployment, fit: KvFit) -> str:
 def warnings(dep: Deployment) -> Iterator[tuple[str, str]]:
     """(field path, message) for what could not be checked, and for a KV cache too small to batch."""
     if dep.device_gib is None:
+        if dep.parameters and not dep.parameters_stated:
+            yield (
+                "spec.accelerator.gpuProduct",
+                f"the weights and KV cache of {dep.uri} were not checked: no GPU product or gpuMemoryGiB "
+                "says how much memory a replica gets",
+            )
         return
     if dep.draft_unsized:
         yield (

@@ -100,11 +100,21 @@ class Settings(BaseSettings):
         default=90, gt=0, description="Samples older than this count as missing: replicas are held."
     )
 
+    autoscale_status_refresh_seconds: int = Field(
+        default=60,
+        ge=0,
+        description=(
+            "status.autoscaler is rewritten for changed readings alone at most this often (decisions at"
+            " once); 0 writes every evaluation."
+        ),
+    )
+
     def scaling_timings(self) -> ScalingTimings:
         return ScalingTimings(
             panic_window_seconds=self.autoscale_panic_window_seconds,
             scale_down_step_seconds=self.autoscale_scale_down_step_seconds,
             stale_after_seconds=self.autoscale_stale_after_seconds,
+            status_refresh_seconds=self.autoscale_status_refresh_seconds,
         )
 
     # PromQL of the signals: fleet-wide (split by namespace/model_name or namespace/pod labels), or

@@ -619,6 +619,12 @@ class AutoscalerMetrics(_Model):
         float | None,
         Field(alias="gpuUtilization", description="Mean GPU utilisation of the model's GPUs (0-1)."),
     ] = None
+    activation: Annotated[
+        float | None,
+        Field(
+            description="Requests a gateway saw for the model while at zero replicas (its activation query)."
+        ),
+    ] = None
     ready_replicas: Annotated[int, Field(description="Ready replicas when sampled.", ge=0)] = 0
     starting_replicas: Annotated[int, Field(description="Replicas starting when sampled.", ge=0)] = 0
     reporting_replicas: Annotated[
@@ -642,7 +648,16 @@ class AutoscalerStatus(_Model):
         bool, Field(description="minReplicas, maxReplicas or a schedule stopped the decision.")
     ] = False
     desired_replicas: Annotated[int, Field(description="Replicas the autoscaler asked for last.", ge=0)] = 0
-    last_evaluation_time: Annotated[KubeTime | None, Field(description="When it last evaluated.")] = None
+    last_evaluation_time: Annotated[
+        KubeTime | None,
+        Field(
+            description=(
+                "When the evaluation recorded here ran. A new decision is recorded at once; new readings "
+                "alone at most every GPUFLEET_AUTOSCALE_STATUS_REFRESH_SECONDS (60 s), and an unchanged "
+                "evaluation not at all."
+            )
+        ),
+    ] = None
     last_scale_time: Annotated[KubeTime | None, Field(description="When it last changed spec.replicas.")] = (
         None
     )

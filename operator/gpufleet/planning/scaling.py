@@ -223,6 +223,9 @@ class ScalingTimings:
     panic_window_seconds: int  # no scale-down this long after a panic (AIBrix: 60 s)
     scale_down_step_seconds: int  # between two single-replica removals (one dcgm interval / KEDA poll)
     stale_after_seconds: int  # readings older than this count as missing (three dcgm intervals)
+    # status.autoscaler is rewritten for new readings alone at most this often; a new decision, bound or
+    # recommendation, or busy turning idle, is written at once (gpufleet.planning.autoscale).
+    status_refresh_seconds: int
 
 
 def _iso(moment: datetime) -> str:

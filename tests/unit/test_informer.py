@@ -265,3 +265,22 @@ def test_the_index_holds_no_entry_for_a_model_whose_objects_are_all_gone() -> No
     finally:
         informer.stop()
         api.release.set()
+
+
+def test_the_cache_keeps_no_managed_fields_from_lists_or_watches() -> None:
+    fields = [{"manager": "kubelet", "operation": "Update", "fieldsV1": {"f:status": {}}}]
+    listed, watched = pod("a", "10"), pod("b", "101")
+    listed["metadata"]["managedFields"] = fields
+    watched["metadata"]["managedFields"] = fields
+    api = ScriptedApi([Listing([listed], "100")], [[{"type": "ADDED", "object": watched}]])
+    informer = running(api)
+    try:
+        wait_until(lambda: len(api.calls) >= 3, timeout=5, what="the watch played")
+        cached = informer.list("ns", "gpufleet.io/model-deployment=m")
+        assert cached is not None
+        assert sorted(o["metadata"]["name"] for o in cached) == ["a", "b"]
+        assert all("managedFields" not in o["metadata"] for o in cached)
+        assert all(o["metadata"]["labels"] for o in cached)  # the rest of the metadata is kept
+    finally:
+        informer.stop()
+        api.release.set()

@@ -82,6 +82,15 @@ def _version(obj: Mapping[str, Any] | None) -> str | None:
     return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
 
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without its managedFields: nothing of ours reads them, and they are a large share of a
+    pod's or Deployment's size in memory (client-go's informers drop them for the same reason)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
 def _key(obj: Mapping[str, Any]) -> ObjectKey:
     meta = obj.get("metadata") or {}
     return (meta.get("namespace") or "", meta.get("name") or "")
@@ -202,7 +211,7 @@ class Informer:
     def _relist(self) -> str:
         listing = self.api.list_at(self.api_version, self.kind, self.namespace, self.label_selector)
         self.lists += 1
-        fresh: dict[ObjectKey, Mapping[str, Any]] = {_key(obj): obj for obj in listing.items}
+        fresh: dict[ObjectKey, Mapping[str, Any]] = {_key(obj): _slim(obj) for obj in listing.items}
         with self._lock:
             gone = [obj for key, obj in self._objects.items() if key not in fresh]
             changed = [obj for key, obj in fresh.items() if _version(self._objects.get(key)) != _version(obj)]
@@ -227,7 +236,7 @@ class Informer:
         for event in events:
             if self._stopped.is_set():
                 break
-            kind, obj = event.get("type"), event.get("object") or {}
+            kind, obj = event.get("type"), _slim(event.get("object") or {})
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     raise GoneError()

@@ -568,7 +568,14 @@ def run(args: argparse.Namespace) -> list[Figures]:
     if args.kubeconfig is None:
         audit = workdir / "audit.log"
         policy = workdir / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        rules = AUDIT_POLICY["rules"]
+        if args.audit_writes:
+            # The bodies of the operator's writes, to see what it writes (not only how often).
+            rules = [
+                {"level": "Request", "userGroups": ["system:serviceaccounts"], "verbs": ["patch"]},
+                *rules,
+            ]
+        policy.write_text(yaml.safe_dump({**AUDIT_POLICY, "rules": rules}))
         os.environ["GPUFLEET_APISERVER_EXTRA_ARGS"] = f"--audit-policy-file={policy} --audit-log-path={audit}"
     results = []
     with control_plane(args.kubeconfig, workdir / "cluster") as cp:
@@ -594,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--time-scale", type=float, default=10.0, help="simulated seconds per real second")
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane (no audit log: no verbs)")
+    parser.add_argument(
+        "--audit-writes",
+        action="store_true",
+        help="log the bodies of the operator's PATCHes in the audit log",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.n) or args.window < 60 or args.time_scale <= 0:
         parser.error("--n takes positive integers, --window at least 60, --time-scale > 0")

@@ -284,3 +284,51 @@ def test_the_cache_keeps_no_managed_fields_from_lists_or_watches() -> None:
     finally:
         informer.stop()
         api.release.set()
+
+
+def test_an_applied_object_is_read_back_before_its_watch_event_arrives() -> None:
+    class Writes:
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            return {**obj, "metadata": {**obj["metadata"], "resourceVersion": "150", "managedFields": []}}
+
+    api = ScriptedApi([Listing([pod("a", "10")], "100")], [[None]])  # the watch delivers nothing yet
+    informer = running(api)
+    cached = CachedKube(Writes(), [informer])  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: informer.synced, timeout=5, what="the first list")
+        new = {"apiVersion": "v1", "kind": "Pod", **pod("b", "")}
+        cached.apply(new)
+        names = sorted(p["metadata"]["name"] for p in cached.list("v1", "Pod", "ns", LABEL))
+        assert names == ["a", "b"]
+        # Unlabelled, or older than what the list already showed: not held.
+        assert not informer.observe_write(
+            {"metadata": {"name": "c", "namespace": "ns", "resourceVersion": "160"}}
+        )
+        assert not informer.observe_write(pod("d", "90"))
+        assert len(informer) == 2
+    finally:
+        informer.stop()
+        api.release.set()
+
+
+def test_a_write_the_watch_has_already_gone_past_leaves_no_ghost() -> None:
+    events: queue.Queue[tuple[str, str]] = queue.Queue()
+    api = ScriptedApi(
+        [Listing([], "100")],
+        [
+            [
+                {"type": "ADDED", "object": pod("b", "150")},
+                {"type": "DELETED", "object": pod("b", "160")},
+                None,
+            ]
+        ],
+    )
+    informer = running(api, events)
+    try:
+        assert [events.get(timeout=5) for _ in range(2)] == [("ADDED", "b"), ("DELETED", "b")]
+        # The apply that created b returns only now, after the watch showed its creation and deletion.
+        assert not informer.observe_write(pod("b", "150"))
+        assert informer.list("ns", LABEL) == []
+    finally:
+        informer.stop()
+        api.release.set()

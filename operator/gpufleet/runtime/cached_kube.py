@@ -3,7 +3,9 @@
 Reconciles and autoscaler evaluations list a model's pods and Deployments every pass: thousands of LISTs
 a minute in a large fleet, each a full read on the API server. Served from the watch caches they cost
 nothing. A list the caches cannot answer (not synced yet, a namespace not watched, a set-based selector)
-goes to the API server as before. Writes and gets pass through unchanged.
+goes to the API server as before. Gets pass through unchanged; writes too, and what an apply returns
+is held in the cache until the watch delivers it (Informer.observe_write), so a reconcile reads its
+own writes.
 """
 
 from __future__ import annotations
@@ -32,3 +34,10 @@ class CachedKube(KubePassthrough):
                 # Planners only read; a shallow copy of the list keeps the cache's own list private.
                 return [dict(obj) for obj in cached]
         return self._kube.list(api_version, kind, namespace, label_selector)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        result = self._kube.apply(obj)
+        for informer in self._informers.get((str(obj.get("apiVersion")), str(obj.get("kind"))), ()):
+            if informer.observe_write(result):
+                break
+        return result

@@ -87,6 +87,7 @@ class Operator:
             fenced, on_drop=metrics.event_dropped, on_depth=metrics.EVENT_QUEUE_DEPTH.set
         )
         cached = CachedKube(self.events, self.informers)
+        self.cached = cached
         self.reconciler = Reconciler(
             cached,
             settings.reconcile_policy(),
@@ -237,10 +238,13 @@ class Operator:
             self.owned_object_changed(key, str(kind), str(meta.get("name")), None if deleted else obj)
 
     def prime_capacity(self) -> None:
-        """List the nodes and the models' pods into the capacity store (the consumer's first step)."""
+        """List the nodes and the models' pods into the capacity store (the consumer's first step).
+
+        From the watch caches once they are synced: a LIST of every pod would hold a second full copy
+        of them in memory while it is parsed. From the API server before."""
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
-        pods = [p for ns in scopes for p in self.kube.list("v1", "Pod", ns, LABEL_MODEL_DEPLOYMENT)]
-        self.capacity.prime(self.kube.list("v1", "Node", None, ""), pods, owner_key, utcnow())
+        pods = [p for ns in scopes for p in self.cached.list("v1", "Pod", ns, LABEL_MODEL_DEPLOYMENT)]
+        self.capacity.prime(self.cached.list("v1", "Node", None, ""), pods, owner_key, utcnow())
 
     # --- the work --------------------------------------------------------------------------------
 

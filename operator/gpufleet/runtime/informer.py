@@ -13,6 +13,7 @@ an empty cache read as "no pods" would plan a fleet from nothing.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -82,6 +83,14 @@ def _version(obj: Mapping[str, Any] | None) -> str | None:
     return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
 
+def _number(version: str | None) -> int | None:
+    """A resourceVersion as etcd's revision; None when it is not one (then nothing is compared)."""
+    try:
+        return int(version) if version else None
+    except ValueError:
+        return None
+
+
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without its managedFields: nothing of ours reads them, and they are a large share of a
     pod's or Deployment's size in memory (client-go's informers drop them for the same reason)."""
@@ -129,6 +138,7 @@ class Informer:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.lists = 0  # how often it had to list (a steady state adds none)
+        self._seen_version = 0  # the highest resourceVersion the list and watch have delivered
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -167,6 +177,31 @@ class Informer:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+    def observe_write(self, obj: Mapping[str, Any]) -> bool:
+        """Hold the object one of our writes returned until the watch delivers it (client-go's mutation
+        cache). Without this, the next reconcile reads the cache from before its own write, finds no
+        Deployment it has just created, and writes it again. Kept only while the watch has not gone past
+        the write's version: past it, the cache already says what became of the object (a deletion, a
+        newer version), and the written copy would be a ghost. Whether it was held."""
+        version = _number(_version(obj))
+        meta = obj.get("metadata") or {}
+        if version is None or not self.synced or not self.covers(meta.get("namespace")):
+            return False
+        if matches(meta.get("labels") or {}, self.label_selector) is not True:
+            return False
+        key = _key(obj)
+        with self._lock:
+            cached = _number(_version(self._objects.get(key)))
+            if version <= self._seen_version or (cached is not None and cached >= version):
+                return False
+            held = _slim(copy.deepcopy(dict(obj)))
+            held.setdefault("apiVersion", self.api_version)
+            held.setdefault("kind", self.kind)
+            self._drop_from_index(key, self._objects.get(key))
+            self._objects[key] = held
+            self._add_to_index(key, held)
+        return True
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -213,6 +248,7 @@ class Informer:
         self.lists += 1
         fresh: dict[ObjectKey, Mapping[str, Any]] = {_key(obj): _slim(obj) for obj in listing.items}
         with self._lock:
+            self._seen_version = _number(listing.resource_version) or self._seen_version
             gone = [obj for key, obj in self._objects.items() if key not in fresh]
             changed = [obj for key, obj in fresh.items() if _version(self._objects.get(key)) != _version(obj)]
             self._objects = fresh
@@ -243,10 +279,13 @@ class Informer:
                 raise KubeError(int(obj.get("code") or 0), f"{self.kind} watch: {obj.get('message')}")
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind == "BOOKMARK":
+                with self._lock:
+                    self._seen_version = max(self._seen_version, _number(version) or 0)
                 continue
             obj.setdefault("apiVersion", self.api_version)
             obj.setdefault("kind", self.kind)
             with self._lock:
+                self._seen_version = max(self._seen_version, _number(version) or 0)
                 key = _key(obj)
                 self._drop_from_index(key, self._objects.pop(key, None))
                 if kind != "DELETED":

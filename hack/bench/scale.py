@@ -230,9 +230,10 @@ class CpuSampler:
         return out
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set over the process's life; VmRSS: now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return math.nan
 
@@ -253,6 +254,30 @@ def audit_verbs(path: Path | None, start: int, end: int) -> Counter[str] | None:
             if (verb == "watch") == (stage == "ResponseStarted"):
                 verbs[verb] += 1
     return verbs
+
+
+def replacements_written_after(path: Path | None, models: Sequence[str], sent_at: float) -> float | None:
+    """Seconds from sending the warning until the operator had written a Deployment of every doomed model
+    (the audit log's completion times): its own reaction, without the controller-manager's work of
+    turning the Deployment into a ReplicaSet and a pod. None without an audit log or when one is missing."""
+    if path is None or not path.exists():
+        return None
+    first: dict[str, float] = {}
+    with path.open("rb") as log_file:
+        for line in log_file:
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if (
+                event.get("user", {}).get("username") != SA_USER
+                or event.get("verb") != "patch"
+                or ref.get("resource") != "deployments"
+            ):
+                continue
+            when = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            model = next((m for m in models if str(ref.get("name", "")).startswith(f"{m}-")), None)
+            if model is not None and when >= sent_at and model not in first:
+                first[model] = when
+    return max(first.values()) - sent_at if len(first) == len(models) and models else None
 
 
 def received_after(operator_log: Path, instance_id: str, sent_at: float) -> float | None:
@@ -279,6 +304,7 @@ class Figures:
     cpu_mean: float = math.nan
     cpu_p99: float = math.nan
     rss_mib: float = math.nan
+    rss_end_mib: float = math.nan
     window_s: float = 0.0
     verbs: Counter[str] | None = None
     prom_qps: float = math.nan
@@ -289,6 +315,9 @@ class Figures:
     sweep_max: float | None = None
     sweeps: float = 0.0
     first_replacement: list[float | None] = field(default_factory=list)
+    written: list[float | None] = field(
+        default_factory=list
+    )  # operator wrote every doomed model's replacement
     all_replacements: list[float | None] = field(default_factory=list)
     doomed: list[int] = field(default_factory=list)
     received: list[float | None] = field(default_factory=list)  # warning -> the operator logged it
@@ -308,6 +337,7 @@ def _ready(pod: dict[str, Any]) -> bool:
 class Trial:
     def __init__(self, cp: ControlPlane, n: int, args: argparse.Namespace, workdir: Path, audit: Path | None):
         self.cp, self.n, self.args, self.audit = cp, n, args, audit
+        self.warnings: list[tuple[list[str], float]] = []  # (doomed models, when the warning was sent)
         self.workdir = workdir / f"n{n}"
         self.namespace = f"bench-scale-{n}-{uuid.uuid4().hex[:5]}"
         api = config.new_client_from_config(config_file=str(cp.kubeconfig))
@@ -351,6 +381,7 @@ class Trial:
         log(f"n={self.n}: spot warning for {node} ({len(doomed)} replicas of {len(models)} models)")
         instance_id = simulation.nodes[node].instance_id  # the node is gone after the notice
         sent_at = time.time()
+        self.warnings.append((models, sent_at))
         started = time.monotonic()
         asyncio.run_coroutine_threadsafe(simulation.interrupt(node, None), loop)
         first = last = None
@@ -442,10 +473,12 @@ class Trial:
             figures.prom_qps = (simulation.prometheus.queries_answered() - queries_before) / figures.window_s
             audit_end = self.audit.stat().st_size if self.audit and self.audit.exists() else 0
             figures.verbs = audit_verbs(self.audit, audit_start, audit_end)
+            figures.written = [replacements_written_after(self.audit, m, t) for m, t in self.warnings]
             windows = cpu.windows()
             figures.cpu_mean = statistics.fmean(windows) if windows else math.nan
             figures.cpu_p99 = _pct(windows, 0.99)
-            figures.rss_mib = peak_rss_mib(pid)
+            figures.rss_mib = rss_mib(pid)
+            figures.rss_end_mib = rss_mib(pid, "VmRSS")
             figures.pods = len(self._pods())
             figures.gpus_min, figures.gpus_max = (min(gpus), max(gpus)) if gpus else (0.0, 0.0)
             for q, name in ((0.5, "reconcile_p50"), (0.99, "reconcile_p99")):
@@ -493,17 +526,19 @@ def report_lines(f: Figures) -> list[str]:
         else "n/a (no audit log: --kubeconfig)"
     )
     total = sum(f.verbs.values()) / f.window_s if f.verbs is not None else math.nan
+    written = f.written or [None] * len(f.doomed)
     replacements = ", ".join(
-        f"{_s(first)}/{_s(last)} ({doomed} doomed; operator read it after {_s(received)})"
-        for first, last, doomed, received in zip(
-            f.first_replacement, f.all_replacements, f.doomed, f.received, strict=True
+        f"{_s(first)}/{_s(last)} ({doomed} doomed; operator read it after {_s(received)}, "
+        f"wrote every replacement Deployment after {_s(wrote)})"
+        for first, last, doomed, received, wrote in zip(
+            f.first_replacement, f.all_replacements, f.doomed, f.received, written, strict=True
         )
     )
     return [
         f"{name} fleet: {f.pods} vLLM pods, ready GPUs {f.gpus_min:.0f}-{f.gpus_max:.0f} over the window "
         f"({f.window_s:.0f} s real)",
         f"{name} operator CPU: mean {f.cpu_mean:.3f} cores, p99 {f.cpu_p99:.3f} (sliding {CPU_WINDOW_S} s "
-        f"windows); peak RSS {f.rss_mib:.0f} MiB",
+        f"windows); peak RSS {f.rss_mib:.0f} MiB ({f.rss_end_mib:.0f} MiB at the window's end)",
         f"{name} operator API requests/s: {total:.2f} ({verbs})",
         f"{name} Prometheus queries/s: {f.prom_qps:.2f}",
         f"{name} reconcile p50 {_s(f.reconcile_p50)} p99 {_s(f.reconcile_p99)} "

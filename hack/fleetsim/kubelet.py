@@ -5,9 +5,15 @@ real node lifecycle controller taints them NotReady after ~40 s and evicts).
 For pods the real scheduler bound to those nodes it does what a kubelet and
 vLLM would: pull the image, load the weights (delays from the model's size
 and source, REFERENCE.md), then start a simulated vLLM server on the pod's
-loopback IP and mark the pod Ready. On deletion it honours preStop (vLLM
-keeps serving), then sends the engine SIGTERM: with --shutdown-timeout it
-drains (new requests get 503) until in-flight requests finish, the timeout or
+loopback IP and mark the pod Ready. Init containers run first, one after
+the other, as the kubelet runs them: the pod stays Pending and not Initialized
+until each has exited 0, and a failed one is restarted after the kubelet's
+crash back-off; the AWS CLI's `aws s3 sync` really copies from the
+simulation's S3 into the pod's emptyDir, where vLLM's start-up check looks for
+the LoRA adapters (containers.py). vLLM that cannot start (the model does not
+fit, an adapter does not load) leaves the pod crash-looping. On deletion it
+honours preStop (vLLM keeps serving), then sends the engine SIGTERM: with
+--shutdown-timeout it drains (new requests get 503) until in-flight requests finish, the timeout or
 the grace period ends; without it in-flight requests are cut, as real vLLM
 aborts them. Then it completes the deletion. A node that
 disappears takes its pods with it, abruptly, as a reclaimed spot instance does.
@@ -21,7 +27,9 @@ import ipaddress
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +39,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from fleetsim.clock import SimClock
+from fleetsim.containers import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    INIT_START_SECONDS,
+    ContainerConfigError,
+    Outcome,
+    PodVolumes,
+    decode_secret,
+    lora_load_error,
+    resolve_env,
+    run_init_container,
+)
 from fleetsim.dcgm import DcgmExporter, GpuSample
 from fleetsim.models import gpu_model_name
 from fleetsim.params import KubeletParams
-from fleetsim.podspec import PodPlan, adapter_fetch_seconds, load_seconds, plan_pod
+from fleetsim.podspec import GIB, PodPlan, load_seconds, plan_pod
 from fleetsim.vllm_model import EngineConfigError, EngineProfile, profile_for, weights_bytes
 from fleetsim.vllm_server import VllmServer
 
@@ -141,6 +161,8 @@ class SimPod:
     task: asyncio.Task[None] | None = None
     terminating: bool = False
     weights_gib: float = 0.0
+    # What each init container wrote in its latest run (what `kubectl logs -c NAME` would show).
+    logs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,8 +200,12 @@ class SimKubelet:
         addresses: AddressBook | None = None,
         server_factory: ServerFactory = _default_server,
         poll_seconds: float = 0.5,
+        volumes_root: Path | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
+        # Pods' volumes and containers' scratch space, one directory per pod (a temporary one if not given).
+        self._volumes_root = volumes_root
+        self._own_volumes_root = False
         self.leases = client.CoordinationV1Api(api)
         self.clock = clock
         self.params = params or KubeletParams()
@@ -356,17 +382,15 @@ class SimKubelet:
                 for c in containers
             ],
         }
-        fetchers = raw.get("spec", {}).get("initContainers", [])
-        if pod.plan is not None and pod.plan.adapter_fetches:
-            # Init containers copy s3:// adapters first; vLLM starts only once they have all finished.
-            await self.clock.sleep(adapter_fetch_seconds(pod.plan, self.params))
-        if fetchers:
-            done = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}}
-            running_status["initContainerStatuses"] = [
-                {"name": c["name"], "image": c.get("image", ""), "ready": True, "restartCount": 0}
-                | {"state": done}
-                for c in fetchers
-            ]
+        if raw.get("spec", {}).get("initContainers"):
+            # Init containers first, in order (s3:// adapters are copied by them); the pod's containers start
+            # once every one has exited 0.
+            finished = await self._run_init_containers(pod, raw, running_status)
+            if finished is None:
+                return  # restartPolicy Never: the pod has failed
+            running_status["initContainerStatuses"] = finished
+            for status in running_status["containerStatuses"]:
+                status["state"] = {"running": {"startedAt": _now()}}
         await self._patch_pod_status(pod, running_status)
         if pod.plan is not None:
             if not node.image_cached:
@@ -395,6 +419,12 @@ class SimKubelet:
                 # vLLM exits at start-up when the model does not fit; the pod crash-loops.
                 await self._patch_pod_status(pod, self._crash_loop(running_status, str(error)))
                 log.warning("pod %s/%s: vLLM would not start: %s", pod.namespace, pod.name, error)
+                return
+            # Then it loads the --lora-modules adapters and exits if one does not load (containers.py).
+            lora_error = self._lora_error(pod, raw)
+            if lora_error is not None:
+                await self._patch_pod_status(pod, self._crash_loop(running_status, lora_error))
+                log.warning("pod %s/%s: vLLM would not start: %s", pod.namespace, pod.name, lora_error)
                 return
             server = self.server_factory(
                 pod.ip, pod.plan.port, pod.plan.served_name, profile, self.clock, pod.plan.lora_names
@@ -426,6 +456,191 @@ class SimKubelet:
                 for s in running["containerStatuses"]
             ]
         }
+
+    # ---- init containers and volumes ---------------------------------------------------------------
+
+    def _pod_dir(self, uid: str) -> Path:
+        if self._volumes_root is None:
+            self._volumes_root = Path(tempfile.mkdtemp(prefix="fleetsim-pods-"))
+            self._own_volumes_root = True
+        return self._volumes_root / uid
+
+    def _lookup(self, namespace: str) -> Callable[[str, str], Mapping[str, str] | None]:
+        """Secrets and ConfigMaps from the API server, as the kubelet reads them for env (in a thread)."""
+
+        def lookup(kind: str, name: str) -> Mapping[str, str] | None:
+            try:
+                if kind == "secret":
+                    return decode_secret(self.core.read_namespaced_secret(name, namespace).data)
+                found: Mapping[str, str] = self.core.read_namespaced_config_map(name, namespace).data or {}
+                return found
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+
+        return lookup
+
+    @staticmethod
+    def _waiting(container: Mapping[str, Any], reason: str, restarts: int = 0) -> dict[str, Any]:
+        return {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            "imageID": "",
+            "ready": False,
+            "restartCount": restarts,
+            "started": False,
+            "state": {"waiting": {"reason": reason}},
+        }
+
+    def _initializing(self, running: dict[str, Any], inits: list[dict[str, Any]]) -> dict[str, Any]:
+        """The pod's status while init containers run: Pending, not Initialized, its containers waiting."""
+        stamp = _now()
+        incomplete = [
+            s["name"] for s in inits if (s["state"].get("terminated") or {}).get("exitCode", None) != 0
+        ]
+        unready = [s["name"] for s in running["containerStatuses"]]
+        not_ready = f"containers with unready status: [{' '.join(unready)}]"
+        conditions = [
+            {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": stamp},
+            {
+                "type": "Initialized",
+                "status": "False",
+                "reason": "ContainersNotInitialized",
+                "message": f"containers with incomplete status: [{' '.join(incomplete)}]",
+                "lastTransitionTime": stamp,
+            },
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ContainersNotReady",
+                "message": not_ready,
+                "lastTransitionTime": stamp,
+            },
+            {
+                "type": "ContainersReady",
+                "status": "False",
+                "reason": "ContainersNotReady",
+                "message": not_ready,
+                "lastTransitionTime": stamp,
+            },
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
+        ]
+        containers = [
+            self._waiting({"name": s["name"], "image": s["image"]}, "PodInitializing")
+            for s in running["containerStatuses"]
+        ]
+        return {
+            **{k: v for k, v in running.items() if k not in ("conditions", "containerStatuses")},
+            "phase": "Pending",
+            "conditions": conditions,
+            "containerStatuses": containers,
+            "initContainerStatuses": inits,
+        }
+
+    async def _run_init_containers(
+        self, pod: SimPod, raw: dict[str, Any], running: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """Run the pod's init containers one after the other, as the kubelet does.
+
+        Each must exit 0 before the next starts; the pod is Pending and not Initialized meanwhile
+        (`kubectl get pods` shows Init:N/M, Init:Error, Init:CrashLoopBackOff). A failed one is restarted
+        after the crash back-off (10 s doubling to 5 min, in simulated time) for restartPolicy Always or
+        OnFailure, every Deployment's pod; with Never the pod fails. A Secret or key it needs that is missing
+        is CreateContainerConfigError until it appears. Returns the init containers' final statuses, or
+        None if the pod failed.
+        """
+        spec = raw["spec"]
+        inits: list[dict[str, Any]] = spec["initContainers"]
+        statuses = [self._waiting(c, "PodInitializing") for c in inits]
+        volumes = await asyncio.to_thread(PodVolumes.of, self._pod_dir(pod.uid), spec)
+        lookup = self._lookup(pod.namespace)
+        for index, container in enumerate(inits):
+            name = container["name"]
+            restarts = 0
+            backoff = BACKOFF_INITIAL_SECONDS
+            last: dict[str, Any] | None = None
+            while True:
+                try:
+                    env = await asyncio.to_thread(resolve_env, container, pod.namespace, lookup)
+                except ContainerConfigError as error:
+                    statuses[index] = self._waiting(container, "CreateContainerConfigError", restarts)
+                    statuses[index]["state"]["waiting"]["message"] = str(error)
+                    await self._patch_pod_status(pod, self._initializing(running, statuses))
+                    await self.clock.sleep(BACKOFF_INITIAL_SECONDS)
+                    continue
+                started = _now()
+                statuses[index] = self._waiting(container, "", restarts) | {
+                    "started": True,
+                    "state": {"running": {"startedAt": started}},
+                    **({"lastState": last} if last else {}),
+                }
+                await self._patch_pod_status(pod, self._initializing(running, statuses))
+                await self.clock.sleep(INIT_START_SECONDS)
+                scratch = self._pod_dir(pod.uid) / "containers" / f"{name}-{restarts}"
+                outcome: Outcome = await asyncio.to_thread(
+                    run_init_container, container, env, volumes, scratch
+                )
+                await asyncio.to_thread(shutil.rmtree, scratch, True)  # its own filesystem goes with it
+                if outcome.bytes_copied:
+                    await self.clock.sleep(outcome.bytes_copied / GIB / self.params.s3_gib_per_second)
+                pod.logs[name] = outcome.log
+                terminated = {
+                    "exitCode": outcome.exit_code,
+                    "reason": "Completed" if outcome.exit_code == 0 else "Error",
+                    "startedAt": started,
+                    "finishedAt": _now(),
+                }
+                statuses[index] = {
+                    **statuses[index],
+                    "ready": outcome.exit_code == 0,
+                    "started": False,
+                    "state": {"terminated": terminated},
+                }
+                if outcome.exit_code == 0:
+                    break
+                log.warning(
+                    "pod %s/%s: init container %s exited %d: %s",
+                    pod.namespace,
+                    pod.name,
+                    name,
+                    outcome.exit_code,
+                    outcome.log.strip()[-500:],
+                )
+                if spec.get("restartPolicy", "Always") == "Never":
+                    failed = self._initializing(running, statuses)
+                    failed["phase"] = "Failed"
+                    await self._patch_pod_status(pod, failed)
+                    return None
+                await self._patch_pod_status(pod, self._initializing(running, statuses))  # Init:Error
+                last = {"terminated": terminated}
+                shown = f"{backoff:g}s" if backoff < 60 else f"{int(backoff // 60)}m{int(backoff % 60)}s"
+                who = f"container={name} pod={pod.name}_{pod.namespace}({pod.uid})"
+                message = f"back-off {shown} restarting failed {who}"
+                statuses[index] = {
+                    **self._waiting(container, "CrashLoopBackOff", restarts),
+                    "lastState": last,
+                }
+                statuses[index]["state"]["waiting"]["message"] = message
+                await self._patch_pod_status(pod, self._initializing(running, statuses))
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                restarts += 1
+        return statuses
+
+    def _lora_error(self, pod: SimPod, raw: dict[str, Any]) -> str | None:
+        """Why vLLM would fail to load one of its --lora-modules adapters at start-up, or None."""
+        plan = pod.plan
+        if plan is None or not plan.lora_paths:
+            return None
+        spec = raw["spec"]
+        vllm = next(c for c in spec.get("containers", []) if c.get("command", [])[:2] == ["vllm", "serve"])
+        volumes = PodVolumes.of(self._pod_dir(pod.uid), spec)
+        for name, path in zip(plan.lora_names, plan.lora_paths, strict=True):
+            error = lora_load_error(name, path, volumes, vllm.get("volumeMounts") or [], plan.max_lora_rank)
+            if error is not None:
+                return error
+        return None
 
     async def _terminate(self, pod: SimPod) -> None:
         """preStop (still serving), then SIGTERM: drain if vLLM was given --shutdown-timeout, else abort.
@@ -468,6 +683,9 @@ class SimKubelet:
             pod.server = None
         for device in pod.devices:
             device.pod_uid = None
+        if self._volumes_root is not None:
+            # emptyDir volumes and containers' files go with the pod.
+            await asyncio.to_thread(shutil.rmtree, self._volumes_root / pod.uid, True)
         if self.pods.pop(pod.uid, None) is not None:
             self.addresses.give_back("pod", pod.ip)
         if delete:
@@ -540,3 +758,6 @@ class SimKubelet:
         # (and the pod garbage collector removes what was bound to them).
         for name in list(self.nodes):
             await self.remove_node(name)
+        if self._own_volumes_root and self._volumes_root is not None:
+            await asyncio.to_thread(shutil.rmtree, self._volumes_root, True)
+            self._volumes_root = None

@@ -54,6 +54,8 @@ class PodPlan:
     # --max-loras / --max-lora-rank with --enable-lora (vLLM's defaults 1 and 16); 0 without LoRA.
     max_loras: int = 0
     max_lora_rank: int = 0
+    # Where vLLM loads each adapter of lora_names from (--lora-modules name=path, in the same order).
+    lora_paths: tuple[str, ...] = ()
 
     @property
     def mig_profile(self) -> str | None:
@@ -70,8 +72,9 @@ def _flag(args: Sequence[str], name: str) -> str | None:
     return None
 
 
-def _lora_names(args: Sequence[str]) -> tuple[str, ...]:
-    names: list[str] = []
+def _lora_modules(args: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(name, path) of each --lora-modules item, name=path or vLLM's JSON form."""
+    modules: list[tuple[str, str]] = []
     if "--lora-modules" not in args:
         return ()
     for arg in args[args.index("--lora-modules") + 1 :]:
@@ -79,12 +82,14 @@ def _lora_names(args: Sequence[str]) -> tuple[str, ...]:
             break
         if arg.startswith("{"):  # vLLM's JSON form, {"name": ..., "path": ...}
             try:
-                names.append(str(json.loads(arg)["name"]))
+                parsed = json.loads(arg)
+                modules.append((str(parsed["name"]), str(parsed["path"])))
             except (ValueError, KeyError, TypeError):
                 continue
         else:
-            names.append(arg.split("=", 1)[0])
-    return tuple(names)
+            name, _, path = arg.partition("=")
+            modules.append((name, path))
+    return tuple(modules)
 
 
 def _source(model_id: str) -> str:
@@ -145,6 +150,7 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         # Only the script gpufleet writes is understood; any other hook runs as if instant.
         prestop, idle_wait = float(command[3]), float(command[4])
     max_len = _flag(args, "--max-model-len")
+    loras = _lora_modules(args)
     return PodPlan(
         model_id=model_id,
         served_name=_flag(args, "--served-model-name") or model_id,
@@ -155,7 +161,8 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         max_num_seqs=int(seqs) if (seqs := _flag(args, "--max-num-seqs")) else None,
         gpu_resource=gpu_resource,
         gpu_count=gpu_count,
-        lora_names=_lora_names(args),
+        lora_names=tuple(name for name, _ in loras),
+        lora_paths=tuple(path for _, path in loras),
         source=_source(model_id),
         prestop_seconds=prestop,
         grace_seconds=float(spec.get("terminationGracePeriodSeconds", 30)),
@@ -170,18 +177,6 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
             1 for c in spec.get("initContainers", []) if c.get("command", [])[:3] == ["aws", "s3", "sync"]
         ),
     )
-
-
-# An s3:// adapter's size is not in the pod: taken as a rank-64 adapter of a 70B model in bf16 (~1.6 GiB),
-# plus the AWS CLI container's start. Only the delay matters here; the files are not simulated.
-ADAPTER_GIB = 1.6
-ADAPTER_FETCH_START_SECONDS = 3.0
-
-
-def adapter_fetch_seconds(plan: PodPlan, params: KubeletParams) -> float:
-    """Simulated seconds the init containers take to copy the pod's s3:// adapters (one after another)."""
-    per_adapter = ADAPTER_FETCH_START_SECONDS + ADAPTER_GIB / params.s3_gib_per_second
-    return plan.adapter_fetches * per_adapter
 
 
 def load_seconds(weights_bytes: float, source: str, params: KubeletParams) -> float:

@@ -93,7 +93,9 @@ class Simulation:
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
-        self.kubelet = SimKubelet(self.api, self.clock, scenario.params.kubelet)
+        self.kubelet = SimKubelet(
+            self.api, self.clock, scenario.params.kubelet, volumes_root=workdir / "pods"
+        )
         self.nodes: dict[str, NodeRecord] = {}
         self.lost_zones: set[str] = set()
         self.spot_out_zones: set[str] = set()  # zones whose spot capacity ran out (spotOutage events)

@@ -269,6 +269,10 @@ class StepResult:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     preemptions: int = 0
+    # Speculative decoding: one entry per draft verified this step, the proposals it got accepted (a
+    # decoding sequence's tokens this step minus the one the model samples itself), as vLLM's scheduler
+    # counts them (SpecDecodingStats.observe_draft, vllm/v1/spec_decode/metrics.py).
+    spec_accepted: list[int] = field(default_factory=list)
 
     @property
     def end(self) -> float:
@@ -446,6 +450,8 @@ class Engine:
             seq.generated += gained
             seq.last_token_at = end
             result.tokens.extend([seq.request_id] * gained)
+            if profile.num_speculative_tokens:
+                result.spec_accepted.append(min(gained - 1, profile.num_speculative_tokens))
         for seq, chunk in prefills:
             seq.prefilled += chunk
             if seq.prefilled < seq.to_prefill:

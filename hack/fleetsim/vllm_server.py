@@ -121,6 +121,11 @@ class _Stats:
     itl: _Histogram = field(default_factory=lambda: _Histogram(ITL_BUCKETS))
     e2e: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_LATENCY_BUCKETS))
     queue: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_LATENCY_BUCKETS))
+    # Speculative decoding: drafts verified, tokens proposed, proposals accepted (in all, and by position).
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted: int = 0
+    spec_accepted_per_pos: list[int] = field(default_factory=list)
 
 
 class _VllmCollector(Collector):
@@ -174,6 +179,30 @@ class _VllmCollector(Collector):
             family = HistogramMetricFamily(name, doc, labels=["model_name"])
             family.add_metric(label, hist.buckets(), sum_value=hist.total)
             yield family
+        if engine.profile.num_speculative_tokens:
+            # vLLM exports these only with a --speculative-config (SpecDecodingProm,
+            # vllm/v1/spec_decode/metrics.py at v0.34.0; it also adds an `engine` label).
+            for name, doc, total in (
+                ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", stats.spec_drafts),
+                ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", stats.spec_draft_tokens),
+                ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", stats.spec_accepted),
+            ):
+                counter = CounterMetricFamily(name, doc, labels=["model_name"])
+                counter.add_metric(label, float(total))
+                yield counter
+            per_pos = CounterMetricFamily(
+                "vllm:spec_decode_num_accepted_tokens_per_pos",
+                "Accepted tokens per draft position.",
+                labels=["model_name", "position"],
+            )
+            for position in range(engine.profile.num_speculative_tokens):
+                accepted = (
+                    stats.spec_accepted_per_pos[position]
+                    if position < len(stats.spec_accepted_per_pos)
+                    else 0
+                )
+                per_pos.add_metric([*label, str(position)], float(accepted))
+            yield per_pos
 
 
 @dataclass(eq=False)
@@ -332,6 +361,16 @@ class VllmServer:
             stats.ttft.observe(first.ttft)
         for latency, count in result.inter_token_latencies.items():
             stats.itl.observe(latency, count)
+        if result.spec_accepted:
+            k = self.profile.num_speculative_tokens
+            if len(stats.spec_accepted_per_pos) < k:
+                stats.spec_accepted_per_pos.extend([0] * (k - len(stats.spec_accepted_per_pos)))
+            for accepted in result.spec_accepted:
+                stats.spec_drafts += 1
+                stats.spec_draft_tokens += k
+                stats.spec_accepted += accepted
+                for position in range(accepted):
+                    stats.spec_accepted_per_pos[position] += 1
         pending = self._pending
         # Coalesce streamed tokens: wake a handler for its first token, then at most once per
         # flush period (waking it per token costs as much as writing).
@@ -357,15 +396,33 @@ class VllmServer:
         return web.Response(status=503 if self.draining else 200)
 
     async def _models(self, _request: web.Request) -> web.Response:
+        # vLLM 0.34.0's ModelCard (vllm/entrypoints/serve/engine/protocol.py): the base model's root is the
+        # `vllm serve` model argument; an adapter's card has the base as parent and no max_model_len (its
+        # root is its path in vLLM; the simulator knows its name only).
         def card(model_id: str, parent: str | None) -> dict[str, Any]:
+            permission = {
+                "id": f"modelperm-{uuid.uuid4().hex}",
+                "object": "model_permission",
+                "created": self._created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
             return {
                 "id": model_id,
                 "object": "model",
                 "created": self._created,
                 "owned_by": "vllm",
-                "root": model_id,
+                "root": (self.profile.model_id or model_id) if parent is None else model_id,
                 "parent": parent,
                 "max_model_len": self.profile.max_model_len if parent is None else None,
+                "permission": [permission],
             }
 
         data = [card(self.served_model_name, None)]
@@ -415,9 +472,15 @@ class VllmServer:
             return _error(400, "Invalid JSON body.", "BadRequestError")
         if not isinstance(body, dict):
             return _error(400, "The request body must be a JSON object.", "BadRequestError")
-        model = body.get("model")
-        if model != self.served_model_name and model not in self.lora_names:
-            return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        # vLLM 0.34.0 (OpenAIServing._check_model, vllm/entrypoints/serve/engine/serving.py): no model
+        # means the base model; a served name or a loaded adapter's name is served; anything else is 404
+        # naming the served names. The answer's `model` is the adapter's name, or the first served name
+        # (OpenAIServingModels.model_name, vllm/entrypoints/openai/models/serving.py).
+        requested = body.get("model")
+        if requested and requested != self.served_model_name and requested not in self.lora_names:
+            message = f"The model `{requested}` does not exist. Valid aliases: {self.served_model_name}."
+            return _error(404, message, "NotFoundError", "model")
+        model = requested if requested in self.lora_names else self.served_model_name
         max_tokens = body.get("max_completion_tokens") if chat else None
         max_tokens = max_tokens if max_tokens is not None else body.get("max_tokens", DEFAULT_MAX_TOKENS)
         if max_tokens is None:
@@ -448,8 +511,8 @@ class VllmServer:
         try:
             if stream:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                return await self._stream(request, waiter, response_id, str(model), chat, include_usage)
-            return await self._complete(request, waiter, response_id, str(model), chat, prompt_tokens)
+                return await self._stream(request, waiter, response_id, model, chat, include_usage)
+            return await self._complete(request, waiter, response_id, model, chat, prompt_tokens)
         finally:
             if self._pending.pop(request_id, None) is not None and waiter.finished is None:
                 self.engine.abort(request_id)

@@ -1,10 +1,10 @@
-"""The simulated kubelet runs gpufleet's LoRA pod shape: s3:// adapters fetched by init containers first,
-then served by vLLM from local directories under the adapters' own names."""
+"""The simulated kubelet reads gpufleet's LoRA pod shape: s3:// adapters fetched by init containers first,
+then served by vLLM from local directories under the adapters' own names (the fetch itself:
+test_init_containers.py)."""
 
 from __future__ import annotations
 
-from fleetsim.params import KubeletParams
-from fleetsim.podspec import ADAPTER_GIB, adapter_fetch_seconds, plan_pod
+from fleetsim.podspec import plan_pod
 from fleetsim.vllm_model import profile_for
 from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 from gpufleet.config import Settings
@@ -22,7 +22,7 @@ def pod_of(spec: ModelDeploymentSpec) -> dict[str, object]:
     return {"spec": workloads.deployments[0]["spec"]["template"]["spec"]}
 
 
-def test_s3_adapters_delay_the_start_and_are_served_by_name() -> None:
+def test_s3_adapters_are_fetched_by_init_containers_and_served_by_name_from_their_directory() -> None:
     spec = ModelDeploymentSpec.model_validate(
         {
             "model": {"uri": "hf://meta-llama/Meta-Llama-3-8B-Instruct", "credentialsSecret": "creds"},
@@ -42,12 +42,14 @@ def test_s3_adapters_delay_the_start_and_are_served_by_name() -> None:
     assert plan.lora_names == ("sql", "acme/legal:v2", "support", "hr")
     assert plan.adapter_fetches == 2
     assert (plan.max_loras, plan.max_lora_rank) == (4, 16)
-    params = KubeletParams()
-    seconds = adapter_fetch_seconds(plan, params)
-    assert seconds >= 2 * ADAPTER_GIB / params.s3_gib_per_second
+    # Where vLLM loads each from: the Hub repo id, the init containers' directories, the claim.
+    assert plan.lora_paths[0] == "acme/sql-lora"
+    assert plan.lora_paths[1].startswith("/mnt/lora-adapters/")
+    assert plan.lora_paths[2].startswith("/mnt/lora-adapters/")
+    assert plan.lora_paths[3] == "/mnt/pvc/adapters/hr,v2"
 
 
-def test_no_fetch_delay_without_s3_adapters() -> None:
+def test_no_fetch_without_s3_adapters() -> None:
     spec = ModelDeploymentSpec.model_validate(
         {
             "model": {"uri": "hf://meta-llama/Meta-Llama-3-8B-Instruct"},
@@ -56,7 +58,11 @@ def test_no_fetch_delay_without_s3_adapters() -> None:
     )
     plan = plan_pod(pod_of(spec))
     assert plan is not None
-    assert (plan.lora_names, adapter_fetch_seconds(plan, KubeletParams())) == (("sql",), 0.0)
+    assert (plan.lora_names, plan.lora_paths, plan.adapter_fetches) == (
+        ("sql",),
+        ("/mnt/pvc/adapters/sql",),
+        0,
+    )
 
 
 def test_the_simulated_engine_reserves_lora_slots_out_of_its_kv_cache() -> None:

@@ -13,6 +13,7 @@ import pytest
 from fleetsim.clock import SimClock
 from fleetsim.models import gpu_model_name, gpu_spec, model_spec, weight_dtype_bytes
 from fleetsim.podspec import plan_pod
+from fleetsim.prometheus import sum_samples
 from fleetsim.vllm_model import (
     ACCEPTANCE_RATES,
     Engine,
@@ -224,8 +225,11 @@ async def _exercise_server() -> None:
             async with http.get(f"{base}/health") as response:
                 assert response.status == 200
             async with http.get(f"{base}/v1/models") as response:
-                ids = [card["id"] for card in (await response.json())["data"]]
-                assert ids == [name, "sql-lora"]
+                cards = (await response.json())["data"]
+            assert [(c["id"], c["parent"], c["root"]) for c in cards] == [
+                (name, None, LLAMA_8B),  # root: the `vllm serve` model argument
+                ("sql-lora", name, "sql-lora"),
+            ]
 
             completion = {"model": name, "prompt": "x" * 400, "max_tokens": 20}
             async with http.post(f"{base}/v1/completions", json=completion) as response:
@@ -251,7 +255,17 @@ async def _exercise_server() -> None:
 
             async with http.post(f"{base}/v1/completions", json={**completion, "model": "gpt-4"}) as response:
                 assert response.status == 404
-                assert (await response.json())["error"]["type"] == "NotFoundError"
+                assert (await response.json())["error"] == {
+                    "message": f"The model `gpt-4` does not exist. Valid aliases: {name}.",
+                    "type": "NotFoundError",
+                    "param": "model",
+                    "code": 404,
+                }
+            # No model: the base model answers, under its served name (as vLLM 0.34.0).
+            nameless = {"prompt": "x" * 40, "max_tokens": 1}
+            async with http.post(f"{base}/v1/completions", json=nameless) as response:
+                assert response.status == 200
+                assert (await response.json())["model"] == name
             too_long = {**completion, "max_tokens": 9000}
             async with http.post(f"{base}/v1/completions", json=too_long) as response:
                 assert response.status == 400
@@ -259,9 +273,10 @@ async def _exercise_server() -> None:
             async with http.get(f"{base}/metrics") as response:
                 metrics = await response.text()
             assert f'vllm:num_requests_running{{model_name="{name}"}} 0.0' in metrics
-            assert f'vllm:generation_tokens_total{{model_name="{name}"}} 25.0' in metrics
-            assert f'vllm:prompt_tokens_total{{model_name="{name}"}} 105.0' in metrics
-            assert f'vllm:time_to_first_token_seconds_count{{model_name="{name}"}} 2.0' in metrics
+            assert f'vllm:generation_tokens_total{{model_name="{name}"}} 26.0' in metrics
+            assert f'vllm:prompt_tokens_total{{model_name="{name}"}} 115.0' in metrics
+            assert f'vllm:time_to_first_token_seconds_count{{model_name="{name}"}} 3.0' in metrics
+            assert "vllm:spec_decode" not in metrics  # only with a --speculative-config
             assert f'vllm:request_success_total{{finished_reason="length",model_name="{name}"}}' in metrics
 
             # Draining: the request in flight finishes, new ones get 503.
@@ -441,8 +456,25 @@ async def _serve_a_speculative_pod() -> None:
                 events = [line for line in (await response.text()).split("\n\n") if line]
             chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
             assert sum(1 for c in chunks if c["choices"][0].get("text")) == 50
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                exposition = await response.text()
     finally:
         await server.stop()
+    # vLLM's spec-decode counters (vllm/v1/spec_decode/metrics.py): one draft of k = 4 proposals per
+    # decoding sequence and step; each step's tokens are the accepted proposals plus the model's own, so
+    # over both requests (100 tokens, the first of each from its prefill) accepted + drafts = 98.
+    drafts = sum_samples(exposition, "vllm:spec_decode_num_drafts_total")
+    proposed = sum_samples(exposition, "vllm:spec_decode_num_draft_tokens_total")
+    accepted = sum_samples(exposition, "vllm:spec_decode_num_accepted_tokens_total")
+    assert drafts > 0
+    assert proposed == 4 * drafts
+    assert accepted + drafts == 98
+    per_position = [
+        sum_samples(exposition, "vllm:spec_decode_num_accepted_tokens_per_pos_total", position=str(i))
+        for i in range(4)
+    ]
+    assert sum(per_position) == accepted
+    assert per_position == sorted(per_position, reverse=True)  # a later proposal needs the earlier ones
 
 
 def test_a_pod_with_speculative_decoding_is_planned_and_served() -> None:

@@ -113,7 +113,8 @@ def test_moving_readings_under_the_same_decision_are_written_at_most_once_a_refr
     for step in range(1, 9):  # two minutes of 15 s evaluations, every reading a little different
         at = NOW + timedelta(seconds=15 * step)
         plan = _run(body, Readings(at, 0, 10 + step % 2, 0.50 + step / 1000, None), at)
-        assert plan.decision.replicas == 2 and plan.scale_to is None
+        assert plan.decision.replicas == 2
+        assert plan.scale_to is None
         if plan.status_patch is not None:
             written.append(step)
     assert written == [4, 8]  # 60 s after the last write, not every 15 s
@@ -132,7 +133,8 @@ def test_a_new_decision_is_written_at_once_inside_the_refresh() -> None:
     _run(body, Readings(NOW, 0, 10, 0.50, None), NOW)
     at = NOW + timedelta(seconds=15)
     plan = _run(body, Readings(at, 40, 60, 0.95, None), at)
-    assert plan.scale_to is not None and plan.status_patch is not None
+    assert plan.scale_to is not None
+    assert plan.status_patch is not None
     assert body["status"]["autoscaler"]["desiredReplicas"] == plan.scale_to
 
 

@@ -256,12 +256,15 @@ def audit_verbs(path: Path | None, start: int, end: int) -> Counter[str] | None:
     return verbs
 
 
-def replacements_written_after(path: Path | None, models: Sequence[str], sent_at: float) -> float | None:
-    """Seconds from sending the warning until the operator had written a Deployment of every doomed model
-    (the audit log's completion times): its own reaction, without the controller-manager's work of
-    turning the Deployment into a ReplicaSet and a pod. None without an audit log or when one is missing."""
+def replacements_written_after(
+    path: Path | None, models: Sequence[str], sent_at: float
+) -> list[float | None]:
+    """Per doomed model, seconds from sending the warning to the operator's first Deployment write for it
+    (the audit log's completion time): its own reaction, without the controller-manager's work of
+    turning the Deployment into a ReplicaSet and a pod. None for a model it wrote no Deployment of (a
+    replica the autoscaler was removing anyway is deleted, not replaced) or without an audit log."""
     if path is None or not path.exists():
-        return None
+        return [None] * len(models)
     first: dict[str, float] = {}
     with path.open("rb") as log_file:
         for line in log_file:
@@ -277,7 +280,7 @@ def replacements_written_after(path: Path | None, models: Sequence[str], sent_at
             model = next((m for m in models if str(ref.get("name", "")).startswith(f"{m}-")), None)
             if model is not None and when >= sent_at and model not in first:
                 first[model] = when
-    return max(first.values()) - sent_at if len(first) == len(models) and models else None
+    return [first[m] - sent_at if m in first else None for m in models]
 
 
 def received_after(operator_log: Path, instance_id: str, sent_at: float) -> float | None:
@@ -315,9 +318,8 @@ class Figures:
     sweep_max: float | None = None
     sweeps: float = 0.0
     first_replacement: list[float | None] = field(default_factory=list)
-    written: list[float | None] = field(
-        default_factory=list
-    )  # operator wrote every doomed model's replacement
+    # per warning, per doomed model: when the operator first wrote one of its Deployments
+    written: list[list[float | None]] = field(default_factory=list)
     all_replacements: list[float | None] = field(default_factory=list)
     doomed: list[int] = field(default_factory=list)
     received: list[float | None] = field(default_factory=list)  # warning -> the operator logged it
@@ -518,6 +520,14 @@ def _s(value: float | None, unit: str = "s") -> str:
     )
 
 
+def _writes(delays: Sequence[float | None]) -> str:
+    """ "[0.12 0.14 0.23 37.90 -] s": the operator's first Deployment write per doomed model, in order; a
+    late one is a model the autoscaler was shrinking (its doomed replica deleted, not replaced)."""
+    shown = [f"{d:.2f}" for d in sorted(d for d in delays if d is not None)]
+    shown += ["-"] * (len(delays) - len(shown))
+    return f"[{' '.join(shown)}] s" if shown else "n/a"
+
+
 def report_lines(f: Figures) -> list[str]:
     name = f"n={f.n:<4}"
     verbs = (
@@ -526,10 +536,10 @@ def report_lines(f: Figures) -> list[str]:
         else "n/a (no audit log: --kubeconfig)"
     )
     total = sum(f.verbs.values()) / f.window_s if f.verbs is not None else math.nan
-    written = f.written or [None] * len(f.doomed)
+    written = f.written or [[] for _ in f.doomed]
     replacements = ", ".join(
         f"{_s(first)}/{_s(last)} ({doomed} doomed; operator read it after {_s(received)}, "
-        f"wrote every replacement Deployment after {_s(wrote)})"
+        f"wrote their Deployments after {_writes(wrote)})"
         for first, last, doomed, received, wrote in zip(
             f.first_replacement, f.all_replacements, f.doomed, f.received, written, strict=True
         )

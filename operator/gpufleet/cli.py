@@ -175,6 +175,12 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.verbose:
         os.environ["GPUFLEET_VERBOSE_WATCH_LOG"] = "true"
+    from gpufleet.adapters.kube_http import credentials_from_environment
+
+    if credentials_from_environment() is not None:
+        # Nothing in the operator uses the kubernetes client then (adapters.kube_http), but kopf imports
+        # it when it is installed, only to recognise its model objects: about 55 MiB for nothing.
+        sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     # Imported here so `validate` and `crds` stay fast and need no cluster libraries.
     import kopf
 

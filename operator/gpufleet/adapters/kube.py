@@ -2,7 +2,8 @@
 
 Objects go in and out as plain dicts so planners and tests never see client
 model classes. `KubeApi` is the Protocol handlers depend on; `RestKubeApi`
-implements it over the kubernetes client's REST layer.
+implements it over HTTP (adapters.kube_http), or over the kubernetes client's
+REST layer where a kubeconfig needs that client (exec plugins) and in tests.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+import urllib3
 from urllib3.exceptions import HTTPError
 
+from gpufleet.adapters.kube_http import HttpError, from_environment
 from gpufleet.api.timestamps import kube_time
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 FIELD_MANAGER = "gpufleet"
 
@@ -133,12 +137,73 @@ def _verb(method: str, path: str, content_type: str) -> str:
     return {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
 
 
+class Http(Protocol):
+    """What RestKubeApi sends requests through (adapters.kube_http.KubeHttp, or the kubernetes client)."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        timeout: float | tuple[float, float] = 30.0,
+    ) -> urllib3.BaseHTTPResponse: ...
+
+
+class ClientHttp:
+    """Http over a kubernetes client ApiClient: for kubeconfigs only that client reads, and for tests."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        timeout: float | tuple[float, float] = 30.0,
+    ) -> urllib3.BaseHTTPResponse:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=dict(headers or {}),
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except ApiException as error:
+            raise HttpError(
+                error.status or 0, str(error.reason), str(error.body), error.headers or {}
+            ) from error
+        # Older clients return (data, status, headers); newer ones the response alone.
+        raw: urllib3.BaseHTTPResponse = response[0] if isinstance(response, tuple) else response
+        return raw
+
+
+def load_http(kubeconfig: str | None = None, connections: int = 10) -> Http:
+    """The pod's service account, else the kubeconfig; through the kubernetes client only when the
+    kubeconfig needs it (an exec plugin, an auth provider, several files)."""
+    http = from_environment(kubeconfig, connections)
+    return http if http is not None else ClientHttp(load_api_client(kubeconfig, connections))
+
+
 def load_api_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+    """A kubernetes client for in-cluster credentials when running in a pod, else the kubeconfig
+    (KUBECONFIG or ~/.kube/config). Imported here: the operator avoids loading it (kube_http).
 
     `connections`: requests made at once. The client keeps 5 connections per CPU of the node by
     default; fewer than the threads that share it, and every extra request opens a new TLS connection.
     """
+    from kubernetes import client, config
+
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
@@ -150,15 +215,16 @@ def load_api_client(kubeconfig: str | None = None, connections: int | None = Non
 
 
 class RestKubeApi:
-    """KubeApi over the kubernetes client's REST layer, returning JSON dicts."""
+    """KubeApi over HTTP, returning JSON dicts."""
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        http: Http | client.ApiClient,
         timeout: float = 30.0,
         on_request: Callable[[str, str], object] | None = None,
     ) -> None:
-        self._api = api_client
+        # A kubernetes ApiClient (tests, benchmarks) is wrapped; the operator passes load_http()'s.
+        self._http: Http = ClientHttp(http) if hasattr(http, "call_api") else http
         self._timeout = timeout
         # Called once per request with its verb and resource (from worker threads): a metrics counter.
         self._on_request = on_request
@@ -174,19 +240,19 @@ class RestKubeApi:
         if self._on_request is not None:
             self._on_request(_verb(method, path, content_type), _resource(path))
         try:
-            response = self._api.call_api(
-                path,
+            response = self._http.request(
                 method,
-                query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout,
+                path,
+                query,
+                {"Accept": "application/json", "Content-Type": content_type},
+                body,
+                self._timeout,
             )
-        except ApiException as error:
+            raw = response.data
+            response.release_conn()
+        except HttpError as error:
             raise KubeError(
-                error.status or 0,
+                error.status,
                 f"{method} {path}: {error.status} {error.reason}: {error.body}",
                 _retry_after(error.headers),
             ) from error
@@ -195,8 +261,6 @@ class RestKubeApi:
             # (MaxRetryError and ProtocolError are not OSErrors). Every caller handles KubeError; anything
             # else escaping here would end the thread that made the call.
             raise KubeError(0, f"{method} {path}: {type(error).__name__}: {error}") from error
-        # Older clients return (data, status, headers); newer ones the response alone.
-        raw = (response[0] if isinstance(response, tuple) else response).data
         return json.loads(raw) if raw else {}
 
     def list(
@@ -241,18 +305,15 @@ class RestKubeApi:
             ("timeoutSeconds", str(timeout_seconds)),
         ]
         try:
-            response = self._api.call_api(
-                path,
+            raw = self._http.request(
                 "GET",
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
+                path,
+                query,
+                {"Accept": "application/json"},
                 # A connection that went quiet (a dead peer) is noticed after this; the server ends the
                 # watch itself at timeout_seconds and sends bookmarks in between.
-                _request_timeout=(10, timeout_seconds + WATCH_READ_MARGIN_SECONDS),
+                timeout=(10, timeout_seconds + WATCH_READ_MARGIN_SECONDS),
             )
-            raw = response[0] if isinstance(response, tuple) else response
             pending = b""
             try:
                 for chunk in raw.stream(64 * 1024, decode_content=True):
@@ -263,9 +324,9 @@ class RestKubeApi:
                             yield json.loads(line)
             finally:
                 raw.release_conn()
-        except ApiException as error:
+        except HttpError as error:
             raise KubeError(
-                error.status or 0,
+                error.status,
                 f"WATCH {path}: {error.status} {error.reason}: {error.body}",
                 _retry_after(error.headers),
             ) from error

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from gpufleet.adapters.certs import ensure_self_signed
+from gpufleet.adapters.kube_http import credentials_from_environment
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.config import Settings
 from gpufleet.runtime.composition_root import Operator, build
@@ -54,6 +55,24 @@ def _configure_webhook(settings: kopf.OperatorSettings, config: Settings) -> Non
         cafile=str(cafile if cafile.exists() else certfile),
     )
     settings.admission.managed = WEBHOOK_CONFIGURATION if config.webhook_managed else None
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches use the same credentials as the operator's own requests (adapters.kube_http): a
+    kubeconfig's relative paths and token files work, and a rotated service account token is read again
+    when kopf logs in anew after a 401. A kubeconfig that needs the kubernetes client goes to it."""
+    found = credentials_from_environment()
+    if found is None:
+        return kopf.login_via_client(**kwargs)
+    return kopf.ConnectionInfo(
+        server=found.server,
+        ca_path=found.ca_file,
+        insecure=not found.verify,
+        token=found.token() if found.token is not None else None,
+        certificate_path=found.cert_file,
+        private_key_path=found.key_file,
+    )
 
 
 @kopf.on.startup()

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gpufleet.adapters.kube import RestKubeApi, load_api_client
+from gpufleet.adapters.kube import RestKubeApi, load_http
 from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics
 from gpufleet.config import Settings
 from gpufleet.planning.observe import Key, owner_key, owner_key_of, version_of
@@ -439,5 +439,5 @@ def build(settings: Settings) -> Operator:
     connections = (
         settings.workers + settings.autoscale_concurrency + settings.interruption_queue_pollers + watches + 4
     )
-    kube = RestKubeApi(load_api_client(connections=connections), on_request=metrics.kube_request)
+    kube = RestKubeApi(load_http(connections=connections), on_request=metrics.kube_request)
     return Operator(settings, kube)

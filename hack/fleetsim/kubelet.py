@@ -65,6 +65,13 @@ START_GRACE_SECONDS = 10.0  # real seconds a cancelled engine start may take to 
 DCGM_PORT = 9400
 
 
+def termination_message_from_log(log: str) -> str:
+    """What the kubelet makes of a failed container's log under FallbackToLogsOnError: its last 80 lines,
+    at most 2 KiB of them (pkg/kubelet/container/runtime.go, MaxContainerTerminationMessageLog*, v1.36.3)."""
+    tail = "\n".join(log.splitlines()[-80:])
+    return tail.encode()[-2048:].decode("utf-8", errors="ignore")
+
+
 class Server(Protocol):
     draining: bool
     refuse_scrapes: bool
@@ -591,6 +598,11 @@ class SimKubelet:
                     "startedAt": started,
                     "finishedAt": _now(),
                 }
+                if (
+                    outcome.exit_code != 0
+                    and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+                ):
+                    terminated["message"] = termination_message_from_log(outcome.log)
                 statuses[index] = {
                     **statuses[index],
                     "ready": outcome.exit_code == 0,

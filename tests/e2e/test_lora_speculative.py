@@ -215,6 +215,7 @@ def test_an_adapter_in_a_missing_bucket_holds_the_new_replica_in_init_and_the_ol
     assert fetched["state"]["terminated"]["exitCode"] == 0  # in order: the first one did its part
     assert failing["lastState"]["terminated"]["exitCode"] == 1
     assert failing["lastState"]["terminated"]["reason"] == "Error"
+    assert "(NoSuchBucket)" in failing["lastState"]["terminated"]["message"]  # FallbackToLogsOnError
     initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
     assert (initialized["status"], initialized["message"]) == (
         "False",

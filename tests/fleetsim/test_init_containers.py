@@ -29,7 +29,7 @@ from fleetsim.containers import (
     resolve_env,
     run_aws_cli,
 )
-from fleetsim.kubelet import SimKubelet, SimNode, SimPod
+from fleetsim.kubelet import SimKubelet, SimNode, SimPod, termination_message_from_log
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import plan_pod
 from fleetsim.vllm_model import EngineProfile
@@ -356,6 +356,8 @@ def test_a_failing_init_container_is_restarted_with_back_off_and_vllm_never_star
     assert waits[0]["state"]["waiting"]["message"].endswith("container=fetch-adapter-0 pod=m-0_ns(uid-0)")
     assert waits[0]["lastState"]["terminated"]["exitCode"] == 1
     assert "(NoSuchBucket)" in pod.logs["fetch-adapter-0"]
+    # The operator asks for FallbackToLogsOnError: the log's tail is the message kubectl describe shows.
+    assert "(NoSuchBucket)" in waits[0]["lastState"]["terminated"]["message"]
 
 
 def test_an_adapter_missing_from_its_prefix_leaves_vllm_crash_looping(
@@ -391,3 +393,11 @@ def test_a_missing_secret_key_is_create_container_config_error(moto: MotoServer,
     waiting = _inits(api)[-1]["state"]["waiting"]
     assert waiting["message"] == f'secret "{SECRET}" not found'
     assert started == []
+
+
+def test_a_termination_message_from_the_log_is_its_last_80_lines_and_2_kib() -> None:
+    log = "\n".join(f"line {i}" for i in range(200))
+    message = termination_message_from_log(log)
+    assert message.splitlines()[0] == "line 120"
+    assert message.endswith("line 199")
+    assert len(termination_message_from_log("x" * 5000).encode()) == 2048

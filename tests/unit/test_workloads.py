@@ -557,6 +557,7 @@ def test_s3_adapters_are_fetched_by_an_init_container_into_a_volume_vllm_reads()
         LEGAL_ADAPTER_DIR,
     ]
     assert fetch["volumeMounts"] == [{"name": "lora-adapters", "mountPath": "/mnt/lora-adapters"}]
+    assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"  # aws's error in kubectl describe
     # The same Secret's AWS keys; optional, as hf:// could be what the Secret is for.
     fetch_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in fetch["env"]}
     assert fetch_env["AWS_ACCESS_KEY_ID"] == {"name": "creds", "key": "AWS_ACCESS_KEY_ID", "optional": True}

@@ -491,6 +491,9 @@ def _adapter_fetchers(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             # Adapters are tens to hundreds of MiB; the copy needs little.
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "volumeMounts": [{"name": ADAPTER_VOLUME, "mountPath": ADAPTER_ROOT}],
+            # A failed fetch's last log lines (aws's "NoSuchBucket", "Unable to locate credentials") become
+            # its termination message, shown by `kubectl describe pod` without reading logs.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }
         for index, adapter in enumerate(_s3_adapters(spec))
     ]

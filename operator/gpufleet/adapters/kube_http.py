@@ -12,6 +12,7 @@ is left to the kubernetes client: `from_environment` returns None and the caller
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import tempfile
@@ -179,6 +180,12 @@ def from_kubeconfig(path: Path, scratch: Path) -> Credentials | None:
     )
 
 
+@functools.cache
+def _scratch_dir() -> Path:
+    """One private folder per process for a kubeconfig's inline certificates (read more than once)."""
+    return Path(tempfile.mkdtemp(prefix="gpufleet-kube-"))
+
+
 def credentials_from_environment(kubeconfig: str | None = None) -> Credentials | None:
     """In a pod, its service account; else the kubeconfig (the argument, KUBECONFIG, ~/.kube/config);
     None when that kubeconfig needs the kubernetes client."""
@@ -191,7 +198,7 @@ def credentials_from_environment(kubeconfig: str | None = None) -> Credentials |
     path = Path(named).expanduser()
     if not path.exists():
         return None
-    return from_kubeconfig(path, Path(tempfile.mkdtemp(prefix="gpufleet-kube-")))
+    return from_kubeconfig(path, _scratch_dir())
 
 
 def from_environment(kubeconfig: str | None = None, connections: int = 10) -> KubeHttp | None:

@@ -96,7 +96,7 @@ MODELS: Final[dict[str, ModelArchitecture]] = {
     "qwen2.5-1.5b": _entry("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 28, 2, 128, 12, 32768),
     "qwen2.5-3b": _entry("Qwen/Qwen2.5-3B-Instruct", 3.09e9, 36, 2, 128, 16, 32768),
     "qwen2.5-7b": _entry("Qwen/Qwen2.5-7B-Instruct", 7.62e9, 28, 4, 128, 28, 32768),
-    "qwen2.5-14b": _entry("Qwen/Qwen2.5-14B-Instruct", 14.7e9, 48, 8, 128, 40, 32768),
+    "qwen2.5-14b": _entry("Qwen/Qwen2.5-14B-Instruct", 14.8e9, 48, 8, 128, 40, 32768),
     "qwen2.5-32b": _entry("Qwen/Qwen2.5-32B-Instruct", 32.8e9, 64, 8, 128, 40, 32768),
     "qwen2.5-72b": _entry("Qwen/Qwen2.5-72B-Instruct", 72.7e9, 80, 8, 128, 64, 32768),
     # Qwen3 (40K context), dense and mixture-of-experts.

@@ -233,6 +233,18 @@ def test_an_adapter_in_a_missing_bucket_holds_the_new_replica_in_init_and_the_ol
     assert md["spec"]["replicas"] == 1
     assert _condition(sim, "Ready")["status"] == "True"
     assert _condition(sim, "Progressing")["status"] == "True"
+
+    # The model says why its new replica does not start, with aws's error; the serving one is kept.
+    def failing_reported() -> dict[str, Any] | None:
+        condition = _condition(sim, "Degraded")
+        return condition if condition.get("reason") == "ReplicasFailing" else None
+
+    degraded = _wait(sim, failing_reported, 60, "Degraded=True, ReplicasFailing")
+    assert degraded["status"] == "True"
+    # CrashLoopBackOff between attempts, "restarting" during one: either way the container and aws's error
+    assert "init container fetch-adapter-1: " in degraded["message"]
+    assert "(NoSuchBucket)" in degraded["message"]
+    assert [p["metadata"]["uid"] for p in _serving(sim)] == [old_uid]
     assert operator.alive()
 
 

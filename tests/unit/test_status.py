@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gpufleet.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus
-from gpufleet.planning.observe import ObservedDeployment, ObservedPod
+from gpufleet.planning.observe import ObservedDeployment, ObservedPod, observe_deployment, observe_pod
 from gpufleet.planning.placement import PlacementGroup
 from gpufleet.planning.status import StatusInput, compute_status, decide_replicas
 
@@ -151,3 +151,133 @@ def test_last_transition_time_moves_only_on_flips() -> None:
     assert times["Ready"] == EARLIER
     assert times["Degraded"] == "2026-11-22T12:00:00Z"
     assert all(c["observedGeneration"] == 3 for c in result["conditions"])
+
+
+def _pod_status(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "m-x", "labels": {}},
+        "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}], **status},
+    }
+
+
+NO_SUCH_BUCKET = "fatal error: An error occurred (NoSuchBucket) when calling the ListObjectsV2 operation"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        # an adapter fetch failing again and again: the init container, its back-off and aws's error
+        (
+            {
+                "initContainerStatuses": [
+                    {
+                        "name": "fetch-adapter-0",
+                        "restartCount": 2,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                        "lastState": {"terminated": {"exitCode": 1, "message": NO_SUCH_BUCKET}},
+                    }
+                ]
+            },
+            "init container fetch-adapter-0: CrashLoopBackOff (back-off 40s), 2 restarts, last exit 1: "
+            + NO_SUCH_BUCKET,
+        ),
+        # a wrong image never restarts: failing at once
+        (
+            {
+                "containerStatuses": [
+                    {"name": "vllm", "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff"}}}
+                ]
+            },
+            "container vllm: ImagePullBackOff",
+        ),
+        # one restart is a hiccup; starting (a GPU replica takes minutes) is not failing
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "vllm",
+                        "restartCount": 1,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {"terminated": {"exitCode": 137}},
+                    }
+                ]
+            },
+            "",
+        ),
+        ({"containerStatuses": [{"name": "vllm", "restartCount": 0, "state": {"running": {}}}]}, ""),
+        # started again after failing three times, and not ready yet: still reported, with the last exit
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "vllm",
+                        "restartCount": 3,
+                        "state": {"running": {}},
+                        "lastState": {"terminated": {"exitCode": 1, "message": "CUDA out of memory"}},
+                    },
+                ]
+            },
+            "container vllm: restarting, 3 restarts, last exit 1: CUDA out of memory",
+        ),
+    ],
+)
+def test_a_pod_that_keeps_failing_is_told_as_the_kubelet_tells_it(
+    status: dict[str, Any], expected: str
+) -> None:
+    assert observe_pod(_pod_status(**status)).failing == expected
+
+
+def test_a_ready_pod_is_never_failing() -> None:
+    raw = _pod_status(containerStatuses=[{"name": "vllm", "restartCount": 5, "state": {"running": {}}}])
+    raw["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    raw["status"]["containerStatuses"][0]["lastState"] = {"terminated": {"exitCode": 1}}
+    assert observe_pod(raw).failing == ""
+
+
+def test_failing_replicas_make_the_model_degraded_and_name_the_cause() -> None:
+    stuck = pod(
+        "p3",
+        ready=False,
+        failing="init container fetch-adapter-0: CrashLoopBackOff, last exit 1: NoSuchBucket",
+    )
+    result = status([pod("p1"), pod("p2"), stuck])
+    degraded = next(c for c in result["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ReplicasFailing")
+    assert degraded["message"] == (
+        "1 pod(s) not starting: p3: "
+        "init container fetch-adapter-0: CrashLoopBackOff, last exit 1: NoSuchBucket"
+    )
+    # the serving replicas still count: Ready is about them
+    assert conditions(result)["Ready"] == ("True", "AllReplicasReady")
+
+
+def test_a_deployment_past_its_progress_deadline_stops_progressing_and_degrades() -> None:
+    overdue = ObservedDeployment(
+        "m-a-spot",
+        replicas=2,
+        updated_replicas=1,
+        ready_replicas=2,
+        generation=4,
+        observed_generation=4,
+        deadline_exceeded=True,
+    )
+    result = conditions(status([pod("p1"), pod("p2")], deployments=[overdue]))
+    assert result["Progressing"] == ("False", "ProgressDeadlineExceeded")
+    assert result["Degraded"] == ("True", "ProgressDeadlineExceeded")
+
+
+def test_the_deployment_controllers_deadline_verdict_is_read() -> None:
+    raw: dict[str, Any] = {
+        "metadata": {"name": "m-a-spot", "generation": 4},
+        "spec": {"replicas": 2},
+        "status": {
+            "observedGeneration": 4,
+            "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
+            ],
+        },
+    }
+    assert observe_deployment(raw).deadline_exceeded
+    raw["status"]["conditions"][1] = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}
+    assert not observe_deployment(raw).deadline_exceeded

@@ -38,6 +38,8 @@ class ObservedPod:
     unschedulable_since: datetime | None = None
     unschedulable_message: str = ""
     node: str = ""  # spec.nodeName; "" while unscheduled
+    # Not ready, and a container of it keeps failing: what the kubelet says of it; "" otherwise.
+    failing: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,23 @@ class ObservedDeployment:
     ready_replicas: int
     generation: int
     observed_generation: int
+    # The Deployment controller gave up waiting for progress (Progressing=False, ProgressDeadlineExceeded).
+    deadline_exceeded: bool = False
+
+
+# Waiting reasons that do not pass by themselves: the pod's spec or its image is wrong.
+CONFIG_ERRORS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+    }
+)
+# Restarts before a crashing container counts as failing: one restart is a hiccup, two is a pattern.
+FAILING_RESTARTS = 2
+_MESSAGE_CHARS = 300  # of the kubelet's message and the last exit's termination message, each
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -85,7 +104,32 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         unschedulable_since=_unschedulable_since(scheduled) if unschedulable else None,
         unschedulable_message=scheduled.get("message", "") if unschedulable else "",
         node=(pod.get("spec") or {}).get("nodeName") or "",
+        failing="" if ready else _failing(status),
     )
+
+
+def _failing(status: Mapping[str, Any]) -> str:
+    """The first (init) container that keeps failing, as `kubectl describe` would tell it."""
+    for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
+        for container in status.get(key) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason", ""))
+            restarts = int(container.get("restartCount") or 0)
+            if reason not in CONFIG_ERRORS and restarts < FAILING_RESTARTS:
+                continue
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if reason not in CONFIG_ERRORS and not last and reason != "CrashLoopBackOff":
+                continue  # restarted before, running or starting now
+            text = f"{kind} {container.get('name')}: {reason or 'restarting'}"
+            if waiting.get("message"):
+                text += f" ({str(waiting['message'])[:_MESSAGE_CHARS]})"
+            if last:
+                text += f", {restarts} restarts, last exit {last.get('exitCode')}"
+                tail = str(last.get("message") or "").strip()
+                if tail:
+                    text += f": {tail[-_MESSAGE_CHARS:]}"
+            return text
+    return ""
 
 
 def _unschedulable_since(scheduled: Mapping[str, Any]) -> datetime | None:
@@ -102,6 +146,12 @@ def observe_deployment(deployment: Mapping[str, Any]) -> ObservedDeployment:
         ready_replicas=int(status.get("readyReplicas", 0)),
         generation=int(meta.get("generation", 0)),
         observed_generation=int(status.get("observedGeneration", 0)),
+        deadline_exceeded=any(
+            c.get("type") == "Progressing"
+            and c.get("status") == "False"
+            and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or []
+        ),
     )
 
 

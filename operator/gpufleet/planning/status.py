@@ -185,8 +185,15 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
     rolling = [
         d for d in inp.deployments if d.observed_generation < d.generation or d.updated_replicas < d.replicas
     ]
+    overdue = sorted(d.name for d in inp.deployments if d.deadline_exceeded)
     if inp.desired is None:
         conditions.append(cond(PROGRESSING, False, "InvalidSpec", "workloads are left as they are"))
+    elif overdue:
+        # The Deployment controller's own verdict (progressDeadlineSeconds); the serving replicas stay.
+        message = (
+            f"{', '.join(overdue)} made no progress within its deadline; the ready replicas keep serving"
+        )
+        conditions.append(cond(PROGRESSING, False, "ProgressDeadlineExceeded", message))
     elif rolling:
         names = ", ".join(sorted(d.name for d in rolling))
         conditions.append(cond(PROGRESSING, True, "RollingOut", f"rolling out {names}"))
@@ -198,6 +205,7 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
         conditions.append(cond(PROGRESSING, False, "Converged", f"{desired} replicas converged"))
 
     stuck = unschedulable_pods(live, now, inp.unschedulable_after)
+    failing = [p for p in live if p.failing]
     if inp.conflicts:
         message = (
             f"{'; '.join(inp.conflicts)}: gpufleet leaves it untouched; rename the ModelDeployment "
@@ -212,6 +220,18 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
                 True,
                 "Unschedulable",
                 f"{len(stuck)} pod(s) unschedulable for over {minutes}m: {stuck[0].unschedulable_message}",
+            )
+        )
+    elif failing:
+        message = f"{len(failing)} pod(s) not starting: {failing[0].name}: {failing[0].failing}"
+        conditions.append(cond(DEGRADED, True, "ReplicasFailing", message))
+    elif overdue and inp.desired is not None:
+        conditions.append(
+            cond(
+                DEGRADED,
+                True,
+                "ProgressDeadlineExceeded",
+                f"{', '.join(overdue)} exceeded its progress deadline",
             )
         )
     else:

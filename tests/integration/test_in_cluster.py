@@ -1,0 +1,114 @@
+"""The operator with a pod's credentials and nothing else, as the chart runs it: no kubeconfig, a service
+account token and the cluster's CA under /var/run/secrets/kubernetes.io/serviceaccount (a private mount
+namespace gives the process its own /run), KUBERNETES_SERVICE_HOST/PORT. Its own requests (adapters.kube_http)
+and kopf's watch (the on.login handler) must both work for a ModelDeployment to get its Deployments."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from fleetsim.local import free_port
+from tests.conftest import ROOT, Cluster, wait_until
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _pod_files(cluster: Cluster, namespace: str, folder: Path) -> tuple[str, str]:
+    """A service account bound to cluster-admin, its token and the CA in `folder`; (host, port)."""
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "serviceaccount", name, "-n", namespace)
+    cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        name,
+        "--clusterrole=cluster-admin",
+        f"--serviceaccount={namespace}:{name}",
+    )
+    cluster.kubectl("label", "clusterrolebinding", name, "gpufleet-test=in-cluster")
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+    server = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    folder.mkdir(parents=True)
+    (folder / "token").write_text(token)
+    (folder / "namespace").write_text(namespace)
+    shutil.copy(cluster.kubeconfig.parent / server["certificate-authority"], folder / "ca.crt")
+    address = urlparse(server["server"])
+    return str(address.hostname), str(address.port)
+
+
+@pytest.fixture
+def in_cluster_operator(crd: Cluster, namespace: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to give the operator a pod's /run", pytrace=False)
+    cluster = crd
+    host, port = _pod_files(cluster, namespace, tmp_path / "account")
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env.update(
+        HOME=str(tmp_path),  # no ~/.kube/config to fall back on
+        KUBERNETES_SERVICE_HOST=host,
+        KUBERNETES_SERVICE_PORT=port,
+        GPUFLEET_NAMESPACES=f'["{namespace}"]',  # other tests' operators own the rest of the cluster
+        GPUFLEET_HEALTH_PORT=str(free_port()),
+        GPUFLEET_METRICS_PORT=str(free_port()),
+        GPUFLEET_SPOT_FAILOVER="false",
+    )
+    script = (
+        f"mount -t tmpfs tmpfs /run && mkdir -p {ACCOUNT} && cp {tmp_path / 'account'}/* {ACCOUNT}/ "
+        f"&& exec {sys.executable} -m gpufleet run"
+    )
+    log = (tmp_path / "operator.log").open("wb")
+    process = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    yield process
+    cluster.kubectl("delete", "clusterrolebinding", "-l", "gpufleet-test=in-cluster", check=False)
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def test_with_a_pods_credentials_the_operator_reconciles_and_kopf_watches(
+    cluster: Cluster, namespace: str, in_cluster_operator: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "samples" / "llama-3-70b-a100-spot.yaml").read_text())
+    doc["spec"]["autoscaling"]["enabled"] = False
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc))
+    name = doc["metadata"]["name"]
+
+    def converged() -> bool:
+        if in_cluster_operator.poll() is not None:
+            log = (tmp_path / "operator.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the operator exited:\n{log}")
+        md = cluster.get_json("md", name, "-n", namespace)
+        deployments = cluster.get_json(
+            "deploy", "-n", namespace, "-l", f"gpufleet.io/model-deployment={name}"
+        )
+        return bool(md.get("status", {}).get("observedGeneration")) and len(deployments["items"]) >= 1
+
+    wait_until(
+        converged, timeout=60, interval=0.5, what="the ModelDeployment reconciled by the in-cluster operator"
+    )
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    assert "Activity 'login' succeeded" in log  # our own login handler (adapters.kube_http's credentials)
+    assert "login_via_client" not in log

@@ -31,6 +31,10 @@ sqsdeps: ## ElasticMQ from Maven Central, the SQS that holds the 10,000-message 
 faultdeps: ## Toxiproxy built from the Go module proxy, the TCP fault proxy of the API-fault tests, built once
 	bash hack/install-toxiproxy.sh >/dev/null
 
+.PHONY: keda
+keda: ## KEDA's operator and metrics server (v2.21.0) from the Go module proxy, with its CRDs, built once (10-15 min)
+	bash hack/install-keda.sh >/dev/null
+
 .PHONY: vllm-parser contract
 vllm-parser: install ## vLLM's own `vllm serve` parser at the default image's release (PyPI wheel, no torch), installed once
 	PYTHON=$(BIN)/python bash hack/install-vllm-parser.sh >/dev/null
@@ -66,10 +70,10 @@ unit: install ## fast tests: pure code, the fleet simulator, the wheel's content
 integration: install controlplane helm monitoring-crds sqsdeps faultdeps ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
-e2e: install controlplane simdeps helm ## the operator on the simulated fleet
+e2e: install controlplane simdeps helm keda ## the operator on the simulated fleet (and KEDA driving it)
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps sqsdeps faultdeps helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
+test: install controlplane simdeps sqsdeps faultdeps keda helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

@@ -12,7 +12,10 @@
 #                                        FLAGs after them (the last of a repeated flag wins)
 #
 # GPUFLEET_APISERVER_EXTRA_ARGS adds kube-apiserver flags at `up` (the fault tests' audit log);
-# GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS adds kube-controller-manager flags at `up`.
+# GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS adds kube-controller-manager flags at `up` (the tests' HPA sync
+# period, --horizontal-pod-autoscaler-sync-period=1s; `restart-controller-manager` takes the same flags).
+# The aggregation layer is on (front-proxy CA and client certificate, --requestheader-* flags), so
+# extension API servers work: KEDA's metrics server behind an APIService, for instance (hack/fleetsim/keda.py).
 #
 # STATE_DIR defaults to $GPUFLEET_CLUSTER_DIR or .state/cluster. Ports are picked
 # free, so a test run and a demo can run side by side. The binaries are built
@@ -115,6 +118,17 @@ make_pki() {
     -days 3650 -extfile "$pki/san.ext" -out "$pki/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  # The aggregation layer (APIServices such as KEDA's external.metrics.k8s.io): kube-apiserver calls an
+  # extension API server with this client certificate and passes the caller it authenticated in the
+  # X-Remote-* headers; the extension trusts those headers only from a certificate of this CA named
+  # front-proxy-client (it reads both from the ConfigMap kube-system/extension-apiserver-authentication).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=gpufleet-local-front-proxy-ca" \
+    -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+    -keyout "$pki/front-proxy-client.key" -out "$pki/front-proxy-client.csr" 2>/dev/null
+  printf 'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >"$pki/front-proxy-client.ext"
+  openssl x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" \
+    -CAcreateserial -days 3650 -extfile "$pki/front-proxy-client.ext" -out "$pki/front-proxy-client.crt" 2>/dev/null
 }
 
 cmd_up() {
@@ -160,7 +174,11 @@ EOF
     --service-account-issuer https://kubernetes.default.svc
     --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key"
     --service-cluster-ip-range "$SERVICE_CIDR"
-    --cert-dir "$STATE/pki")
+    --cert-dir "$STATE/pki"
+    --requestheader-client-ca-file "$STATE/pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group
+    --requestheader-extra-headers-prefix X-Remote-Extra-
+    --proxy-client-cert-file "$STATE/pki/front-proxy-client.crt" --proxy-client-key-file "$STATE/pki/front-proxy-client.key")
   # Extra flags (e.g. an audit log for the fault tests), split on spaces.
   # shellcheck disable=SC2206
   apiserver+=(${GPUFLEET_APISERVER_EXTRA_ARGS:-})
@@ -238,5 +256,5 @@ case "$CMD" in
   down) cmd_down_quiet; log "down: $STATE removed" ;;
   status) if all_up; then log "up ($STATE)"; else log "not running ($STATE)"; exit 1; fi ;;
   env) all_up || die "no control plane running in $STATE (run: hack/cluster.sh up)"; echo "export KUBECONFIG=$STATE/kubeconfig" ;;
-  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

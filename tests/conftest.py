@@ -61,14 +61,26 @@ def wait_until(
 Cluster = ControlPlane
 
 
+# The real HPA in kube-controller-manager drives KEDA's ScaledObjects (tests/e2e/test_keda.py): it syncs every
+# second instead of every 15 s, so that test stays short. No other test makes an HPA: nothing else notices.
+HPA_SYNC_PERIOD_FLAG = "--horizontal-pod-autoscaler-sync-period=1s"
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     reuse = os.environ.get("GPUFLEET_KUBECONFIG")
+    extra = f"{os.environ.get('GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS', '')} {HPA_SYNC_PERIOD_FLAG}".strip()
     try:
-        with control_plane(Path(reuse) if reuse else None, tmp_path_factory.mktemp("cluster")) as plane:
-            yield plane
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("GPUFLEET_CONTROLLER_MANAGER_EXTRA_ARGS", extra)  # read by hack/cluster.sh up only
+            started = control_plane(Path(reuse) if reuse else None, tmp_path_factory.mktemp("cluster"))
+            plane = started.__enter__()
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
+    try:
+        yield plane
+    finally:
+        started.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -128,6 +128,14 @@ class _Stats:
     spec_accepted_per_pos: list[int] = field(default_factory=list)
 
 
+def _counters(label: list[str], *rows: tuple[str, str, float]) -> Iterable[CounterMetricFamily]:
+    """One counter per (name, help, total), labelled with the served model name."""
+    for name, doc, total in rows:
+        counter = CounterMetricFamily(name, doc, labels=["model_name"])
+        counter.add_metric(label, float(total))
+        yield counter
+
+
 class _VllmCollector(Collector):
     """Renders vLLM's metric families from the engine and the server's counters on scrape."""
 
@@ -151,14 +159,12 @@ class _VllmCollector(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric(label, float(value))
             yield gauge
-        for name, doc, total in (
+        yield from _counters(
+            label,
             ("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens),
             ("vllm:generation_tokens", "Number of generation tokens processed.", stats.generation_tokens),
             ("vllm:num_preemptions", "Cumulative number of preemption from the engine.", stats.preemptions),
-        ):
-            counter = CounterMetricFamily(name, doc, labels=["model_name"])
-            counter.add_metric(label, float(total))
-            yield counter
+        )
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -182,14 +188,12 @@ class _VllmCollector(Collector):
         if engine.profile.num_speculative_tokens:
             # vLLM exports these only with a --speculative-config (SpecDecodingProm,
             # vllm/v1/spec_decode/metrics.py at v0.34.0; it also adds an `engine` label).
-            for name, doc, total in (
+            yield from _counters(
+                label,
                 ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", stats.spec_drafts),
                 ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", stats.spec_draft_tokens),
                 ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", stats.spec_accepted),
-            ):
-                counter = CounterMetricFamily(name, doc, labels=["model_name"])
-                counter.add_metric(label, float(total))
-                yield counter
+            )
             per_pos = CounterMetricFamily(
                 "vllm:spec_decode_num_accepted_tokens_per_pos",
                 "Accepted tokens per draft position.",

@@ -115,11 +115,10 @@ def _failing(status: Mapping[str, Any]) -> str:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = str(waiting.get("reason", ""))
             restarts = int(container.get("restartCount") or 0)
-            if reason not in CONFIG_ERRORS and restarts < FAILING_RESTARTS:
-                continue
             last = (container.get("lastState") or {}).get("terminated") or {}
-            if reason not in CONFIG_ERRORS and not last and reason != "CrashLoopBackOff":
-                continue  # restarted before, running or starting now
+            crashing = restarts >= FAILING_RESTARTS and (bool(last) or reason == "CrashLoopBackOff")
+            if reason not in CONFIG_ERRORS and not crashing:
+                continue
             text = f"{kind} {container.get('name')}: {reason or 'restarting'}"
             if waiting.get("message"):
                 text += f" ({str(waiting['message'])[:_MESSAGE_CHARS]})"

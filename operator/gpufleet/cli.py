@@ -1,4 +1,4 @@
-"""The `gpufleet` command line: `validate`, `crds` and (later) `run`."""
+"""The `gpufleet` command line: `validate`, `fit`, `crds`, `api-reference`, `run`, `history`, `rollback`."""
 
 from __future__ import annotations
 
@@ -200,6 +200,89 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _kube(args: argparse.Namespace) -> Any:
+    from gpufleet.adapters.kube import RestKubeApi, load_http
+
+    return RestKubeApi(load_http(args.kubeconfig))
+
+
+def _model_and_history(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any, list[Any]] | None:
+    """The ModelDeployment and its revisions, lowest first; None (with the reason printed) when missing."""
+    from gpufleet.api.v1alpha1 import API_VERSION
+    from gpufleet.planning.revisions import observe_revisions
+    from gpufleet.planning.workloads import selector_string
+
+    kube = _kube(args)
+    body = kube.get(API_VERSION, KIND, args.namespace, args.name)
+    if body is None:
+        print(f"ModelDeployment {args.namespace}/{args.name} not found", file=out)
+        return None
+    listed = kube.list("apps/v1", "ControllerRevision", args.namespace, selector_string(args.name))
+    return kube, body, observe_revisions(listed, body["metadata"]["uid"])
+
+
+def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    from gpufleet.adapters.kube import KubeError
+    from gpufleet.planning.revisions import summary_of
+
+    try:
+        found = _model_and_history(args, out)
+    except KubeError as error:
+        print(f"cannot read from the API server: {error}", file=out)
+        return 1
+    if found is None:
+        return 1
+    _, body, history = found
+    revisions = (body.get("status") or {}).get("revisions") or {}
+    current = (revisions.get("current") or {}).get("name")
+    stable = (revisions.get("stable") or {}).get("name")
+    print(f"{'REVISION':<9} {'':<8} {'NAME':<32} {'IMAGE':<34} CHANGES", file=out)
+    for revision in history:
+        summary = summary_of(revision, history)
+        mark = "current" if revision.name == current else "stable" if revision.name == stable else ""
+        columns = f"{summary.revision:<9} {mark:<8} {summary.name:<32} {summary.image:<34}"
+        print(f"{columns} {summary.changes or '-'}", file=out)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
+    from gpufleet.adapters.kube import KubeError
+    from gpufleet.api.v1alpha1 import API_VERSION
+    from gpufleet.planning.rollback import RollbackError, plan_rollback
+
+    try:
+        found = _model_and_history(args, out)
+        if found is None:
+            return 1
+        kube, body, history = found
+        rollback = plan_rollback(body, history, args.to_revision)
+    except RollbackError as error:
+        print(f"cannot roll back: {error}", file=out)
+        return 1
+    except KubeError as error:
+        print(f"cannot read from the API server: {error}", file=out)
+        return 1
+    target = rollback.target
+    if args.dry_run:
+        # For GitOps: the serving fields to commit, instead of writing them here.
+        print(f"# {args.name}: revision {target.revision} ({target.name}); {rollback.changes}", file=out)
+        print(yaml.safe_dump({"spec": dict(target.template)}, sort_keys=False), end="", file=out)
+        return 0
+    try:
+        kube.json_patch(API_VERSION, KIND, args.namespace, args.name, rollback.operations)
+    except KubeError as error:
+        if error.status in (409, 422):
+            what = f"{args.name} changed while rolling back (nothing was written); run the command again"
+            print(f"{what}: {error}", file=out)
+        else:
+            print(f"the API server refused the rollback (nothing was written): {error}", file=out)
+        return 1
+    print(
+        f"{args.name} rolled back to revision {target.revision} ({target.name}): {rollback.changes}", file=out
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufleet", description="Operator for self-hosted GPU inference fleets."
@@ -247,6 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--typical-length", type=int, help="tokens of a typical request (default 1024)")
     fit.add_argument("--prices", help="YAML/JSON prices per GPU product, as GPUFLEET_PRICES (the default)")
     fit.set_defaults(handler=_cmd_fit)
+
+    history = commands.add_parser(
+        "history",
+        help="list a ModelDeployment's revisions of its serving template (model, engine, accelerator)",
+    )
+    history.add_argument("name", help="the ModelDeployment")
+    history.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+    history.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    history.set_defaults(handler=_cmd_history)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="write an earlier revision's serving template back into a ModelDeployment's spec",
+        description=(
+            "Writes spec.model, spec.engine and spec.accelerator of an earlier revision (the one before the "
+            "current, or --to-revision) back into the spec in one patch that fails if the object changed "
+            "since it was read; replicas, autoscaling and capacity are left alone. The operator rolls the "
+            "groups to it. With --dry-run it prints those fields as YAML, for a GitOps repository."
+        ),
+    )
+    rollback.add_argument("name", help="the ModelDeployment")
+    rollback.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+    rollback.add_argument("--to-revision", type=int, help="revision number (see `gpufleet history`)")
+    rollback.add_argument("--dry-run", action="store_true", help="print the spec fields; write nothing")
+    rollback.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    rollback.set_defaults(handler=_cmd_rollback)
 
     reference = commands.add_parser(
         "api-reference", help="print the Markdown API reference generated from the models"

@@ -176,7 +176,12 @@ NAMESPACED = {
     *{("gpufleet.io", "modeldeployments/scale", v) for v in ("get", "patch")},
     *{
         (g, r, v)
-        for g, r in (("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets"))
+        for g, r in (
+            ("apps", "deployments"),
+            ("", "services"),
+            ("policy", "poddisruptionbudgets"),
+            ("apps", "controllerrevisions"),  # the serving template's history (planning.revisions)
+        )
         for v in ("get", "list", "watch", "create", "patch", "delete")
     },
     *{("", "pods", v) for v in ("get", "list", "watch", "delete")},

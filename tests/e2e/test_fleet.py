@@ -63,6 +63,13 @@ def test_the_sample_becomes_ready_pods_on_simulated_nodes_of_the_right_zones(
 
     wait_until(md_ready, timeout=30, what="status.readyReplicas 2")
 
+    def stable_revision() -> int | None:
+        revisions = model_deployment(sim, NAMESPACE, MODEL).get("status", {}).get("revisions") or {}
+        return (revisions.get("stable") or {}).get("revision")
+
+    # Every group rolled out with ready pods: revision 1, the only one, is the stable one too.
+    assert wait_until(stable_revision, timeout=30, what="a stable revision") == 1
+
 
 def test_prometheus_returns_vllm_metrics_for_the_model(sim: BackgroundSimulation) -> None:
     wait_for_ready_pods(sim, 2)

@@ -82,3 +82,12 @@ def database_service() -> dict[str, Any]:
         "metadata": {"name": "llama-3-70b", "namespace": "ml", "uid": "svc-1", "resourceVersion": "7"},
         "spec": {"selector": {"app": "database"}, "ports": [{"port": 5432}]},
     }
+
+
+def revision_name(body: dict[str, Any]) -> str:
+    """The ControllerRevision name of the body's serving template (planning.revisions)."""
+    from gpufleet.api.v1alpha1 import ModelDeploymentSpec
+    from gpufleet.planning.revisions import revision_hash, serving_template
+
+    template = serving_template(ModelDeploymentSpec.model_validate(body["spec"]))
+    return f"{body['metadata']['name']}-{revision_hash(template)}"

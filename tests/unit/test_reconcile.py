@@ -32,6 +32,7 @@ from tests.unit.helpers import (
     failover_settings,
     handmade_deployment,
     reconcile_policy,
+    revision_name,
     sample,
 )
 from tests.unit.spot_objects import pod_object
@@ -46,6 +47,7 @@ class World:
     """The API server's side of a few reconciles: objects as applied, and what the operator remembers."""
 
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # ControllerRevisions
     pods: list[dict[str, Any]] = field(default_factory=list)
     applied: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     status: dict[str, Any] | None = None
@@ -60,6 +62,7 @@ class World:
             body=body,
             pods=self.pods,
             deployments=list(self.deployments.values()),
+            revisions=list(self.revisions.values()),
             capacity=self.capacity,
             prices=self.prices,
             remembered=Remembered(dict(self.applied), self.status),
@@ -77,9 +80,14 @@ class World:
             obj["metadata"]["generation"] = generation
             if obj["kind"] == "Deployment":
                 self.deployments[name] = obj
+            elif obj["kind"] == "ControllerRevision":
+                obj["metadata"]["uid"] = f"uid-{name}"
+                self.revisions[name] = obj
             self.applied[(obj["kind"], name)] = (write.template_hash, version_of(obj))
         for removal in plan.removals:
-            self.deployments.pop(removal.name, None)
+            (self.revisions if removal.kind == "ControllerRevision" else self.deployments).pop(
+                removal.name, None
+            )
             self.applied.pop((removal.kind, removal.name), None)
         if plan.status.patch is not None:
             self.status = plan.status.stored_form
@@ -107,8 +115,13 @@ def conditions(plan: ReconcilePlan) -> dict[str, tuple[str, str]]:
     return {c.type: (c.status, c.reason) for c in plan.status.status.conditions}
 
 
+def revision_of(body: dict[str, Any]) -> str:
+    return f"ControllerRevision/{revision_name(body)}"
+
+
 GROUPS = ("llama-3-70b-us-east-1a-on-demand", "llama-3-70b-us-east-1b-spot")
 FIRST_LOOK = {
+    revision_of(sample()): "NewRevision",
     f"Deployment/{GROUPS[0]}": "CreatedGroup",
     f"Deployment/{GROUPS[1]}": "CreatedGroup",
     "Service/llama-3-70b": None,
@@ -139,6 +152,12 @@ def new_image(world: World, body: dict[str, Any]) -> None:
     body["spec"]["engine"]["image"] = "vllm/vllm-openai:v0.12.0"
 
 
+def new_image_body() -> dict[str, Any]:
+    body = sample()
+    new_image(World(), body)
+    return body
+
+
 def scale_to_three(world: World, body: dict[str, Any]) -> None:
     body["spec"]["replicas"] = 3
 
@@ -156,11 +175,19 @@ def scale_to_eight(world: World, body: dict[str, Any]) -> None:
             someone_deletes, {f"Deployment/{GROUPS[0]}": "RestoredGroup"}, id="deleted group restored"
         ),
         # After a restart nothing is known to have drifted: one quiet apply per object, no Event.
-        pytest.param(operator_restarts, dict.fromkeys(FIRST_LOOK), id="restart re-applies quietly"),
+        pytest.param(
+            operator_restarts,
+            {k: None for k in FIRST_LOOK if not k.startswith("ControllerRevision/")},
+            id="restart re-applies quietly (the history is read, not written)",
+        ),
         pytest.param(
             new_image,
-            {f"Deployment/{GROUPS[0]}": "UpdatedGroup", f"Deployment/{GROUPS[1]}": "UpdatedGroup"},
-            id="rollout of a new template",
+            {
+                f"Deployment/{GROUPS[0]}": "UpdatedGroup",
+                f"Deployment/{GROUPS[1]}": "UpdatedGroup",
+                revision_of(new_image_body()): "NewRevision",
+            },
+            id="rollout of a new template: a new revision first",
         ),
         # 3 replicas at 70 % spot above one on-demand: 2 on-demand (1a, 1c) and 1 spot (1b)
         pytest.param(

@@ -21,7 +21,7 @@ from gpufleet.runtime.events import QueuedEvents
 from gpufleet.runtime.interruptions import InterruptionConsumer
 from gpufleet.runtime.reconciler import Reconciler
 from tests.unit.fake_kube import FakeKube
-from tests.unit.helpers import database_service, handmade_deployment, reconcile_policy, sample
+from tests.unit.helpers import database_service, handmade_deployment, reconcile_policy, revision_name, sample
 from tests.unit.spot_objects import FakeQueue, instance, node, pod_object, store, warning_body
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -71,6 +71,7 @@ def test_first_reconcile_applies_groups_service_and_pdb(kube: FakeKube, reconcil
     plan = reconciler.reconcile(sample())
     assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1, "llama-3-70b-us-east-1b-spot": 1}
     assert sorted(applied(plan)) == [
+        f"ControllerRevision/{revision_name(sample())}",
         "Deployment/llama-3-70b-us-east-1a-on-demand",
         "Deployment/llama-3-70b-us-east-1b-spot",
         "PodDisruptionBudget/llama-3-70b",
@@ -78,7 +79,10 @@ def test_first_reconcile_applies_groups_service_and_pdb(kube: FakeKube, reconcil
     ]
     assert plan.status.patch is not None
     assert kube.last_status["desiredReplicas"] == 2
-    assert [e[1] for e in kube.events] == ["CreatedGroup", "CreatedGroup"]
+    assert [e[1] for e in kube.events] == ["NewRevision", "CreatedGroup", "CreatedGroup"]
+    # Nothing has rolled out yet: revision 1 is asked for, none is stable.
+    assert kube.last_status["revisions"]["current"]["revision"] == 1
+    assert "stable" not in kube.last_status["revisions"]
 
 
 def test_steady_state_reconcile_writes_nothing(kube: FakeKube, reconciler: Reconciler) -> None:
@@ -320,8 +324,11 @@ def test_pods_are_drained_before_any_count_is_lowered_and_events_follow_their_wr
 
         setattr(kube, name, recorded)
     Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
-    # two Deployments, each followed by its event, then the Service and PDB, then status
-    assert calls == ["apply", "create_event", "apply", "create_event", "apply", "apply", "patch_status"]
+    # the revision, then two Deployments, each followed by its event, then the Service and PDB, then status
+    assert calls == [
+        *("apply", "create_event") * 3,
+        *("apply", "apply", "patch_status"),
+    ]
 
 
 def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(kube: FakeKube) -> None:
@@ -330,7 +337,7 @@ def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(kube: FakeKu
 
     kube.create_event = refuse  # type: ignore[method-assign]
     plan = Reconciler(kube, reconcile_policy(), clock=lambda: NOW).reconcile(sample())
-    assert len(plan.applies) == 4
+    assert len(plan.applies) == 5
     assert kube.status_patches == 1
 
 
@@ -350,13 +357,13 @@ def test_an_api_server_that_refuses_mid_plan_leaves_nothing_lost_and_the_next_re
 ) -> None:
     original, calls = kube.apply, []
 
-    def refuse_the_second(obj: dict[str, object]) -> dict[str, object]:
+    def refuse_the_third(obj: dict[str, object]) -> dict[str, object]:
         calls.append(obj)
-        if len(calls) == 2:
+        if len(calls) == 3:  # the revision, one Deployment, then refused
             raise KubeError(503, "the API server is restarting")
         return original(obj)
 
-    kube.apply = refuse_the_second  # type: ignore[method-assign]
+    kube.apply = refuse_the_third  # type: ignore[method-assign]
     with pytest.raises(KubeError):
         reconciler.reconcile(sample())
     assert deployments(kube) == {"llama-3-70b-us-east-1a-on-demand": 1}  # nothing removed, nothing else
@@ -368,7 +375,8 @@ def test_an_api_server_that_refuses_mid_plan_leaves_nothing_lost_and_the_next_re
         "Service/llama-3-70b",
         "PodDisruptionBudget/llama-3-70b",
     ]
-    assert [e[1] for e in kube.events] == ["CreatedGroup", "CreatedGroup"]  # one per group, no repeat
+    # one per group and one for the revision, no repeat
+    assert [e[1] for e in kube.events] == ["NewRevision", "CreatedGroup", "CreatedGroup"]
     assert kube.status_patches == 1
 
 
@@ -408,10 +416,18 @@ def test_objects_of_the_models_name_are_looked_up_only_until_written(
     # The credentials Secret is read by name (CredentialsReady; no watch on Secrets), and once found
     # not again within a minute: a steady reconcile makes no request for it.
     secret = "Secret/hf-token"
-    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", secret, *created]
+    # A new ControllerRevision's name is looked up as a new Deployment's is (never taken over).
+    first = [
+        "Service/llama-3-70b",
+        "PodDisruptionBudget/llama-3-70b",
+        secret,
+        f"ControllerRevision/{revision_name(body)}",
+        *created,
+    ]
+    assert looked == first
     body["status"] = kube.last_status
     reconciler.reconcile(body)
-    assert looked == ["Service/llama-3-70b", "PodDisruptionBudget/llama-3-70b", secret, *created]
+    assert looked == first
 
 
 def test_a_users_deployment_of_a_groups_name_is_never_taken_and_is_reported(

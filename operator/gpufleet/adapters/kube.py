@@ -9,7 +9,7 @@ REST layer where a kubeconfig needs that client (exec plugins) and in tests.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -32,6 +32,7 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Event"): ("/api/v1", "events"),
     ("v1", "Secret"): ("/api/v1", "secrets"),  # a model's credentialsSecret, by name (reconciler.py)
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("apps/v1", "ControllerRevision"): ("/apis/apps/v1", "controllerrevisions"),  # planning.revisions
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("gpufleet.io/v1alpha1", "ModelDeployment"): ("/apis/gpufleet.io/v1alpha1", "modeldeployments"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
@@ -364,6 +365,23 @@ class RestKubeApi:
             _path(api_version, kind, namespace, name),
             body=merge_patch,
             content_type="application/merge-patch+json",
+        )
+        return result
+
+    def json_patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        operations: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """RFC 6902 operations, applied all or none; a failed `test` operation is refused (422)."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            _path(api_version, kind, namespace, name),
+            body=operations,
+            content_type="application/json-patch+json",
         )
         return result
 

@@ -64,6 +64,19 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas", "description": "Desired replicas."},
     {
+        "name": "Revision",
+        "type": "integer",
+        "jsonPath": ".status.revisions.current.revision",
+        "description": "Revision of the serving template that spec asks for.",
+    },
+    {
+        "name": "Stable",
+        "type": "integer",
+        "jsonPath": ".status.revisions.stable.revision",
+        "description": "Last revision fully rolled out (differs from Revision during a rollout).",
+        "priority": 1,
+    },
+    {
         "name": "Status",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',

@@ -578,6 +578,18 @@ class ModelDeploymentSpec(_Model):
     ] = None
     autoscaling: Annotated[Autoscaling, Field(description="Scaling on serving metrics.")] = Autoscaling()
     capacity: Annotated[Capacity, Field(description="Zones and spot / on-demand mix.")] = Capacity()
+    revision_history_limit: Annotated[
+        int,
+        Field(
+            description=(
+                "Old revisions of the serving template (model, engine, accelerator) kept as "
+                "ControllerRevisions for `gpufleet rollback`, besides the current one and the one still "
+                "serving during a rollout. 0 keeps no history."
+            ),
+            ge=0,
+            le=100,
+        ),
+    ] = 10
 
 
 class PlacementStatus(_Model):
@@ -761,6 +773,40 @@ class CostStatus(_Model):
     message: Annotated[str, Field(description="How the estimate was made, or why there is none.")] = ""
 
 
+class RevisionSummary(_Model):
+    """One revision of the serving template (a ControllerRevision owned by the ModelDeployment)."""
+
+    revision: Annotated[
+        int, Field(description="Revision number; a rollback renumbers the revision it restores.", ge=1)
+    ]
+    name: Annotated[str, Field(description="The ControllerRevision holding this template.")]
+    image: Annotated[str, Field(description="vLLM image of this revision.")] = ""
+    model_uri: Annotated[str, Field(description="spec.model.uri of this revision.")] = ""
+    quantization: Annotated[str, Field(description="spec.model.quantization of this revision, if set.")] = ""
+    changes: Annotated[
+        str,
+        Field(
+            description="What differs from the revision before it (fields, old → new); empty for the first."
+        ),
+    ] = ""
+
+
+class RevisionsStatus(_Model):
+    """The serving template's revisions: the one asked for, and the last one that was fully rolled out."""
+
+    current: Annotated[RevisionSummary, Field(description="The revision spec asks for.")]
+    stable: Annotated[
+        RevisionSummary | None,
+        Field(
+            description=(
+                "The last revision every group's Deployment finished rolling out; during a rollout the "
+                "previous one, which still serves."
+            )
+        ),
+    ] = None
+    history: Annotated[int, Field(description="ControllerRevisions kept for this model.", ge=0)] = 0
+
+
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -785,6 +831,10 @@ class ModelDeploymentStatus(_Model):
         SpotStatus | None, Field(description="Interruption handling and capacity the placement avoids.")
     ] = None
     cost: Annotated[CostStatus | None, Field(description="Estimated cost of the current replicas.")] = None
+    revisions: Annotated[
+        RevisionsStatus | None,
+        Field(description="Revisions of the serving template (see `gpufleet rollback`)."),
+    ] = None
     conditions: Annotated[
         list[Condition],
         Field(

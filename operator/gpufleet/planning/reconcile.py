@@ -42,7 +42,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpufleet.api.v1alpha1 import CostStatus, ModelDeploymentSpec, ModelDeploymentStatus, SpotStatus
+from gpufleet.api.v1alpha1 import (
+    CostStatus,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    RevisionsStatus,
+    SpotStatus,
+)
 from gpufleet.api.validation import validate_manifest
 from gpufleet.planning.cost import ProductPrices, estimate_for, product_for
 from gpufleet.planning.credentials import (
@@ -72,6 +78,16 @@ from gpufleet.planning.observe import (
 )
 from gpufleet.planning.placement import plan_placement
 from gpufleet.planning.report import EventView
+from gpufleet.planning.revisions import (
+    ObservedRevision,
+    RevisionPlan,
+    RevisionWrite,
+    observe_revisions,
+    plan_revisions,
+    rolled_out,
+    serving_template,
+    summary_of,
+)
 from gpufleet.planning.status import (
     DEGRADED,
     SCALING_LIMITED,
@@ -156,6 +172,7 @@ class Observed:
     body: Mapping[str, Any]  # the ModelDeployment as the watch delivered it
     pods: Sequence[Mapping[str, Any]]  # listed by the model's selector
     deployments: Sequence[Mapping[str, Any]]  # listed by the model's selector; only owned ones count
+    revisions: Sequence[Mapping[str, Any]] = ()  # ControllerRevisions listed by the model's selector
     capacity: CapacitySnapshot = field(default_factory=CapacitySnapshot)
     prices: Mapping[str, ProductPrices] = field(default_factory=dict)
     remembered: Remembered = field(default_factory=Remembered)
@@ -188,7 +205,7 @@ class Removal:
     api_version: str
     kind: str
     name: str
-    event: EventView
+    event: EventView | None
 
 
 @dataclass(frozen=True)
@@ -285,6 +302,10 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         for live_name, live in sorted(live_by_name.items())
         if live_name not in wanted
     ]
+    owner = Owner(name, namespace, uid)
+    revisions = _plan_revisions(observed, owner, spec, previous, desired.deployments, live_by_name)
+    revision_writes = [_revision_apply(write, revisions) for write in revisions.plan.writes]
+    removals += [Removal("apps/v1", "ControllerRevision", gone, None) for gone in revisions.plan.deletions]
     live_pods = [p for p in pods if not p.terminating]
     cost = estimate_for(spec, [(p.zone, p.capacity_type) for p in live_pods], observed.prices)
     inp = _status_input(
@@ -299,6 +320,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         cost=cost.to_status(),
         conflicts=conflicts,
         credentials=credentials_condition(spec.model.credentials_secret, source_uris(spec), observed.secret),
+        revisions=revisions.status,
     )
     return ReconcilePlan(
         (namespace, name),
@@ -309,7 +331,8 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
             for pod, why, evict in zip(capacity.retire, capacity.retire_reasons, capacity.evict, strict=True)
         ),
         events=capacity.events,
-        applies=tuple(a for a in applies if a is not None),
+        # The history first: it names the template before any pod of it starts.
+        applies=(*revision_writes, *(a for a in applies if a is not None)),
         removals=tuple(removals),
         # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
         requeue_after=min(capacity.requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
@@ -378,6 +401,7 @@ def _status_input(
     cost: CostStatus | None = None,
     conflicts: Sequence[str] = (),
     credentials: CredentialsVerdict | None = None,
+    revisions: RevisionsStatus | None = None,
 ) -> StatusInput:
     meta = body["metadata"]
     return StatusInput(
@@ -396,6 +420,7 @@ def _status_input(
         cost=cost,
         conflicts=conflicts,
         credentials=credentials,
+        revisions=revisions,
     )
 
 
@@ -405,12 +430,12 @@ def _status_write(inp: StatusInput, observed: Observed, now: datetime) -> Status
     unschedulable = len(unschedulable_pods(inp.pods, now, inp.unschedulable_after))
 
     # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
-    # as it leaves spot and cost alone when they were not computed (an invalid spec).
+    # as it leaves spot, cost and revisions alone when they were not computed (an invalid spec).
     def ours(stored: Mapping[str, Any] | None) -> dict[str, Any]:
         return {
             k: v
             for k, v in (stored or {}).items()
-            if k != "autoscaler" and (k in new or k not in ("spot", "cost"))
+            if k != "autoscaler" and (k in new or k not in ("spot", "cost", "revisions"))
         }
 
     stored = observed.body.get("status") or {}
@@ -509,3 +534,66 @@ def _apply_event(
             "Normal", "ScaledGroup", f"Scaled Deployment {name} from {live_replicas} to {replicas}"
         )
     return EventView("Normal", "UpdatedGroup", f"Updated Deployment {name} (pod template changed)")
+
+
+@dataclass(frozen=True)
+class _Revisions:
+    plan: RevisionPlan
+    status: RevisionsStatus
+
+
+def _plan_revisions(
+    observed: Observed,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    previous: ModelDeploymentStatus,
+    desired: Sequence[Mapping[str, Any]],
+    live_by_name: Mapping[str, Mapping[str, Any]],
+) -> _Revisions:
+    history = observe_revisions(observed.revisions, owner.uid)
+    # What this operator wrote last is newer than a body the watch has not caught up with.
+    written = (observed.remembered.status or {}).get("revisions")
+    stored = previous.revisions if written is None else RevisionsStatus.model_validate(written)
+    stable_before = stored.stable.name if stored and stored.stable else None
+    # A name taken by someone else's ControllerRevision is not ours to write: the plan picks another.
+    foreign = [
+        ref_name
+        for (kind, ref_name), obj in observed.looked_up.items()
+        if kind == "ControllerRevision" and obj is not None and not owned_by(obj, owner.uid)
+    ]
+    plan = plan_revisions(
+        owner,
+        serving_template(spec),
+        history,
+        spec.revision_history_limit,
+        keep=[stable_before] if stable_before else [],
+        taken=foreign,
+    )
+    kept = plan.history
+    if rolled_out(desired, live_by_name):
+        stable: ObservedRevision | None = plan.current
+    else:
+        stable = next((r for r in kept if r.name == stable_before), None)
+    return _Revisions(
+        plan,
+        RevisionsStatus(
+            current=summary_of(plan.current, kept),
+            stable=summary_of(stable, kept) if stable else None,
+            history=len(kept),
+        ),
+    )
+
+
+def _revision_apply(write: RevisionWrite, revisions: _Revisions) -> Apply:
+    current, obj = revisions.status.current, write.manifest
+    if write.new:
+        what = f": {current.changes}" if current.changes else ""
+        event = EventView("Normal", "NewRevision", f"Serving template is revision {current.revision}{what}")
+    else:
+        event = EventView(
+            "Normal",
+            "RevisionRestored",
+            f"Serving template is {obj['metadata']['name']} again, renumbered revision {current.revision}"
+            + (f": {current.changes}" if current.changes else ""),
+        )
+    return Apply(obj, template_hash(obj), event, check_owner=write.new)

@@ -19,6 +19,7 @@ from gpufleet.api.v1alpha1 import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     PlacementStatus,
+    RevisionsStatus,
     SpotStatus,
 )
 from gpufleet.planning.credentials import CREDENTIALS_READY, CredentialsVerdict
@@ -90,6 +91,8 @@ class StatusInput:
     conflicts: Sequence[str] = ()
     # CredentialsReady, when the pods reference a credentials Secret.
     credentials: CredentialsVerdict | None = None
+    # status.revisions from the revision planner; None when the spec is invalid (left as stored).
+    revisions: RevisionsStatus | None = None
 
 
 def _condition(
@@ -250,4 +253,5 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
         conditions=conditions,
         spot=inp.spot,
         cost=inp.cost,
+        revisions=inp.revisions,
     )

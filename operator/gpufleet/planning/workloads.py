@@ -362,7 +362,7 @@ def _common_labels(md_name: str) -> dict[str, str]:
     }
 
 
-def _metadata(owner: Owner, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def owned_metadata(owner: Owner, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": owner.namespace,
@@ -586,7 +586,7 @@ def _deployment(
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, deployment_name(md, group.zone, group.capacity_type), labels),
+        "metadata": owned_metadata(owner, deployment_name(md, group.zone, group.capacity_type), labels),
         "spec": {
             "replicas": group.replicas,
             "selector": {"matchLabels": dict(group_labels)},
@@ -617,7 +617,7 @@ def _service(owner: Owner, options: WorkloadOptions) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, owner.name, _common_labels(owner.name)),
+        "metadata": owned_metadata(owner, owner.name, _common_labels(owner.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
@@ -630,7 +630,7 @@ def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, owner.name, _common_labels(owner.name)),
+        "metadata": owned_metadata(owner, owner.name, _common_labels(owner.name)),
         "spec": {
             "selector": {"matchLabels": selector_labels(owner.name)},
             # Drains (Karpenter consolidation, interruption handling) evict one replica at a time.

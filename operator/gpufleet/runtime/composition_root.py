@@ -8,7 +8,7 @@ else receives what it needs from here. Threads and tasks it starts:
 - the autoscale sweep on the event loop (evaluations on a thread pool),
 - leader election, the interruption queue consumer and the spot price
   refresh, each a daemon thread that acts only while this replica leads,
-- one informer thread per owned kind (pods, Deployments, Services, PDBs) and
+- one informer thread per owned kind (pods, Deployments, Services, PDBs, ControllerRevisions) and
   namespace scope: watches with a label selector on the API server, whose
   caches reconciles and evaluations read instead of listing.
 """
@@ -222,7 +222,7 @@ class Operator:
         self.queue.enqueue(key)
 
     def _owned_object_event(self, event: str, obj: Mapping[str, Any]) -> None:
-        """An informer's event about a pod, Deployment, Service or PDB labelled with its model."""
+        """An informer's event about an object labelled with its model (pod, Deployment, Service, ...)."""
         meta = obj.get("metadata") or {}
         key = owner_key_of(meta.get("namespace"), meta.get("labels") or {})
         if not key:
@@ -417,6 +417,7 @@ OWNED_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("apps/v1", "ControllerRevision"),
 )
 
 

@@ -73,6 +73,7 @@ class Reconciler:
             body=body,
             pods=self.kube.list("v1", "Pod", namespace, selector),
             deployments=self.kube.list("apps/v1", "Deployment", namespace, selector),
+            revisions=self.kube.list("apps/v1", "ControllerRevision", namespace, selector),
             capacity=self.capacity.snapshot(now) if self.capacity else CapacitySnapshot(),
             prices=self.prices,
             remembered=remembered,
@@ -163,7 +164,8 @@ class Reconciler:
                 continue  # deleting it would take the pod the PDB kept with it
             self.kube.delete(removal.api_version, removal.kind, namespace, removal.name)
             applied.pop((removal.kind, removal.name), None)
-            post_event(self.kube, body, removal.event, self.clock())
+            if removal.event is not None:
+                post_event(self.kube, body, removal.event, self.clock())
         if plan.status.patch is not None:
             self.kube.patch_status(API_VERSION, KIND, namespace, plan.key[1], plan.status.patch)
             self._statuses[plan.key] = plan.status.stored_form

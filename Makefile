@@ -35,6 +35,14 @@ faultdeps: ## Toxiproxy built from the Go module proxy, the TCP fault proxy of t
 keda: ## KEDA's operator and metrics server (v2.21.0) from the Go module proxy, with its CRDs, built once (10-15 min)
 	bash hack/install-keda.sh >/dev/null
 
+.PHONY: nth
+nth: ## aws-node-termination-handler (v1.25.6) from the Go module proxy, built once (about 4 min on 2 cores)
+	bash hack/install-nth.sh >/dev/null
+
+.PHONY: llmd-sim
+llmd-sim: ## llm-d-inference-sim (v0.10.2), the second engine fleetsim can run, from the Go module proxy, built once (about 5 min)
+	bash hack/install-llmd-sim.sh >/dev/null
+
 .PHONY: vllm-parser contract
 vllm-parser: install ## vLLM's own `vllm serve` parser at the default image's release (PyPI wheel, no torch), installed once
 	PYTHON=$(BIN)/python bash hack/install-vllm-parser.sh >/dev/null
@@ -64,16 +72,16 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 	$(BIN)/mypy hack/bench  # scripts, not a package: checked as files
 	$(BIN)/lint-imports
 
-unit: install ## fast tests: pure code, the fleet simulator, the wheel's contents
+unit: install controlplane llmd-sim ## fast tests: pure code, the fleet simulator (one llm-d-inference-sim pod on a control plane), the wheel's contents
 	$(BIN)/pytest tests/unit tests/fleetsim tests/packaging -q
 
 integration: install controlplane helm monitoring-crds sqsdeps faultdeps ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
-e2e: install controlplane simdeps helm keda ## the operator on the simulated fleet (and KEDA driving it)
+e2e: install controlplane simdeps helm keda nth ## the operator on the simulated fleet (and KEDA driving it, NTH beside it)
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps sqsdeps faultdeps keda helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
+test: install controlplane simdeps sqsdeps faultdeps keda nth llmd-sim helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary
@@ -89,7 +97,7 @@ clean: ## remove the virtualenv and local state (not the cached binaries)
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
 
 .PHONY: bench
-bench: install controlplane simdeps ## benchmarks (not tests): hack/bench/
+bench: install controlplane simdeps nth ## benchmarks (not tests): hack/bench/ (spot.py runs NTH)
 	$(BIN)/python hack/bench/reconcile.py
 	$(BIN)/python hack/bench/autoscale.py
 	$(BIN)/python hack/bench/autoscale_sweep.py

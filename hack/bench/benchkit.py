@@ -120,9 +120,11 @@ def run_trials(
     kubeconfig: Path | None,
     run_trial: Callable[[ControlPlane, client.CoreV1Api, str, Path], R],
     report: Callable[[R], list[str]],
+    *,
+    display: Callable[[str], str] = str,
 ) -> dict[str, R]:
     """Each trial in turn on one control plane (started here unless `kubeconfig` names one), its
-    report printed as soon as it ends."""
+    report printed as soon as it ends; `display` names a trial in the progress lines."""
     workdir = Path(tempfile.mkdtemp(prefix=f"gpufleet-bench-{bench}-"))
     log(f"work folder (operator, Prometheus and moto logs per trial): {workdir}")
     results: dict[str, R] = {}
@@ -133,7 +135,7 @@ def run_trials(
             started = time.monotonic()
             result = run_trial(cp, core, trial, workdir)
             results[trial] = result
-            log(f"{trial}: done in {time.monotonic() - started:.0f}s real")
+            log(f"{display(trial)}: done in {time.monotonic() - started:.0f}s real")
             print("\n".join(report(result)), flush=True)
     return results
 

@@ -1,9 +1,10 @@
-"""Spot benchmark: gpufleet's interruption handling against no handling and a cordon-and-drain handler.
+"""Spot benchmark: gpufleet's interruption handling against none, the real node-termination handler, both.
 
-    python hack/bench/spot.py [--time-scale 30] [--duration 7200] [--rate 1.5] [--kubeconfig PATH]
+    python hack/bench/spot.py [--time-scale 4] [--duration 7200] [--rate 1.5] [--rounds 1]
+                              [--policies none nth ours nth+ours] [--kubeconfig PATH]
                               [--image vllm/vllm-openai:v0.11.0] [--drain-seconds 0]
 
-One control plane; three trials in turn, each on a fresh simulated fleet
+One control plane; four trials in turn (per round), each on a fresh simulated fleet
 (fleetsim: spot and on-demand p4de.24xlarge pools in three zones, vLLM pods,
 Prometheus, moto, a gpufleet operator) in a fresh namespace, with the same
 ModelDeployment (Llama 3 8B, TP 1, 6 replicas: 1 on-demand, 5 on spot over
@@ -12,22 +13,32 @@ same fault timeline: a spot interruption every 20 simulated minutes on the spot
 node of a given zone that hosts the most replicas, some with a rebalance
 recommendation first, and one zone without spot capacity for 35 minutes.
 
-- ours:  the operator as shipped (spot failover on): zone cooldown, replacements
-         ordered at once in other zones, the doomed replica kept serving until
-         its replacement is ready, on-demand fallback;
-- none:  GPUFLEET_SPOT_FAILOVER=false: plain placement; pods die with their node
-         and their Deployments recreate them;
-- drain: GPUFLEET_SPOT_FAILOVER=false, and this process plays
-         aws-node-termination-handler in queue mode: on a spot interruption
-         warning it cordons the node and evicts its pods through the Eviction
-         API (policy/v1, the operator's PDB applies); rebalance recommendations
-         are ignored.
+- none:     GPUFLEET_SPOT_FAILOVER=false: plain placement; pods die with their
+            node and their Deployments recreate them;
+- nth:      GPUFLEET_SPOT_FAILOVER=false, and the real aws-node-termination-handler
+            (v1.25.6, hack/install-nth.sh, fleetsim.nth) in queue-processor mode owns
+            the trial's SQS queue: on a warning (or a rebalance recommendation, which
+            queue mode drains too) it taints, cordons and drains the node with
+            evictions that respect the operator's PodDisruptionBudget;
+- ours:     the operator as shipped (spot failover on, reading the queue): zone
+            cooldown, replacements ordered at once in other zones, the doomed
+            replica kept serving until its replacement is ready, on-demand fallback;
+- nth+ours: NTH owns the queue, taints and drains as in `nth`; the operator has no
+            queue URL (no SQS consumer of its own) and reacts to NTH's taints with
+            its spot failover on, as many clusters would run both.
+
+NTH's timers are compiled in and run in real seconds (queue poll 2 s, event loop
+1 s, an eviction refused by a PodDisruptionBudget retried every 5 s), so the
+default time scale is 4: the slowest of them, the 5 s retry, is 20 simulated
+seconds, a sixth of the 120 s notice (at the old default of 30 it would be 150 s,
+longer than the notice). A round of four trials takes about 2 hours.
 
 Per trial it prints failed requests by kind, replica-seconds below desired,
 latency percentiles, cost against the same replica-seconds on on-demand, and
 how many interruptions the notice covered (replicas back to desired, off the
-doomed node, before the node went). It never asserts: this is a benchmark, not
-a test. See hack/bench/README.md.
+doomed node, before the node went); then each policy's figures against nth's
+(the real peer) and, with --rounds N, the mean and range over the rounds. It
+never asserts: this is a benchmark, not a test. See hack/bench/README.md.
 """
 
 from __future__ import annotations
@@ -36,21 +47,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
+import statistics
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from benchkit import BenchError, fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from fleetsim.cloud import SPOT_WARNING
-from fleetsim.cloud import client as aws_client
+from fleetsim import nth as nth_handler
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
 from fleetsim.local import ROOT, ControlPlane
 from fleetsim.pools import INSTANCE_TYPES, SPOT_PRICE_FRACTION
@@ -59,7 +70,11 @@ from fleetsim.sim import Simulation
 from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
-TRIALS = ("ours", "none", "drain")
+# nth: the real aws-node-termination-handler (fleetsim.nth); the re-implemented cordon-and-drain ("drain")
+# it replaces is gone: the real one does all it did, and taints, and drains on rebalance recommendations.
+POLICIES = ("none", "nth", "ours", "nth+ours")
+WITH_NTH = ("nth", "nth+ours")
+PEER = "nth"  # the policy every other one is compared with: what a cluster runs without gpufleet
 
 # --- the workload -----------------------------------------------------------------------------------
 
@@ -95,9 +110,9 @@ SPOT_OUTAGE = (3000.0, "us-east-1a", 2100.0)
 ZONE_COOLDOWN_S = 300.0  # spec.capacity.zoneCooldownSeconds' default, divided by the time scale
 ENDPOINT_REFRESH_S = 5.0  # simulated seconds between the load generator's endpoint lists
 OBSERVE_S = 10.0  # simulated seconds between samples of the fleet (fixed grid)
-NTH_EVICTION_RETRY_S = 5.0  # kubectl drain's retry after a 429 (PDB), simulated
-NTH_NODE_GRACE_S = 120.0  # NTH's nodeTerminationGracePeriod default, simulated
 READY_TIMEOUT_REAL_S = 240.0
+# NTH's timers are real seconds (fleetsim.nth); at this scale its 5 s eviction retry is 20 simulated seconds.
+DEFAULT_TIME_SCALE = 4.0
 
 
 # --- figures (pure) ---------------------------------------------------------------------------------
@@ -192,7 +207,7 @@ class TrialResult:
     samples: list[Sample]
     window_s: float
     hits: list[Hit]
-    nth: list[str]  # drain: what the handler did
+    nth: list[str]  # nth, nth+ours: what the real handler did, from its log
     reasons: Counter[str]  # operator Events by reason
     operator_errors: int
     operator_log: Path
@@ -234,8 +249,28 @@ def lowest_ratio() -> float:
     return (ON_DEMAND_REPLICAS + spot * SPOT_PRICE_FRACTION) / REPLICAS
 
 
+def trial_name(policy: str, round_number: int) -> str:
+    return policy if round_number == 1 else f"{policy}#{round_number}"
+
+
+def trial_names(policies: Sequence[str], rounds: int) -> list[str]:
+    """Policies interleaved round by round (none, nth, ours, nth+ours, none#2, …), so that a slow spell of
+    the machine falls on every policy of a round rather than on all rounds of one policy."""
+    return [trial_name(policy, n) for n in range(1, rounds + 1) for policy in policies]
+
+
+def policy_of(trial: str) -> str:
+    return trial.split("#", 1)[0]
+
+
+def slug(trial: str) -> str:
+    """The trial's name as it can stand in a namespace or node name: nth+ours#2 -> nth-ours-2."""
+    return re.sub(r"[^a-z0-9-]+", "-", trial.lower())
+
+
 def fleet_yaml(trial: str) -> dict[str, Any]:
     # Pool names carry the trial: each trial's nodes have names of their own.
+    trial = slug(trial)
     pools = []
     for zone in ZONES:
         suffix = zone[-1]
@@ -297,13 +332,22 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 class Trial:
-    def __init__(self, cp: ControlPlane, trial: str, settings: Settings, workdir: Path) -> None:
+    def __init__(
+        self,
+        cp: ControlPlane,
+        trial: str,
+        settings: Settings,
+        workdir: Path,
+        nth: nth_handler.NthBuild | None,
+    ) -> None:
         self.cp = cp
         self.trial = trial
+        self.policy = policy_of(trial)
         self.settings = settings
-        self.workdir = workdir / trial
-        self.namespace = f"bench-spot-{trial}-{uuid.uuid4().hex[:6]}"
+        self.workdir = workdir / slug(trial)
+        self.namespace = f"bench-spot-{slug(trial)}-{uuid.uuid4().hex[:6]}"
         self.errors = 0
+        self.nth_build = nth
         self.nth: list[str] = []
 
     # ---- API helpers (blocking; called in threads) -------------------------------------------------
@@ -391,92 +435,29 @@ class Trial:
         log(f"{self.trial}: t={at:.0f}s no spot capacity in {zone} for {seconds:.0f}s")
         await simulation.spot_outage(zone, seconds)
 
-    # ---- drain: aws-node-termination-handler in queue mode -----------------------------------------
+    # ---- the real aws-node-termination-handler (nth, nth+ours) --------------------------------------
 
-    async def _nth(self, simulation: Simulation, started: float) -> None:
-        """Read the trial's queue (the operator does not when failover is off); act on spot warnings.
-
-        As NTH's queue processor: each message is deleted once handled; a spot interruption warning
-        → the node with that instance id in its providerID is cordoned and drained; a rebalance
-        recommendation or a state change → nothing (NTH's defaults)."""
-        assert simulation.cloud is not None
-        sqs = aws_client("sqs", simulation.moto.endpoint_url, simulation.fleet.region)
-        url = simulation.cloud.queue_url
-        loop = asyncio.get_running_loop()
-        drains: set[asyncio.Task[None]] = set()
-        while True:
-            try:
-                answer = await asyncio.to_thread(
-                    sqs.receive_message, QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-                )
-            except Exception as error:
-                self.errors += 1
-                log(f"drain: receive failed: {type(error).__name__}: {error}")
-                await asyncio.sleep(0.5)
-                continue
-            for message in answer.get("Messages", []):
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    body = json.loads(message["Body"])
-                    if body.get("detail-type") == SPOT_WARNING:
-                        task = loop.create_task(
-                            self._cordon_and_drain(simulation, started, body["detail"]["instance-id"])
-                        )
-                        drains.add(task)
-                        task.add_done_callback(drains.discard)
-                await asyncio.to_thread(
-                    sqs.delete_message, QueueUrl=url, ReceiptHandle=message["ReceiptHandle"]
-                )
-
-    async def _cordon_and_drain(self, simulation: Simulation, started: float, instance_id: str) -> None:
-        clock = simulation.clock
-        t = clock.now() - started
-        nodes = (await asyncio.to_thread(simulation.core.list_node)).items
-        node = next(
-            (n.metadata.name for n in nodes if (n.spec.provider_id or "").endswith(f"/{instance_id}")), None
-        )
-        if node is None:
-            self.nth.append(f"t={t:.0f}s warning for {instance_id}: no node")
+    @contextlib.contextmanager
+    def _handler(self, simulation: Simulation) -> Iterator[nth_handler.NodeTerminationHandler | None]:
+        """NTH on the trial's moto queue and EC2 while the load runs; stopped before the fleet goes."""
+        if self.policy not in WITH_NTH:
+            yield None
             return
-        await asyncio.to_thread(simulation.core.patch_node, node, {"spec": {"unschedulable": True}})
-        pods = (
-            await asyncio.to_thread(
-                simulation.core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}"
-            )
-        ).items
-        victims = [
-            (p.metadata.namespace, p.metadata.name) for p in pods if p.metadata.deletion_timestamp is None
-        ]
-        results = await asyncio.gather(*(self._evict(simulation, node, ns, name) for ns, name in victims))
-        evicted = [
-            f"{name} after {waited:.0f}s"
-            for (_, name), (ok, waited) in zip(victims, results, strict=True)
-            if ok
-        ]
-        blocked = [name for (_, name), (ok, _) in zip(victims, results, strict=True) if not ok]
-        self.nth.append(
-            f"t={t:.0f}s cordoned {node}; evicted {', '.join(evicted) or 'none'}"
-            + (f"; blocked by the PDB until the node went: {', '.join(blocked)}" if blocked else "")
+        assert self.nth_build is not None
+        assert simulation.cloud is not None
+        handler = nth_handler.NodeTerminationHandler(
+            self.cp,
+            self.nth_build,
+            self.workdir / "nth",
+            queue_url=simulation.cloud.queue_url,
+            aws_endpoint=simulation.moto.endpoint_url,
+            region=simulation.fleet.region,
+            # NTH's drain gives up after its node grace period: the notice, in real seconds.
+            node_grace_s=round(NOTICE_S / self.settings.scale),
         )
-
-    async def _evict(
-        self, simulation: Simulation, node: str, namespace: str, name: str
-    ) -> tuple[bool, float]:
-        """Evict until it is accepted, the pod is gone, or the node is (NTH's node grace period)."""
-        clock = simulation.clock
-        first = clock.now()
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
-        while node in simulation.nodes and clock.now() - first < NTH_NODE_GRACE_S:
-            try:
-                await asyncio.to_thread(simulation.core.create_namespaced_pod_eviction, name, namespace, body)
-                return True, clock.now() - first
-            except ApiException as error:
-                if error.status == 404:
-                    return True, clock.now() - first
-                if error.status != 429:  # 429: the PDB allows no disruption now; retry
-                    self.errors += 1
-                    log(f"drain: eviction of {name} failed: {error.status} {error.reason}")
-            await clock.sleep(NTH_EVICTION_RETRY_S)
-        return False, clock.now() - first
+        log(f"{self.trial}: starting aws-node-termination-handler on the trial's queue")
+        with handler:
+            yield handler
 
     # ---- the trial ---------------------------------------------------------------------------------
 
@@ -501,8 +482,6 @@ class Trial:
         tasks += [loop.create_task(self._interruption(simulation, started, hit)) for hit in hits]
         if SPOT_OUTAGE[0] < settings.duration:
             tasks.append(loop.create_task(self._outage(simulation, started)))
-        if self.trial == "drain":
-            tasks.append(loop.create_task(self._nth(simulation, started)))
         try:
             report = await load.run(settings.duration)
         finally:
@@ -522,12 +501,19 @@ class Trial:
     def run(self, core: client.CoreV1Api) -> TrialResult:
         settings = self.settings
         fleet, manifest = self._write_inputs()
-        env = {} if self.trial == "ours" else {"GPUFLEET_SPOT_FAILOVER": "false"}
+        env = {
+            "none": {"GPUFLEET_SPOT_FAILOVER": "false"},
+            "nth": {"GPUFLEET_SPOT_FAILOVER": "false"},
+            "ours": {},
+            # No queue URL: no SQS consumer (runtime/composition_root.py starts one only with a URL); the
+            # operator learns of an interruption from NTH's taint.
+            "nth+ours": {"GPUFLEET_INTERRUPTION_QUEUE_URL": ""},
+        }[self.policy]
         if settings.drain_seconds is not None:
             env["GPUFLEET_DRAIN_SECONDS"] = str(settings.drain_seconds)
         scenario = parse_scenario(
             {
-                "name": f"bench-spot-{self.trial}",
+                "name": f"bench-spot-{slug(self.trial)}",
                 "timeScale": settings.scale,
                 "duration": settings.duration,
                 "fleet": str(fleet),
@@ -544,8 +530,14 @@ class Trial:
             log(f"{self.trial}: starting the fleet, Prometheus, moto and the operator in {self.namespace}")
             background.call(simulation.wait_ready(), timeout=READY_TIMEOUT_REAL_S)
             real = settings.duration / settings.scale
-            log(f"{self.trial}: load and faults for {settings.duration:.0f} s simulated ({real:.0f} s real)")
-            report, samples, window, hits = background.call(self.drive(simulation), timeout=real + 600)
+            span = f"{settings.duration:.0f} s simulated ({real:.0f} s real)"
+            with self._handler(simulation) as handler:
+                log(f"{self.trial}: load and faults for {span}")
+                report, samples, window, hits = background.call(self.drive(simulation), timeout=real + 600)
+                if handler is not None:
+                    if not handler.alive():
+                        raise BenchError(f"{self.trial}: NTH exited:\n{handler.log_tail()}")
+                    self.nth = nth_summary(handler)
             require_operator_alive(simulation, self.trial)
             reasons = self._reasons(simulation)
             operator_log = simulation.operator.log
@@ -570,12 +562,46 @@ class Trial:
 # --- the report -------------------------------------------------------------------------------------
 
 
+def nth_summary(handler: nth_handler.NodeTerminationHandler) -> list[str]:
+    """What NTH did, from its log: taints by kind, drains seen through, eviction attempts and refusals."""
+    actions = handler.actions()
+
+    def count(*needles: str) -> int:
+        return sum(1 for line in actions if all(needle in line for needle in needles))
+
+    taints = Counter(
+        match.group(1)
+        for line in actions
+        if (match := re.search(r"taint_key=(\S+)", line)) and "added" in line
+    )
+    drained = [
+        m.group(1) for line in actions if (m := re.search(r"cordoned and drained node_name=(\S+)", line))
+    ]
+    lines = [
+        "taints added: "
+        + (", ".join(f"{key.split('/')[-1]} {n}" for key, n in sorted(taints.items())) or "none")
+        + f"; drains seen through: {len(drained)} ({', '.join(drained) or '-'}); eviction attempts "
+        f"{count('evicting pod ')}, refused by a PodDisruptionBudget "
+        f"{count('error when evicting', 'budget')} "
+        f"(retried every {nth_handler.EVICTION_RETRY_S:g} s real); drains that failed or timed out "
+        f"{count('problem while trying to cordon and drain')}; queue or lookup problems "
+        f"{count('problem monitoring')}",
+        f"log: {handler.log_path}",
+    ]
+    return lines
+
+
 def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
 
 
+def label(trial: str) -> str:
+    """How a trial is printed: the real NTH says so, as every re-implementation would have to."""
+    return trial.replace("nth", "nth(real)") if policy_of(trial) in WITH_NTH else trial
+
+
 def report_lines(result: TrialResult) -> list[str]:
-    name = f"{result.trial:<5}"
+    name = f"{label(result.trial):<16}"
     report = result.report
     figures = result.integrals
     errors = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.errors.items())) or "none"
@@ -608,7 +634,7 @@ def report_lines(result: TrialResult) -> list[str]:
     if skipped:
         lines.append(f"{name} interruption notes: {'; '.join(skipped)}")
     for action in result.nth:
-        lines.append(f"{name} node-termination-handler: {action}")
+        lines.append(f"{name} aws-node-termination-handler v1.25.6: {action}")
     if result.reasons:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
         lines.append(f"{name} operator Events by reason: {reasons}")
@@ -629,10 +655,16 @@ def caveat_lines(scale: float) -> list[str]:
         f"GPUFLEET_SPOT_NOTICE_SECONDS {scaled(NOTICE_S)}), cold starts, node launches, the load; the "
         f"operator's drain margin ({scaled(60)} = 60 s), spot fallback after ({scaled(300)}), return after "
         f"({scaled(900)}), zone-loss window ({scaled(600)}), "
-        f"zoneCooldownSeconds ({scaled(ZONE_COOLDOWN_S)}); "
-        f"NTH's eviction retry ({NTH_EVICTION_RETRY_S:g} s) and node grace ({NTH_NODE_GRACE_S:.0f} s)",
-        f"caveat: not scaled: the simulated kubelet's 0.5 s pod poll (= {0.5 * scale:.0f} s simulated), the "
-        f"provisioner's 1 s loop (= {scale:.0f} s), the operator's and API server's own latency; they "
+        f"zoneCooldownSeconds ({scaled(ZONE_COOLDOWN_S)}); NTH's node grace period, its drain's timeout "
+        f"(NODE_TERMINATION_GRACE_PERIOD {scaled(NOTICE_S)} = the notice)",
+        f"caveat: not scaled: NTH's compiled-in timers, queue poll {nth_handler.QUEUE_POLL_S:g} s, "
+        f"event loop {nth_handler.EVENT_LOOP_S:g} s, eviction retry after a PDB refusal "
+        f"{nth_handler.EVICTION_RETRY_S:g} s "
+        f"(= {nth_handler.QUEUE_POLL_S * scale:g}, {nth_handler.EVENT_LOOP_S * scale:g} and "
+        f"{nth_handler.EVICTION_RETRY_S * scale:g} s simulated, against the {NOTICE_S:.0f} s notice; the "
+        "queue poll is a long poll that returns when a message arrives); its SQS visibility timeout (20 s)",
+        f"caveat: not scaled: the simulated kubelet's 0.5 s pod poll (= {0.5 * scale:g} s simulated), the "
+        f"provisioner's 1 s loop (= {scale:g} s), the operator's and API server's own latency; they "
         "delay every replacement in every trial",
         "caveat: a reclaimed node's pods vanish at once and leave the endpoints within one refresh "
         f"({ENDPOINT_REFRESH_S:g} s); on a cluster they stay endpoints until the node is NotReady (~40 s), "
@@ -640,12 +672,94 @@ def caveat_lines(scale: float) -> list[str]:
     ]
 
 
-def run(trials: Sequence[str], settings: Settings, kubeconfig: Path | None) -> dict[str, TrialResult]:
+@dataclass(frozen=True)
+class Figures:
+    """What the summary compares, of one trial."""
+
+    failed: int
+    below: float  # share of desired replica-seconds below desired
+    cost_ratio: float
+    covered: int
+    interrupted: int
+
+
+def figures_of(result: TrialResult) -> Figures:
+    integrals = result.integrals
+    below = integrals.below / integrals.desired if integrals.desired else 0.0
+    return Figures(result.failed, below, result.cost_ratio, result.within_notice, result.interrupted)
+
+
+def _ratio(value: float, peer: float) -> str:
+    return f"{value / peer:.2f}x" if peer else ("1x (both 0)" if not value else f"n/a ({PEER} 0)")
+
+
+def summary_lines(figures: dict[str, Figures], rounds: int) -> list[str]:
+    """Per policy, the mean (and range over rounds); each policy against nth, the real peer; the last line."""
+    by_policy: dict[str, list[Figures]] = {}
+    for trial, trial_figures in figures.items():
+        by_policy.setdefault(policy_of(trial), []).append(trial_figures)
+    means = {
+        policy: (
+            statistics.fmean(f.failed for f in runs),
+            statistics.fmean(f.below for f in runs),
+            statistics.fmean(f.cost_ratio for f in runs),
+        )
+        for policy, runs in by_policy.items()
+    }
+    lines = []
+    for policy in POLICIES:
+        runs = by_policy.get(policy, [])
+        if not runs:
+            continue
+        failed, below, cost = means[policy]
+        spread = ""
+        if len(runs) > 1:
+            spread = (
+                f" (over {len(runs)} rounds; ranges: failed {min(f.failed for f in runs)}-"
+                f"{max(f.failed for f in runs)}, below {min(f.below for f in runs):.2%}-"
+                f"{max(f.below for f in runs):.2%}, cost {min(f.cost_ratio for f in runs):.3f}-"
+                f"{max(f.cost_ratio for f in runs):.3f})"
+            )
+        covered = sum(f.covered for f in runs)
+        interrupted = sum(f.interrupted for f in runs)
+        lines.append(
+            f"{label(policy):<14} mean failed requests {failed:.1f}, "
+            f"replica-seconds below desired {below:.2%}, "
+            f"cost vs all-on-demand {cost:.3f}, interruptions covered by the notice {covered} of "
+            f"{interrupted}{spread}"
+        )
+    if PEER in means:
+        peer = means[PEER]
+        for policy in POLICIES:
+            if policy == PEER or policy not in means:
+                continue
+            mine = means[policy]
+            lines.append(
+                f"{label(policy)} / {label(PEER)}{' (means)' if rounds > 1 else ''}: failed requests "
+                f"{_ratio(mine[0], peer[0])}, replica-seconds below desired {_ratio(mine[1], peer[1])}, "
+                f"cost {_ratio(mine[2], peer[2])}"
+            )
+
+    def figure(policy: str, index: int, digits: int) -> str:
+        return f"{means[policy][index]:.{digits}f}" if policy in means else "n/a"
+
+    failed_line = " ".join(f"{p}={figure(p, 0, 1 if rounds > 1 else 0)}" for p in POLICIES)
+    below_line = " ".join(f"{p}={figure(p, 1, 4)}" for p in POLICIES)
+    cost_line = " ".join(f"{p}={figure(p, 2, 3)}" for p in POLICIES)
+    lines.append(f"spot: failed {failed_line} below_desired {below_line} cost_vs_ondemand {cost_line}")
+    return lines
+
+
+def run(
+    policies: Sequence[str], settings: Settings, kubeconfig: Path | None, rounds: int = 1
+) -> dict[str, TrialResult]:
+    # Built once (`make nth`), before the control plane starts, when a policy needs it.
+    build = nth_handler.install() if set(policies) & set(WITH_NTH) else None
     return run_trials(
         "spot",
-        trials,
+        trial_names(policies, rounds),
         kubeconfig,
-        lambda cp, core, trial, workdir: Trial(cp, trial, settings, workdir).run(core),
+        lambda cp, core, trial, workdir: Trial(cp, trial, settings, workdir, build).run(core),
         report_lines,
     )
 
@@ -655,7 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--time-scale", type=float, default=30.0, help="simulated seconds per real second (default 30)"
+        "--time-scale",
+        type=float,
+        default=DEFAULT_TIME_SCALE,
+        help=f"simulated seconds per real second (default {DEFAULT_TIME_SCALE:g}: NTH's 5 s eviction retry "
+        f"is then {nth_handler.EVICTION_RETRY_S * DEFAULT_TIME_SCALE:g} s of the 120 s notice)",
     )
     parser.add_argument(
         "--duration",
@@ -665,7 +783,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=1.5, help="requests per simulated second (default 1.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals (the same in every trial)")
-    parser.add_argument("--trials", nargs="+", choices=TRIALS, default=list(TRIALS), help="default all")
+    parser.add_argument(
+        "--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="trials to run (default all)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the trials this many times, interleaved (default 1)"
+    )
     parser.add_argument("--kubeconfig", type=Path, help="reuse this control plane instead of starting one")
     parser.add_argument("--image", help="the vLLM image of the ModelDeployment (default: the operator's)")
     parser.add_argument(
@@ -675,8 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-tokens", type=int, default=MAX_TOKENS, help=f"tokens per request (default {MAX_TOKENS})"
     )
     args = parser.parse_args(argv)
-    if args.time_scale <= 0 or args.duration <= 0 or args.rate <= 0:
-        parser.error("--time-scale, --duration and --rate must be > 0")
+    if args.time_scale <= 0 or args.duration <= 0 or args.rate <= 0 or args.rounds < 1:
+        parser.error("--time-scale, --duration and --rate must be > 0, --rounds at least 1")
     if args.drain_seconds is not None and args.drain_seconds < 0:
         parser.error("--drain-seconds must be >= 0")
     if args.max_tokens < 1:
@@ -684,30 +807,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         args.time_scale, args.duration, args.rate, args.seed, args.image, args.drain_seconds, args.max_tokens
     )
-    results = or_failure(lambda: run(args.trials, settings, args.kubeconfig))
+    results = or_failure(lambda: run(args.policies, settings, args.kubeconfig, args.rounds))
     if results is None:
         return 1
     for line in caveat_lines(settings.scale):
         print(line)
-
-    def figure(trial: str, value: Callable[[TrialResult], float], digits: int) -> str:
-        return f"{value(results[trial]):.{digits}f}" if trial in results else "n/a"
-
-    if "ours" in results:
-        ours = results["ours"]
+    for trial, ours in results.items():
+        if policy_of(trial) != "ours":
+            continue
         zero = ours.failed == 0
         half = ours.cost_ratio <= 0.5
         print(
-            "goal (zero failed requests where the notice covers the replacement's start; cost at most half "
-            f"of all-on-demand): {'met' if zero and half else 'not met'} "
+            f"goal{'' if trial == 'ours' else f' ({trial})'} (zero failed requests where the notice covers "
+            "the replacement's start; cost at most half of all-on-demand): "
+            f"{'met' if zero and half else 'not met'} "
             f"(failed: {ours.failed}; the notice covered {ours.within_notice} of {ours.interrupted} "
             f"interruptions; cost ratio {ours.cost_ratio:.3f}; the spec's own mix, {ON_DEMAND_REPLICAS} "
             f"on-demand + {REPLICAS - ON_DEMAND_REPLICAS} spot replicas at {SPOT_PRICE_FRACTION:g} × the "
             f"on-demand price, is {lowest_ratio():.3f})"
         )
-    failed = " ".join(f"{t}={figure(t, lambda r: r.failed, 0)}" for t in TRIALS)
-    ratios = " ".join(f"{t}={figure(t, lambda r: r.cost_ratio, 3)}" for t in TRIALS)
-    print(f"spot: failed {failed} cost_vs_ondemand {ratios}")
+    figures = {trial: figures_of(result) for trial, result in results.items()}
+    print("\n".join(summary_lines(figures, args.rounds)))
     return 0
 
 

@@ -52,6 +52,7 @@ from fleetsim.containers import (
     run_init_container,
 )
 from fleetsim.dcgm import DcgmExporter, GpuSample
+from fleetsim.llmd_sim import LlmdSimServer
 from fleetsim.models import gpu_model_name
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import GIB, PodPlan, load_seconds, plan_pod
@@ -90,6 +91,15 @@ def _default_server(
     host: str, port: int, name: str, profile: EngineProfile, clock: SimClock, loras: Sequence[str]
 ) -> Server:
     return VllmServer(host, port, name, profile, clock, lora_names=loras)
+
+
+def server_factory_for(engine: str) -> ServerFactory:
+    """What runs in vLLM pods for a fleet file's `engine:` (fleetsim.pools.ENGINES)."""
+    if engine == "llm-d-inference-sim":
+        return LlmdSimServer.factory
+    if engine == "fleetsim":
+        return _default_server
+    raise ValueError(f"unknown engine {engine!r}")
 
 
 def listening_addresses() -> set[str]:
@@ -673,9 +683,11 @@ class SimKubelet:
             spent += await self._wait_idle(pod, bound)
             # The node may have gone during the preStop, taking the server with it (_forget).
             server = pod.server
-            if server is not None and plan.shutdown_timeout_seconds > 0:
-                server.start_draining()  # new requests and /health get 503
-                await self._wait_idle(pod, min(plan.shutdown_timeout_seconds, plan.grace_seconds - spent))
+            # An engine that drains on SIGTERM whatever its flags (llm-d-inference-sim) says for how long.
+            drain = getattr(server, "sigterm_drain_seconds", plan.shutdown_timeout_seconds)
+            if server is not None and drain > 0:
+                server.start_draining()  # new requests (and vLLM's /health) get 503
+                await self._wait_idle(pod, min(drain, plan.grace_seconds - spent))
         await self._forget(pod, delete=True)
 
     async def _wait_idle(self, pod: SimPod, bound: float) -> float:

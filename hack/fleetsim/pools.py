@@ -206,8 +206,15 @@ class Pool(_Model):
         return labels
 
 
+# What plays vLLM in the fleet's pods: fleetsim's own engine (vllm_server.py), or llm-d-inference-sim, one
+# process per pod (llmd_sim.py). hack/bench passes `engine:` through to here.
+ENGINES: Final = ("fleetsim", "llm-d-inference-sim")
+EngineName = Literal["fleetsim", "llm-d-inference-sim"]
+
+
 class Fleet(_Model):
     region: str = "us-east-1"
+    engine: EngineName = "fleetsim"
     pools: list[Pool] = Field(min_length=1)
     # REFERENCE.md "Cold start and capacity timing": Karpenter nodes are Ready in 30-40 s typical.
     provisioning_delay_s: float = Field(35.0, ge=0)

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from fleetsim.accounting import Accounting, NodeSample, ReplicaSample
 from fleetsim.clock import SimClock
 from fleetsim.cloud import DEFAULT_ACCOUNT, DEFAULT_QUEUE, CloudEvents, MotoServer
-from fleetsim.kubelet import SimKubelet
+from fleetsim.kubelet import SimKubelet, server_factory_for
 from fleetsim.loadgen import LoadGenerator, LoadReport, parse_trace, ready_endpoints
 from fleetsim.local import CRD_FILE, OperatorProcess, free_port
 from fleetsim.pools import Fleet, Pool, load_fleet, node_manifest, operator_prices
@@ -94,7 +94,11 @@ class Simulation:
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.kubelet = SimKubelet(
-            self.api, self.clock, scenario.params.kubelet, volumes_root=workdir / "pods"
+            self.api,
+            self.clock,
+            scenario.params.kubelet,
+            server_factory=server_factory_for(self.fleet.engine),
+            volumes_root=workdir / "pods",
         )
         self.nodes: dict[str, NodeRecord] = {}
         self.lost_zones: set[str] = set()

@@ -6,6 +6,7 @@ A comparison is only as good as its baseline, so the baselines are tested like o
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -13,7 +14,29 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "hack" / "bench"))
 
-from autoscale import Figures, HpaPolicy, KubeAiPolicy, percentile, policy_of, summary_lines, trial_names
+from autoscale import (
+    Figures,
+    HpaPolicy,
+    KubeAiPolicy,
+    LimitPolicy,
+    Settings,
+    engine_profile,
+    erlang_c,
+    fleet_yaml,
+    hpa_sync_flag,
+    late_share,
+    limit_policy,
+    percentile,
+    policy_of,
+    request_seconds,
+    scaled_object,
+    slo_capacity,
+    startup_delays,
+    summary_lines,
+    trial_names,
+    whole_seconds,
+)
+from benchkit import BenchError
 from spot import Hit, Sample, integrate, replaced_after
 
 
@@ -119,46 +142,189 @@ def test_replaced_after_is_zero_when_a_rebalance_recommendation_already_moved_th
 
 class TestAutoscaleRounds:
     def test_rounds_interleave_the_policies(self) -> None:
-        names = trial_names(["ours", "hpa", "kubeai"], 2)
-        assert names == ["ours", "hpa", "kubeai", "ours#2", "hpa#2", "kubeai#2"]
-        assert [policy_of(n) for n in names] == ["ours", "hpa", "kubeai"] * 2
+        names = trial_names(["ours", "keda", "limit"], 2)
+        assert names == ["ours", "keda", "limit", "ours#2", "keda#2", "limit#2"]
+        assert [policy_of(n) for n in names] == ["ours", "keda", "limit"] * 2
 
-    def test_one_round_prints_the_goal_and_the_last_line_as_before(self) -> None:
+    def test_one_round_prints_figures_ratios_to_every_policy_and_the_goal_against_the_peers(self) -> None:
         lines = summary_lines(
-            {"ours": Figures(0.11, 2.47), "hpa": Figures(0.17, 3.06), "kubeai": Figures(0.33, 3.38)}
+            {
+                "ours": Figures(0.10, 2.0, 1000),
+                "keda": Figures(0.20, 4.0, 1000),
+                "kubeai": Figures(0.40, 2.5, 1000),
+                "limit": Figures(0.05, 2.5, 1000),
+            }
         )
         assert lines == [
-            "goal (fewer SLO violations than both at no more GPU-hours): met "
+            "ours: SLO violations 0.1000, GPU-hours 2.000, violations per GPU-hour 50.0",
+            "keda (real KEDA v2.21.0 + HPA): SLO violations 0.2000, GPU-hours 4.000, "
+            "violations per GPU-hour 50.0",
+            "kubeai-style (re-implementation): SLO violations 0.4000, GPU-hours 2.500, "
+            "violations per GPU-hour 160.0",
+            "limit (clairvoyant): SLO violations 0.0500, GPU-hours 2.500, violations per GPU-hour 20.0",
+            "ours / keda (real KEDA v2.21.0 + HPA): SLO violations 0.50, GPU-hours 0.50, "
+            "violations per GPU-hour 1.00",
+            "ours / kubeai-style (re-implementation): SLO violations 0.25, GPU-hours 0.80, "
+            "violations per GPU-hour 0.31",
+            "ours / limit (clairvoyant): SLO violations 2.00, GPU-hours 0.80, violations per GPU-hour 2.50",
+            # The limit is a floor, not a peer: more violations than it does not fail the goal.
+            "goal (fewer SLO violations than keda (real KEDA v2.21.0 + HPA), "
+            "kubeai-style (re-implementation) at no more GPU-hours): met "
             "(fewer violations: yes, no more GPU-hours: yes)",
-            "autoscale: slo_violations ours=0.1100 hpa=0.1700 kubeai=0.3300 "
-            "gpu_hours ours=2.470 hpa=3.060 kubeai=3.380",
+            "autoscale: slo_violations ours=0.1000 keda=0.2000 kubeai=0.4000 limit=0.0500 "
+            "gpu_hours ours=2.000 keda=4.000 kubeai=2.500 limit=2.500",
         ]
 
-    def test_several_rounds_give_means_ranges_and_the_goal_per_round(self) -> None:
+    def test_several_rounds_give_means_and_the_spread_of_figures_and_of_per_round_ratios(self) -> None:
         figures = {
-            "ours": Figures(0.10, 2.5),
-            "hpa": Figures(0.20, 3.0),
-            "kubeai": Figures(0.30, 3.0),
-            "ours#2": Figures(0.30, 2.7),  # more violations than the HPA in this round
-            "hpa#2": Figures(0.25, 3.1),
-            "kubeai#2": Figures(0.35, 3.2),
+            "ours": Figures(0.10, 2.0, 1000),
+            "keda": Figures(0.20, 2.5, 1000),
+            "ours#2": Figures(0.30, 3.0, 1000),  # more violations and GPU-hours than keda in this round
+            "keda#2": Figures(0.20, 2.0, 1000),
         }
         lines = summary_lines(figures)
         assert lines[0] == (
-            "ours   over 2 rounds: SLO violations mean 0.2000 (range 0.1000-0.3000), "
-            "GPU-hours mean 2.600 (range 2.500-2.700)"
+            "ours: SLO violations 0.2000 (0.1000-0.3000 over 2 rounds), GPU-hours 2.500 (2.000-3.000 over "
+            "2 rounds), violations per GPU-hour 75.0 (50.0-100.0 over 2 rounds)"
         )
-        assert "round 1: met" in lines[3]
-        assert "round 2: not met (fewer violations: no, no more GPU-hours: yes)" in lines[4]
+        # Ratios of the means (0.2 / 0.2, 2.5 / 2.25, 75 / 90), spread of the rounds' own ratios.
+        assert lines[2] == (
+            "ours / keda (real KEDA v2.21.0 + HPA): SLO violations 1.00 (0.50-1.50 over 2 rounds), "
+            "GPU-hours 1.11 (0.80-1.50 over 2 rounds), violations per GPU-hour 0.83 (0.62-1.00 over 2 rounds)"
+        )
+        assert lines[3].endswith("round 1: met (fewer violations: yes, no more GPU-hours: yes)")
+        assert lines[4].endswith("round 2: not met (fewer violations: no, no more GPU-hours: no)")
         assert lines[5].endswith(": met in 1 of 2 rounds")
-        # On the means ours has 0.200 against the HPA's 0.225: met.
-        assert lines[6].endswith("on the means: met (fewer violations: yes, no more GPU-hours: yes)")
+        assert lines[6].endswith("on the means: not met (fewer violations: no, no more GPU-hours: no)")
         assert lines[7] == (
-            "autoscale: slo_violations ours=0.2000 hpa=0.2250 kubeai=0.3250 "
-            "gpu_hours ours=2.600 hpa=3.050 kubeai=3.100"
+            "autoscale: slo_violations ours=0.2000 keda=0.2000 kubeai=n/a limit=n/a "
+            "gpu_hours ours=2.500 keda=2.250 kubeai=n/a limit=n/a"
+        )
+
+    def test_a_policy_without_violations_or_gpu_hours_gives_no_ratio_instead_of_failing(self) -> None:
+        lines = summary_lines({"ours": Figures(0.1, 2.0, 100), "limit": Figures(0.0, 0.0, 100)})
+        assert (
+            lines[1]
+            == "limit (clairvoyant): SLO violations 0.0000, GPU-hours 0.000, violations per GPU-hour n/a"
+        )
+        assert lines[2] == (
+            "ours / limit (clairvoyant): SLO violations n/a, GPU-hours n/a, violations per GPU-hour n/a"
+        )
+
+    def test_the_spread_of_ratios_says_when_a_round_had_none(self) -> None:
+        figures = {
+            "ours": Figures(0.4, 0.5, 100),
+            "limit": Figures(0.0, 0.4, 100),  # no violations: no ratio in this round
+            "ours#2": Figures(0.2, 0.5, 100),
+            "limit#2": Figures(0.1, 0.4, 100),
+        }
+        assert summary_lines(figures)[2].startswith(
+            "ours / limit (clairvoyant): SLO violations 6.00 (2.00-2.00 over 1 of 2 rounds), "
+            "GPU-hours 1.25 (1.25-1.25 over 2 rounds)"
         )
 
     def test_missing_policies_print_n_a_and_no_goal(self) -> None:
-        assert summary_lines({"ours": Figures(0.12, 2.6)}) == [
-            "autoscale: slo_violations ours=0.1200 hpa=n/a kubeai=n/a gpu_hours ours=2.600 hpa=n/a kubeai=n/a"
+        assert summary_lines({"ours": Figures(0.12, 2.6, 100)}) == [
+            "ours: SLO violations 0.1200, GPU-hours 2.600, violations per GPU-hour 4.6",
+            "autoscale: slo_violations ours=0.1200 keda=n/a kubeai=n/a limit=n/a "
+            "gpu_hours ours=2.600 keda=n/a kubeai=n/a limit=n/a",
         ]
+
+    def test_the_re_implemented_hpa_is_labelled_as_one_and_listed_only_when_run(self) -> None:
+        lines = summary_lines({"ours": Figures(0.1, 2.0, 100), "hpa": Figures(0.2, 3.0, 100)})
+        assert lines[1].startswith("hpa-style (re-implementation): ")
+        assert lines[-1].endswith("limit=n/a hpa=3.000")
+
+
+def _step(at: float, before: float, after: float) -> Callable[[float], float]:
+    return lambda t: before if t < at else after
+
+
+class TestLimitPolicy:
+    def test_it_orders_replicas_a_lead_plus_an_interval_ahead(self) -> None:
+        limit = LimitPolicy(
+            _step(100.0, 1.0, 3.0),
+            lead_s=50.0,
+            interval_s=10.0,
+            capacity=1.0,
+            min_replicas=1,
+            max_replicas=10,
+        )
+        assert limit.decide(39.0) == 1  # the window [39, 99] ends before the step
+        assert limit.decide(40.0) == 3  # [40, 100] reaches it
+
+    def test_it_never_goes_below_what_is_needed_now(self) -> None:
+        limit = LimitPolicy(
+            _step(100.0, 3.0, 1.0),
+            lead_s=50.0,
+            interval_s=10.0,
+            capacity=1.0,
+            min_replicas=1,
+            max_replicas=10,
+        )
+        assert limit.decide(99.0) == 3
+        assert limit.decide(100.0) == 1
+
+    def test_replicas_are_the_peak_rate_over_capacity_rounded_up_within_min_and_max(self) -> None:
+        def limit(rate: float, low: int = 1, high: int = 10) -> int:
+            return LimitPolicy(lambda _: rate, 60.0, 15.0, 0.8, low, high).decide(0.0)
+
+        assert limit(0.9) == 2
+        assert limit(2.4) == 3  # 2.4 / 0.8 is 3.0000000000000004 in floating point: still 3
+        assert limit(0.0, low=2) == 2
+        assert limit(100.0, high=6) == 6
+
+    def test_erlang_c_matches_closed_forms(self) -> None:
+        assert erlang_c(1, 0.5) == pytest.approx(0.5)  # M/M/1: an arrival waits with probability ρ
+        assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+        assert erlang_c(4, 4.0) == 1.0
+
+    def test_late_share_rises_with_the_rate_up_to_the_full_batch_throughput(self) -> None:
+        shares = [late_share(rate, 4, 3.0, 2.0) for rate in (0.0, 0.5, 1.0, 4 / 3)]
+        assert shares[0] == 0.0
+        assert shares == sorted(shares)
+        assert shares[-1] == 1.0
+
+    def test_slo_capacity_is_the_rate_at_which_the_late_share_reaches_its_bound(self) -> None:
+        capacity = slo_capacity(4, 3.0, 2.0, late=0.05)
+        assert 0 < capacity < 4 / 3
+        assert late_share(capacity, 4, 3.0, 2.0) == pytest.approx(0.05, abs=1e-6)
+        assert slo_capacity(4, 3.0, 4.0, late=0.05) > capacity  # a longer wait budget takes more load
+
+    def test_the_benchmarks_limit_is_what_its_docstring_states(self) -> None:
+        policy = limit_policy(lambda _: 0.0, Settings(slo=2.0, scale=15.0, duration=2700.0, seed=0))
+        assert request_seconds(engine_profile()) == pytest.approx(3.05, abs=0.01)
+        assert policy.capacity == pytest.approx(0.83, abs=0.005)
+        assert policy.lead_s == 50.0 + 0.5 * 15 + 4.0
+        assert policy.interval_s == 15.0
+
+
+class TestKedaTrial:
+    def test_the_scaled_object_carries_the_hpa_style_query_and_the_defaults_divided_by_the_scale(
+        self,
+    ) -> None:
+        spec = scaled_object("bench", "http://127.0.0.1:9090", 15.0)["spec"]
+        assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (2, 20)
+        behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 20
+        assert {p["periodSeconds"] for p in behavior["scaleUp"]["policies"]} == {1}
+        trigger = spec["triggers"][0]["metadata"]
+        assert trigger["threshold"] == "2"
+        assert trigger["query"].startswith('sum(vllm:num_requests_waiting{namespace="bench",')
+
+    def test_timers_that_are_not_whole_seconds_are_refused(self) -> None:
+        assert hpa_sync_flag(5.0) == "--horizontal-pod-autoscaler-sync-period=3s"
+        with pytest.raises(BenchError, match="divides 15"):
+            whole_seconds(15.0, 20.0)  # the old default scale: a 0.75 s sync
+        with pytest.raises(BenchError):
+            whole_seconds(15.0, 30.0)  # under a second
+
+    def test_the_fleet_file_names_the_engine(self) -> None:
+        assert fleet_yaml("keda", "llm-d-inference-sim")["engine"] == "llm-d-inference-sim"
+
+
+def test_startup_delays_time_each_raise_to_its_first_sample_with_that_many_ready_pods() -> None:
+    timeline = [(0.0, 1), (100.0, 3), (300.0, 1), (400.0, 4)]
+    readiness = [(t, 1) for t in range(0, 150, 5)] + [(150.0, 3), (300.0, 1), (400.0, 2)]
+    # 3 were Ready 50 s after the raise; the raise to 4 was never met.
+    assert startup_delays(timeline, readiness) == [50.0]

@@ -13,22 +13,20 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 import yaml
 
+from fleetsim.in_cluster import PodCredentials, pod_credentials
 from fleetsim.local import free_port
 from tests.conftest import ROOT, Cluster, wait_until
 from tests.e2e.scrape import metric
 
 pytestmark = pytest.mark.integration
 
-ACCOUNT = "/run/secrets/kubernetes.io/serviceaccount"
 
-
-def _pod_files(cluster: Cluster, namespace: str, folder: Path) -> tuple[str, str]:
-    """A service account bound to cluster-admin, its token and the CA in `folder`; (host, port)."""
+def _pod_files(cluster: Cluster, namespace: str, folder: Path) -> PodCredentials:
+    """A service account bound to cluster-admin, its token and the CA in `folder`."""
     name = f"op-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "serviceaccount", name, "-n", namespace)
     cluster.kubectl(
@@ -39,16 +37,7 @@ def _pod_files(cluster: Cluster, namespace: str, folder: Path) -> tuple[str, str
         f"--serviceaccount={namespace}:{name}",
     )
     cluster.kubectl("label", "clusterrolebinding", name, "gpufleet-test=in-cluster")
-    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
-    server = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-    folder.mkdir(parents=True)
-    (folder / "token").write_text(token)
-    (folder / "namespace").write_text(namespace)
-    shutil.copy(cluster.kubeconfig.parent / server["certificate-authority"], folder / "ca.crt")
-    address = urlparse(server["server"])
-    return str(address.hostname), str(address.port)
+    return pod_credentials(cluster, namespace, name, folder, duration="1h")
 
 
 @pytest.fixture
@@ -58,25 +47,20 @@ def in_cluster_operator(
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed to give the operator a pod's /run", pytrace=False)
     cluster = crd
-    host, port = _pod_files(cluster, namespace, tmp_path / "account")
+    credentials = _pod_files(cluster, namespace, tmp_path / "account")
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     metrics_port = free_port()
     env.update(
+        credentials.env(),
         HOME=str(tmp_path),  # no ~/.kube/config to fall back on
-        KUBERNETES_SERVICE_HOST=host,
-        KUBERNETES_SERVICE_PORT=port,
         GPUFLEET_NAMESPACES=f'["{namespace}"]',  # other tests' operators own the rest of the cluster
         GPUFLEET_HEALTH_PORT=str(free_port()),
         GPUFLEET_METRICS_PORT=str(metrics_port),
         GPUFLEET_SPOT_FAILOVER="false",
     )
-    script = (
-        f"mount -t tmpfs tmpfs /run && mkdir -p {ACCOUNT} && cp {tmp_path / 'account'}/* {ACCOUNT}/ "
-        f"&& exec {sys.executable} -m gpufleet run"
-    )
     log = (tmp_path / "operator.log").open("wb")
     process = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        credentials.command([sys.executable, "-m", "gpufleet", "run"]),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

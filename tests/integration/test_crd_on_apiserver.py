@@ -125,7 +125,7 @@ def _table_with_object(crd: Cluster, namespace: str) -> tuple[dict[str, str], di
 def test_kubectl_get_shows_the_printer_columns(crd: Cluster, namespace: str) -> None:
     crd.kubectl("apply", "-n", namespace, "-f", str(SPOT_SAMPLE))
     header = crd.kubectl("get", "md", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "STATUS", "AGE"]
+    assert header == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "REVISION", "STATUS", "AGE"]
     row, obj = _table_with_object(crd, namespace)
     assert row["NAME"] == "llama-3-70b"
     assert row["MODEL"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
@@ -137,9 +137,12 @@ def test_kubectl_get_shows_the_printer_columns(crd: Cluster, namespace: str) -> 
     assert row["READY"] == str(status.get("readyReplicas", ""))
     ready = [c["reason"] for c in status.get("conditions", []) if c["type"] == "Ready"]
     assert row["STATUS"] == (ready[0] if ready else "")
+    current = (status.get("revisions") or {}).get("current") or {}
+    assert row["REVISION"] == str(current.get("revision", ""))
     wide = crd.kubectl("get", "md", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert "MIG" in wide
     assert "SPOT%" in wide
+    assert "STABLE" in wide
 
 
 def test_kubectl_scale_changes_spec_replicas(crd: Cluster, namespace: str) -> None:

@@ -59,7 +59,14 @@ from kubernetes import client
 
 from fleetsim.keda import Keda, KedaBuild
 from fleetsim.keda import install as install_keda
-from fleetsim.loadgen import LoadGenerator, LoadReport, Trace, parse_trace, ready_endpoints
+from fleetsim.loadgen import (
+    LoadGenerator,
+    LoadReport,
+    SumTrace,
+    parse_trace,
+    percentile,
+    ready_endpoints,
+)
 from fleetsim.local import CLUSTER_SCRIPT, ROOT, ControlPlane
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import load_seconds
@@ -175,20 +182,6 @@ def planner_default(field_name: str) -> float:
 
 
 # --- the trace --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SumTrace:
-    """The sum of several traces (fleetsim's trace kinds are one shape each)."""
-
-    parts: tuple[Trace, ...]
-
-    def __call__(self, t: float) -> float:
-        return sum(part(t) for part in self.parts)
-
-    @property
-    def max_rate(self) -> float:
-        return sum(part.max_rate for part in self.parts)
 
 
 def diurnal_with_bursts(duration_s: float) -> SumTrace:
@@ -530,17 +523,6 @@ def controller_manager_flag(flag: str) -> Iterator[None]:
 
 
 # --- figures ----------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 import uuid
@@ -38,7 +37,7 @@ from kubernetes import client
 
 from fleetsim.clock import SimClock
 from fleetsim.llmd_sim import MIN_ACCURATE_ITL_REAL_S, calibrate, resolution_simulated_s
-from fleetsim.loadgen import LoadGenerator, LoadReport, Trace, parse_trace, ready_endpoints
+from fleetsim.loadgen import LoadGenerator, LoadReport, SumTrace, parse_trace, percentile, ready_endpoints
 from fleetsim.local import ROOT, ControlPlane
 from fleetsim.pools import ENGINES
 from fleetsim.scenario import parse_scenario
@@ -69,20 +68,6 @@ class Settings:
     scale: float
     replicas: int
     seed: int
-
-
-@dataclass(frozen=True)
-class SumTrace:
-    """Requests/s of several traces added up (the loadgen's traces are one shape each)."""
-
-    parts: tuple[Trace, ...]
-
-    def __call__(self, t: float) -> float:
-        return sum(part(t) for part in self.parts)
-
-    @property
-    def max_rate(self) -> float:
-        return sum(part.max_rate for part in self.parts)
 
 
 def engine_profile() -> EngineProfile:
@@ -151,17 +136,6 @@ def model_deployment(replicas: int) -> dict[str, Any]:
 
 
 # --- figures ---------------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass

@@ -260,10 +260,25 @@ def ready_endpoints(core_v1_api: Any, namespace: str, service_name: str) -> list
     return sorted(urls)
 
 
+@dataclass(frozen=True)
+class SumTrace:
+    """Requests/s of several traces added up (each trace kind here is one shape; the benchmarks' days
+    are a curve plus bursts)."""
+
+    parts: tuple[Trace, ...]
+
+    def __call__(self, t: float) -> float:
+        return sum(part(t) for part in self.parts)
+
+    @property
+    def max_rate(self) -> float:
+        return sum(part.max_rate for part in self.parts)
+
+
 # --- the generator -----------------------------------------------------------------------------------
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default); None without values."""
     if not values:
         return None
@@ -522,12 +537,12 @@ class LoadGenerator:
             sent=tally.sent,
             ok=tally.ok,
             errors=dict(sorted(tally.errors.items())),
-            ttft_p50=_percentile(tally.ttfts, 50),
-            ttft_p90=_percentile(tally.ttfts, 90),
-            ttft_p99=_percentile(tally.ttfts, 99),
-            latency_p50=_percentile(tally.latencies, 50),
-            latency_p90=_percentile(tally.latencies, 90),
-            latency_p99=_percentile(tally.latencies, 99),
+            ttft_p50=percentile(tally.ttfts, 50),
+            ttft_p90=percentile(tally.ttfts, 90),
+            ttft_p99=percentile(tally.ttfts, 99),
+            latency_p50=percentile(tally.latencies, 50),
+            latency_p90=percentile(tally.latencies, 90),
+            latency_p99=percentile(tally.latencies, 99),
             tokens=tally.tokens,
             models=tuple(sorted(tally.models)),
             duration_s=self._duration_s,

@@ -38,7 +38,7 @@ import boto3
 from botocore.config import Config
 
 from fleetsim.clock import SimClock
-from fleetsim.local import free_port
+from fleetsim.local import free_port, stop_process
 from fleetsim.pools import Pool
 
 # moto's default account id (also the one AWS documentation examples use).
@@ -146,13 +146,7 @@ class LoopbackServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from fleetsim.local import ROOT, ControlPlane, free_port
+from fleetsim.local import ROOT, ControlPlane, free_port, run_install_script
 
 INSTALL_SCRIPT = ROOT / "hack" / "install-keda.sh"
 NAMESPACE = "keda"
@@ -73,12 +73,7 @@ class KedaBuild:
 
 def install(timeout: float = 60 * 60) -> KedaBuild:
     """Build KEDA once (10-15 minutes on 2 cores; `make keda`), or find the cached build at once."""
-    built = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"hack/install-keda.sh failed:\n{built.stderr[-3000:]}")
-    return KedaBuild(Path(built.stdout.strip().splitlines()[-1]))
+    return KedaBuild(run_install_script(INSTALL_SCRIPT, timeout))
 
 
 def _openssl(*args: str) -> None:

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetsim.clock import SimClock
-from fleetsim.local import ROOT, free_port
+from fleetsim.local import ROOT, free_port, run_install_script
 from fleetsim.vllm_model import KV_BLOCK_TOKENS, EngineProfile
 
 log = logging.getLogger("fleetsim.llmd_sim")
@@ -91,12 +91,7 @@ _GAUGE = re.compile(r"^(vllm:num_requests_(?:running|waiting))\{[^}]*\}\s+(\S+)$
 
 def install(timeout: float = 30 * 60) -> Path:
     """The binary, built once by hack/install-llmd-sim.sh (`make llmd-sim`); at once when cached."""
-    built = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"hack/install-llmd-sim.sh failed (run `make llmd-sim`):\n{built.stderr[-3000:]}")
-    return Path(built.stdout.strip().splitlines()[-1]) / "bin" / "llm-d-inference-sim"
+    return run_install_script(INSTALL_SCRIPT, timeout) / "bin" / "llm-d-inference-sim"
 
 
 @dataclass(frozen=True)

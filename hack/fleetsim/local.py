@@ -27,6 +27,29 @@ CRD_FILE = ROOT / "crds" / "gpufleet.io_modeldeployments.yaml"
 CLUSTER_UP_TIMEOUT = 60 * 60
 
 
+def run_install_script(script: Path, timeout: float) -> Path:
+    """Run one of hack/install-*.sh (a build cached by version: instant once built) and return the
+    folder it prints last."""
+    built = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"hack/{script.name} failed:\n{built.stderr[-3000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; nothing when it has already exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

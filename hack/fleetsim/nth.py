@@ -46,7 +46,7 @@ from typing import IO, Any, Self
 
 from fleetsim.cloud import DUMMY_CREDENTIALS, require_loopback
 from fleetsim.in_cluster import PodCredentials, pod_credentials
-from fleetsim.local import ROOT, ControlPlane, free_port
+from fleetsim.local import ROOT, ControlPlane, free_port, run_install_script, stop_process
 
 INSTALL_SCRIPT = ROOT / "hack" / "install-nth.sh"
 NAME = "aws-node-termination-handler"
@@ -82,12 +82,7 @@ class NthBuild:
 
 def install(timeout: float = 60 * 60) -> NthBuild:
     """Build NTH once (`make nth`), or find the cached build at once."""
-    built = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"hack/install-nth.sh failed:\n{built.stderr[-3000:]}")
-    return NthBuild(Path(built.stdout.strip().splitlines()[-1]))
+    return NthBuild(run_install_script(INSTALL_SCRIPT, timeout))
 
 
 def rbac(namespace: str = NAMESPACE, name: str = NAME) -> list[dict[str, Any]]:
@@ -256,13 +251,7 @@ class NodeTerminationHandler:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM: NTH leaves its event loop and waits for drains in progress; killed after `timeout`."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

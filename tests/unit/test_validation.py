@@ -344,6 +344,16 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "spec.accelerator.tensorParallel",
         ("unknown field", "modeldeployment.spec.accelerator"),
     ),
+    "negative revision history": (
+        {"spec__revisionHistoryLimit": -1},
+        "spec.revisionHistoryLimit",
+        ("must be at least 0, got -1",),
+    ),
+    "revision history past the bound": (
+        {"spec__revisionHistoryLimit": 101},
+        "spec.revisionHistoryLimit",
+        ("must be at most 100, got 101",),
+    ),
     "missing model": ({"spec__model": None}, "spec.model", ("is required",)),
     "bad dtype": ({"spec__model__dtype": "fp32"}, "spec.model.dtype", ("'auto', 'bfloat16' or 'float16'",)),
     "wrong kind": ({"kind": "Deployment"}, "kind", ("ModelDeployment",)),

@@ -1,4 +1,5 @@
-"""The `gpufleet` command line: `validate`, `fit`, `crds`, `api-reference`, `run`, `history`, `rollback`."""
+"""The `gpufleet` command line: `validate`, `fit`, `crds`, `api-reference`, `run`, `history`, `rollback`,
+`promote`."""
 
 from __future__ import annotations
 
@@ -283,6 +284,34 @@ def _cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace, out: TextIO) -> int:
+    from gpufleet.adapters.kube import KubeError
+    from gpufleet.api.v1alpha1 import API_VERSION
+    from gpufleet.planning.rollout import PromoteError, promote_patch
+
+    try:
+        kube = _kube(args)
+        body = kube.get(API_VERSION, KIND, args.namespace, args.name)
+        if body is None:
+            print(f"ModelDeployment {args.namespace}/{args.name} not found", file=out)
+            return 1
+        patch, what = promote_patch(body)
+        kube.patch(API_VERSION, KIND, args.namespace, args.name, patch)
+    except PromoteError as error:
+        print(f"nothing to promote: {error}", file=out)
+        return 1
+    except KubeError as error:
+        if error.status == 409:
+            print(
+                f"{args.name} changed while promoting (nothing was written); run the command again", file=out
+            )
+        else:
+            print(f"the API server refused the promotion (nothing was written): {error}", file=out)
+        return 1
+    print(f"{args.name} promoted: {what}", file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufleet", description="Operator for self-hosted GPU inference fleets."
@@ -356,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--dry-run", action="store_true", help="print the spec fields; write nothing")
     rollback.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     rollback.set_defaults(handler=_cmd_rollback)
+
+    promote = commands.add_parser(
+        "promote",
+        help="end the current canary step's pause now (spec.rollout.steps)",
+        description=(
+            "Ends the pause of the canary step in progress, a step without pauseSeconds included, by "
+            "setting the annotation gpufleet.io/promote to <revision>/<step>; the operator then starts "
+            "the next step. It promotes that step only, and fails if the object changed since it was read."
+        ),
+    )
+    promote.add_argument("name", help="the ModelDeployment")
+    promote.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+    promote.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    promote.set_defaults(handler=_cmd_promote)
 
     reference = commands.add_parser(
         "api-reference", help="print the Markdown API reference generated from the models"

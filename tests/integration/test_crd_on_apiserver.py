@@ -125,7 +125,7 @@ def _table_with_object(crd: Cluster, namespace: str) -> tuple[dict[str, str], di
 def test_kubectl_get_shows_the_printer_columns(crd: Cluster, namespace: str) -> None:
     crd.kubectl("apply", "-n", namespace, "-f", str(SPOT_SAMPLE))
     header = crd.kubectl("get", "md", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "REVISION", "STATUS", "AGE"]
+    assert header == ["NAME", "MODEL", "GPU", "TP", "READY", "DESIRED", "REVISION", "STEP", "STATUS", "AGE"]
     row, obj = _table_with_object(crd, namespace)
     assert row["NAME"] == "llama-3-70b"
     assert row["MODEL"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
@@ -139,10 +139,13 @@ def test_kubectl_get_shows_the_printer_columns(crd: Cluster, namespace: str) -> 
     assert row["STATUS"] == (ready[0] if ready else "")
     current = (status.get("revisions") or {}).get("current") or {}
     assert row["REVISION"] == str(current.get("revision", ""))
+    # No rollout steps in the sample: no canary step to show.
+    assert row["STEP"] == ""
     wide = crd.kubectl("get", "md", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert "MIG" in wide
     assert "SPOT%" in wide
     assert "STABLE" in wide
+    assert "WEIGHT" in wide
 
 
 def test_kubectl_scale_changes_spec_replicas(crd: Cluster, namespace: str) -> None:

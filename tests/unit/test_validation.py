@@ -81,6 +81,17 @@ VALID_CASES = {
     },
     "status is ignored": {"status": {"replicas": "garbage"}},
     "hugging face served name": {"spec__model__servedName": "meta-llama/Meta-Llama-3-70B-Instruct@v1.0+fp8"},
+    "canary steps with a pause without end": {
+        "spec__rollout": {
+            "steps": [
+                {"weight": 10, "pauseSeconds": 600},
+                {"weight": 50},
+                {"weight": 100, "pauseSeconds": 0},
+            ],
+            "maxSurgeGPUs": 4,
+            "paused": True,
+        }
+    },
 }
 
 
@@ -353,6 +364,31 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         {"spec__revisionHistoryLimit": 101},
         "spec.revisionHistoryLimit",
         ("must be at most 100, got 101",),
+    ),
+    "canary steps out of order": (
+        {"spec__rollout": {"steps": [{"weight": 50}, {"weight": 10}]}},
+        "spec.rollout.steps[1].weight",
+        ("10 does not rise above the step before it (50)", "increasing weight"),
+    ),
+    "canary weight above 100": (
+        {"spec__rollout": {"steps": [{"weight": 120}]}},
+        "spec.rollout.steps[0].weight",
+        ("must be at most 100, got 120",),
+    ),
+    "canary weight of zero": (
+        {"spec__rollout": {"steps": [{"weight": 0}]}},
+        "spec.rollout.steps[0].weight",
+        ("must be at least 1, got 0",),
+    ),
+    "negative canary pause": (
+        {"spec__rollout": {"steps": [{"weight": 10, "pauseSeconds": -5}]}},
+        "spec.rollout.steps[0].pauseSeconds",
+        ("must be at least 0, got -5",),
+    ),
+    "surge budget below one replica": (
+        {"spec__rollout": {"steps": [{"weight": 10}], "maxSurgeGPUs": 2}},
+        "spec.rollout.maxSurgeGPUs",
+        ("below one replica's GPUs (4", "set it to 4 or more"),
     ),
     "missing model": ({"spec__model": None}, "spec.model", ("is required",)),
     "bad dtype": ({"spec__model__dtype": "fp32"}, "spec.model.dtype", ("'auto', 'bfloat16' or 'float16'",)),

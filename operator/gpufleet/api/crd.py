@@ -77,6 +77,19 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
     },
     {
+        "name": "Step",
+        "type": "integer",
+        "jsonPath": ".status.rollout.step",
+        "description": "Canary rollout step under way (spec.rollout.steps); empty when none runs.",
+    },
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.rollout.weight",
+        "description": "Percent of ready replicas on the canary revision.",
+        "priority": 1,
+    },
+    {
         "name": "Status",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',

@@ -40,6 +40,7 @@ Dtype = Literal["auto", "bfloat16", "float16"]
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 Quantization = Literal["none", "fp8", "awq", "gptq"]
 CapacityType = Literal["spot", "on-demand"]
+Slot = Literal["a", "b"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -549,6 +550,65 @@ class Capacity(_Model):
     ] = 300
 
 
+class RolloutStep(_Model):
+    """One stage of a canary rollout: a share of the replicas on the new revision, then a pause."""
+
+    weight: Annotated[
+        int,
+        Field(
+            description=(
+                "Percent of the model's replicas to run the new revision, reached by replica ratio behind "
+                "the model's one Service: the smallest canary that reaches it, at least one replica "
+                "(1 of 3 replicas is 33 %; status.rollout.weight shows what was reached)."
+            ),
+            ge=1,
+            le=100,
+        ),
+    ]
+    pause_seconds: Annotated[
+        int | None,
+        Field(
+            description=(
+                "How long to hold the weight once every canary replica of it is ready. Unset: hold until "
+                "`gpufleet promote` (an A/B comparison without end)."
+            ),
+            ge=0,
+        ),
+    ] = None
+
+
+class Rollout(_Model):
+    """How a new revision of the serving template replaces the stable one."""
+
+    steps: Annotated[
+        list[RolloutStep],
+        Field(
+            description=(
+                "Canary stages, in increasing weight; after the last the new revision takes every replica "
+                "and becomes stable. Empty: every group rolls at once (one surge replica at a time per "
+                "group), as before rollouts had steps."
+            ),
+            max_length=20,
+        ),
+    ] = []
+    paused: Annotated[
+        bool,
+        Field(description="Hold the rollout at its current step: no step is started or finished."),
+    ] = False
+    max_surge_gpus: Annotated[
+        int | None,
+        Field(
+            alias="maxSurgeGPUs",
+            description=(
+                "GPUs the canary may use beyond the model's replicas at any time: canary replicas start in "
+                "batches of this budget, and each ready one replaces a stable one. At least one replica's "
+                "GPUs. Unset: the whole step's canary starts at once."
+            ),
+            ge=1,
+        ),
+    ] = None
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state of a served model."""
 
@@ -590,6 +650,10 @@ class ModelDeploymentSpec(_Model):
             le=100,
         ),
     ] = 10
+    rollout: Annotated[
+        Rollout,
+        Field(description="How a new revision replaces the stable one: all at once, or in canary steps."),
+    ] = Rollout()
 
 
 class PlacementStatus(_Model):
@@ -804,7 +868,63 @@ class RevisionsStatus(_Model):
             )
         ),
     ] = None
+    canary: Annotated[
+        RevisionSummary | None,
+        Field(
+            description="The revision a canary rollout is bringing in (spec.rollout.steps), while it runs."
+        ),
+    ] = None
     history: Annotated[int, Field(description="ControllerRevisions kept for this model.", ge=0)] = 0
+    stable_slot: Annotated[
+        Slot,
+        Field(
+            description=(
+                "Which of each group's two Deployments runs the stable revision: a (`<group>`) or b "
+                "(`<group>-b`); a canary runs in the other, and promotion swaps them without a restart."
+            )
+        ),
+    ] = "a"
+
+
+RolloutPhase = Literal["Progressing", "Paused", "Held", "WaitingForPromotion", "Promoting"]
+
+
+class RolloutStatus(_Model):
+    """A canary rollout in progress."""
+
+    revision: Annotated[int, Field(description="The canary revision's number.", ge=1)]
+    step: Annotated[
+        int,
+        Field(description="Current step, from 1; steps + 1 while the canary takes every replica.", ge=1),
+    ]
+    steps: Annotated[int, Field(description="Steps in spec.rollout.steps.", ge=0)]
+    phase: Annotated[
+        RolloutPhase,
+        Field(
+            description=(
+                "Progressing (canary replicas starting), Paused (holding the step's weight for its pause), "
+                "WaitingForPromotion (a step without pauseSeconds), Held (spec.rollout.paused, or spot or "
+                "zone failover under way), Promoting (the canary taking every replica)."
+            )
+        ),
+    ]
+    target_weight: Annotated[int, Field(description="The step's weight, percent.", ge=0, le=100)]
+    weight: Annotated[
+        int,
+        Field(
+            description="Ready canary replicas as a percent of ready replicas: the weight reached.",
+            ge=0,
+            le=100,
+        ),
+    ] = 0
+    canary_replicas: Annotated[int, Field(description="Ready replicas of the canary revision.", ge=0)] = 0
+    stable_replicas: Annotated[int, Field(description="Ready replicas of the stable revision.", ge=0)] = 0
+    step_started_at: Annotated[KubeTime | None, Field(description="When the step began.")] = None
+    weight_reached_at: Annotated[
+        KubeTime | None,
+        Field(description="When every canary replica of the step was ready; the pause counts from here."),
+    ] = None
+    message: Annotated[str, Field(description="What the rollout waits for.")] = ""
 
 
 class ModelDeploymentStatus(_Model):
@@ -834,6 +954,9 @@ class ModelDeploymentStatus(_Model):
     revisions: Annotated[
         RevisionsStatus | None,
         Field(description="Revisions of the serving template (see `gpufleet rollback`)."),
+    ] = None
+    rollout: Annotated[
+        RolloutStatus | None, Field(description="The canary rollout in progress (spec.rollout.steps).")
     ] = None
     conditions: Annotated[
         list[Condition],

@@ -168,6 +168,7 @@ def check_spec(spec: ModelDeploymentSpec) -> Iterator[Problem]:
     yield from _check_speculative(spec)
     yield from _check_autoscaling(spec)
     yield from _check_capacity(spec)
+    yield from _check_rollout(spec)
 
 
 def _check_replicas(spec: ModelDeploymentSpec) -> Iterator[Problem]:
@@ -426,6 +427,25 @@ def _check_capacity(spec: ModelDeploymentSpec) -> Iterator[Problem]:
             "spec.capacity.onDemandReplicas",
             f"the on-demand floor ({cap.on_demand_replicas}) is above maxReplicas ({spec.max_replicas}); "
             "lower onDemandReplicas or raise maxReplicas",
+        )
+
+
+def _check_rollout(spec: ModelDeploymentSpec) -> Iterator[Problem]:
+    rollout = spec.rollout
+    for i in range(1, len(rollout.steps)):
+        before, weight = rollout.steps[i - 1].weight, rollout.steps[i].weight
+        if weight <= before:
+            yield Problem(
+                f"spec.rollout.steps[{i}].weight",
+                f"{weight} does not rise above the step before it ({before}); "
+                "list steps in increasing weight",
+            )
+    gpus = spec.accelerator.tensor_parallel_size
+    if rollout.max_surge_gpus is not None and rollout.max_surge_gpus < gpus:
+        yield Problem(
+            "spec.rollout.maxSurgeGPUs",
+            f"{rollout.max_surge_gpus} is below one replica's GPUs ({gpus}, tensorParallelSize): no canary "
+            f"replica could start; set it to {gpus} or more",
         )
 
 

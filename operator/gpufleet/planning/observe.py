@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpufleet.api.timestamps import parse_kube_time
-from gpufleet.api.v1alpha1 import ModelDeploymentStatus
+from gpufleet.api.v1alpha1 import ModelDeploymentStatus, Slot
 from gpufleet.planning.placement import CapacityType
-from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_MODEL_DEPLOYMENT, LABEL_ZONE
+from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_MODEL_DEPLOYMENT, LABEL_SLOT, LABEL_ZONE
 
 # (namespace, name) of a ModelDeployment: the key of the work queue, the caches and the metrics.
 Key = tuple[str, str]
@@ -40,6 +40,7 @@ class ObservedPod:
     node: str = ""  # spec.nodeName; "" while unscheduled
     # Not ready, and a container of it keeps failing: what the kubelet says of it; "" otherwise.
     failing: str = ""
+    slot: Slot = "a"  # the Deployment slot it belongs to (planning.rollout)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         unschedulable_message=scheduled.get("message", "") if unschedulable else "",
         node=(pod.get("spec") or {}).get("nodeName") or "",
         failing="" if ready else _failing(status),
+        slot="b" if labels.get(LABEL_SLOT) == "b" else "a",
     )
 
 

@@ -47,6 +47,8 @@ from gpufleet.api.v1alpha1 import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RevisionsStatus,
+    RolloutStatus,
+    Slot,
     SpotStatus,
 )
 from gpufleet.api.validation import validate_manifest
@@ -58,6 +60,8 @@ from gpufleet.planning.credentials import (
     credentials_condition,
 )
 from gpufleet.planning.failover import (
+    SPOT_INTERRUPTED,
+    ZONE_DEGRADED,
     Doom,
     FailoverPlan,
     FailoverPolicy,
@@ -79,6 +83,7 @@ from gpufleet.planning.observe import (
 from gpufleet.planning.placement import plan_placement
 from gpufleet.planning.report import EventView
 from gpufleet.planning.revisions import (
+    SERVING_FIELDS,
     ObservedRevision,
     RevisionPlan,
     RevisionWrite,
@@ -87,6 +92,14 @@ from gpufleet.planning.revisions import (
     rolled_out,
     serving_template,
     summary_of,
+)
+from gpufleet.planning.rollout import (
+    RolloutInput,
+    RolloutPlan,
+    other_slot,
+    plan_rollout,
+    promote_value,
+    surge_replicas,
 )
 from gpufleet.planning.status import (
     DEGRADED,
@@ -100,7 +113,9 @@ from gpufleet.planning.status import (
 )
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
+    LABEL_SLOT,
     Owner,
+    SlotWorkload,
     WorkloadOptions,
     deployment_name,
     desired_workloads,
@@ -112,6 +127,9 @@ from gpufleet.planning.zone_loss import NodeLoss, lost_zones
 
 # An object of our name that belongs to someone else is looked at again this often, until it is gone.
 CONFLICT_RECHECK_SECONDS = 10.0
+
+# status members that only a valid spec's plan computes; an invalid spec leaves them as stored.
+_COMPUTED_ONLY = ("spot", "cost", "revisions", "rollout")
 
 # (kind, name) of an applied object → (template hash, generation or resourceVersion) after the apply
 AppliedVersions = Mapping[tuple[str, str], tuple[str, str]]
@@ -265,10 +283,15 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     decision = decide_replicas(spec)
     capacity = _plan_capacity(observed, spec, decision.desired, pods, previous.spot, policy.failover, now)
     drained = set(capacity.retire)
-    group_of = {p.name: (p.zone, p.capacity_type) for p in pods}
+    group_of = {p.name: (p.zone, p.capacity_type, p.slot) for p in pods}
     pods = [replace(p, terminating=True) if p.name in drained else p for p in pods]
-    desired = desired_workloads(Owner(name, namespace, uid), spec, capacity.groups, policy.workloads)
+    owner = Owner(name, namespace, uid)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
+    history = _revision_history(observed, owner, spec, previous)
+    rollout = _plan_rollout(observed, spec, previous, history, capacity, pods, owned, now)
+    desired = desired_workloads(
+        owner, spec, capacity.groups, policy.workloads, _slot_workloads(spec, history, rollout)
+    )
     applied = observed.remembered.applied
     applies: list[Apply | None] = []
     conflicts = []
@@ -302,8 +325,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         for live_name, live in sorted(live_by_name.items())
         if live_name not in wanted
     ]
-    owner = Owner(name, namespace, uid)
-    revisions = _plan_revisions(observed, owner, spec, previous, desired.deployments, live_by_name)
+    revisions = _revisions_status(history, rollout, desired.deployments, live_by_name)
     revision_writes = [_revision_apply(write, revisions) for write in revisions.plan.writes]
     removals += [Removal("apps/v1", "ControllerRevision", gone, None) for gone in revisions.plan.deletions]
     live_pods = [p for p in pods if not p.terminating]
@@ -321,11 +343,13 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         conflicts=conflicts,
         credentials=credentials_condition(spec.model.credentials_secret, source_uris(spec), observed.secret),
         revisions=revisions.status,
+        rollout=rollout.status,
     )
+    requeue_after = _earliest(capacity.requeue_after, rollout.requeue_after)
     return ReconcilePlan(
         (namespace, name),
         True,
-        _status_write(inp, observed, now),
+        _status_write(inp, observed, now, rollout.events),
         drains=tuple(
             Drain(pod, why, evict, deployment_name(name, *group_of[pod]))
             for pod, why, evict in zip(capacity.retire, capacity.retire_reasons, capacity.evict, strict=True)
@@ -335,10 +359,14 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         applies=(*revision_writes, *(a for a in applies if a is not None)),
         removals=tuple(removals),
         # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
-        requeue_after=min(capacity.requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
+        requeue_after=min(requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
         if conflicts
-        else capacity.requeue_after,
+        else requeue_after,
     )
+
+
+def _earliest(*delays: float | None) -> float | None:
+    return min((d for d in delays if d is not None), default=None)
 
 
 def _plan_capacity(
@@ -402,6 +430,7 @@ def _status_input(
     conflicts: Sequence[str] = (),
     credentials: CredentialsVerdict | None = None,
     revisions: RevisionsStatus | None = None,
+    rollout: RolloutStatus | None = None,
 ) -> StatusInput:
     meta = body["metadata"]
     return StatusInput(
@@ -421,21 +450,29 @@ def _status_input(
         conflicts=conflicts,
         credentials=credentials,
         revisions=revisions,
+        rollout=rollout,
     )
 
 
-def _status_write(inp: StatusInput, observed: Observed, now: datetime) -> StatusWrite:
+def _status_write(
+    inp: StatusInput, observed: Observed, now: datetime, transitions: Sequence[EventView] = ()
+) -> StatusWrite:
+    """`transitions`: Events of state that only status records (the rollout's steps), posted with the
+    status write that records them, so a plan computed again before it lands does not post them twice."""
     status = compute_status(inp, now)
     new = status.to_json()
     unschedulable = len(unschedulable_pods(inp.pods, now, inp.unschedulable_after))
 
     # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
-    # as it leaves spot, cost and revisions alone when they were not computed (an invalid spec).
+    # as it leaves spot, cost, revisions and the rollout alone when they were not computed (an invalid
+    # spec). A valid spec's plan without a rollout ends it: status.rollout is then deleted.
+    computed_only = ("spot", "cost", "revisions") if inp.desired is not None else _COMPUTED_ONLY
+
     def ours(stored: Mapping[str, Any] | None) -> dict[str, Any]:
         return {
             k: v
             for k, v in (stored or {}).items()
-            if k != "autoscaler" and (k in new or k not in ("spot", "cost", "revisions"))
+            if k != "autoscaler" and (k in new or k not in computed_only)
         }
 
     stored = observed.body.get("status") or {}
@@ -446,7 +483,7 @@ def _status_write(inp: StatusInput, observed: Observed, now: datetime) -> Status
         # Members that went away (spot.fallbackSince once the fallback ends) are deleted, from what
         # the watch shows and from what this operator last wrote, which the watch may not show yet.
         patch = with_deletions(new, current, ours(cached))
-        events = _condition_events(inp.previous, status)
+        events = (*transitions, *_condition_events(inp.previous, status))
     return StatusWrite(status, new, patch, events, unschedulable)
 
 
@@ -537,19 +574,21 @@ def _apply_event(
 
 
 @dataclass(frozen=True)
+class _History:
+    plan: RevisionPlan
+    stored: RevisionsStatus | None  # as this operator last wrote it
+    stable: ObservedRevision | None  # the stored stable revision, if still in the history
+
+
+@dataclass(frozen=True)
 class _Revisions:
     plan: RevisionPlan
     status: RevisionsStatus
 
 
-def _plan_revisions(
-    observed: Observed,
-    owner: Owner,
-    spec: ModelDeploymentSpec,
-    previous: ModelDeploymentStatus,
-    desired: Sequence[Mapping[str, Any]],
-    live_by_name: Mapping[str, Mapping[str, Any]],
-) -> _Revisions:
+def _revision_history(
+    observed: Observed, owner: Owner, spec: ModelDeploymentSpec, previous: ModelDeploymentStatus
+) -> _History:
     history = observe_revisions(observed.revisions, owner.uid)
     # What this operator wrote last is newer than a body the watch has not caught up with.
     written = (observed.remembered.status or {}).get("revisions")
@@ -569,17 +608,107 @@ def _plan_revisions(
         keep=[stable_before] if stable_before else [],
         taken=foreign,
     )
-    kept = plan.history
-    if rolled_out(desired, live_by_name):
+    return _History(plan, stored, next((r for r in plan.history if r.name == stable_before), None))
+
+
+def spec_of_revision(spec: ModelDeploymentSpec, revision: ObservedRevision) -> ModelDeploymentSpec | None:
+    """`spec` running `revision`'s serving template, or None when the stored template no longer parses
+    (edited by hand, or from a gpufleet whose fields this one does not know)."""
+    others = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(SERVING_FIELDS))
+    try:
+        return ModelDeploymentSpec.model_validate({**others, **revision.template})
+    except ValidationError:
+        return None
+
+
+def _stable_slot(stored: RevisionsStatus | None, owned: Sequence[Mapping[str, Any]]) -> Slot:
+    """The slot status records; without status (lost, or never written), slot b when only slot b's
+    Deployments exist."""
+    if stored is not None:
+        return stored.stable_slot
+    slots = {
+        "b"
+        if (d.get("spec", {}).get("selector", {}).get("matchLabels") or {}).get(LABEL_SLOT) == "b"
+        else "a"
+        for d in owned
+    }
+    return "b" if slots == {"b"} else "a"
+
+
+def _plan_rollout(
+    observed: Observed,
+    spec: ModelDeploymentSpec,
+    previous: ModelDeploymentStatus,
+    history: _History,
+    capacity: FailoverPlan,
+    pods: Sequence[ObservedPod],
+    owned: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> RolloutPlan:
+    written = (observed.remembered.status or {}).get(
+        "rollout", previous.rollout and previous.rollout.to_json()
+    )
+    state = RolloutStatus.model_validate(written) if written else None
+    # A canary needs the stable revision's template to keep running beside it; without one (a new
+    # model, or a history that lost it) spec's revision rolls out to every group at once.
+    stable_spec = spec_of_revision(spec, history.stable) if history.stable else None
+    busy = [c.type for c in capacity.conditions if c.ok and c.type in (SPOT_INTERRUPTED, ZONE_DEGRADED)]
+    hold = (
+        f"{' and '.join(busy)} handling under way"
+        if busy
+        else "replacing replicas on nodes being reclaimed"
+        if capacity.retire or capacity.kept
+        else ""
+    )
+    return plan_rollout(
+        RolloutInput(
+            steps=spec.rollout.steps if stable_spec is not None else (),
+            paused=spec.rollout.paused,
+            surge_replicas=surge_replicas(spec.rollout.max_surge_gpus, spec.accelerator.tensor_parallel_size),
+            groups=capacity.groups,
+            pods=[p for p in pods if not p.terminating],
+            current=history.plan.current.revision,
+            stable=history.stable.revision if history.stable else None,
+            stable_slot=_stable_slot(history.stored, owned),
+            state=state,
+            promote=promote_value(observed.body["metadata"].get("annotations")),
+            hold=hold,
+        ),
+        now,
+    )
+
+
+def _slot_workloads(spec: ModelDeploymentSpec, history: _History, rollout: RolloutPlan) -> list[SlotWorkload]:
+    if not rollout.canary or history.stable is None:
+        return [SlotWorkload(spec, [s.group for s in rollout.slots], rollout.stable_slot)]
+    stable_spec = spec_of_revision(spec, history.stable) or spec
+    stable = [s.group for s in rollout.slots if not s.canary]
+    canary = [s.group for s in rollout.slots if s.canary]
+    return [
+        SlotWorkload(stable_spec, stable, rollout.stable_slot),
+        SlotWorkload(spec, canary, other_slot(rollout.stable_slot)),
+    ]
+
+
+def _revisions_status(
+    history: _History,
+    rollout: RolloutPlan,
+    desired: Sequence[Mapping[str, Any]],
+    live_by_name: Mapping[str, Mapping[str, Any]],
+) -> _Revisions:
+    plan, kept = history.plan, history.plan.history
+    if rollout.promoted or (not rollout.canary and rolled_out(desired, live_by_name)):
         stable: ObservedRevision | None = plan.current
     else:
-        stable = next((r for r in kept if r.name == stable_before), None)
+        stable = history.stable
     return _Revisions(
         plan,
         RevisionsStatus(
             current=summary_of(plan.current, kept),
             stable=summary_of(stable, kept) if stable else None,
+            canary=summary_of(plan.current, kept) if rollout.canary else None,
             history=len(kept),
+            stable_slot=rollout.stable_slot,
         ),
     )
 

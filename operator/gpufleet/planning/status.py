@@ -20,6 +20,7 @@ from gpufleet.api.v1alpha1 import (
     ModelDeploymentStatus,
     PlacementStatus,
     RevisionsStatus,
+    RolloutStatus,
     SpotStatus,
 )
 from gpufleet.planning.credentials import CREDENTIALS_READY, CredentialsVerdict
@@ -93,6 +94,8 @@ class StatusInput:
     credentials: CredentialsVerdict | None = None
     # status.revisions from the revision planner; None when the spec is invalid (left as stored).
     revisions: RevisionsStatus | None = None
+    # status.rollout from the rollout planner: a canary in progress, else None.
+    rollout: RolloutStatus | None = None
 
 
 def _condition(
@@ -197,6 +200,13 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
             f"{', '.join(overdue)} made no progress within its deadline; the ready replicas keep serving"
         )
         conditions.append(cond(PROGRESSING, False, "ProgressDeadlineExceeded", message))
+    elif inp.rollout is not None:
+        r = inp.rollout
+        message = (
+            f"canary revision {r.revision}, step {r.step}/{r.steps} ({r.phase}): {r.weight}% of ready "
+            f"replicas, step weight {r.target_weight}%; {r.message}"
+        )
+        conditions.append(cond(PROGRESSING, True, "CanaryRollout", message))
     elif rolling:
         names = ", ".join(sorted(d.name for d in rolling))
         conditions.append(cond(PROGRESSING, True, "RollingOut", f"rolling out {names}"))
@@ -254,4 +264,5 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
         spot=inp.spot,
         cost=inp.cost,
         revisions=inp.revisions,
+        rollout=inp.rollout,
     )

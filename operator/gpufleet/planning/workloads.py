@@ -29,6 +29,7 @@ from gpufleet.api.sizing import effective_max_loras
 from gpufleet.api.v1alpha1 import (
     LoraAdapter,
     ModelDeploymentSpec,
+    Slot,
     SpeculativeDecoding,
 )
 from gpufleet.api.validation import bytes_per_parameter
@@ -39,6 +40,9 @@ from gpufleet.planning.placement import PlacementGroup
 LABEL_MODEL_DEPLOYMENT = "gpufleet.io/model-deployment"
 LABEL_ZONE = "gpufleet.io/zone"
 LABEL_CAPACITY_TYPE = "gpufleet.io/capacity-type"
+# Only on slot b's pods (a canary, or what a canary promoted): slot a's pods carry none, so the
+# Deployments every model already has keep their pod template and selector.
+LABEL_SLOT = "gpufleet.io/slot"
 ANNOTATION_TEMPLATE_HASH = "gpufleet.io/template-hash"
 
 # Node labels set by gpu-feature-discovery and the cloud (REFERENCE.md "GPUs, MIG, Llama 3 70B").
@@ -144,10 +148,12 @@ def _dns_label(text: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", text.lower()).strip("-")
 
 
-def deployment_name(md_name: str, zone: str, capacity_type: str) -> str:
-    """`<md>-<zone>-<capacity>`, or `<md>-<capacity>` without a zone; the zone made a DNS label."""
+def deployment_name(md_name: str, zone: str, capacity_type: str, slot: Slot = "a") -> str:
+    """`<md>-<zone>-<capacity>`, or `<md>-<capacity>` without a zone; the zone made a DNS label.
+    Slot b (a canary beside the stable revision) appends `-b`, which no slot-a name ends with."""
     zone_part = _dns_label(zone)
-    return f"{md_name}-{zone_part}-{capacity_type}" if zone_part else f"{md_name}-{capacity_type}"
+    name = f"{md_name}-{zone_part}-{capacity_type}" if zone_part else f"{md_name}-{capacity_type}"
+    return f"{name}-b" if slot == "b" else name
 
 
 def selector_labels(md_name: str) -> dict[str, str]:
@@ -541,12 +547,14 @@ def _tolerations(group: PlacementGroup, options: WorkloadOptions) -> list[dict[s
 
 
 def _deployment(
-    owner: Owner, spec: ModelDeploymentSpec, group: PlacementGroup, options: WorkloadOptions
+    owner: Owner, spec: ModelDeploymentSpec, group: PlacementGroup, options: WorkloadOptions, slot: Slot
 ) -> dict[str, Any]:
     md = owner.name
     group_labels = {LABEL_MODEL_DEPLOYMENT: md, LABEL_CAPACITY_TYPE: group.capacity_type}
     if group.zone:
         group_labels[LABEL_ZONE] = group.zone
+    if slot == "b":
+        group_labels[LABEL_SLOT] = slot
     labels = {**_common_labels(md), **group_labels}
     budget = startup_budget_seconds(spec, options)
     volumes, mounts = _volumes(spec)
@@ -586,7 +594,7 @@ def _deployment(
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": owned_metadata(owner, deployment_name(md, group.zone, group.capacity_type), labels),
+        "metadata": owned_metadata(owner, deployment_name(md, group.zone, group.capacity_type, slot), labels),
         "spec": {
             "replicas": group.replicas,
             "selector": {"matchLabels": dict(group_labels)},
@@ -642,15 +650,32 @@ def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SlotWorkload:
+    """Groups of one slot and the spec their pods run (the stable revision's, or spec's own)."""
+
+    spec: ModelDeploymentSpec
+    groups: Sequence[PlacementGroup]
+    slot: Slot = "a"
+
+
 def desired_workloads(
     owner: Owner,
     spec: ModelDeploymentSpec,
     groups: Sequence[PlacementGroup],
     options: WorkloadOptions,
+    slots: Sequence[SlotWorkload] | None = None,
 ) -> DesiredWorkloads:
-    """The Deployments (one per non-empty group, in order), Service and PDB of one ModelDeployment."""
+    """The Deployments (one per non-empty group and slot, in order), Service and PDB of one
+    ModelDeployment. Without `slots`: spec's groups in slot a."""
+    workloads = [SlotWorkload(spec, groups)] if slots is None else slots
     return DesiredWorkloads(
-        deployments=tuple(_deployment(owner, spec, group, options) for group in groups if group.replicas > 0),
+        deployments=tuple(
+            _deployment(owner, workload.spec, group, options, workload.slot)
+            for workload in workloads
+            for group in workload.groups
+            if group.replicas > 0
+        ),
         service=_service(owner, options),
         pod_disruption_budget=pod_disruption_budget(owner),
     )

@@ -1,0 +1,303 @@
+"""A canary rollout by replica ratio: how many replicas of each group run the new revision, step by step.
+
+Each placement group (zone × capacity type) has two Deployment slots, `a` (`<group>`) and `b`
+(`<group>-b`). The stable revision runs in one, the canary in the other, both behind the model's one
+Service, so the share of replicas is the share of traffic. A step's weight is reached with the smallest
+canary that reaches it, at least one replica and, before the last step, at least one stable replica
+(1 of 3 replicas at 10 % is 33 %; with one replica the canary is a surge replica beside it, 50 %).
+
+Stable capacity is never given up for a canary replica that is not ready: a group's stable count drops
+only by its ready canary replicas, so a canary whose pods never start costs GPUs, never serving
+capacity. `maxSurgeGPUs` bounds the canary replicas starting at once. The autoscaler and the spot
+failover plan the total per group; this splits it, so both keep working during a rollout. The step's
+pause counts from when its weight is reached; a step without a pause waits for `gpufleet promote`
+(annotation `gpufleet.io/promote: <revision>/<step>`). Spot or zone failover under way, or
+spec.rollout.paused, holds the step: counts follow the total, no step starts or ends.
+
+After the last step the canary takes every replica; once they are all ready it is promoted: it becomes
+the stable revision, its slot the stable slot, and the other slot's Deployments are removed. No pod
+restarts on promotion. A spec set back to the stable revision (`gpufleet rollback`) ends the canary at
+once: the stable slot takes every replica again and the canary's Deployments are removed.
+
+Pure: no I/O; time is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpufleet.api.v1alpha1 import RolloutPhase, RolloutStatus, RolloutStep, Slot
+from gpufleet.planning.observe import ObservedPod
+from gpufleet.planning.placement import CapacityType, PlacementGroup
+from gpufleet.planning.report import EventView
+
+ANNOTATION_PROMOTE = "gpufleet.io/promote"
+
+GroupKey = tuple[str, CapacityType]
+
+
+def other_slot(slot: Slot) -> Slot:
+    return "b" if slot == "a" else "a"
+
+
+def split(weight: int, total: int) -> tuple[int, int]:
+    """(canary, stable) replicas for a weight in percent: the smallest canary that reaches it, at least
+    one; before 100 % at least one stable replica, so one replica gets a canary beside it."""
+    if total <= 0:
+        return 0, 0
+    if weight >= 100:
+        return total, 0
+    if total == 1:
+        return 1, 1
+    canary = min(max(1, math.floor(weight * total / 100)), total - 1)
+    return canary, total - canary
+
+
+def reached_weight(canary_ready: int, stable_ready: int) -> int:
+    serving = canary_ready + stable_ready
+    return round(100 * canary_ready / serving) if serving else 0
+
+
+def distribute(count: int, groups: Sequence[PlacementGroup]) -> dict[GroupKey, int]:
+    """`count` replicas over the groups in proportion to their sizes (largest remainder, ties to the
+    group listed first), never more than a group has."""
+    total = sum(g.replicas for g in groups)
+    count = min(count, total)
+    if total == 0 or count == 0:
+        return {g.key: 0 for g in groups}
+    exact = [(g, count * g.replicas / total) for g in groups]
+    shares = {g.key: math.floor(x) for g, x in exact}
+    left = count - sum(shares.values())
+    by_remainder = sorted(range(len(exact)), key=lambda i: -(exact[i][1] - math.floor(exact[i][1])))
+    for i in by_remainder:
+        if left == 0:
+            break
+        group = exact[i][0]
+        if shares[group.key] < group.replicas:
+            shares[group.key] += 1
+            left -= 1
+    return shares
+
+
+@dataclass(frozen=True)
+class SlotGroup:
+    """One Deployment to run: a group's replicas of one revision in one slot."""
+
+    zone: str
+    capacity_type: CapacityType
+    slot: Slot
+    replicas: int
+    canary: bool  # runs the canary revision (spec); else the stable one
+
+    @property
+    def group(self) -> PlacementGroup:
+        return PlacementGroup(self.zone, self.capacity_type, self.replicas)
+
+
+@dataclass(frozen=True)
+class RolloutInput:
+    steps: Sequence[RolloutStep]  # spec.rollout.steps; empty: all at once
+    paused: bool
+    surge_replicas: int | None  # spec.rollout.maxSurgeGPUs in whole canary replicas; None: unbounded
+    groups: Sequence[PlacementGroup]  # the total to run per group (placement and failover)
+    pods: Sequence[ObservedPod]
+    current: int  # revision number spec asks for
+    stable: int | None  # stable revision number, None when there is none to run (a new model)
+    stable_slot: Slot
+    state: RolloutStatus | None  # as last written
+    promote: str = ""  # the promote annotation's value
+    hold: str = ""  # why failover holds the rollout ("" when it does not)
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    slots: tuple[SlotGroup, ...]
+    stable_slot: Slot  # after this plan
+    canary: bool  # a canary runs (the canary slot holds spec's revision)
+    promoted: bool  # spec's revision became stable in this plan
+    status: RolloutStatus | None
+    events: tuple[EventView, ...] = ()
+    requeue_after: float | None = None  # seconds until a pause ends
+
+
+def _whole(groups: Sequence[PlacementGroup], slot: Slot, canary: bool) -> tuple[SlotGroup, ...]:
+    return tuple(SlotGroup(g.zone, g.capacity_type, slot, g.replicas, canary) for g in groups)
+
+
+def _ready_by_group(pods: Sequence[ObservedPod], slot: Slot) -> dict[GroupKey, int]:
+    ready: dict[GroupKey, int] = {}
+    for pod in pods:
+        if pod.slot == slot and pod.ready and not pod.terminating:
+            key = (pod.zone, pod.capacity_type)
+            ready[key] = ready.get(key, 0) + 1
+    return ready
+
+
+def plan_rollout(inp: RolloutInput, now: datetime) -> RolloutPlan:
+    stable_slot = inp.stable_slot
+    running = inp.state is not None
+    if not inp.steps or inp.stable is None or inp.stable == inp.current:
+        events: tuple[EventView, ...] = ()
+        if running and inp.stable == inp.current:
+            events = (
+                EventView(
+                    "Normal",
+                    "RolloutAborted",
+                    f"spec is back at stable revision {inp.current}: the canary's replicas are removed and "
+                    "the stable revision takes every replica",
+                ),
+            )
+        # Spec's revision runs in the stable slot, as a rolling update of every group at once.
+        return RolloutPlan(_whole(inp.groups, stable_slot, False), stable_slot, False, False, None, events)
+    return _plan_canary(inp, now)
+
+
+def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
+    canary_slot = other_slot(inp.stable_slot)
+    state = inp.state if inp.state is not None and inp.state.revision == inp.current else None
+    events: list[EventView] = []
+    if state is None:
+        step, started, reached = 1, now, None
+        events.append(
+            EventView(
+                "Normal",
+                "RolloutStarted",
+                f"canary of revision {inp.current} beside stable revision {inp.stable}, "
+                f"{len(inp.steps)} step(s)",
+            )
+        )
+    else:
+        step, started, reached = state.step, state.step_started_at or now, state.weight_reached_at
+    steps = len(inp.steps)
+    total = sum(g.replicas for g in inp.groups)
+    canary_ready = _ready_by_group(inp.pods, canary_slot)
+    stable_ready = _ready_by_group(inp.pods, inp.stable_slot)
+    ready = sum(canary_ready.values())
+    hold = "spec.rollout.paused is set" if inp.paused else inp.hold
+
+    def target_of(step: int) -> tuple[int, int]:
+        return split(inp.steps[step - 1].weight if step <= steps else 100, total)
+
+    phase: RolloutPhase = "Progressing"
+    requeue: float | None = None
+    canary_target, _ = target_of(step)
+    if ready >= canary_target and reached is None:
+        reached = now
+        if step <= steps:
+            events.append(
+                EventView(
+                    "Normal",
+                    "CanaryWeightReached",
+                    f"step {step}/{steps}: {ready} of {total} replicas on revision {inp.current}",
+                )
+            )
+    if step > steps:
+        phase = "Promoting"
+        if ready >= canary_target:
+            return _promoted(inp, canary_slot, ready)
+    elif hold:
+        phase = "Held"
+    elif reached is not None:
+        pause = inp.steps[step - 1].pause_seconds
+        promoted_by_hand = inp.promote == f"{inp.current}/{step}"
+        if promoted_by_hand or (pause is not None and now >= reached + timedelta(seconds=pause)):
+            step, started, reached = step + 1, now, None
+            canary_target, _ = target_of(step)
+            phase = "Promoting" if step > steps else "Progressing"
+        elif pause is None:
+            phase = "WaitingForPromotion"
+        else:
+            phase = "Paused"
+            requeue = (reached + timedelta(seconds=pause) - now).total_seconds()
+
+    # Canary replicas starting beyond the ready ones are the surge; the budget bounds them.
+    allowed = canary_target if inp.surge_replicas is None else min(canary_target, ready + inp.surge_replicas)
+    canary_counts = distribute(allowed, inp.groups)
+    one_beside = total == 1 and step <= steps  # one replica: the canary is a surge replica beside it
+    slots: list[SlotGroup] = []
+    for group in inp.groups:
+        canary = canary_counts[group.key]
+        stable = (
+            group.replicas if one_beside else group.replicas - min(canary, canary_ready.get(group.key, 0))
+        )
+        slots.append(SlotGroup(group.zone, group.capacity_type, inp.stable_slot, stable, False))
+        slots.append(SlotGroup(group.zone, group.capacity_type, canary_slot, canary, True))
+    weight_now = reached_weight(ready, sum(stable_ready.values()))
+    target_weight = inp.steps[step - 1].weight if step <= steps else 100
+    status = RolloutStatus(
+        revision=inp.current,
+        step=step,
+        steps=steps,
+        phase=phase,
+        target_weight=target_weight,
+        weight=weight_now,
+        canary_replicas=ready,
+        stable_replicas=sum(stable_ready.values()),
+        step_started_at=started,
+        weight_reached_at=reached,
+        message=_message(phase, hold, ready, canary_target, inp.current, step),
+    )
+    return RolloutPlan(tuple(slots), inp.stable_slot, True, False, status, tuple(events), requeue)
+
+
+def _promoted(inp: RolloutInput, canary_slot: Slot, ready: int) -> RolloutPlan:
+    event = EventView(
+        "Normal",
+        "RolloutPromoted",
+        f"revision {inp.current} is stable: {ready} ready replicas; revision {inp.stable}'s are removed",
+    )
+    return RolloutPlan(_whole(inp.groups, canary_slot, False), canary_slot, False, True, None, (event,))
+
+
+def _message(phase: RolloutPhase, hold: str, ready: int, target: int, revision: int, step: int) -> str:
+    if phase == "Held":
+        return f"held: {hold}"
+    if phase == "WaitingForPromotion":
+        return (
+            f"step {step} holds until `gpufleet promote` (annotation {ANNOTATION_PROMOTE}: {revision}/{step})"
+        )
+    if phase == "Paused":
+        return f"step {step}: weight reached, pausing"
+    return f"{ready} of {target} canary replicas ready"
+
+
+def surge_replicas(max_surge_gpus: int | None, gpus_per_replica: int) -> int | None:
+    """spec.rollout.maxSurgeGPUs in whole canary replicas (validation keeps it at one replica or more)."""
+    if max_surge_gpus is None:
+        return None
+    return max(1, max_surge_gpus // max(1, gpus_per_replica))
+
+
+def promote_value(annotations: Mapping[str, str] | None) -> str:
+    return str((annotations or {}).get(ANNOTATION_PROMOTE, ""))
+
+
+class PromoteError(Exception):
+    """Nothing to promote; the message says why and what to do."""
+
+
+def promote_patch(body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The merge patch that ends the current step's pause (`gpufleet promote`), and what it does.
+
+    It names the revision and the step, so it promotes that step only: written twice, or read by an
+    operator after the step moved on, it does nothing more. It carries the resourceVersion read, so
+    the API server refuses it (409) when the object changed in between."""
+    meta = body["metadata"]
+    rollout = (body.get("status") or {}).get("rollout")
+    if not rollout:
+        raise PromoteError(f"{meta['name']} has no canary rollout in progress (status.rollout is empty)")
+    revision, step, steps = rollout["revision"], rollout["step"], rollout["steps"]
+    if step > steps:
+        raise PromoteError(f"revision {revision} is past its last step and already taking every replica")
+    patch = {
+        "metadata": {
+            "resourceVersion": meta["resourceVersion"],
+            "annotations": {ANNOTATION_PROMOTE: f"{revision}/{step}"},
+        }
+    }
+    what = "the last step: the canary takes every replica" if step == steps else f"step {step + 1}/{steps}"
+    return patch, f"revision {revision}: step {step}/{steps} ends now; next is {what}"

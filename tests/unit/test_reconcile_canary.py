@@ -1,0 +1,211 @@
+"""A canary rollout through whole reconciles (spec.rollout.steps): slots, templates, status, Events.
+
+The World of test_reconcile plays the API server; `settle` plays the Deployment controller and the
+kubelets (every Deployment's pods exist and are ready). The stories check what a platform engineer
+watches: the stable replicas never restart or shrink before canary ones are ready, the canary runs in
+slot b beside them, and promotion or abort ends it without restarting what stays.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from gpufleet.planning.reconcile import ReconcilePlan
+from gpufleet.planning.rollout import ANNOTATION_PROMOTE
+from gpufleet.planning.workloads import ANNOTATION_TEMPLATE_HASH, LABEL_SLOT
+from tests.unit.helpers import sample
+from tests.unit.test_reconcile import NOW, World, applies
+
+STABLE = ("llama-3-70b-us-east-1a-on-demand", "llama-3-70b-us-east-1b-spot")
+OLD_IMAGE, NEW_IMAGE = "vllm/vllm-openai:v0.34.0", "vllm/vllm-openai:v0.33.1"
+
+
+def settle(world: World) -> None:
+    """Every Deployment's pods exist, carry its template's labels and are ready."""
+    world.pods = []
+    for name, deployment in world.deployments.items():
+        replicas = deployment["spec"]["replicas"]
+        deployment["status"] = {
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+        }
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        for i in range(replicas):
+            world.pods.append(
+                {
+                    "metadata": {"name": f"{name}-{i}", "namespace": "ml", "labels": dict(labels)},
+                    "spec": {"nodeName": f"node-{name}-{i}"},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+                }
+            )
+
+
+def step(world: World, body: dict[str, Any], after: timedelta = timedelta()) -> ReconcilePlan:
+    plan = world.plan(body, now=NOW + after)
+    world.carry_out(plan, body)
+    return plan
+
+
+def canary_body(**rollout: Any) -> dict[str, Any]:
+    body = sample(rollout={"steps": [{"weight": 50, "pauseSeconds": 600}], **rollout})
+    return body
+
+
+def stable_world(body: dict[str, Any]) -> World:
+    world = World()
+    world.converge(body)
+    settle(world)
+    world.converge(body)
+    assert body["status"]["revisions"]["stable"]["revision"] == 1
+    return world
+
+
+def images(world: World) -> dict[str, str]:
+    return {
+        name: d["spec"]["template"]["spec"]["containers"][0]["image"] for name, d in world.deployments.items()
+    }
+
+
+def events(plan: ReconcilePlan) -> list[str]:
+    return [e.reason for e in plan.status.events]
+
+
+def test_a_good_revision_goes_through_its_steps_and_is_promoted_without_restarting_stable_pods() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    hashes = {n: d["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] for n, d in world.deployments.items()}
+
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    started = step(world, body)
+    # The stable Deployments are not touched: the canary is a new Deployment in slot b.
+    assert {k: v for k, v in applies(started).items() if k.startswith("Deployment/")} == {
+        f"Deployment/{STABLE[0]}-b": "CreatedGroup"
+    }
+    assert images(world) == {STABLE[0]: OLD_IMAGE, STABLE[1]: OLD_IMAGE, f"{STABLE[0]}-b": NEW_IMAGE}
+    canary = world.deployments[f"{STABLE[0]}-b"]
+    assert canary["spec"]["selector"]["matchLabels"][LABEL_SLOT] == "b"
+    status = body["status"]
+    assert status["revisions"]["canary"]["revision"] == 2
+    assert status["revisions"]["stable"]["revision"] == 1
+    assert status["rollout"]["step"] == 1
+    assert status["rollout"]["phase"] == "Progressing"
+    assert "RolloutStarted" in events(started)
+    progressing = {c["type"]: c for c in status["conditions"]}["Progressing"]
+    assert progressing["reason"] == "CanaryRollout"
+
+    settle(world)
+    reached = step(world, body)
+    # 50 % of 2 replicas: the ready canary replaces the stable replica of its group.
+    assert STABLE[0] not in world.deployments
+    assert "CanaryWeightReached" in events(reached)
+    assert reached.requeue_after == 600
+    settle(world)
+    step(world, body, after=timedelta(seconds=10))
+    assert body["status"]["rollout"]["weight"] == 50
+    assert body["status"]["rollout"]["phase"] == "Paused"
+    assert (
+        world.deployments[STABLE[1]]["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] == hashes[STABLE[1]]
+    )
+
+    settle(world)
+    promoting = step(world, body, after=timedelta(seconds=600))
+    assert body["status"]["rollout"]["phase"] == "Promoting"
+    assert f"Deployment/{STABLE[1]}-b" in applies(promoting)
+
+    settle(world)
+    promoted = step(world, body, after=timedelta(seconds=700))
+    assert "RolloutPromoted" in events(promoted)
+    assert set(world.deployments) == {f"{STABLE[0]}-b", f"{STABLE[1]}-b"}
+    revisions = body["status"]["revisions"]
+    assert (revisions["stable"]["revision"], revisions["stableSlot"]) == (2, "b")
+    assert "canary" not in revisions
+    assert "rollout" not in body["status"]
+
+    # Steady after promotion: nothing more to write, the canary's Deployments were not restarted.
+    settle(world)
+    world.converge(body)
+    assert set(images(world).values()) == {NEW_IMAGE}
+
+
+def test_spec_back_at_the_stable_revision_removes_the_canary_and_restores_stable_replicas() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    assert STABLE[0] not in world.deployments
+
+    body["spec"]["engine"]["image"] = OLD_IMAGE
+    aborted = step(world, body)
+    assert "RolloutAborted" in events(aborted)
+    assert {r.name for r in aborted.removals if r.kind == "Deployment"} == {f"{STABLE[0]}-b"}
+    assert images(world) == {STABLE[0]: OLD_IMAGE, STABLE[1]: OLD_IMAGE}
+    assert "rollout" not in body["status"]
+
+
+def test_a_canary_that_never_gets_ready_keeps_every_stable_replica() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    stable_pods = list(world.pods)  # the canary's pod never comes up
+    for later in (60, 3600, 86400):
+        plan = step(world, body, after=timedelta(seconds=later))
+        world.pods = stable_pods
+        assert plan.removals == ()
+        assert {n: d["spec"]["replicas"] for n, d in world.deployments.items() if not n.endswith("-b")} == {
+            STABLE[0]: 1,
+            STABLE[1]: 1,
+        }
+    assert body["status"]["rollout"]["message"] == "0 of 1 canary replicas ready"
+
+
+def test_a_step_without_pause_waits_for_the_promote_annotation() -> None:
+    body = sample(rollout={"steps": [{"weight": 50}]})
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    waiting = step(world, body, after=timedelta(days=2))
+    assert body["status"]["rollout"]["phase"] == "WaitingForPromotion"
+    assert waiting.requeue_after is None
+    body["metadata"]["annotations"] = {ANNOTATION_PROMOTE: "2/1"}
+    step(world, body, after=timedelta(days=2))
+    assert body["status"]["rollout"]["phase"] == "Promoting"
+
+
+def test_an_invalid_spec_mid_rollout_leaves_the_rollout_as_it_was() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    body["spec"]["replicas"] = -1
+    plan = world.plan(body)
+    assert not plan.valid
+    assert plan.applies == ()
+    assert plan.removals == ()
+    # The merge patch leaves status.rollout (and the revisions) as stored.
+    assert plan.status.patch is not None
+    assert "rollout" not in plan.status.patch
+    assert "revisions" not in plan.status.patch
+
+
+def test_the_operator_restarting_mid_rollout_resumes_the_same_step() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    reached_at = body["status"]["rollout"]["weightReachedAt"]
+    world.applied.clear()
+    world.status = None  # the new operator only has what the API server stored
+    resumed = step(world, body, after=timedelta(seconds=300))
+    assert body["status"]["rollout"]["weightReachedAt"] == reached_at
+    assert resumed.requeue_after == 300
+    assert events(resumed) == []

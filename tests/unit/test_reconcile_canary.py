@@ -209,3 +209,61 @@ def test_the_operator_restarting_mid_rollout_resumes_the_same_step() -> None:
     assert body["status"]["rollout"]["weightReachedAt"] == reached_at
     assert resumed.requeue_after == 300
     assert events(resumed) == []
+
+
+def analysed_body() -> dict[str, Any]:
+    return sample(rollout={"steps": [{"weight": 50, "pauseSeconds": 60}], "analysis": {"minRequests": 10}})
+
+
+def judgement(verdict: str, message: str, step: int = 1) -> dict[str, Any]:
+    at = (NOW + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"revision": 2, "step": step, "verdict": verdict, "checkedAt": at, "message": message}
+
+
+def test_a_failed_analysis_rolls_the_canary_back_and_names_the_metric() -> None:
+    body = analysed_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    assert STABLE[0] not in world.deployments  # the ready canary took its group's stable replica
+    # The pause is over but nothing was judged yet: the step holds.
+    held = step(world, body, after=timedelta(seconds=90))
+    assert body["status"]["rollout"]["phase"] == "Held"
+    assert held.removals == ()
+
+    message = "error rate 20.0 % on the canary (stable 0.0 %), limit 1.0 %"
+    body["status"]["analysis"] = judgement("Failed", message)
+    failed = step(world, body, after=timedelta(seconds=95))
+    assert "CanaryFailed" in events(failed)
+    warning = next(e for e in failed.status.events if e.reason == "CanaryFailed")
+    assert warning.type == "Warning"
+    assert message in warning.message
+    assert {r.name for r in failed.removals if r.kind == "Deployment"} == {f"{STABLE[0]}-b"}
+    assert images(world) == {STABLE[0]: OLD_IMAGE, STABLE[1]: OLD_IMAGE}
+    assert world.deployments[STABLE[0]]["spec"]["replicas"] == 1
+    progressing = {c["type"]: c for c in body["status"]["conditions"]}["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "CanaryFailed")
+    assert message in progressing["message"]
+    # The analysis loop's member is not the reconcile's to rewrite or delete.
+    assert failed.status.patch is not None
+    assert "analysis" not in failed.status.patch
+
+    settle(world)
+    again = step(world, body, after=timedelta(hours=3))
+    assert again.applies == ()
+    assert again.removals == ()
+    assert body["status"]["rollout"]["phase"] == "Aborted"
+
+
+def test_a_passed_analysis_lets_the_step_end_when_its_pause_does() -> None:
+    body = analysed_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    body["status"]["analysis"] = judgement("Passed", "120 canary requests within every limit")
+    step(world, body, after=timedelta(seconds=61))
+    assert body["status"]["rollout"]["phase"] == "Promoting"

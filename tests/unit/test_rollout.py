@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gpufleet.api.v1alpha1 import RolloutStatus, RolloutStep, Slot
+from gpufleet.api.v1alpha1 import Analysis, AnalysisStatus, RolloutStatus, RolloutStep, Slot
 from gpufleet.planning.observe import ObservedPod
 from gpufleet.planning.placement import CapacityType, PlacementGroup
 from gpufleet.planning.rollout import (
@@ -356,3 +356,129 @@ def test_promote_names_the_revision_and_step_and_carries_the_version_read() -> N
 def test_promote_refuses_when_there_is_nothing_to_promote(rollout: dict[str, int] | None, words: str) -> None:
     with pytest.raises(PromoteError, match=words):
         promote_patch(body_with(rollout))
+
+
+ANALYSIS = Analysis.model_validate({})
+
+
+def judged(verdict: str, step: int = 1, at: datetime = NOW, revision: int = 2) -> AnalysisStatus:
+    return AnalysisStatus.model_validate(
+        {
+            "revision": revision,
+            "step": step,
+            "verdict": verdict,
+            "checkedAt": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "message": f"{verdict.lower()} because",
+        }
+    )
+
+
+AT_WEIGHT = pods(A, "a", 1) + pods(B, "a", 2) + pods(A, "b", 1)
+PAUSED_OUT = state(1, reached=NOW - timedelta(seconds=700))
+
+
+@pytest.mark.parametrize(
+    ("judgement", "step", "phase", "message"),
+    [
+        pytest.param(None, 1, "Held", "held: analysis: no judgement of this step yet", id="not judged yet"),
+        pytest.param(
+            judged("Passed", at=NOW - timedelta(seconds=800)),
+            1,
+            "Held",
+            "held: analysis: no judgement of this step yet",
+            id="judged before the weight was reached",
+        ),
+        pytest.param(
+            judged("NoData"), 1, "Held", "held: analysis NoData: nodata because", id="no data never promotes"
+        ),
+        pytest.param(
+            judged("Inconclusive"),
+            1,
+            "Held",
+            "held: analysis Inconclusive: inconclusive because",
+            id="too few requests",
+        ),
+        pytest.param(
+            judged("Passed", step=2),
+            1,
+            "Held",
+            "held: analysis: no judgement of this step yet",
+            id="another step",
+        ),
+        pytest.param(
+            judged("Passed"), 2, "Progressing", "1 of 2 canary replicas ready", id="passed: next step"
+        ),
+    ],
+)
+def test_with_analysis_a_step_ends_only_on_a_passed_judgement_of_it(
+    judgement: AnalysisStatus | None, step: int, phase: str, message: str
+) -> None:
+    plan = plan_rollout(given(pods=AT_WEIGHT, state=PAUSED_OUT, analysis=ANALYSIS, judgement=judgement), NOW)
+    assert plan.status is not None
+    assert (plan.status.step, plan.status.phase, plan.status.message) == (step, phase, message)
+
+
+def test_a_failed_judgement_rolls_the_canary_back_and_holds_it_back() -> None:
+    plan = plan_rollout(
+        given(pods=AT_WEIGHT, state=state(1, reached=NOW), analysis=ANALYSIS, judgement=judged("Failed")), NOW
+    )
+    assert plan.canary
+    assert plan.status is not None
+    assert plan.status.phase == "Aborted"
+    assert plan.status.message == "analysis failed: failed because"
+    assert counts(plan) == {
+        ("us-east-1a", "a"): 2,
+        ("us-east-1a", "b"): 0,
+        ("us-east-1b", "a"): 2,
+        ("us-east-1b", "b"): 0,
+    }
+    (event,) = plan.events
+    assert (event.type, event.reason) == ("Warning", "CanaryFailed")
+    assert "revision 2 rolled back at step 1: failed because; revision 1 takes every replica" in event.message
+    # Level-triggered: the next plan keeps it rolled back, quietly, while spec asks for revision 2.
+    again = plan_rollout(
+        given(pods=AT_WEIGHT, state=plan.status, analysis=ANALYSIS), NOW + timedelta(hours=1)
+    )
+    assert again.status == plan.status
+    assert again.events == ()
+    assert counts(again) == counts(plan)
+    # A fixed spec (revision 3) starts a new canary; revision 2's pods still in the slot are not its own.
+    fixed = plan_rollout(
+        given(current=3, current_hash="h3", pods=AT_WEIGHT, state=plan.status, analysis=ANALYSIS), NOW
+    )
+    assert fixed.status is not None
+    assert (fixed.status.revision, fixed.status.phase) == (3, "Progressing")
+
+
+def test_a_failed_judgement_of_another_revision_is_not_this_canarys() -> None:
+    plan = plan_rollout(
+        given(pods=AT_WEIGHT, state=PAUSED_OUT, analysis=ANALYSIS, judgement=judged("Failed", revision=1)),
+        NOW,
+    )
+    assert plan.status is not None
+    assert plan.status.phase == "Held"
+
+
+def test_promote_by_hand_ends_the_step_whatever_the_analysis_says_short_of_failing() -> None:
+    plan = plan_rollout(
+        given(
+            pods=AT_WEIGHT,
+            state=PAUSED_OUT,
+            analysis=ANALYSIS,
+            judgement=judged("Inconclusive"),
+            promote="2/1",
+        ),
+        NOW,
+    )
+    assert plan.status is not None
+    assert plan.status.step == 2
+
+
+def test_only_the_canary_revisions_own_pods_count() -> None:
+    replaced = [replace(p, revision_hash="h2") for p in pods(A, "b", 1)]
+    own = [replace(p, revision_hash="h3") for p in pods(B, "b", 1)]
+    plan = plan_rollout(
+        given(current=3, current_hash="h3", pods=pods(A, "a", 2) + pods(B, "a", 2) + replaced + own), NOW
+    )
+    assert plan.status is not None
+    assert plan.status.canary_replicas == 1

@@ -16,6 +16,7 @@ treat as missing data (hold), never as an idle model.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -186,6 +187,65 @@ class PrometheusMetrics:
     def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
         """One model on its own (a sweep of one)."""
         return self.sweep().read(namespace, model, pods, mig, now)
+
+
+# A canary's figures, per pod over a window (the analysis loop adds the pods of each revision). The
+# names are vLLM 0.34.0's: http_requests_total from prometheus-fastapi-instrumentator's defaults
+# (vllm/entrypoints/serve/instrumentator/metrics.py), the histograms from vllm/v1/metrics/loggers.py.
+CANARY_REQUESTS = (
+    'sum by (pod, status) (increase(http_requests_total{namespace="$namespace",pod=~"$pods",'
+    'handler=~"/v1/completions|/v1/chat/completions"}[$window]))'
+)
+CANARY_HISTOGRAMS = {
+    "ttft": 'sum by (pod, le) (increase(vllm:time_to_first_token_seconds_bucket{namespace="$namespace",'
+    'pod=~"$pods"}[$window]))',
+    "itl": 'sum by (pod, le) (increase(vllm:inter_token_latency_seconds_bucket{namespace="$namespace",'
+    'pod=~"$pods"}[$window]))',
+}
+
+
+@dataclass
+class PodFigures:
+    """One pod's increases over a window: completion requests, the 5xx among them, histogram buckets."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    ttft: dict[float, float] | None = None
+    itl: dict[float, float] | None = None
+
+
+def canary_pod_figures(
+    source: PrometheusMetrics, namespace: str, pods: Sequence[str], window_seconds: float
+) -> dict[str, PodFigures]:
+    """Per pod (only pods with series): what the analysis judges. Raises on a Prometheus error."""
+    values = {
+        "namespace": _in_string(namespace),
+        "pods": _pod_regex(pods),
+        "window": f"{max(1, math.ceil(window_seconds))}s",
+    }
+    found: dict[str, PodFigures] = {}
+    for series in source._query(Template(CANARY_REQUESTS).substitute(values)):
+        metric, value = series.get("metric", {}), float(series["value"][1])
+        pod = metric.get("pod")
+        if not pod or math.isnan(value):
+            continue
+        figures = found.setdefault(pod, PodFigures())
+        figures.requests += value
+        if str(metric.get("status", "")).startswith("5"):
+            figures.errors += value
+    for key, template in CANARY_HISTOGRAMS.items():
+        for series in source._query(Template(template).substitute(values)):
+            metric, value = series.get("metric", {}), float(series["value"][1])
+            pod, le = metric.get("pod"), metric.get("le")
+            if not pod or le is None or math.isnan(value):
+                continue
+            figures = found.setdefault(pod, PodFigures())
+            buckets = getattr(figures, key)
+            if buckets is None:
+                buckets = {}
+                setattr(figures, key, buckets)
+            buckets[float(le)] = buckets.get(float(le), 0.0) + value
+    return found
 
 
 class SweepReader:

@@ -577,6 +577,77 @@ class RolloutStep(_Model):
     ] = None
 
 
+class Analysis(_Model):
+    """Judging a canary on LLM signals, against limits and against the stable revision, at every step."""
+
+    interval_seconds: Annotated[
+        int,
+        Field(
+            description=(
+                "How often the canary is judged, on every request since its step's weight was reached."
+            ),
+            ge=5,
+        ),
+    ] = 60
+    min_requests: Annotated[
+        int,
+        Field(
+            description=(
+                "Completion requests each revision must have answered in the step before it is judged, so "
+                "that one slow request cannot decide. Fewer: the step holds."
+            ),
+            ge=1,
+        ),
+    ] = 100
+    max_error_rate: Annotated[
+        float,
+        Field(
+            description=(
+                "Most share of the canary's completion requests answered 5xx (vLLM's http_requests_total). "
+                "Default 1 %."
+            ),
+            ge=0,
+            le=1,
+        ),
+    ] = 0.01
+    max_ttft_seconds: Annotated[
+        float | None,
+        Field(
+            alias="maxTTFTSeconds",
+            description=(
+                "Most p95 time to first token of the canary (vllm:time_to_first_token_seconds). Unset: none."
+            ),
+            gt=0,
+        ),
+    ] = None
+    max_itl_seconds: Annotated[
+        float | None,
+        Field(
+            alias="maxITLSeconds",
+            description=(
+                "Most p95 inter-token latency of the canary (vllm:inter_token_latency_seconds). Unset: none."
+            ),
+            gt=0,
+        ),
+    ] = None
+    max_ttft_ratio: Annotated[
+        float | None,
+        Field(
+            alias="maxTTFTRatio",
+            description="Most canary p95 TTFT over the stable revision's, over the same time. Unset: none.",
+            ge=1,
+        ),
+    ] = 1.5
+    max_itl_ratio: Annotated[
+        float | None,
+        Field(
+            alias="maxITLRatio",
+            description="Most canary p95 inter-token latency over the stable revision's. Unset: none.",
+            ge=1,
+        ),
+    ] = 1.5
+
+
 class Rollout(_Model):
     """How a new revision of the serving template replaces the stable one."""
 
@@ -605,6 +676,15 @@ class Rollout(_Model):
                 "GPUs. Unset: the whole step's canary starts at once."
             ),
             ge=1,
+        ),
+    ] = None
+    analysis: Annotated[
+        Analysis | None,
+        Field(
+            description=(
+                "Judge the canary at every step; a failed judgement rolls it back. Unset: steps end on "
+                "their pauses alone. `analysis: {}` takes the defaults."
+            )
         ),
     ] = None
 
@@ -844,6 +924,10 @@ class RevisionSummary(_Model):
         int, Field(description="Revision number; a rollback renumbers the revision it restores.", ge=1)
     ]
     name: Annotated[str, Field(description="The ControllerRevision holding this template.")]
+    hash: Annotated[
+        str,
+        Field(description="Hash of its template: the gpufleet.io/revision-hash label of its canary pods."),
+    ] = ""
     image: Annotated[str, Field(description="vLLM image of this revision.")] = ""
     model_uri: Annotated[str, Field(description="spec.model.uri of this revision.")] = ""
     quantization: Annotated[str, Field(description="spec.model.quantization of this revision, if set.")] = ""
@@ -886,7 +970,42 @@ class RevisionsStatus(_Model):
     ] = "a"
 
 
-RolloutPhase = Literal["Progressing", "Paused", "Held", "WaitingForPromotion", "Promoting"]
+RolloutPhase = Literal["Progressing", "Paused", "Held", "WaitingForPromotion", "Promoting", "Aborted"]
+Verdict = Literal["Passed", "Failed", "Inconclusive", "NoData"]
+
+
+class RevisionFigures(_Model):
+    """One revision's serving figures over the analysis window."""
+
+    requests: Annotated[float, Field(description="Completion requests answered.", ge=0)] = 0
+    error_rate: Annotated[float | None, Field(description="Share answered 5xx.", ge=0, le=1)] = None
+    ttft_p95_seconds: Annotated[
+        float | None, Field(alias="ttftP95Seconds", description="p95 time to first token.", ge=0)
+    ] = None
+    itl_p95_seconds: Annotated[
+        float | None, Field(alias="itlP95Seconds", description="p95 inter-token latency.", ge=0)
+    ] = None
+
+
+class AnalysisStatus(_Model):
+    """The last judgement of a canary (written by the operator's analysis loop)."""
+
+    revision: Annotated[int, Field(description="The canary revision judged.", ge=1)]
+    step: Annotated[int, Field(description="Its step when judged.", ge=1)]
+    verdict: Annotated[
+        Verdict,
+        Field(
+            description=(
+                "Passed, Failed (rolled back), Inconclusive (too few requests, or no stable figure to "
+                "compare with: the step holds), NoData (no metrics: the step holds)."
+            )
+        ),
+    ]
+    checked_at: Annotated[KubeTime, Field(description="When.")]
+    window_seconds: Annotated[float, Field(description="Seconds of serving judged.", ge=0)] = 0
+    canary: Annotated[RevisionFigures | None, Field(description="The canary's figures.")] = None
+    stable: Annotated[RevisionFigures | None, Field(description="The stable revision's figures.")] = None
+    message: Annotated[str, Field(description="What decided it: the metric, both values and the limit.")] = ""
 
 
 class RolloutStatus(_Model):
@@ -957,6 +1076,10 @@ class ModelDeploymentStatus(_Model):
     ] = None
     rollout: Annotated[
         RolloutStatus | None, Field(description="The canary rollout in progress (spec.rollout.steps).")
+    ] = None
+    analysis: Annotated[
+        AnalysisStatus | None,
+        Field(description="The last judgement of the canary (spec.rollout.analysis), by the analysis loop."),
     ] = None
     conditions: Annotated[
         list[Condition],

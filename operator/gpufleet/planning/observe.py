@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from gpufleet.api.timestamps import parse_kube_time
 from gpufleet.api.v1alpha1 import ModelDeploymentStatus, Slot
 from gpufleet.planning.placement import CapacityType
-from gpufleet.planning.workloads import LABEL_CAPACITY_TYPE, LABEL_MODEL_DEPLOYMENT, LABEL_SLOT, LABEL_ZONE
+from gpufleet.planning.workloads import (
+    LABEL_CAPACITY_TYPE,
+    LABEL_MODEL_DEPLOYMENT,
+    LABEL_REVISION_HASH,
+    LABEL_SLOT,
+    LABEL_ZONE,
+)
 
 # (namespace, name) of a ModelDeployment: the key of the work queue, the caches and the metrics.
 Key = tuple[str, str]
@@ -41,6 +47,7 @@ class ObservedPod:
     # Not ready, and a container of it keeps failing: what the kubelet says of it; "" otherwise.
     failing: str = ""
     slot: Slot = "a"  # the Deployment slot it belongs to (planning.rollout)
+    revision_hash: str = ""  # its revision's hash, on canary pods; "" when unlabelled
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         node=(pod.get("spec") or {}).get("nodeName") or "",
         failing="" if ready else _failing(status),
         slot="b" if labels.get(LABEL_SLOT) == "b" else "a",
+        revision_hash=str(labels.get(LABEL_REVISION_HASH, "")),
     )
 
 

@@ -89,6 +89,7 @@ from gpufleet.planning.revisions import (
     RevisionWrite,
     observe_revisions,
     plan_revisions,
+    revision_hash,
     rolled_out,
     serving_template,
     summary_of,
@@ -113,6 +114,7 @@ from gpufleet.planning.status import (
 )
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
+    LABEL_REVISION_HASH,
     LABEL_SLOT,
     Owner,
     SlotWorkload,
@@ -128,6 +130,8 @@ from gpufleet.planning.zone_loss import NodeLoss, lost_zones
 # An object of our name that belongs to someone else is looked at again this often, until it is gone.
 CONFLICT_RECHECK_SECONDS = 10.0
 
+# status members other loops write (runtime.autoscaler, runtime.analysis)
+_OTHER_WRITERS = ("autoscaler", "analysis")
 # status members that only a valid spec's plan computes; an invalid spec leaves them as stored.
 _COMPUTED_ONLY = ("spot", "cost", "revisions", "rollout")
 
@@ -290,7 +294,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     history = _revision_history(observed, owner, spec, previous)
     rollout = _plan_rollout(observed, spec, previous, history, capacity, pods, owned, now)
     desired = desired_workloads(
-        owner, spec, capacity.groups, policy.workloads, _slot_workloads(spec, history, rollout)
+        owner, spec, capacity.groups, policy.workloads, _slot_workloads(spec, history, rollout, owned)
     )
     applied = observed.remembered.applied
     applies: list[Apply | None] = []
@@ -463,7 +467,8 @@ def _status_write(
     new = status.to_json()
     unschedulable = len(unschedulable_pods(inp.pods, now, inp.unschedulable_after))
 
-    # status.autoscaler is the autoscaler's to write; a merge patch without it leaves it alone,
+    # status.autoscaler and status.analysis are the autoscaler's and the analysis loop's to write; a
+    # merge patch without them leaves them alone,
     # as it leaves spot, cost, revisions and the rollout alone when they were not computed (an invalid
     # spec). A valid spec's plan without a rollout ends it: status.rollout is then deleted.
     computed_only = ("spot", "cost", "revisions") if inp.desired is not None else _COMPUTED_ONLY
@@ -472,7 +477,7 @@ def _status_write(
         return {
             k: v
             for k, v in (stored or {}).items()
-            if k != "autoscaler" and (k in new or k not in computed_only)
+            if k not in _OTHER_WRITERS and (k in new or k not in computed_only)
         }
 
     stored = observed.body.get("status") or {}
@@ -626,12 +631,7 @@ def _stable_slot(stored: RevisionsStatus | None, owned: Sequence[Mapping[str, An
     Deployments exist."""
     if stored is not None:
         return stored.stable_slot
-    slots = {
-        "b"
-        if (d.get("spec", {}).get("selector", {}).get("matchLabels") or {}).get(LABEL_SLOT) == "b"
-        else "a"
-        for d in owned
-    }
+    slots = {_slot_of(d) for d in owned}
     return "b" if slots == {"b"} else "a"
 
 
@@ -673,21 +673,45 @@ def _plan_rollout(
             state=state,
             promote=promote_value(observed.body["metadata"].get("annotations")),
             hold=hold,
+            analysis=spec.rollout.analysis,
+            judgement=previous.analysis,
+            current_hash=revision_hash(history.plan.current.template),
         ),
         now,
     )
 
 
-def _slot_workloads(spec: ModelDeploymentSpec, history: _History, rollout: RolloutPlan) -> list[SlotWorkload]:
+def _slot_workloads(
+    spec: ModelDeploymentSpec, history: _History, rollout: RolloutPlan, owned: Sequence[Mapping[str, Any]]
+) -> list[SlotWorkload]:
+    """What each slot runs. Canary pods carry their revision's hash; a stable slot carries it only when
+    its live Deployments already do (it was a canary), so no running pod template changes."""
+    current = revision_hash(history.plan.current.template)
+    stable_slot = rollout.stable_slot
     if not rollout.canary or history.stable is None:
-        return [SlotWorkload(spec, [s.group for s in rollout.slots], rollout.stable_slot)]
+        label = current if _labelled(owned, stable_slot) else None
+        return [SlotWorkload(spec, [s.group for s in rollout.slots], stable_slot, label)]
     stable_spec = spec_of_revision(spec, history.stable) or spec
+    stable_label = revision_hash(history.stable.template) if _labelled(owned, stable_slot) else None
     stable = [s.group for s in rollout.slots if not s.canary]
     canary = [s.group for s in rollout.slots if s.canary]
     return [
-        SlotWorkload(stable_spec, stable, rollout.stable_slot),
-        SlotWorkload(spec, canary, other_slot(rollout.stable_slot)),
+        SlotWorkload(stable_spec, stable, stable_slot, stable_label),
+        SlotWorkload(spec, canary, other_slot(stable_slot), current),
     ]
+
+
+def _slot_of(deployment: Mapping[str, Any]) -> Slot:
+    labels = (deployment.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+    return "b" if labels.get(LABEL_SLOT) == "b" else "a"
+
+
+def _labelled(owned: Sequence[Mapping[str, Any]], slot: Slot) -> bool:
+    return any(
+        LABEL_REVISION_HASH in (d["spec"]["template"]["metadata"].get("labels") or {})
+        for d in owned
+        if _slot_of(d) == slot and "template" in (d.get("spec") or {})
+    )
 
 
 def _revisions_status(

@@ -28,12 +28,12 @@ from gpufleet.planning.observe import owned_by
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
     LABEL_MODEL_DEPLOYMENT,
+    LABEL_REVISION_HASH,
     Owner,
     owned_metadata,
     template_hash,
 )
 
-LABEL_REVISION_HASH = "gpufleet.io/revision-hash"
 SERVING_FIELDS = ("model", "engine", "accelerator")
 HASH_LENGTH = 10
 # status.revisions.*.changes stays a line a person reads in `kubectl describe`.
@@ -207,6 +207,7 @@ def summary_of(revision: ObservedRevision, history: Sequence[ObservedRevision]) 
     return RevisionSummary(
         revision=revision.revision,
         name=revision.name,
+        hash=revision_hash(template),
         image=str(engine.get("image") or ModelDeploymentSpec.model_fields["engine"].default.image),
         model_uri=str(model.get("uri") or ""),
         quantization=str(model.get("quantization") or ""),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gpufleet.api.v1alpha1 import RolloutPhase, RolloutStatus, RolloutStep, Slot
+from gpufleet.api.v1alpha1 import Analysis, AnalysisStatus, RolloutPhase, RolloutStatus, RolloutStep, Slot
 from gpufleet.planning.observe import ObservedPod
 from gpufleet.planning.placement import CapacityType, PlacementGroup
 from gpufleet.planning.report import EventView
@@ -111,6 +111,9 @@ class RolloutInput:
     state: RolloutStatus | None  # as last written
     promote: str = ""  # the promote annotation's value
     hold: str = ""  # why failover holds the rollout ("" when it does not)
+    analysis: Analysis | None = None  # spec.rollout.analysis; None: steps end on their pauses alone
+    current_hash: str = ""  # the canary revision's pod label: only its own pods count ("" : any)
+    judgement: AnalysisStatus | None = None  # status.analysis: the analysis loop's last judgement
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,13 @@ def _whole(groups: Sequence[PlacementGroup], slot: Slot, canary: bool) -> tuple[
     return tuple(SlotGroup(g.zone, g.capacity_type, slot, g.replicas, canary) for g in groups)
 
 
-def _ready_by_group(pods: Sequence[ObservedPod], slot: Slot) -> dict[GroupKey, int]:
+def _ready_by_group(pods: Sequence[ObservedPod], slot: Slot, revision_hash: str = "") -> dict[GroupKey, int]:
+    """Ready pods of a slot by group; with `revision_hash`, only that revision's (a canary slot still
+    holds a replaced canary's pods until its Deployment has rolled them)."""
     ready: dict[GroupKey, int] = {}
     for pod in pods:
+        if revision_hash and pod.revision_hash != revision_hash:
+            continue
         if pod.slot == slot and pod.ready and not pod.terminating:
             key = (pod.zone, pod.capacity_type)
             ready[key] = ready.get(key, 0) + 1
@@ -142,7 +149,7 @@ def plan_rollout(inp: RolloutInput, now: datetime) -> RolloutPlan:
     running = inp.state is not None
     if not inp.steps or inp.stable is None or inp.stable == inp.current:
         events: tuple[EventView, ...] = ()
-        if running and inp.stable == inp.current:
+        if running and inp.stable == inp.current and inp.state is not None and inp.state.phase != "Aborted":
             events = (
                 EventView(
                     "Normal",
@@ -159,6 +166,26 @@ def plan_rollout(inp: RolloutInput, now: datetime) -> RolloutPlan:
 def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
     canary_slot = other_slot(inp.stable_slot)
     state = inp.state if inp.state is not None and inp.state.revision == inp.current else None
+    if state is not None and state.phase == "Aborted":
+        return _aborted(inp, state, ())
+    judged = inp.judgement if inp.judgement is not None and inp.judgement.revision == inp.current else None
+    if inp.analysis is not None and state is not None and judged is not None and judged.verdict == "Failed":
+        failed = RolloutStatus(
+            revision=inp.current,
+            step=state.step,
+            steps=len(inp.steps),
+            phase="Aborted",
+            target_weight=0,
+            step_started_at=state.step_started_at,
+            message=f"analysis failed: {judged.message}",
+        )
+        event = EventView(
+            "Warning",
+            "CanaryFailed",
+            f"revision {inp.current} rolled back at step {state.step}: {judged.message}; revision "
+            f"{inp.stable} takes every replica. Fix the spec, or `gpufleet rollback` to stop this alert",
+        )
+        return _aborted(inp, failed, (event,))
     events: list[EventView] = []
     if state is None:
         step, started, reached = 1, now, None
@@ -174,7 +201,7 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
         step, started, reached = state.step, state.step_started_at or now, state.weight_reached_at
     steps = len(inp.steps)
     total = sum(g.replicas for g in inp.groups)
-    canary_ready = _ready_by_group(inp.pods, canary_slot)
+    canary_ready = _ready_by_group(inp.pods, canary_slot, inp.current_hash)
     stable_ready = _ready_by_group(inp.pods, inp.stable_slot)
     ready = sum(canary_ready.values())
     hold = "spec.rollout.paused is set" if inp.paused else inp.hold
@@ -204,10 +231,14 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
     elif reached is not None:
         pause = inp.steps[step - 1].pause_seconds
         promoted_by_hand = inp.promote == f"{inp.current}/{step}"
-        if promoted_by_hand or (pause is not None and now >= reached + timedelta(seconds=pause)):
+        paused_out = pause is not None and now >= reached + timedelta(seconds=pause)
+        verdict = _analysis_gate(inp.analysis, judged, step, reached)
+        if promoted_by_hand or (paused_out and verdict is None):
             step, started, reached = step + 1, now, None
             canary_target, _ = target_of(step)
             phase = "Promoting" if step > steps else "Progressing"
+        elif paused_out:
+            phase, hold = "Held", verdict or ""
         elif pause is None:
             phase = "WaitingForPromotion"
         else:
@@ -242,6 +273,31 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
         message=_message(phase, hold, ready, canary_target, inp.current, step),
     )
     return RolloutPlan(tuple(slots), inp.stable_slot, True, False, status, tuple(events), requeue)
+
+
+def _analysis_gate(
+    analysis: Analysis | None, judged: AnalysisStatus | None, step: int, reached: datetime
+) -> str | None:
+    """Why the analysis keeps a step whose pause is over from ending; None when it may end. Only a
+    Passed judgement of this step at its weight lets it: no data never promotes."""
+    if analysis is None:
+        return None
+    if judged is None or judged.step != step or judged.checked_at < reached:
+        return "analysis: no judgement of this step yet"
+    if judged.verdict != "Passed":
+        return f"analysis {judged.verdict}: {judged.message}"
+    return None
+
+
+def _aborted(inp: RolloutInput, status: RolloutStatus, events: tuple[EventView, ...]) -> RolloutPlan:
+    """Analysis failed: the stable revision takes every replica in its slot, the canary slot is emptied,
+    and it stays so while spec asks for the failed revision."""
+    slots = tuple(
+        SlotGroup(g.zone, g.capacity_type, slot, g.replicas if slot == inp.stable_slot else 0, canary)
+        for g in inp.groups
+        for slot, canary in ((inp.stable_slot, False), (other_slot(inp.stable_slot), True))
+    )
+    return RolloutPlan(slots, inp.stable_slot, True, False, status, events)
 
 
 def _promoted(inp: RolloutInput, canary_slot: Slot, ready: int) -> RolloutPlan:

@@ -200,6 +200,10 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
             f"{', '.join(overdue)} made no progress within its deadline; the ready replicas keep serving"
         )
         conditions.append(cond(PROGRESSING, False, "ProgressDeadlineExceeded", message))
+    elif inp.rollout is not None and inp.rollout.phase == "Aborted":
+        r = inp.rollout
+        message = f"canary revision {r.revision} rolled back at step {r.step}: {r.message}"
+        conditions.append(cond(PROGRESSING, False, "CanaryFailed", message))
     elif inp.rollout is not None:
         r = inp.rollout
         message = (

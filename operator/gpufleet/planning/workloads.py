@@ -43,6 +43,10 @@ LABEL_CAPACITY_TYPE = "gpufleet.io/capacity-type"
 # Only on slot b's pods (a canary, or what a canary promoted): slot a's pods carry none, so the
 # Deployments every model already has keep their pod template and selector.
 LABEL_SLOT = "gpufleet.io/slot"
+# The revision a pod runs (planning.revisions' hash of its serving template), on canary pods and on
+# pods of a slot that was a canary: the rollout counts only the canary revision's own pods, and the
+# analysis reads their metrics. Never in a selector, and never added to a running Deployment's pods.
+LABEL_REVISION_HASH = "gpufleet.io/revision-hash"
 ANNOTATION_TEMPLATE_HASH = "gpufleet.io/template-hash"
 
 # Node labels set by gpu-feature-discovery and the cloud (REFERENCE.md "GPUs, MIG, Llama 3 70B").
@@ -547,7 +551,12 @@ def _tolerations(group: PlacementGroup, options: WorkloadOptions) -> list[dict[s
 
 
 def _deployment(
-    owner: Owner, spec: ModelDeploymentSpec, group: PlacementGroup, options: WorkloadOptions, slot: Slot
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    group: PlacementGroup,
+    options: WorkloadOptions,
+    slot: Slot,
+    revision_label: str | None = None,
 ) -> dict[str, Any]:
     md = owner.name
     group_labels = {LABEL_MODEL_DEPLOYMENT: md, LABEL_CAPACITY_TYPE: group.capacity_type}
@@ -556,6 +565,7 @@ def _deployment(
     if slot == "b":
         group_labels[LABEL_SLOT] = slot
     labels = {**_common_labels(md), **group_labels}
+    pod_labels = {**labels, LABEL_REVISION_HASH: revision_label} if revision_label else labels
     budget = startup_budget_seconds(spec, options)
     volumes, mounts = _volumes(spec)
     container: dict[str, Any] = {
@@ -605,7 +615,7 @@ def _deployment(
             "progressDeadlineSeconds": budget + PROGRESS_DEADLINE_MARGIN_SECONDS,
             "template": {
                 "metadata": {
-                    "labels": dict(labels),
+                    "labels": dict(pod_labels),
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(options.port),
@@ -657,6 +667,7 @@ class SlotWorkload:
     spec: ModelDeploymentSpec
     groups: Sequence[PlacementGroup]
     slot: Slot = "a"
+    revision_label: str | None = None  # LABEL_REVISION_HASH on the pods, when they carry it
 
 
 def desired_workloads(
@@ -671,7 +682,7 @@ def desired_workloads(
     workloads = [SlotWorkload(spec, groups)] if slots is None else slots
     return DesiredWorkloads(
         deployments=tuple(
-            _deployment(owner, workload.spec, group, options, workload.slot)
+            _deployment(owner, workload.spec, group, options, workload.slot, workload.revision_label)
             for workload in workloads
             for group in workload.groups
             if group.replicas > 0

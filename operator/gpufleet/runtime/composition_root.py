@@ -33,6 +33,7 @@ from gpufleet.planning.observe import Key, owner_key, owner_key_of, version_of
 from gpufleet.planning.scaling import Decision
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 from gpufleet.runtime import operator_metrics as metrics
+from gpufleet.runtime.analysis import CanaryAnalyst, prometheus_reader
 from gpufleet.runtime.autoscaler import Autoscaler, evaluate_all
 from gpufleet.runtime.cached_kube import CachedKube
 from gpufleet.runtime.capacity_store import CapacityStore
@@ -103,6 +104,7 @@ class Operator:
             else None
         )
         self.autoscaler = Autoscaler(cached, reader, clock=utcnow, timings=settings.scaling_timings())
+        self.analyst = CanaryAnalyst(cached, prometheus_reader(reader), clock=utcnow)
         self.queue = WorkQueue(self._work, settings.workers, settings.resync_seconds)
         self._fenced = fenced
         self._elector: LeaderElector | None = None
@@ -272,7 +274,18 @@ class Operator:
 
     def _evaluate(self, body: Mapping[str, Any], metrics: MetricsReader | None = None) -> Decision | None:
         with self._working() as may_act:
-            return self.autoscaler.evaluate(body, metrics) if may_act else None
+            if not may_act:
+                return None
+            try:
+                self.analyst.evaluate(body)  # a canary judged, when one is due
+            except Exception:
+                meta = body.get("metadata", {})
+                log.exception(
+                    "judging the canary of %s/%s failed; its step holds",
+                    meta.get("namespace"),
+                    meta.get("name"),
+                )
+            return self.autoscaler.evaluate(body, metrics)
 
     async def _autoscale_sweeps(self) -> None:
         """Evaluate every known ModelDeployment with autoscaling on, every interval.

@@ -11,6 +11,7 @@ import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpufleet.api.v1alpha1 import ModelDeploymentStatus, RolloutStatus
 from gpufleet.runtime import operator_metrics as metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,8 @@ FOREIGN = {
     "vllm:kv_cache_usage_perc",
     "vllm:time_to_first_token_seconds_bucket",
     "DCGM_FI_DEV_GPU_UTIL",
+    # vLLM's OpenAI server (prometheus-fastapi-instrumentator's defaults in vLLM 0.34.0)
+    "http_requests_total",
 }
 MD = ("namespace", "name")
 # name -> (type, label names): what the alerts, the dashboard and the runbooks were written against.
@@ -40,6 +43,9 @@ INTERFACE = {
     "gpufleet_condition": ("gauge", (*MD, "type")),
     "gpufleet_placement_replicas": ("gauge", (*MD, "zone", "capacity_type", "state")),
     "gpufleet_unschedulable_replicas": ("gauge", MD),
+    "gpufleet_rollout_phase": ("gauge", (*MD, "phase")),
+    "gpufleet_rollout_step": ("gauge", MD),
+    "gpufleet_rollout_weight_percent": ("gauge", MD),
     "gpufleet_autoscaler_signal_age_seconds": ("gauge", MD),
     "gpufleet_autoscaler_sweep_duration_seconds": ("histogram", ()),
     "gpufleet_estimated_cost_per_hour": ("gauge", MD),
@@ -87,6 +93,8 @@ def test_a_model_deployments_series_are_exported_and_forgotten_with_it() -> None
     ).set(2)
     metrics.COST_PER_HOUR.labels(namespace="ml", name="m").set(40.96)
     metrics.REPLACEMENTS.labels(namespace="ml", name="m", reason="Interruption").inc()
+    metrics.ROLLOUT_PHASE.labels(namespace="ml", name="m", phase="Aborted").set(1)
+    metrics.ROLLOUT_STEP.labels(namespace="ml", name="m").set(2)
     metrics.CONDITION.labels(namespace="ml", name="other", type="Ready").set(1)
 
     def samples() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -191,3 +199,17 @@ def test_alerts_and_dashboard_read_only_exported_metrics_and_labels(where: str, 
         assert labels <= set(exported[name]), (
             f"{where}: {name} has no label(s) {labels - set(exported[name])}"
         )
+
+
+def test_the_rollout_gauges_follow_status_and_go_with_the_rollout() -> None:
+    rollout = RolloutStatus(revision=2, step=1, steps=2, phase="Paused", target_weight=10, weight=33)
+    metrics.export_status(("ml", "r"), ModelDeploymentStatus(rollout=rollout), 0)
+    text = generate_latest(REGISTRY).decode()
+    assert 'gpufleet_rollout_phase{name="r",namespace="ml",phase="Paused"} 1.0' in text
+    assert 'gpufleet_rollout_weight_percent{name="r",namespace="ml"} 33.0' in text
+    metrics.export_status(("ml", "r"), ModelDeploymentStatus(), 0)
+    text = generate_latest(REGISTRY).decode()
+    assert 'name="r"' not in "".join(
+        line for line in text.splitlines() if line.startswith("gpufleet_rollout")
+    )
+    metrics.forget_model_deployment("ml", "r")

@@ -46,6 +46,15 @@ PLACEMENT_REPLICAS = Gauge(
     "Replicas per zone and capacity type: desired (the plan) and ready (pods serving).",
     [*_MD, "zone", "capacity_type", "state"],
 )
+ROLLOUT_PHASE = Gauge(
+    "gpufleet_rollout_phase",
+    "1 for the phase of the ModelDeployment's canary rollout (status.rollout.phase); absent without one.",
+    [*_MD, "phase"],
+)
+ROLLOUT_STEP = Gauge("gpufleet_rollout_step", "Step of the canary rollout under way, from 1.", _MD)
+ROLLOUT_WEIGHT = Gauge(
+    "gpufleet_rollout_weight_percent", "Ready canary replicas as a percent of ready replicas.", _MD
+)
 UNSCHEDULABLE_REPLICAS = Gauge(
     "gpufleet_unschedulable_replicas",
     "Pods of the ModelDeployment the scheduler has not placed for GPUFLEET_UNSCHEDULABLE_AFTER_SECONDS.",
@@ -115,6 +124,9 @@ _PER_MODEL_DEPLOYMENT = (
     CONDITION,
     PLACEMENT_REPLICAS,
     UNSCHEDULABLE_REPLICAS,
+    ROLLOUT_PHASE,
+    ROLLOUT_STEP,
+    ROLLOUT_WEIGHT,
     SIGNAL_AGE,
     COST_PER_HOUR,
     ON_DEMAND_COST_PER_HOUR,
@@ -167,6 +179,15 @@ def export_status(key: Key, status: ModelDeploymentStatus, unschedulable: int) -
         PLACEMENT_REPLICAS.labels(**labels, state="desired").set(row.replicas)
         PLACEMENT_REPLICAS.labels(**labels, state="ready").set(row.ready_replicas)
     UNSCHEDULABLE_REPLICAS.labels(namespace=namespace, name=name).set(unschedulable)
+    rollout = status.rollout
+    ROLLOUT_PHASE.remove_by_labels({"namespace": namespace, "name": name})
+    if rollout is not None:
+        ROLLOUT_PHASE.labels(namespace=namespace, name=name, phase=rollout.phase).set(1)
+        ROLLOUT_STEP.labels(namespace=namespace, name=name).set(rollout.step)
+        ROLLOUT_WEIGHT.labels(namespace=namespace, name=name).set(rollout.weight)
+    else:
+        ROLLOUT_STEP.remove_by_labels({"namespace": namespace, "name": name})
+        ROLLOUT_WEIGHT.remove_by_labels({"namespace": namespace, "name": name})
     cost = status.cost
     for gauge, value in (
         (COST_PER_HOUR, cost.per_hour if cost else None),

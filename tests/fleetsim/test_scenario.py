@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fleetsim.accounting import Accounting, NodeSample, ReplicaSample
+from fleetsim.builds import Build
 from fleetsim.clock import SimClock
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import load_seconds, plan_pod
@@ -53,6 +54,33 @@ def test_minimal_scenario_resolves_paths_against_the_root() -> None:
         ({"loda": {}}, "scenario.loda: Extra inputs are not permitted"),
         ({"load": {"service": "s", "model": "m"}}, "scenario.load.trace: Field required"),
         ({"params": {"kubelet": {"imagePullSeconds": -1}}}, "scenario.params.kubelet.imagePullSeconds"),
+        (
+            {"builds": {"vllm/vllm-openai:bad": {"errorShare": 1.5}}},
+            "scenario.builds['vllm/vllm-openai:bad'].errorShare: Input should be less than or equal to 1",
+        ),
+        (
+            {"builds": {"img": {"errorShare": -0.1}}},
+            "scenario.builds['img'].errorShare: Input should be greater than or equal to 0",
+        ),
+        (
+            {"builds": {"img": {"prefillSlowdown": 0}}},
+            "scenario.builds['img'].prefillSlowdown: Input should be greater than 0",
+        ),
+        (
+            {"builds": {"img": {"decodeSlowdown": -2}}},
+            "scenario.builds['img'].decodeSlowdown: Input should be greater than 0",
+        ),
+        ({"builds": {"img": {"neverReady": "maybe"}}}, "scenario.builds['img'].neverReady: Input should be"),
+        ({"builds": {"img": {"errorRate": 0.1}}}, "scenario.builds['img'].errorRate: Extra inputs are not"),
+        ({"builds": {"": {}}}, "scenario.builds[''][key]: String should have at least 1 character"),
+        (
+            {"events": [{"at": 1, "patch": {"modelDeployment": "m", "spec": {}}}]},
+            "scenario.events[0].patch.spec: Dictionary should have at least 1 item",
+        ),
+        (
+            {"events": [{"at": 1, "patch": {"spec": {"replicas": 2}}}]},
+            "scenario.events[0].patch.modelDeployment: Field required",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_field(change: dict[str, Any], message: str) -> None:
@@ -77,11 +105,45 @@ def test_event_kinds() -> None:
                 {"at": 2, "zoneOutage": "us-east-1c"},
                 {"at": 3, "deleteNode": "n"},
                 {"at": 4, "scale": {"modelDeployment": "m", "replicas": 3}},
+                {
+                    "at": 300,
+                    "patch": {
+                        "modelDeployment": "llama-3-8b",
+                        "spec": {"engine": {"image": "vllm/vllm-openai:v0.34.0-bad"}},
+                    },
+                },
             ],
         },
         ROOT,
     )
-    assert [e.kind for e in scenario.events] == ["interrupt", "zoneOutage", "deleteNode", "scale"]
+    assert [e.kind for e in scenario.events] == ["interrupt", "zoneOutage", "deleteNode", "scale", "patch"]
+    patch = scenario.events[-1].patch
+    assert patch is not None
+    assert patch.model_deployment == "llama-3-8b"
+    assert patch.spec == {"engine": {"image": "vllm/vllm-openai:v0.34.0-bad"}}
+
+
+def test_builds_name_faulty_images() -> None:
+    scenario = parse_scenario(
+        {
+            **MINIMAL,
+            "builds": {
+                "vllm/vllm-openai:v0.34.0-bad": {
+                    "errorShare": 0.2,
+                    "prefillSlowdown": 2.0,
+                    "decodeSlowdown": 1.0,
+                    "neverReady": False,
+                },
+                "vllm/vllm-openai:v0.34.0-hung": {"neverReady": True},
+            },
+        },
+        ROOT,
+    )
+    bad = scenario.builds["vllm/vllm-openai:v0.34.0-bad"]
+    assert (bad.error_share, bad.prefill_slowdown, bad.decode_slowdown, bad.never_ready) == (0.2, 2, 1, False)
+    hung = scenario.builds["vllm/vllm-openai:v0.34.0-hung"]
+    assert hung == Build(never_ready=True)
+    assert parse_scenario(MINIMAL, ROOT).builds == {}
 
 
 def _pod_for(spec: dict[str, Any], group: PlacementGroup) -> dict[str, Any]:

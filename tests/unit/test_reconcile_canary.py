@@ -267,3 +267,46 @@ def test_a_passed_analysis_lets_the_step_end_when_its_pause_does() -> None:
     body["status"]["analysis"] = judgement("Passed", "120 canary requests within every limit")
     step(world, body, after=timedelta(seconds=61))
     assert body["status"]["rollout"]["phase"] == "Promoting"
+
+
+def test_rollback_after_promotion_takes_the_warm_standby_without_restarting_it() -> None:
+    body = sample(
+        replicas=4,
+        minReplicas=1,
+        rollout={
+            "steps": [{"weight": 50, "pauseSeconds": 60}],
+            "keepPrevious": {"replicas": 1, "seconds": 600},
+        },
+    )
+    body["spec"]["autoscaling"]["enabled"] = False
+    world = stable_world(body)
+    old = dict(world.deployments)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    for seconds in (0, 1, 61, 62, 63):
+        step(world, body, after=timedelta(seconds=seconds))
+        settle(world)
+    revisions = body["status"]["revisions"]
+    assert (revisions["stable"]["revision"], revisions["stableSlot"]) == (2, "b")
+    standby = revisions["standby"]
+    assert (standby["revision"], standby["replicas"]) == (1, 1)
+    assert standby["costPerHour"] > 0
+    # One replica of revision 1 stays warm in its old Deployment, whose template did not change.
+    (warm,) = [n for n in world.deployments if not n.endswith("-b")]
+    assert world.deployments[warm]["spec"]["replicas"] == 1
+    assert world.deployments[warm]["spec"]["template"] == old[warm]["spec"]["template"], (
+        "the warm replica's pod template is the one it ran as stable"
+    )
+
+    # `gpufleet rollback`: spec back at revision 1 (renumbered 3). Its warm replica serves at once.
+    body["spec"]["engine"]["image"] = OLD_IMAGE
+    restoring = step(world, body, after=timedelta(seconds=70))
+    assert "RestoringFromStandby" in events(restoring)
+    assert world.deployments[warm]["spec"]["template"] == old[warm]["spec"]["template"]
+    settle(world)
+    step(world, body, after=timedelta(seconds=71))
+    settle(world)
+    step(world, body, after=timedelta(seconds=72))
+    revisions = body["status"]["revisions"]
+    assert (revisions["stable"]["revision"], revisions["stableSlot"]) == (3, "a")
+    assert set(images(world).values()) == {OLD_IMAGE, NEW_IMAGE}  # revision 2 now the warm one
+    assert revisions["standby"]["revision"] == 2

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gpufleet.api.v1alpha1 import Analysis, AnalysisStatus, RolloutStatus, RolloutStep, Slot
+from gpufleet.api.v1alpha1 import Analysis, AnalysisStatus, KeepPrevious, RolloutStatus, RolloutStep, Slot
 from gpufleet.planning.observe import ObservedPod
 from gpufleet.planning.placement import CapacityType, PlacementGroup
 from gpufleet.planning.rollout import (
@@ -15,6 +15,7 @@ from gpufleet.planning.rollout import (
     PromoteError,
     RolloutInput,
     RolloutPlan,
+    Standby,
     distribute,
     plan_rollout,
     promote_patch,
@@ -482,3 +483,83 @@ def test_only_the_canary_revisions_own_pods_count() -> None:
     )
     assert plan.status is not None
     assert plan.status.canary_replicas == 1
+
+
+KEEP = KeepPrevious(replicas=1, seconds=3600)
+
+
+def test_while_the_canary_takes_every_replica_the_ones_to_keep_warm_stay() -> None:
+    ready = pods(A, "a", 2) + pods(B, "a", 2) + pods(A, "b", 2) + pods(B, "b", 1)
+    plan = plan_rollout(given(pods=ready, state=state(3), keep_previous=KEEP, stable_name="m-1"), NOW)
+    assert plan.status is not None
+    assert plan.status.phase == "Promoting"
+    # Group A's stable replicas would all go (two canary ones are ready); one stays warm.
+    assert counts(plan)[("us-east-1a", "a")] == 1
+
+
+def test_promotion_keeps_the_previous_revision_warm_in_its_slot() -> None:
+    ready = pods(A, "a", 1) + pods(A, "b", 2) + pods(B, "b", 2)
+    plan = plan_rollout(given(pods=ready, state=state(3), keep_previous=KEEP, stable_name="m-1"), NOW)
+    assert plan.promoted
+    assert plan.stable_slot == "b"
+    assert plan.standby == Standby(1, "m-1", 1, NOW + timedelta(hours=1))
+    assert [(s.zone, s.slot, s.replicas) for s in plan.slots if s.standby] == [
+        ("us-east-1a", "a", 1),
+        ("us-east-1b", "a", 0),
+    ]
+    assert plan.requeue_after == 3600
+    assert "1 of revision 1's stay warm until 13:00:00Z" in plan.events[0].message
+
+
+def test_the_standby_stays_until_its_time_then_goes() -> None:
+    standby = Standby(1, "m-1", 1, NOW + timedelta(minutes=10))
+    kept = plan_rollout(given(current=2, stable=2, stable_slot="b", standby=standby, keep_previous=KEEP), NOW)
+    assert kept.standby == standby
+    assert [(s.slot, s.replicas) for s in kept.slots if s.standby] == [("a", 1), ("a", 0)]
+    assert kept.requeue_after == 600
+    gone = plan_rollout(
+        given(current=2, stable=2, stable_slot="b", standby=standby, keep_previous=KEEP),
+        NOW + timedelta(minutes=10),
+    )
+    assert gone.standby is None
+    assert not [s for s in gone.slots if s.standby]
+    assert reasons(gone) == ["StandbyReleased"]
+
+
+def test_a_new_canary_takes_the_standby_slot() -> None:
+    standby = Standby(1, "m-1", 1, NOW + timedelta(minutes=10))
+    plan = plan_rollout(given(current=3, stable=2, stable_slot="b", standby=standby, keep_previous=KEEP), NOW)
+    assert plan.canary
+    assert plan.standby is None
+    assert {s.slot for s in plan.slots if s.canary} == {"a"}
+
+
+def test_back_to_the_warm_revision_its_replicas_serve_at_once_and_the_rest_follow() -> None:
+    standby = Standby(1, "m-1", 1, NOW + timedelta(minutes=10))
+    # Revision 2 runs 4 replicas in slot b; revision 1 has one warm replica in slot a.
+    live = pods(A, "b", 2) + pods(B, "b", 2) + pods(A, "a", 1)
+    back = given(
+        current=1,
+        stable=2,
+        stable_slot="b",
+        standby=standby,
+        keep_previous=KEEP,
+        pods=live,
+        stable_name="m-2",
+    )
+    plan = plan_rollout(back, NOW)
+    assert reasons(plan)[0] == "RestoringFromStandby"
+    assert plan.status is not None
+    assert plan.status.phase == "Promoting"
+    # Slot a grows to every replica; slot b gives up one replica in group A for the warm one.
+    assert counts(plan) == {
+        ("us-east-1a", "a"): 2,
+        ("us-east-1a", "b"): 1,
+        ("us-east-1b", "a"): 2,
+        ("us-east-1b", "b"): 2,
+    }
+    done = plan_rollout(replace(back, pods=pods(A, "a", 2) + pods(B, "a", 2), state=plan.status), NOW)
+    assert done.promoted
+    assert done.stable_slot == "a"
+    assert done.standby is not None
+    assert done.standby.revision == 2

@@ -385,6 +385,11 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "spec.rollout.steps[0].pauseSeconds",
         ("must be at least 0, got -5",),
     ),
+    "warm standby without canary steps": (
+        {"spec__rollout": {"keepPrevious": {"replicas": 1, "seconds": 600}}},
+        "spec.rollout.keepPrevious",
+        ("there is no canary without spec.rollout.steps", "one step of weight 100 is enough"),
+    ),
     "surge budget below one replica": (
         {"spec__rollout": {"steps": [{"weight": 10}], "maxSurgeGPUs": 2}},
         "spec.rollout.maxSurgeGPUs",

@@ -648,6 +648,16 @@ class Analysis(_Model):
     ] = 1.5
 
 
+class KeepPrevious(_Model):
+    """A warm standby of the previous revision after a promotion, so a rollback needs no cold start."""
+
+    replicas: Annotated[
+        int,
+        Field(description="Replicas of the previous revision kept running, spread like the others.", ge=1),
+    ] = 1
+    seconds: Annotated[int, Field(description="How long after the promotion they are kept.", ge=1)] = 3600
+
+
 class Rollout(_Model):
     """How a new revision of the serving template replaces the stable one."""
 
@@ -684,6 +694,16 @@ class Rollout(_Model):
             description=(
                 "Judge the canary at every step; a failed judgement rolls it back. Unset: steps end on "
                 "their pauses alone. `analysis: {}` takes the defaults."
+            )
+        ),
+    ] = None
+    keep_previous: Annotated[
+        KeepPrevious | None,
+        Field(
+            description=(
+                "After a promotion, keep replicas of the previous revision warm in the other slot for a "
+                "while (they serve traffic too): `gpufleet rollback` then takes every replica back "
+                "without a cold start. Unset: the previous revision's replicas go at promotion."
             )
         ),
     ] = None
@@ -939,6 +959,18 @@ class RevisionSummary(_Model):
     ] = ""
 
 
+class StandbyStatus(_Model):
+    """The previous revision kept warm after a promotion (spec.rollout.keepPrevious)."""
+
+    revision: Annotated[int, Field(description="Its revision number.", ge=1)]
+    name: Annotated[str, Field(description="Its ControllerRevision.")]
+    replicas: Annotated[int, Field(description="Replicas kept.", ge=0)]
+    until: Annotated[KubeTime, Field(description="When they go.")]
+    cost_per_hour: Annotated[
+        float | None, Field(description="Estimated cost of the standby replicas, per hour.", ge=0)
+    ] = None
+
+
 class RevisionsStatus(_Model):
     """The serving template's revisions: the one asked for, and the last one that was fully rolled out."""
 
@@ -957,6 +989,10 @@ class RevisionsStatus(_Model):
         Field(
             description="The revision a canary rollout is bringing in (spec.rollout.steps), while it runs."
         ),
+    ] = None
+    standby: Annotated[
+        StandbyStatus | None,
+        Field(description="The previous revision kept warm after a promotion (spec.rollout.keepPrevious)."),
     ] = None
     history: Annotated[int, Field(description="ControllerRevisions kept for this model.", ge=0)] = 0
     stable_slot: Annotated[

@@ -440,6 +440,12 @@ def _check_rollout(spec: ModelDeploymentSpec) -> Iterator[Problem]:
                 f"{weight} does not rise above the step before it ({before}); "
                 "list steps in increasing weight",
             )
+    if rollout.keep_previous is not None and not rollout.steps:
+        yield Problem(
+            "spec.rollout.keepPrevious",
+            "keeps the previous revision warm after a canary's promotion, and there is no canary without "
+            "spec.rollout.steps; add steps (one step of weight 100 is enough) or remove keepPrevious",
+        )
     gpus = spec.accelerator.tensor_parallel_size
     if rollout.max_surge_gpus is not None and rollout.max_surge_gpus < gpus:
         yield Problem(

@@ -50,6 +50,7 @@ from gpufleet.api.v1alpha1 import (
     RolloutStatus,
     Slot,
     SpotStatus,
+    StandbyStatus,
 )
 from gpufleet.api.validation import validate_manifest
 from gpufleet.planning.cost import ProductPrices, estimate_for, product_for
@@ -97,6 +98,7 @@ from gpufleet.planning.revisions import (
 from gpufleet.planning.rollout import (
     RolloutInput,
     RolloutPlan,
+    Standby,
     other_slot,
     plan_rollout,
     promote_value,
@@ -329,7 +331,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         for live_name, live in sorted(live_by_name.items())
         if live_name not in wanted
     ]
-    revisions = _revisions_status(history, rollout, desired.deployments, live_by_name)
+    revisions = _revisions_status(history, rollout, desired.deployments, live_by_name, spec, observed.prices)
     revision_writes = [_revision_apply(write, revisions) for write in revisions.plan.writes]
     removals += [Removal("apps/v1", "ControllerRevision", gone, None) for gone in revisions.plan.deletions]
     live_pods = [p for p in pods if not p.terminating]
@@ -610,7 +612,11 @@ def _revision_history(
         serving_template(spec),
         history,
         spec.revision_history_limit,
-        keep=[stable_before] if stable_before else [],
+        keep=[
+            name
+            for name in (stable_before, stored.standby.name if stored and stored.standby else None)
+            if name
+        ],
         taken=foreign,
     )
     return _History(plan, stored, next((r for r in plan.history if r.name == stable_before), None))
@@ -660,6 +666,13 @@ def _plan_rollout(
         if capacity.retire or capacity.kept
         else ""
     )
+    stored = history.stored.standby if history.stored else None
+    standby = Standby(stored.revision, stored.name, stored.replicas, stored.until) if stored else None
+    stable_slot = _stable_slot(history.stored, owned)
+    current = history.plan.current
+    # Back to the revision kept warm in a slot whose pods carry no revision label: they are its own.
+    restoring = standby is not None and standby.name == current.name
+    unlabelled = restoring and not _labelled(owned, other_slot(stable_slot))
     return plan_rollout(
         RolloutInput(
             steps=spec.rollout.steps if stable_spec is not None else (),
@@ -667,15 +680,19 @@ def _plan_rollout(
             surge_replicas=surge_replicas(spec.rollout.max_surge_gpus, spec.accelerator.tensor_parallel_size),
             groups=capacity.groups,
             pods=[p for p in pods if not p.terminating],
-            current=history.plan.current.revision,
+            current=current.revision,
             stable=history.stable.revision if history.stable else None,
-            stable_slot=_stable_slot(history.stored, owned),
+            stable_slot=stable_slot,
             state=state,
             promote=promote_value(observed.body["metadata"].get("annotations")),
             hold=hold,
             analysis=spec.rollout.analysis,
             judgement=previous.analysis,
-            current_hash=revision_hash(history.plan.current.template),
+            current_hash="" if unlabelled else revision_hash(current.template),
+            keep_previous=spec.rollout.keep_previous,
+            standby=standby,
+            stable_name=history.stable.name if history.stable else "",
+            current_name=current.name,
         ),
         now,
     )
@@ -684,21 +701,50 @@ def _plan_rollout(
 def _slot_workloads(
     spec: ModelDeploymentSpec, history: _History, rollout: RolloutPlan, owned: Sequence[Mapping[str, Any]]
 ) -> list[SlotWorkload]:
-    """What each slot runs. Canary pods carry their revision's hash; a stable slot carries it only when
-    its live Deployments already do (it was a canary), so no running pod template changes."""
+    """What each slot runs. A slot's pods carry their revision's hash when the slot starts a new
+    revision (a canary), or when its live Deployments already do; never added to running pods."""
     current = revision_hash(history.plan.current.template)
-    stable_slot = rollout.stable_slot
+    stable_slot, other = rollout.stable_slot, other_slot(rollout.stable_slot)
+    workloads: list[SlotWorkload] = []
     if not rollout.canary or history.stable is None:
         label = current if _labelled(owned, stable_slot) else None
-        return [SlotWorkload(spec, [s.group for s in rollout.slots], stable_slot, label)]
-    stable_spec = spec_of_revision(spec, history.stable) or spec
-    stable_label = revision_hash(history.stable.template) if _labelled(owned, stable_slot) else None
-    stable = [s.group for s in rollout.slots if not s.canary]
-    canary = [s.group for s in rollout.slots if s.canary]
-    return [
-        SlotWorkload(stable_spec, stable, stable_slot, stable_label),
-        SlotWorkload(spec, canary, other_slot(stable_slot), current),
-    ]
+        workloads.append(
+            SlotWorkload(spec, [s.group for s in rollout.slots if not s.standby], stable_slot, label)
+        )
+    else:
+        stable_spec = spec_of_revision(spec, history.stable) or spec
+        stable_label = revision_hash(history.stable.template) if _labelled(owned, stable_slot) else None
+        canary_runs_spec_already = _runs(owned, other, history)
+        canary_label = None if canary_runs_spec_already and not _labelled(owned, other) else current
+        workloads += [
+            SlotWorkload(
+                stable_spec,
+                [s.group for s in rollout.slots if not s.canary and not s.standby],
+                stable_slot,
+                stable_label,
+            ),
+            SlotWorkload(spec, [s.group for s in rollout.slots if s.canary], other, canary_label),
+        ]
+    kept = [s.group for s in rollout.slots if s.standby]
+    revision = next(
+        (r for r in history.plan.history if rollout.standby and r.name == rollout.standby.name), None
+    )
+    kept_spec = spec_of_revision(spec, revision) if revision is not None else None
+    if kept and revision is not None and kept_spec is not None:
+        # The standby slot is the old stable slot: its pods keep the template (and label) they had.
+        label = revision_hash(revision.template) if _labelled(owned, other) else None
+        workloads.append(SlotWorkload(kept_spec, kept, other, label))
+    return workloads
+
+
+def _runs(owned: Sequence[Mapping[str, Any]], slot: Slot, history: _History) -> bool:
+    """Whether the slot's live Deployments run spec's revision already (a warm standby of it)."""
+    standby = history.stored.standby if history.stored else None
+    return (
+        standby is not None
+        and standby.name == history.plan.current.name
+        and any(_slot_of(d) == slot for d in owned)
+    )
 
 
 def _slot_of(deployment: Mapping[str, Any]) -> Slot:
@@ -719,8 +765,20 @@ def _revisions_status(
     rollout: RolloutPlan,
     desired: Sequence[Mapping[str, Any]],
     live_by_name: Mapping[str, Mapping[str, Any]],
+    spec: ModelDeploymentSpec,
+    prices: Mapping[str, ProductPrices],
 ) -> _Revisions:
     plan, kept = history.plan, history.plan.history
+    standby = None
+    if rollout.standby is not None:
+        warm = [(s.zone, s.capacity_type) for s in rollout.slots if s.standby for _ in range(s.replicas)]
+        standby = StandbyStatus(
+            revision=rollout.standby.revision,
+            name=rollout.standby.name,
+            replicas=rollout.standby.replicas,
+            until=rollout.standby.until,
+            cost_per_hour=estimate_for(spec, warm, prices).to_status().per_hour,
+        )
     if rollout.promoted or (not rollout.canary and rolled_out(desired, live_by_name)):
         stable: ObservedRevision | None = plan.current
     else:
@@ -731,6 +789,7 @@ def _revisions_status(
             current=summary_of(plan.current, kept),
             stable=summary_of(stable, kept) if stable else None,
             canary=summary_of(plan.current, kept) if rollout.canary else None,
+            standby=standby,
             history=len(kept),
             stable_slot=rollout.stable_slot,
         ),

@@ -26,11 +26,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gpufleet.api.v1alpha1 import Analysis, AnalysisStatus, RolloutPhase, RolloutStatus, RolloutStep, Slot
+from gpufleet.api.v1alpha1 import (
+    Analysis,
+    AnalysisStatus,
+    KeepPrevious,
+    RolloutPhase,
+    RolloutStatus,
+    RolloutStep,
+    Slot,
+)
 from gpufleet.planning.observe import ObservedPod
 from gpufleet.planning.placement import CapacityType, PlacementGroup
 from gpufleet.planning.report import EventView
@@ -92,10 +100,21 @@ class SlotGroup:
     slot: Slot
     replicas: int
     canary: bool  # runs the canary revision (spec); else the stable one
+    standby: bool = False  # runs the previous revision, kept warm after a promotion
 
     @property
     def group(self) -> PlacementGroup:
         return PlacementGroup(self.zone, self.capacity_type, self.replicas)
+
+
+@dataclass(frozen=True)
+class Standby:
+    """The previous revision kept warm in the other slot after a promotion (status.revisions.standby)."""
+
+    revision: int
+    name: str  # its ControllerRevision
+    replicas: int
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,15 @@ class RolloutInput:
     hold: str = ""  # why failover holds the rollout ("" when it does not)
     analysis: Analysis | None = None  # spec.rollout.analysis; None: steps end on their pauses alone
     current_hash: str = ""  # the canary revision's pod label: only its own pods count ("" : any)
+    keep_previous: KeepPrevious | None = None  # spec.rollout.keepPrevious
+    standby: Standby | None = None  # as last written
+    stable_name: str = ""  # the stable revision's ControllerRevision (what a standby of it is)
+    current_name: str = ""  # spec's revision's ControllerRevision: a rollback renumbers, the name stays
+
+    def is_standby(self, standby: Standby) -> bool:
+        """Whether spec asks for the revision kept warm (by name: going back renumbers it)."""
+        return standby.name == self.current_name if self.current_name else standby.revision == self.current
+
     judgement: AnalysisStatus | None = None  # status.analysis: the analysis loop's last judgement
 
 
@@ -124,7 +152,8 @@ class RolloutPlan:
     promoted: bool  # spec's revision became stable in this plan
     status: RolloutStatus | None
     events: tuple[EventView, ...] = ()
-    requeue_after: float | None = None  # seconds until a pause ends
+    requeue_after: float | None = None  # seconds until a pause ends, or a standby goes
+    standby: Standby | None = None  # after this plan
 
 
 def _whole(groups: Sequence[PlacementGroup], slot: Slot, canary: bool) -> tuple[SlotGroup, ...]:
@@ -147,7 +176,12 @@ def _ready_by_group(pods: Sequence[ObservedPod], slot: Slot, revision_hash: str 
 def plan_rollout(inp: RolloutInput, now: datetime) -> RolloutPlan:
     stable_slot = inp.stable_slot
     running = inp.state is not None
+    standby = inp.standby
+    if standby is not None and inp.is_standby(standby) and inp.stable not in (None, inp.current):
+        return _restore(inp, now)
     if not inp.steps or inp.stable is None or inp.stable == inp.current:
+        if standby is not None and inp.stable == inp.current and inp.steps:
+            return _kept(inp, standby, now)
         events: tuple[EventView, ...] = ()
         if running and inp.stable == inp.current and inp.state is not None and inp.state.phase != "Aborted":
             events = (
@@ -225,7 +259,7 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
     if step > steps:
         phase = "Promoting"
         if ready >= canary_target:
-            return _promoted(inp, canary_slot, ready)
+            return _promoted(inp, canary_slot, ready, now)
     elif hold:
         phase = "Held"
     elif reached is not None:
@@ -249,12 +283,15 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
     allowed = canary_target if inp.surge_replicas is None else min(canary_target, ready + inp.surge_replicas)
     canary_counts = distribute(allowed, inp.groups)
     one_beside = total == 1 and step <= steps  # one replica: the canary is a surge replica beside it
+    # While the canary takes every replica, the ones a promotion keeps warm stay: no cold standby.
+    warm = _standby_counts(inp) if step > steps else {}
     slots: list[SlotGroup] = []
     for group in inp.groups:
         canary = canary_counts[group.key]
         stable = (
             group.replicas if one_beside else group.replicas - min(canary, canary_ready.get(group.key, 0))
         )
+        stable = max(stable, warm.get(group.key, 0))
         slots.append(SlotGroup(group.zone, group.capacity_type, inp.stable_slot, stable, False))
         slots.append(SlotGroup(group.zone, group.capacity_type, canary_slot, canary, True))
     weight_now = reached_weight(ready, sum(stable_ready.values()))
@@ -300,13 +337,77 @@ def _aborted(inp: RolloutInput, status: RolloutStatus, events: tuple[EventView, 
     return RolloutPlan(slots, inp.stable_slot, True, False, status, events)
 
 
-def _promoted(inp: RolloutInput, canary_slot: Slot, ready: int) -> RolloutPlan:
+def _standby_counts(inp: RolloutInput) -> dict[GroupKey, int]:
+    """Per group, the previous revision's replicas a promotion keeps warm (none without keepPrevious)."""
+    if inp.keep_previous is None:
+        return {g.key: 0 for g in inp.groups}
+    return distribute(inp.keep_previous.replicas, inp.groups)
+
+
+def _promoted(inp: RolloutInput, canary_slot: Slot, ready: int, now: datetime) -> RolloutPlan:
+    slots = _whole(inp.groups, canary_slot, False)
+    keep = inp.keep_previous
+    standby = None
+    if keep is not None and inp.stable is not None and inp.stable_name:
+        kept = _standby_counts(inp)
+        standby = Standby(
+            inp.stable, inp.stable_name, sum(kept.values()), now + timedelta(seconds=keep.seconds)
+        )
+        slots += tuple(
+            SlotGroup(g.zone, g.capacity_type, inp.stable_slot, kept[g.key], False, standby=True)
+            for g in inp.groups
+        )
+        gone = f"{standby.replicas} of revision {inp.stable}'s stay warm until {standby.until:%H:%M:%S}Z"
+    else:
+        gone = f"revision {inp.stable}'s are removed"
     event = EventView(
-        "Normal",
-        "RolloutPromoted",
-        f"revision {inp.current} is stable: {ready} ready replicas; revision {inp.stable}'s are removed",
+        "Normal", "RolloutPromoted", f"revision {inp.current} is stable: {ready} ready replicas; {gone}"
     )
-    return RolloutPlan(_whole(inp.groups, canary_slot, False), canary_slot, False, True, None, (event,))
+    requeue = keep.seconds if standby is not None and keep is not None else None
+    return RolloutPlan(slots, canary_slot, False, True, None, (event,), requeue, standby)
+
+
+def _kept(inp: RolloutInput, standby: Standby, now: datetime) -> RolloutPlan:
+    """Spec's revision is stable; the previous one stays warm in the other slot until its time is up."""
+    slots = _whole(inp.groups, inp.stable_slot, False)
+    if now >= standby.until:
+        event = EventView(
+            "Normal",
+            "StandbyReleased",
+            f"revision {standby.revision}'s warm replicas are removed: their time is up",
+        )
+        return RolloutPlan(slots, inp.stable_slot, False, False, None, (event,))
+    kept = distribute(standby.replicas, inp.groups)
+    slots += tuple(
+        SlotGroup(g.zone, g.capacity_type, other_slot(inp.stable_slot), kept[g.key], False, standby=True)
+        for g in inp.groups
+    )
+    requeue = (standby.until - now).total_seconds()
+    return RolloutPlan(slots, inp.stable_slot, False, False, None, (), requeue, standby)
+
+
+def _restore(inp: RolloutInput, now: datetime) -> RolloutPlan:
+    """Spec is back at the revision kept warm: it takes every replica from its slot, its warm replicas
+    serving at once, and the rejected revision's replicas go only as its own get ready."""
+    state = inp.state
+    if state is None or state.revision != inp.current:
+        state = RolloutStatus(
+            revision=inp.current,
+            step=len(inp.steps) + 1,
+            steps=len(inp.steps),
+            phase="Promoting",
+            target_weight=100,
+            step_started_at=now,
+        )
+        event = EventView(
+            "Normal",
+            "RestoringFromStandby",
+            f"spec is back at revision {inp.current}: its {inp.standby.replicas if inp.standby else 0} warm "
+            f"replica(s) serve now, revision {inp.stable}'s go as more of revision {inp.current}'s get ready",
+        )
+        plan = _plan_canary(replace(inp, state=state, standby=None), now)
+        return replace(plan, events=(event, *(e for e in plan.events if e.reason != "RolloutStarted")))
+    return _plan_canary(replace(inp, standby=None), now)
 
 
 def _message(phase: RolloutPhase, hold: str, ready: int, target: int, revision: int, step: int) -> str:

@@ -11,7 +11,9 @@ until each has exited 0, and a failed one is restarted after the kubelet's
 crash back-off; the AWS CLI's `aws s3 sync` really copies from the
 simulation's S3 into the pod's emptyDir, where vLLM's start-up check looks for
 the LoRA adapters (containers.py). vLLM that cannot start (the model does not
-fit, an adapter does not load) leaves the pod crash-looping. On deletion it
+fit, an adapter does not load) leaves the pod crash-looping. A pod whose vLLM
+image is a faulty build (`builds`, fleetsim.builds) gets that build's slower
+engine or share of failed requests, or never becomes Ready. On deletion it
 honours preStop (vLLM keeps serving), then sends the engine SIGTERM: with
 --shutdown-timeout it drains (new requests get 503) until in-flight requests finish, the timeout or
 the grace period ends; without it in-flight requests are cut, as real vLLM
@@ -28,6 +30,7 @@ import json
 import logging
 import random
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from fleetsim.builds import Build
 from fleetsim.clock import SimClock
 from fleetsim.containers import (
     BACKOFF_INITIAL_SECONDS,
@@ -180,6 +184,8 @@ class SimPod:
     weights_gib: float = 0.0
     # What each init container wrote in its latest run (what `kubectl logs -c NAME` would show).
     logs: dict[str, str] = field(default_factory=dict)
+    # A build that never becomes ready (fleetsim.builds): the port its vLLM bound and never listens on.
+    held_socket: socket.socket | None = None
 
 
 @dataclass
@@ -218,8 +224,11 @@ class SimKubelet:
         server_factory: ServerFactory = _default_server,
         poll_seconds: float = 0.5,
         volumes_root: Path | None = None,
+        builds: Mapping[str, Build] | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
+        # Faulty builds by the exact image of a pod's vLLM container (a scenario's `builds`).
+        self.builds: dict[str, Build] = dict(builds or {})
         # Pods' volumes and containers' scratch space, one directory per pod (a temporary one if not given).
         self._volumes_root = volumes_root
         self._own_volumes_root = False
@@ -443,9 +452,27 @@ class SimKubelet:
                 await self._patch_pod_status(pod, self._crash_loop(running_status, lora_error))
                 log.warning("pod %s/%s: vLLM would not start: %s", pod.namespace, pod.name, lora_error)
                 return
+            build = self.builds.get(pod.plan.image)
+            if build is not None:
+                profile = build.engine_profile(profile)
+                if build.never_ready:
+                    self._never_ready(pod, raw)
+                    return
             server = self.server_factory(
                 pod.ip, pod.plan.port, pod.plan.served_name, profile, self.clock, pod.plan.lora_names
             )
+            if build is not None and build.error_share:
+                if isinstance(server, VllmServer):
+                    # One seeded stream per pod: the same pod name fails the same requests of a sequence.
+                    server.fail_requests(build.error_share, seed=f"{pod.namespace}/{pod.name}")
+                else:
+                    log.warning(
+                        "pod %s/%s: errorShare of build %s is not simulated by %s",
+                        pod.namespace,
+                        pod.name,
+                        pod.plan.image,
+                        type(server).__name__,
+                    )
             starting = asyncio.ensure_future(server.start())
             try:
                 await asyncio.shield(starting)
@@ -463,6 +490,40 @@ class SimKubelet:
             "containerStatuses": [{**s, "ready": True} for s in running_status["containerStatuses"]],
         }
         await self._patch_pod_status(pod, ready_status)
+
+    def _never_ready(self, pod: SimPod, raw: dict[str, Any]) -> None:
+        """A build whose engine never comes up: the pod stays Running and not Ready, its port refuses.
+
+        vLLM 0.34.0 binds its port before it builds the engine and listens only once the engine is up
+        (setup_server → create_server_socket binds without listen, and its uvicorn server's startup calls
+        sock.listen, both in vllm/entrypoints/launchers/launcher.py; that server starts in build_and_serve,
+        inside build_async_engine_client, vllm/entrypoints/launchers/api_server/entry.py): until then every
+        connection, /health and /metrics included, is refused. The kubelet's startup probe therefore fails
+        on every period. What a kubelet then does, kill the container after failureThreshold failures and
+        restart it with the crash back-off, is not simulated (probes are not run here): the pod stays
+        Running, not Ready, with no restarts.
+        """
+        assert pod.plan is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((pod.ip, pod.plan.port))
+        except OSError:
+            sock.close()
+            raise
+        pod.held_socket = sock
+        vllm = next(c for c in raw["spec"]["containers"] if c.get("command", [])[:2] == ["vllm", "serve"])
+        probe = vllm.get("startupProbe") or {}
+        budget = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3) if probe else None
+        log.warning(
+            "pod %s/%s: build %s never becomes ready (its port refuses connections)%s",
+            pod.namespace,
+            pod.name,
+            pod.plan.image,
+            f"; a kubelet would restart it after its startup probe's {budget} s (not simulated)"
+            if budget
+            else "",
+        )
 
     @staticmethod
     def _crash_loop(running: dict[str, Any], message: str) -> dict[str, Any]:
@@ -705,6 +766,9 @@ class SimKubelet:
         if pod.server is not None:
             await pod.server.stop()
             pod.server = None
+        if pod.held_socket is not None:
+            pod.held_socket.close()
+            pod.held_socket = None
         for device in pod.devices:
             device.pod_uid = None
         if self._volumes_root is not None:

@@ -56,6 +56,8 @@ class PodPlan:
     max_lora_rank: int = 0
     # Where vLLM loads each adapter of lora_names from (--lora-modules name=path, in the same order).
     lora_paths: tuple[str, ...] = ()
+    # The vLLM container's image, as written (a scenario's `builds` may name it as a faulty build).
+    image: str = ""
 
     @property
     def mig_profile(self) -> str | None:
@@ -176,6 +178,7 @@ def plan_pod(pod: Mapping[str, Any]) -> PodPlan | None:
         adapter_fetches=sum(
             1 for c in spec.get("initContainers", []) if c.get("command", [])[:3] == ["aws", "s3", "sync"]
         ),
+        image=str(vllm.get("image", "")),
     )
 
 

@@ -1,4 +1,4 @@
-"""Scenario files: a fleet, the manifests to apply, a load trace and a timeline of faults.
+"""Scenario files: a fleet, the manifests to apply, a load trace, faulty builds and a timeline of faults.
 
 Times are simulated seconds; `timeScale` (simulated seconds per real second)
 applies to every simulated delay alike, so a 30-minute story with scale 10
@@ -9,11 +9,12 @@ of the field and what to write instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fleetsim.builds import Build
 from fleetsim.params import CloudParams, KubeletParams
 
 
@@ -66,6 +67,18 @@ class SpotOutage(_Model):
     seconds: float = Field(gt=0, description="Simulated seconds until spot can be launched there again.")
 
 
+class Patch(_Model):
+    """A JSON merge patch (RFC 7386) of a ModelDeployment's spec, as `kubectl patch md/NAME --type merge`:
+    objects merge, a null removes the field, anything else (lists too) replaces it. The API server
+    validates the result as it would any change (the CRD's schema)."""
+
+    model_deployment: str = Field(min_length=1, alias="modelDeployment")
+    spec: dict[str, Any] = Field(min_length=1, description="Merged into the ModelDeployment's spec.")
+
+
+EventKind = Literal["interrupt", "zoneOutage", "spotOutage", "deleteNode", "scale", "patch"]
+
+
 class Event(_Model):
     at: float = Field(ge=0, description="Simulated seconds after the load starts.")
     interrupt: Interrupt | None = None
@@ -73,22 +86,30 @@ class Event(_Model):
     spot_outage: SpotOutage | None = Field(None, alias="spotOutage")
     delete_node: str | None = Field(None, alias="deleteNode")
     scale: Scale | None = None
+    patch: Patch | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Event:
         actions = [
             a
-            for a in (self.interrupt, self.zone_outage, self.spot_outage, self.delete_node, self.scale)
+            for a in (
+                self.interrupt,
+                self.zone_outage,
+                self.spot_outage,
+                self.delete_node,
+                self.scale,
+                self.patch,
+            )
             if a is not None
         ]
         if len(actions) != 1:
             raise ValueError(
-                "each event needs exactly one of interrupt, zoneOutage, spotOutage, deleteNode, scale"
+                "each event needs exactly one of interrupt, zoneOutage, spotOutage, deleteNode, scale, patch"
             )
         return self
 
     @property
-    def kind(self) -> Literal["interrupt", "zoneOutage", "spotOutage", "deleteNode", "scale"]:
+    def kind(self) -> EventKind:
         if self.interrupt is not None:
             return "interrupt"
         if self.zone_outage is not None:
@@ -97,6 +118,8 @@ class Event(_Model):
             return "spotOutage"
         if self.delete_node is not None:
             return "deleteNode"
+        if self.patch is not None:
+            return "patch"
         return "scale"
 
 
@@ -118,6 +141,10 @@ class Scenario(_Model):
     )
     load: LoadSpec | None = None
     events: list[Event] = []
+    builds: dict[Annotated[str, Field(min_length=1)], Build] = Field(
+        default_factory=dict,
+        description="Faulty builds: a pod's vLLM container image, exactly -> its faults (fleetsim.builds).",
+    )
     params: Params = Params()
     operator_env: dict[str, str] = Field(
         default_factory=dict,
@@ -128,9 +155,22 @@ class Scenario(_Model):
 
 def _path(loc: tuple[int | str, ...]) -> str:
     out = "scenario"
+    previous: int | str | None = None
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":  # pydantic's mark of a mapping's key
+            out += part
+        elif previous in _MAPPINGS or not part.isidentifier():
+            out += f"[{part!r}]"  # a mapping's key, e.g. builds['vllm/vllm-openai:v0.34.0-bad']
+        else:
+            out += f".{part}"
+        previous = part
     return out
+
+
+# Scenario fields whose keys are the user's (images, variable names), not field names.
+_MAPPINGS = frozenset({"builds", "operatorEnv"})
 
 
 def parse_scenario(data: Any, base: Path) -> Scenario:

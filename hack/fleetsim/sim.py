@@ -99,6 +99,7 @@ class Simulation:
             scenario.params.kubelet,
             server_factory=server_factory_for(self.fleet.engine),
             volumes_root=workdir / "pods",
+            builds=scenario.builds,
         )
         self.nodes: dict[str, NodeRecord] = {}
         self.lost_zones: set[str] = set()
@@ -224,6 +225,30 @@ class Simulation:
                 {"spec": {"replicas": event.scale.replicas}},
             )
             self._note(f"kubectl scale md/{event.scale.model_deployment} --replicas={event.scale.replicas}")
+        elif event.patch is not None:
+            await self.patch_model_deployment(event.patch.model_deployment, event.patch.spec)
+
+    async def patch_model_deployment(self, name: str, spec: dict[str, Any]) -> None:
+        """`kubectl patch md/NAME --type merge -p '{"spec": ...}'`: a JSON merge patch of the spec. A refusal
+        (no such ModelDeployment, a spec the API server rejects) is recorded, not raised: it is part of the
+        story, as it would be for someone typing the command."""
+        body = {"spec": spec}
+        command = f"kubectl patch md/{name} --type merge -p '{json.dumps(body, separators=(',', ':'))}'"
+        try:
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object,
+                "gpufleet.io",
+                "v1alpha1",
+                self.scenario.namespace,
+                "modeldeployments",
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            self._note(f"{command}: refused ({error.status} {error.reason})")
+            return
+        self._note(command)
 
     async def _timeline(self) -> None:
         started = self.clock.now()

@@ -20,7 +20,7 @@ What is modelled, per step (one forward pass of the batch):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fleetsim.models import GIB, gpu_spec, model_spec
 from gpufleet.api import kv_fit
@@ -101,6 +101,28 @@ class EngineProfile:
             + batch * self.decode_step_per_seq_s
             + context_tokens * self.decode_step_per_context_token_s
         )
+
+
+def slowed(profile: EngineProfile, prefill: float = 1.0, decode: float = 1.0) -> EngineProfile:
+    """`profile` with its prefill compute `prefill` times as long and its decode step `decode` times.
+
+    A step costs decode_step_s(...) + prefill tokens / prefill_tokens_per_s (Engine.step), so the first
+    factor scales the second term and the other the first: a request alone has TTFT = decode_step_base_s
+    (the weights read) × decode + prompt / rate × prefill, and each later token decode_step_s(1, context)
+    × decode. Both at 2 double every step. Whatever reads the profile (fleetsim's Engine, llm-d-inference-
+    sim's calibration, scale mode's fluid replica) sees the same slower engine.
+    """
+    if prefill <= 0 or decode <= 0:
+        raise ValueError(f"slowdowns must be > 0, got prefill {prefill}, decode {decode}")
+    if prefill == 1 and decode == 1:
+        return profile
+    return replace(
+        profile,
+        prefill_tokens_per_s=profile.prefill_tokens_per_s / prefill,
+        decode_step_base_s=profile.decode_step_base_s * decode,
+        decode_step_per_seq_s=profile.decode_step_per_seq_s * decode,
+        decode_step_per_context_token_s=profile.decode_step_per_context_token_s * decode,
+    )
 
 
 def weights_bytes(model_id: str, dtype_bytes: float = 2) -> float:
@@ -516,6 +538,7 @@ __all__ = [
     "RequestRejectedError",
     "StepResult",
     "profile_for",
+    "slowed",
     "tokens_per_step",
     "weights_bytes",
 ]

@@ -19,7 +19,10 @@ request generates exactly max_tokens tokens (as with ignore_eos). While draining
 (vLLM after SIGTERM with --shutdown-timeout, after the preStop hook) new
 requests and /health get 503 and in-flight requests run to completion; stop()
 (the process gone: SIGTERM without that flag, or the kill at the end of the
-grace period) cuts their connections.
+grace period) cuts their connections. Every response but /health's and
+/metrics' is counted in http_requests_total as vLLM's HTTP instrumentator counts
+it (see HTTP_EXCLUDED_HANDLERS). A faulty build (fail_requests) answers a share
+of valid completion requests with vLLM's HTTP 500.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import contextlib
 import itertools
 import json
 import math
+import random
+import re
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +49,7 @@ from prometheus_client.metrics_core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -80,6 +86,25 @@ REQUEST_LATENCY_BUCKETS = (
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
+# vLLM 0.34.0's HTTP metrics: its OpenAI server runs `Instrumentator(excluded_handlers=[...]).add()
+# .instrument(app)` (vllm/entrypoints/serve/instrumentator/metrics.py in the 0.34.0 wheel), whose METADATA
+# requires prometheus-fastapi-instrumentator>=8.0.0. That library's defaults (its metrics.default() and
+# middleware.py, identical in v8.0.0, v8.0.2 and the 8.1.0 wheel): should_group_status_codes, so `status` is
+# "2xx"/"4xx"/"5xx"; `handler` is the matched route's path template ("/v1/completions"), or "none" for a path
+# no route matches (should_group_untemplated); handlers matching an excluded pattern (re.search) are not
+# counted at all; every response is counted by the status it started with (500 if the app raised), and its
+# duration runs to the end of the body, streams included (should_exclude_streaming_duration False).
+HTTP_EXCLUDED_HANDLERS = ("/metrics", "/health", "/load", "/ping", "/version", "/server_info")
+HTTP_LATENCY_HIGHR_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5,
+    4.0, 4.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+)  # fmt: skip
+HTTP_LATENCY_LOWR_BUCKETS = (0.1, 0.5, 1.0)
+# A faulty build's (fleetsim.builds) failed request, as vLLM 0.34.0 answers an internal error that reaches
+# its exception handlers: GenerationError("Internal server error") → create_error_response
+# (vllm/entrypoints/serve/exception_handling/error_response.py) → type "InternalServerError", code 500.
+INTERNAL_ERROR_MESSAGE = "Internal server error"
+
 
 def _go_float(value: float) -> str:
     # The `le` label as prometheus_client writes it for its own histograms.
@@ -112,6 +137,81 @@ class _Histogram:
 
 
 @dataclass
+class _HttpStats:
+    """prometheus-fastapi-instrumentator's default metrics (see HTTP_EXCLUDED_HANDLERS above)."""
+
+    # (method, status group, handler) -> responses
+    requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # handler -> [count, sum] of the Content-Length headers (0 when absent: a stream has none)
+    request_sizes: dict[str, list[float]] = field(default_factory=dict)
+    response_sizes: dict[str, list[float]] = field(default_factory=dict)
+    duration_highr: _Histogram = field(default_factory=lambda: _Histogram(HTTP_LATENCY_HIGHR_BUCKETS))
+    # (method, handler) -> durations
+    durations: dict[tuple[str, str], _Histogram] = field(default_factory=dict)
+
+    def observe(
+        self, method: str, status: int, handler: str, request_size: int, response_size: int, seconds: float
+    ) -> None:
+        key = (method, f"{str(status)[0]}xx", handler)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        for sizes, size in ((self.request_sizes, request_size), (self.response_sizes, response_size)):
+            entry = sizes.setdefault(handler, [0.0, 0.0])
+            entry[0] += 1
+            entry[1] += size
+        self.duration_highr.observe(seconds)
+        hist = self.durations.get((method, handler))
+        if hist is None:
+            hist = self.durations[(method, handler)] = _Histogram(HTTP_LATENCY_LOWR_BUCKETS)
+        hist.observe(seconds)
+
+    def families(self) -> Iterable[Metric]:
+        # Names, help texts and label names as in prometheus_fastapi_instrumentator/metrics.py default().
+        total = CounterMetricFamily(
+            "http_requests_total",
+            "Total number of requests by method, status and handler.",
+            labels=["method", "status", "handler"],
+        )
+        for labels, count in sorted(self.requests.items()):
+            total.add_metric(list(labels), float(count))
+        yield total
+        for name, doc, sizes in (
+            (
+                "http_request_size_bytes",
+                "Content length of incoming requests by handler. Only value of header is respected. "
+                "Otherwise ignored. No percentile calculated. ",
+                self.request_sizes,
+            ),
+            (
+                "http_response_size_bytes",
+                "Content length of outgoing responses by handler. Only value of header is respected. "
+                "Otherwise ignored. No percentile calculated. ",
+                self.response_sizes,
+            ),
+        ):
+            summary = SummaryMetricFamily(name, doc, labels=["handler"])
+            for handler, (observed, total_bytes) in sorted(sizes.items()):
+                summary.add_metric([handler], count_value=int(observed), sum_value=total_bytes)
+            yield summary
+        highr = HistogramMetricFamily(
+            "http_request_duration_highr_seconds",
+            "Latency with many buckets but no API specific labels. Made for more accurate percentile "
+            "calculations. ",
+            buckets=self.duration_highr.buckets(),
+            sum_value=self.duration_highr.total,
+        )
+        yield highr
+        lowr = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            "Latency with only few buckets by handler. Made to be only used if aggregation by handler is "
+            "important. ",
+            labels=["method", "handler"],
+        )
+        for (method, handler), hist in sorted(self.durations.items()):
+            lowr.add_metric([method, handler], hist.buckets(), sum_value=hist.total)
+        yield lowr
+
+
+@dataclass
 class _Stats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
@@ -126,6 +226,7 @@ class _Stats:
     spec_draft_tokens: int = 0
     spec_accepted: int = 0
     spec_accepted_per_pos: list[int] = field(default_factory=list)
+    http: _HttpStats = field(default_factory=_HttpStats)
 
 
 def _counters(label: list[str], *rows: tuple[str, str, float]) -> Iterable[CounterMetricFamily]:
@@ -207,6 +308,7 @@ class _VllmCollector(Collector):
                 )
                 per_pos.add_metric([*label, str(position)], float(accepted))
             yield per_pos
+        yield from stats.http.families()
 
 
 @dataclass(eq=False)
@@ -260,6 +362,8 @@ class VllmServer:
         lora_names: Sequence[str] = (),
         *,
         stream_flush_real_s: float = STREAM_FLUSH_REAL_S,
+        error_share: float = 0.0,
+        error_seed: int | str = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -280,6 +384,7 @@ class VllmServer:
         # A fault the tests inject (a scrape that fails, as when the metrics port is unreachable): /metrics
         # answers 503 while serving goes on, so Prometheus marks the pod's series stale.
         self.refuse_scrapes = False
+        self.fail_requests(error_share, error_seed)
         # End of the step in flight (simulated); the timeline the engine runs on.
         self._step_end = 0.0
         self._busy = False
@@ -290,7 +395,7 @@ class VllmServer:
     # lifecycle
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._instrument])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
@@ -319,6 +424,26 @@ class VllmServer:
 
     def start_draining(self) -> None:
         self.draining = True
+
+    def fail_requests(self, share: float, seed: int | str = 0) -> None:
+        """A faulty build (fleetsim.builds): answer `share` of the completion requests that pass validation
+        with HTTP 500, which of them drawn from a random.Random(seed) of this server's own (one draw per
+        such request, in arrival order), so a given seed and request sequence always fail the same ones.
+
+        They fail at once, before the engine sees them: no batch slot, KV or token counters. In vLLM 0.34.0
+        an error raised in the API server before generation (rendering, sampling parameters, admission) ends
+        in its exception handlers as HTTP 500 for streamed requests too, since the StreamingResponse is not
+        started yet. An error the engine reports for one request (FinishReason.ERROR: a KV-transfer load
+        failure, a validation the engine core makes; at admission or its first step, rarely later) is also
+        500 for a request that is not streamed, but a streamed one has had its 200 and gets the error as an
+        SSE `data: {"error": ...}` chunk then `data: [DONE]` (completion_stream_generator), which the
+        instrumentator counts as 2xx. That kind is not simulated: every failure here is a 500 the
+        http_requests_total 5xx series counts.
+        """
+        if not 0 <= share <= 1:
+            raise ValueError(f"error share must be in [0, 1], got {share}")
+        self.error_share = share
+        self._error_rng = random.Random(seed)
 
     def in_flight(self) -> int:
         """Requests accepted and not yet answered."""
@@ -395,6 +520,41 @@ class VllmServer:
                 waiter.event.set()
 
     # HTTP handlers
+
+    @web.middleware
+    async def _instrument(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Count every response as prometheus-fastapi-instrumentator's middleware does (see its constants).
+
+        The handler is the route's path (every route here is a plain path), also when only the method is
+        wrong (405), as the instrumentator takes a partial route match; a path no route has is "none".
+        Durations are simulated seconds, like every latency this server reports.
+        """
+        path = request.path
+        name = path if any(r.canonical == path for r in request.app.router.resources()) else "none"
+        if any(re.search(pattern, name) for pattern in HTTP_EXCLUDED_HANDLERS):
+            return await handler(request)
+        start = self.clock.now()
+        status = 500  # the instrumentator's default: an exception that escapes is counted as a 500
+        response_size = 0
+        try:
+            response = await handler(request)
+            status = response.status
+            if isinstance(response, web.Response):
+                response_size = response.content_length or 0
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            try:
+                request_size = int(request.headers.get("Content-Length", "0"))
+            except ValueError:
+                request_size = 0
+            self._stats.http.observe(
+                request.method, status, name, request_size, response_size, self.clock.now() - start
+            )
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.Response(status=503 if self.draining else 200)
@@ -503,6 +663,11 @@ class VllmServer:
             self.engine.submit(request_id, prompt_tokens, max_tokens, arrival)
         except RequestRejectedError as exc:
             return _error(400, str(exc), "BadRequestError")
+        if self.error_share and self._error_rng.random() < self.error_share:
+            # A faulty build (fail_requests): valid, and failed before generation. Nothing has run yet (no
+            # await since submit), so the engine forgets it without a trace.
+            self.engine.abort(request_id)
+            return _error(500, INTERNAL_ERROR_MESSAGE, "InternalServerError")
         if not self._busy:
             # An idle engine starts at once: its timeline resumes at the arrival, not when the
             # driver task gets scheduled (that delay × clock scale would count as queueing).

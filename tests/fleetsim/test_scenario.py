@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from fleetsim.accounting import Accounting, NodeSample, ReplicaSample
 from fleetsim.builds import Build
@@ -13,6 +15,7 @@ from fleetsim.clock import SimClock
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import load_seconds, plan_pod
 from fleetsim.scenario import load_scenario, parse_scenario
+from fleetsim.sim import Simulation, Snapshot
 from gpufleet.api.v1alpha1 import ModelDeploymentSpec
 from gpufleet.config import Settings
 from gpufleet.planning.placement import PlacementGroup
@@ -212,3 +215,51 @@ def test_clock_scales_every_delay_alike() -> None:
     assert clock.simulated(3) == 30
     with pytest.raises(ValueError, match="time scale"):
         SimClock(scale=0)
+
+
+class _CustomObjects:
+    """The API server's custom objects, recorded; `refuse` answers every patch with that status."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[Any, ...]] = []
+
+    def patch_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((*args, kwargs))
+        if self.refuse is not None:
+            raise ApiException(status=self.refuse, reason="Unprocessable Entity")
+
+
+@pytest.mark.parametrize("refuse", [None, 422])
+def test_the_patch_event_merges_into_the_model_deployments_spec(refuse: int | None) -> None:
+    scenario = parse_scenario(
+        {
+            **MINIMAL,
+            "namespace": "ml",
+            "events": [
+                {"at": 300, "patch": {"modelDeployment": "llama-3-8b", "spec": {"engine": {"image": "bad"}}}}
+            ],
+        },
+        ROOT,
+    )
+    # Only what _run_event uses: no control plane, no cloud, nothing started.
+    simulation = Simulation.__new__(Simulation)
+    simulation.scenario = scenario
+    simulation.snapshot = Snapshot()
+    simulation.custom = _CustomObjects(refuse)  # type: ignore[assignment]
+    asyncio.run(simulation._run_event(scenario.events[0]))
+    body = {"spec": {"engine": {"image": "bad"}}}
+    assert simulation.custom.calls == [  # type: ignore[attr-defined]
+        (
+            "gpufleet.io",
+            "v1alpha1",
+            "ml",
+            "modeldeployments",
+            "llama-3-8b",
+            body,
+            {"_content_type": "application/merge-patch+json"},
+        )
+    ]
+    command = """kubectl patch md/llama-3-8b --type merge -p '{"spec":{"engine":{"image":"bad"}}}'"""
+    [event] = simulation.snapshot.events
+    assert event.endswith(command if refuse is None else f"{command}: refused (422 Unprocessable Entity)")

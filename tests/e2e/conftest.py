@@ -38,6 +38,12 @@ def sim(
             "fleet": str(E2E_FLEET),
             "namespace": NAMESPACE,
             "apply": [str(HERE / "llama-3-70b-west.yaml")],
+            # tests/e2e/test_canary.py's bad builds (fleetsim.builds); every other image runs as built.
+            "builds": {
+                "vllm/vllm-openai:v0.34.0-errors": {"errorShare": 0.2},
+                "vllm/vllm-openai:v0.34.0-slow": {"prefillSlowdown": 3.0},
+                "vllm/vllm-openai:v0.34.0-stuck": {"neverReady": True},
+            },
         },
         ROOT,
     )

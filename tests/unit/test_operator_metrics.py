@@ -26,6 +26,8 @@ FOREIGN = {
     "DCGM_FI_DEV_GPU_UTIL",
     # vLLM's OpenAI server (prometheus-fastapi-instrumentator's defaults in vLLM 0.34.0)
     "http_requests_total",
+    "vllm:inter_token_latency_seconds_bucket",
+    "vllm:generation_tokens_total",
 }
 MD = ("namespace", "name")
 # name -> (type, label names): what the alerts, the dashboard and the runbooks were written against.

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
             " once); 0 writes every evaluation."
         ),
     )
+    token_cost_refresh_seconds: int = Field(
+        default=300,
+        ge=0,
+        description=(
+            "status.tokenCost (cost per million output tokens per revision) is read and written at most "
+            "this often per model; 0 turns it off."
+        ),
+    )
 
     def scaling_timings(self) -> ScalingTimings:
         return ScalingTimings(
@@ -126,6 +134,7 @@ class Settings(BaseSettings):
     query_mig_utilization: str = MetricQueries.mig_utilization
     query_reporting: str = MetricQueries.reporting
     query_oldest_sample: str = MetricQueries.oldest_sample
+    query_generation_tokens: str = MetricQueries.generation_tokens
     query_activation: str | None = Field(
         default=None, description="A gateway's request signal for the model; wakes a model at zero replicas."
     )
@@ -139,6 +148,7 @@ class Settings(BaseSettings):
             mig_utilization=self.query_mig_utilization,
             reporting=self.query_reporting,
             oldest_sample=self.query_oldest_sample,
+            generation_tokens=self.query_generation_tokens,
             activation=self.query_activation,
         )
 

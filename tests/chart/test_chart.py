@@ -109,6 +109,7 @@ QUERY_VALUES = (
     "reporting",
     "oldestSample",
     "activation",
+    "generationTokens",
 )
 
 

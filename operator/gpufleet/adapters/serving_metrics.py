@@ -43,6 +43,8 @@ class MetricQueries:
     # samples up to 5 minutes old (its lookback), stamped with the query's time.
     reporting: str = "count by (namespace, model_name) (vllm:num_requests_running)"
     oldest_sample: str = "min by (namespace, model_name) (timestamp(vllm:num_requests_running))"
+    # Output tokens per second of each pod (vLLM's counter): the cost per token per revision.
+    generation_tokens: str = "sum by (namespace, pod) (rate(vllm:generation_tokens_total[5m]))"
     # Requests a gateway saw for the model (e.g. its request rate), the only signal that can wake a
     # model at zero replicas: with no pods there are no vLLM series. None: not configured.
     activation: str | None = None
@@ -61,7 +63,7 @@ PER_MODEL_QUERIES: Final = MetricQueries(
 )
 
 # Signals read per pod (DCGM knows pods, not models); the others per model.
-POD_SIGNALS: Final = frozenset({"gpu_utilization", "mig_utilization"})
+POD_SIGNALS: Final = frozenset({"gpu_utilization", "mig_utilization", "generation_tokens"})
 MODEL_LABELS: Final = ("namespace", "model_name")
 POD_LABELS: Final = ("namespace", "pod")
 
@@ -280,6 +282,22 @@ class SweepReader:
         if per_model(template):
             return self.source._scalar(template, values)
         return model_value(signal, self._fleet(signal, template), namespace, model, pods)
+
+    def pod_values(self, signal: str, namespace: str, pods: Sequence[str]) -> dict[str, float]:
+        """A per-pod signal for the given pods (only those with a series); raises on a Prometheus error."""
+        template = getattr(self.source.queries, signal)
+        if per_model(template):
+            values = {"namespace": _in_string(namespace), "model": "", "pods": _pod_regex(pods)}
+            rows = self.source._query(Template(template).substitute(values))
+            answer = {
+                (str(r["metric"].get("namespace", namespace)), str(r["metric"].get("pod", ""))): float(
+                    r["value"][1]
+                )
+                for r in rows
+            }
+        else:
+            answer = self._fleet(signal, template)
+        return {pod: answer[(namespace, pod)] for pod in pods if (namespace, pod) in answer}
 
     def read(self, namespace: str, model: str, pods: Sequence[str], mig: bool, now: datetime) -> ModelMetrics:
         values = {"namespace": _in_string(namespace), "model": _in_string(model), "pods": _pod_regex(pods)}

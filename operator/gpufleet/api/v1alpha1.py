@@ -966,6 +966,7 @@ class StandbyStatus(_Model):
     name: Annotated[str, Field(description="Its ControllerRevision.")]
     replicas: Annotated[int, Field(description="Replicas kept.", ge=0)]
     until: Annotated[KubeTime, Field(description="When they go.")]
+    hash: Annotated[str, Field(description="Its template's hash (the pods' gpufleet.io/revision-hash).")] = ""
     cost_per_hour: Annotated[
         float | None, Field(description="Estimated cost of the standby replicas, per hour.", ge=0)
     ] = None
@@ -1082,6 +1083,36 @@ class RolloutStatus(_Model):
     message: Annotated[str, Field(description="What the rollout waits for.")] = ""
 
 
+class RevisionTokenCost(_Model):
+    """What one revision's generated tokens cost: its replicas' GPU cost over its output tokens."""
+
+    revision: Annotated[
+        int | None, Field(description="The revision; unset for pods of a revision no longer known.")
+    ] = None
+    hash: Annotated[str, Field(description="Its template's hash.")] = ""
+    replicas: Annotated[int, Field(description="Its live replicas.", ge=0)] = 0
+    output_tokens_per_second: Annotated[
+        float, Field(description="Generated tokens per second (rate of vllm:generation_tokens_total).", ge=0)
+    ] = 0
+    cost_per_hour: Annotated[
+        float | None, Field(description="Estimated cost of its replicas per hour.", ge=0)
+    ] = None
+    per_million_output_tokens: Annotated[
+        float | None,
+        Field(description="Cost per million generated tokens: cost per hour / tokens per hour × 10⁶.", ge=0),
+    ] = None
+
+
+class TokenCostStatus(_Model):
+    """Cost per million output tokens per revision, from vLLM's token counter and the operator's prices."""
+
+    sampled_at: Annotated[KubeTime, Field(description="When it was read.")]
+    window_seconds: Annotated[int, Field(description="The rate's window.", ge=1)] = 300
+    currency: Annotated[str, Field(description="Of every cost here.")] = "USD"
+    revisions: Annotated[list[RevisionTokenCost], Field(description="By revision.")] = []
+    message: Annotated[str, Field(description="Why a figure is missing, if one is.")] = ""
+
+
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -1116,6 +1147,15 @@ class ModelDeploymentStatus(_Model):
     analysis: Annotated[
         AnalysisStatus | None,
         Field(description="The last judgement of the canary (spec.rollout.analysis), by the analysis loop."),
+    ] = None
+    token_cost: Annotated[
+        TokenCostStatus | None,
+        Field(
+            description=(
+                "Cost per million output tokens per revision, written by the operator's metrics sweep "
+                "(GPUFLEET_PROMETHEUS_URL and GPUFLEET_PRICES)."
+            )
+        ),
     ] = None
     conditions: Annotated[
         list[Condition],

@@ -84,7 +84,6 @@ from gpufleet.planning.observe import (
 from gpufleet.planning.placement import plan_placement
 from gpufleet.planning.report import EventView
 from gpufleet.planning.revisions import (
-    SERVING_FIELDS,
     ObservedRevision,
     RevisionPlan,
     RevisionWrite,
@@ -93,6 +92,7 @@ from gpufleet.planning.revisions import (
     revision_hash,
     rolled_out,
     serving_template,
+    spec_of_revision,
     summary_of,
 )
 from gpufleet.planning.rollout import (
@@ -133,7 +133,7 @@ from gpufleet.planning.zone_loss import NodeLoss, lost_zones
 CONFLICT_RECHECK_SECONDS = 10.0
 
 # status members other loops write (runtime.autoscaler, runtime.analysis)
-_OTHER_WRITERS = ("autoscaler", "analysis")
+_OTHER_WRITERS = ("autoscaler", "analysis", "tokenCost")
 # status members that only a valid spec's plan computes; an invalid spec leaves them as stored.
 _COMPUTED_ONLY = ("spot", "cost", "revisions", "rollout")
 
@@ -622,16 +622,6 @@ def _revision_history(
     return _History(plan, stored, next((r for r in plan.history if r.name == stable_before), None))
 
 
-def spec_of_revision(spec: ModelDeploymentSpec, revision: ObservedRevision) -> ModelDeploymentSpec | None:
-    """`spec` running `revision`'s serving template, or None when the stored template no longer parses
-    (edited by hand, or from a gpufleet whose fields this one does not know)."""
-    others = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(SERVING_FIELDS))
-    try:
-        return ModelDeploymentSpec.model_validate({**others, **revision.template})
-    except ValidationError:
-        return None
-
-
 def _stable_slot(stored: RevisionsStatus | None, owned: Sequence[Mapping[str, Any]]) -> Slot:
     """The slot status records; without status (lost, or never written), slot b when only slot b's
     Deployments exist."""
@@ -777,6 +767,7 @@ def _revisions_status(
             name=rollout.standby.name,
             replicas=rollout.standby.replicas,
             until=rollout.standby.until,
+            hash=next((revision_hash(r.template) for r in kept if r.name == rollout.standby.name), ""),
             cost_per_hour=estimate_for(spec, warm, prices).to_status().per_hour,
         )
     if rollout.promoted or (not rollout.canary and rolled_out(desired, live_by_name)):

@@ -234,3 +234,13 @@ def rolled_out(desired: Iterable[Mapping[str, Any]], live_by_name: Mapping[str, 
         if any(int(count or 0) != replicas for count in counts):
             return False
     return True
+
+
+def spec_of_revision(spec: ModelDeploymentSpec, revision: ObservedRevision) -> ModelDeploymentSpec | None:
+    """`spec` running `revision`'s serving template, or None when the stored template no longer parses
+    (edited by hand, or from a gpufleet whose fields this one does not know)."""
+    others = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(SERVING_FIELDS))
+    try:
+        return ModelDeploymentSpec.model_validate({**others, **revision.template})
+    except ValidationError:
+        return None

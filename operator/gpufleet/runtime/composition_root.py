@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpufleet.adapters.kube import RestKubeApi, load_http
-from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics
+from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics, SweepReader
 from gpufleet.config import Settings
 from gpufleet.planning.observe import Key, owner_key, owner_key_of, version_of
 from gpufleet.planning.scaling import Decision
@@ -45,6 +45,7 @@ from gpufleet.runtime.leader import LeaderElector
 from gpufleet.runtime.node_records import NodeRecorder
 from gpufleet.runtime.prices import SpotPriceRefresher
 from gpufleet.runtime.reconciler import Reconciler
+from gpufleet.runtime.token_cost import TokenCoster
 from gpufleet.runtime.watch_gaps import WatchGapCheck
 from gpufleet.runtime.work_queue import URGENT, WorkQueue
 
@@ -105,6 +106,12 @@ class Operator:
         )
         self.autoscaler = Autoscaler(cached, reader, clock=utcnow, timings=settings.scaling_timings())
         self.analyst = CanaryAnalyst(cached, prometheus_reader(reader), clock=utcnow)
+        self.token_coster = TokenCoster(
+            cached,
+            lambda: self.reconciler.prices,
+            clock=utcnow,
+            refresh_seconds=settings.token_cost_refresh_seconds,
+        )
         self.queue = WorkQueue(self._work, settings.workers, settings.resync_seconds)
         self._fenced = fenced
         self._elector: LeaderElector | None = None
@@ -276,15 +283,16 @@ class Operator:
         with self._working() as may_act:
             if not may_act:
                 return None
+            meta = body.get("metadata", {})
+            key = (meta.get("namespace"), meta.get("name"))
             try:
                 self.analyst.evaluate(body)  # a canary judged, when one is due
             except Exception:
-                meta = body.get("metadata", {})
-                log.exception(
-                    "judging the canary of %s/%s failed; its step holds",
-                    meta.get("namespace"),
-                    meta.get("name"),
-                )
+                log.exception("judging the canary of %s/%s failed; its step holds", *key)
+            try:
+                self.token_coster.evaluate(body, metrics if isinstance(metrics, SweepReader) else None)
+            except Exception:
+                log.exception("reading the cost per token of %s/%s failed; status.tokenCost is left", *key)
             return self.autoscaler.evaluate(body, metrics)
 
     async def _autoscale_sweeps(self) -> None:

@@ -46,12 +46,14 @@ class TwoPods:
             buckets=(0.01, 0.05, 0.1),
             registry=self.registry,
         )
+        self.tokens = Counter("vllm:generation_tokens", "tokens", labels, registry=self.registry)
 
     def serve(self, pod: str, handler: str, status: str, ttft: float) -> None:
         self.requests.labels(NAMESPACE, pod, handler, "POST", status).inc()
         if status == "2xx":
             self.ttft.labels(NAMESPACE, pod).observe(ttft)
             self.itl.labels(NAMESPACE, pod).observe(0.03)
+            self.tokens.labels(NAMESPACE, pod).inc(16)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Promethe
             pods.requests.labels(NAMESPACE, pod, "/v1/completions", "POST", status)
         pods.ttft.labels(NAMESPACE, pod)
         pods.itl.labels(NAMESPACE, pod)
+        pods.tokens.labels(NAMESPACE, pod)
     pods.requests.labels(NAMESPACE, "canary-0", "/health", "GET", "2xx")
     port = free_port()
     page = serve_text_format(port, pods.registry)
@@ -119,6 +122,19 @@ def test_each_pods_requests_errors_and_histograms_over_the_window(
     assert 0.5 < canary_p95 <= 1.0
     assert 0.1 < stable_p95 <= 0.25
     assert canary.itl is not None
+
+
+def test_each_pods_output_tokens_per_second_for_the_cost_per_token(
+    scraped: tuple[PrometheusServer, TwoPods],
+) -> None:
+    server, _ = scraped
+    sweep = PrometheusMetrics(server.url).sweep()
+    rates = sweep.pod_values("generation_tokens", NAMESPACE, ["stable-0", "canary-0", "gone-0"])
+    assert set(rates) == {"stable-0", "canary-0"}
+    # 100 and 80 answered requests of 16 tokens each, within the query's 5-minute rate window.
+    assert rates["stable-0"] > rates["canary-0"] > 0
+    assert rates["stable-0"] / rates["canary-0"] == pytest.approx(100 / 80, rel=0.1)
+    assert sweep.queries_made == 1  # one fleet-wide query, shared by every model of the sweep
 
 
 def test_a_pod_without_series_is_absent_not_zero(scraped: tuple[PrometheusServer, TwoPods]) -> None:

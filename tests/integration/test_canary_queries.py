@@ -50,7 +50,7 @@ class TwoPods:
 
     def serve(self, pod: str, handler: str, status: str, ttft: float) -> None:
         self.requests.labels(NAMESPACE, pod, handler, "POST", status).inc()
-        if status == "2xx":
+        if status == "2xx" and handler.startswith("/v1/"):
             self.ttft.labels(NAMESPACE, pod).observe(ttft)
             self.itl.labels(NAMESPACE, pod).observe(0.03)
             self.tokens.labels(NAMESPACE, pod).inc(16)
@@ -105,11 +105,11 @@ def test_each_pods_requests_errors_and_histograms_over_the_window(
     found = canary_pod_figures(source, NAMESPACE, ["stable-0", "canary-0", "gone-0"], window_seconds=120)
     assert set(found) == {"stable-0", "canary-0"}
     canary, stable = found["canary-0"], found["stable-0"]
-    # increase() extrapolates to the window's edges; with samples on both sides of every request it
-    # equals the count, within Prometheus' rounding.
-    assert canary.requests == pytest.approx(100, rel=0.05)
-    assert canary.errors == pytest.approx(20, rel=0.05)
-    assert stable.requests == pytest.approx(100, rel=0.05)
+    # increase() extrapolates a series that began inside the window by up to half a scrape interval
+    # at its end: counts come out a little high (here ~10 s of series, 1 s scrapes), shares do not.
+    assert 100 <= canary.requests <= 120
+    assert 100 <= stable.requests <= 120
+    assert canary.errors / canary.requests == pytest.approx(0.2, abs=0.01)
     assert stable.errors == 0
     assert canary.ttft is not None
     assert stable.ttft is not None

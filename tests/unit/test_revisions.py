@@ -16,6 +16,7 @@ from gpufleet.planning.revisions import (
     describe_changes,
     observe_revisions,
     plan_revisions,
+    pod_label_hash,
     revision_hash,
     rolled_out,
     serving_template,
@@ -204,3 +205,13 @@ def test_a_rollout_is_finished_when_every_group_runs_the_new_template(
     live["status"] = {"observedGeneration": 2, **status}
     assert rolled_out([desired], {"g": live}) is expected
     assert rolled_out([desired, deployment("missing", "h1", 1)], {"g": live}) is False
+
+
+def test_the_pods_revision_label_is_the_same_from_the_spec_and_back_from_the_api_server() -> None:
+    # The API server returns 7.06e10 as 70600000000: equal, but not the same JSON, so not the same hash.
+    sent = {"model": {"uri": "hf://meta-llama/Meta-Llama-3-70B-Instruct", "parameterCount": 7.06e10}}
+    returned = {"model": {"uri": "hf://meta-llama/Meta-Llama-3-70B-Instruct", "parameterCount": 70600000000}}
+    assert revision_hash(sent) != revision_hash(returned)
+    assert pod_label_hash(sent) == pod_label_hash(returned) == revision_hash(sent)
+    # A template that no longer parses still gets a label.
+    assert pod_label_hash({"model": {"uri": 5}}) == revision_hash({"model": {"uri": 5}})

@@ -89,7 +89,7 @@ from gpufleet.planning.revisions import (
     RevisionWrite,
     observe_revisions,
     plan_revisions,
-    revision_hash,
+    pod_label_hash,
     rolled_out,
     serving_template,
     spec_of_revision,
@@ -678,7 +678,7 @@ def _plan_rollout(
             hold=hold,
             analysis=spec.rollout.analysis,
             judgement=previous.analysis,
-            current_hash="" if unlabelled else revision_hash(current.template),
+            current_hash="" if unlabelled else pod_label_hash(current.template),
             keep_previous=spec.rollout.keep_previous,
             standby=standby,
             stable_name=history.stable.name if history.stable else "",
@@ -693,7 +693,7 @@ def _slot_workloads(
 ) -> list[SlotWorkload]:
     """What each slot runs. A slot's pods carry their revision's hash when the slot starts a new
     revision (a canary), or when its live Deployments already do; never added to running pods."""
-    current = revision_hash(history.plan.current.template)
+    current = pod_label_hash(history.plan.current.template)
     stable_slot, other = rollout.stable_slot, other_slot(rollout.stable_slot)
     workloads: list[SlotWorkload] = []
     if not rollout.canary or history.stable is None:
@@ -703,7 +703,7 @@ def _slot_workloads(
         )
     else:
         stable_spec = spec_of_revision(spec, history.stable) or spec
-        stable_label = revision_hash(history.stable.template) if _labelled(owned, stable_slot) else None
+        stable_label = pod_label_hash(history.stable.template) if _labelled(owned, stable_slot) else None
         canary_runs_spec_already = _runs(owned, other, history)
         canary_label = None if canary_runs_spec_already and not _labelled(owned, other) else current
         workloads += [
@@ -722,7 +722,7 @@ def _slot_workloads(
     kept_spec = spec_of_revision(spec, revision) if revision is not None else None
     if kept and revision is not None and kept_spec is not None:
         # The standby slot is the old stable slot: its pods keep the template (and label) they had.
-        label = revision_hash(revision.template) if _labelled(owned, other) else None
+        label = pod_label_hash(revision.template) if _labelled(owned, other) else None
         workloads.append(SlotWorkload(kept_spec, kept, other, label))
     return workloads
 
@@ -767,7 +767,7 @@ def _revisions_status(
             name=rollout.standby.name,
             replicas=rollout.standby.replicas,
             until=rollout.standby.until,
-            hash=next((revision_hash(r.template) for r in kept if r.name == rollout.standby.name), ""),
+            hash=next((pod_label_hash(r.template) for r in kept if r.name == rollout.standby.name), ""),
             cost_per_hour=estimate_for(spec, warm, prices).to_status().per_hour,
         )
     if rollout.promoted or (not rollout.canary and rolled_out(desired, live_by_name)):

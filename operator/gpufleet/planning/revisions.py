@@ -51,6 +51,16 @@ def revision_hash(template: Mapping[str, Any]) -> str:
     return template_hash(template)[:HASH_LENGTH]
 
 
+def pod_label_hash(template: Mapping[str, Any]) -> str:
+    """The hash a revision's pods carry (LABEL_REVISION_HASH), the same whether the template comes from
+    the spec or back from a ControllerRevision: the API server returns 7.06e10 as 70600000000, which
+    compares equal but hashes differently, so the template is read through the model first."""
+    try:
+        return revision_hash(serving_template(ModelDeploymentSpec.model_validate(template)))
+    except ValidationError:
+        return revision_hash(template)
+
+
 @dataclass(frozen=True)
 class ObservedRevision:
     name: str
@@ -207,7 +217,7 @@ def summary_of(revision: ObservedRevision, history: Sequence[ObservedRevision]) 
     return RevisionSummary(
         revision=revision.revision,
         name=revision.name,
-        hash=revision_hash(template),
+        hash=pod_label_hash(template),
         image=str(engine.get("image") or ModelDeploymentSpec.model_fields["engine"].default.image),
         model_uri=str(model.get("uri") or ""),
         quantization=str(model.get("quantization") or ""),

@@ -22,7 +22,7 @@ from gpufleet.api.v1alpha1 import (
 )
 from gpufleet.planning.cost import ProductPrices, estimate_for
 from gpufleet.planning.observe import ObservedPod
-from gpufleet.planning.revisions import ObservedRevision, revision_hash, spec_of_revision
+from gpufleet.planning.revisions import ObservedRevision, pod_label_hash, spec_of_revision
 
 WINDOW_SECONDS = 300  # the rate's window in the default query
 SECONDS_PER_HOUR = 3600
@@ -53,7 +53,7 @@ def token_costs(
     for pod in pods:
         if not pod.terminating:
             by_hash.setdefault(revision_of_pod(pod, revisions), []).append(pod)
-    known = {revision_hash(r.template): r for r in history}
+    known = {pod_label_hash(r.template): r for r in history}
     rows: list[RevisionTokenCost] = []
     currency, missing = "USD", []
     for digest, members in sorted(by_hash.items()):

@@ -102,3 +102,4 @@ bench: install controlplane simdeps nth ## benchmarks (not tests): hack/bench/ (
 	$(BIN)/python hack/bench/autoscale.py
 	$(BIN)/python hack/bench/autoscale_sweep.py
 	$(BIN)/python hack/bench/spot.py
+	$(BIN)/python hack/bench/canary.py

@@ -193,6 +193,13 @@ def test_an_invalid_spec_mid_rollout_leaves_the_rollout_as_it_was() -> None:
     assert plan.status.patch is not None
     assert "rollout" not in plan.status.patch
     assert "revisions" not in plan.status.patch
+    # ... and so does what the operator remembers: fixed, the spec resumes the same step.
+    step_before = body["status"]["rollout"]["step"]
+    world.carry_out(plan, body)
+    body["spec"]["replicas"] = 2
+    resumed = step(world, body, after=timedelta(seconds=5))
+    assert "RolloutStarted" not in events(resumed)
+    assert body["status"]["rollout"]["step"] == step_before
 
 
 def test_the_operator_restarting_mid_rollout_resumes_the_same_step() -> None:
@@ -310,3 +317,20 @@ def test_rollback_after_promotion_takes_the_warm_standby_without_restarting_it()
     assert (revisions["stable"]["revision"], revisions["stableSlot"]) == (3, "a")
     assert set(images(world).values()) == {OLD_IMAGE, NEW_IMAGE}  # revision 2 now the warm one
     assert revisions["standby"]["revision"] == 2
+
+
+def test_a_rollout_ended_by_this_operator_does_not_come_back_from_a_stale_body() -> None:
+    body = canary_body()
+    world = stable_world(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    step(world, body)
+    settle(world)
+    step(world, body)
+    stale = {**body["status"]}  # the watch still shows the canary running
+    body["spec"]["engine"]["image"] = OLD_IMAGE
+    aborted = step(world, body)
+    assert "RolloutAborted" in events(aborted)
+    body["status"] = stale
+    again = world.plan(body, now=NOW + timedelta(seconds=1))
+    assert "RolloutAborted" not in [e.reason for e in again.status.events]
+    assert again.status.status.rollout is None

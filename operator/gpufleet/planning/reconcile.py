@@ -491,7 +491,14 @@ def _status_write(
         # the watch shows and from what this operator last wrote, which the watch may not show yet.
         patch = with_deletions(new, current, ours(cached))
         events = (*transitions, *_condition_events(inp.previous, status))
-    return StatusWrite(status, new, patch, events, unschedulable)
+    # What the API server holds once the patch lands: with an invalid spec, the members it leaves
+    # alone too, so the next valid plan resumes a rollout (or spot state) instead of starting over.
+    kept = {
+        k: (cached if cached and k in cached else stored)[k]
+        for k in computed_only
+        if k not in new and (k in stored or (cached and k in cached))
+    }
+    return StatusWrite(status, {**new, **kept}, patch, events, unschedulable)
 
 
 def _condition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> tuple[EventView, ...]:
@@ -641,10 +648,14 @@ def _plan_rollout(
     owned: Sequence[Mapping[str, Any]],
     now: datetime,
 ) -> RolloutPlan:
-    written = (observed.remembered.status or {}).get(
-        "rollout", previous.rollout and previous.rollout.to_json()
-    )
-    state = RolloutStatus.model_validate(written) if written else None
+    # What this operator wrote last is newer than a body the watch has not caught up with, and a
+    # rollout it ended is absent from it: the body's stale one must not come back.
+    remembered = observed.remembered.status
+    if remembered is not None:
+        written = remembered.get("rollout")
+        state = RolloutStatus.model_validate(written) if written else None
+    else:
+        state = previous.rollout
     # A canary needs the stable revision's template to keep running beside it; without one (a new
     # model, or a history that lost it) spec's revision rolls out to every group at once.
     stable_spec = spec_of_revision(spec, history.stable) if history.stable else None

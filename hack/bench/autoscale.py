@@ -54,7 +54,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import BenchError, fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from benchkit import (
+    BenchError,
+    fleet_in_namespace,
+    log,
+    or_failure,
+    ratio,
+    require_operator_alive,
+    run_trials,
+)
+from benchkit import number as _number
+from benchkit import spread as _spread
 from kubernetes import client
 
 from fleetsim.keda import Keda, KedaBuild
@@ -1075,25 +1085,6 @@ MEASURES: tuple[tuple[str, Callable[[Figures], float], int], ...] = (
     ("GPU-hours", lambda f: f.gpu_hours, 3),
     ("violations per GPU-hour", lambda f: f.per_gpu_hour, 1),
 )
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    """numerator / denominator; None when it has no finite value (a denominator of 0)."""
-    if denominator == 0 or math.isinf(numerator) or math.isinf(denominator):
-        return None
-    return numerator / denominator
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "n/a" if value is None or math.isinf(value) else f"{value:.{digits}f}"
-
-
-def _spread(values: Sequence[float | None], digits: int) -> str:
-    known = [v for v in values if v is not None and not math.isinf(v)]
-    if len(values) < 2 or not known:
-        return ""
-    rounds = f"{len(values)}" if len(known) == len(values) else f"{len(known)} of {len(values)}"
-    return f" ({_number(min(known), digits)}-{_number(max(known), digits)} over {rounds} rounds)"
 
 
 def summary_lines(figures: Mapping[str, Figures]) -> list[str]:

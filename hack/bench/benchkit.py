@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import subprocess
 import sys
 import tempfile
@@ -149,3 +150,23 @@ def or_failure(run: Callable[[], R]) -> R | None:
     except (BenchError, RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as error:
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
     return None
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator; None when it has no finite value (a denominator of 0)."""
+    if denominator == 0 or math.isinf(numerator) or math.isinf(denominator):
+        return None
+    return numerator / denominator
+
+
+def number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None or math.isinf(value) else f"{value:.{digits}f}"
+
+
+def spread(values: Sequence[float | None], digits: int) -> str:
+    """` (min-max over N rounds)` of the finite values; "" for one round or none known."""
+    known = [v for v in values if v is not None and not math.isinf(v)]
+    if len(values) < 2 or not known:
+        return ""
+    rounds = f"{len(values)}" if len(known) == len(values) else f"{len(known)} of {len(values)}"
+    return f" ({number(min(known), digits)}-{number(max(known), digits)} over {rounds} rounds)"

@@ -41,7 +41,6 @@ import asyncio
 import bisect
 import contextlib
 import json
-import math
 import random
 import re
 import sys
@@ -54,7 +53,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import BenchError, fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from benchkit import (
+    BenchError,
+    fleet_in_namespace,
+    log,
+    or_failure,
+    ratio,
+    require_operator_alive,
+    run_trials,
+)
+from benchkit import number as _number
+from benchkit import spread as _spread
 from kubernetes import client
 
 from fleetsim.loadgen import LoadGenerator, LoadReport, arrival_times, parse_trace, ready_endpoints
@@ -940,25 +949,6 @@ class Figures:
 
 def figures_of(result: TrialResult) -> Figures:
     return Figures(result.report.sent, result.failed, result.gpu_hours, result.rollback_s)
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    """numerator / denominator; None when it has no finite value (a denominator of 0)."""
-    if denominator == 0 or math.isinf(numerator) or math.isinf(denominator):
-        return None
-    return numerator / denominator
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "n/a" if value is None or math.isinf(value) else f"{value:.{digits}f}"
-
-
-def _spread(values: Sequence[float | None], digits: int) -> str:
-    known = [v for v in values if v is not None and not math.isinf(v)]
-    if len(values) < 2 or not known:
-        return ""
-    rounds = f"{len(values)}" if len(known) == len(values) else f"{len(known)} of {len(values)}"
-    return f" ({_number(min(known), digits)}-{_number(max(known), digits)} over {rounds} rounds)"
 
 
 # The figures compared: (name, value of a trial, digits of the value, digits of a ratio).

@@ -72,7 +72,7 @@ def test_the_sample_becomes_ready_pods_on_simulated_nodes_of_the_right_zones(
 
 
 def test_prometheus_returns_vllm_metrics_for_the_model(sim: BackgroundSimulation) -> None:
-    wait_for_ready_pods(sim, 2)
+    ready = wait_for_ready_pods(sim, 2)
     prometheus = PrometheusConnect(url=sim.simulation.prometheus.url, disable_ssl=True)
 
     def series() -> list[dict[str, Any]] | None:
@@ -83,8 +83,15 @@ def test_prometheus_returns_vllm_metrics_for_the_model(sim: BackgroundSimulation
 
     found = wait_until(series, timeout=60, interval=1, what="two vllm:num_requests_running series")
     assert {s["metric"]["namespace"] for s in found} == {NAMESPACE}
-    gpu = prometheus.custom_query(f'DCGM_FI_DEV_GPU_UTIL{{namespace="{NAMESPACE}"}}')
-    assert len(gpu) == 8  # two replicas x tensor parallel 4, labelled with the pod that holds each GPU
+    # Two replicas x tensor parallel 4, each GPU labelled with the pod that holds it. Only this model's
+    # ready pods: a pod of an earlier test still terminating in the namespace holds its GPUs too.
+    names = sorted(p["metadata"]["name"] for p in ready)
+    gpu = prometheus.custom_query(f'DCGM_FI_DEV_GPU_UTIL{{namespace="{NAMESPACE}",pod=~"{"|".join(names)}"}}')
+    by_pod: dict[str, set[str]] = {}
+    for sample in gpu:
+        by_pod.setdefault(sample["metric"]["pod"], set()).add(sample["metric"]["UUID"])
+    assert {pod: len(uuids) for pod, uuids in by_pod.items()} == {name: 4 for name in names}
+    assert len(gpu) == 8
 
 
 def test_the_load_generator_gets_answers_from_the_served_model(sim: BackgroundSimulation) -> None:

@@ -105,10 +105,13 @@ def test_each_pods_requests_errors_and_histograms_over_the_window(
     found = canary_pod_figures(source, NAMESPACE, ["stable-0", "canary-0", "gone-0"], window_seconds=120)
     assert set(found) == {"stable-0", "canary-0"}
     canary, stable = found["canary-0"], found["stable-0"]
-    # increase() extrapolates a series that began inside the window by up to half a scrape interval
-    # at its end: counts come out a little high (here ~10 s of series, 1 s scrapes), shares do not.
-    assert 100 <= canary.requests <= 120
-    assert 100 <= stable.requests <= 120
+    # increase() extrapolates a series that began inside the window to the window's end (up to 1.1
+    # scrape intervals): with ~10 s of series and 1 s scrapes that stretched by a loaded machine, counts
+    # come out up to about a third high. Both pods are one target, scraped together, so they stretch
+    # alike, and shares do not stretch at all.
+    assert 100 <= canary.requests <= 135
+    assert 100 <= stable.requests <= 135
+    assert canary.requests == pytest.approx(stable.requests, rel=0.01)
     assert canary.errors / canary.requests == pytest.approx(0.2, abs=0.01)
     assert stable.errors == 0
     assert canary.ttft is not None

@@ -189,6 +189,8 @@ NAMESPACED = {
     ("", "pods/eviction", "create"),
     *{("", "events", v) for v in ("create", "patch")},
     ("", "secrets", "get"),  # a model's credentialsSecret, by name (CredentialsReady)
+    # spec.rollout.httpRoute's backend weights (planning.traffic): read and patched, never made
+    *{("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "patch")},
 }
 CLUSTER = {
     *{("", "nodes", v) for v in ("get", "list", "watch", "patch")},

@@ -563,3 +563,25 @@ def test_back_to_the_warm_revision_its_replicas_serve_at_once_and_the_rest_follo
     assert done.stable_slot == "a"
     assert done.standby is not None
     assert done.standby.revision == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "canary_ready", "route_weight", "why"),
+    [
+        (1, 0, 0, "no ready canary: a router must send it nothing"),
+        (1, 1, 10, "step 1's one replica is ready: exactly 10 %, where the replica ratio says 25 %"),
+        (2, 1, 25, "step 2 needs 2 canary replicas and 1 is ready: no more than its share of ready ones"),
+        (2, 2, 50, "step 2's replicas are ready: exactly 50 %"),
+    ],
+)
+def test_a_router_gets_the_steps_exact_weight_once_its_canary_replicas_are_ready(
+    step: int, canary_ready: int, route_weight: int, why: str
+) -> None:
+    canary = pods(A, "b", canary_ready)
+    stable = pods(A, "a", 2 - min(canary_ready, 2)) + pods(B, "a", 2)
+    for routed in (False, True):
+        plan = plan_rollout(given(pods=stable + canary, state=state(step), routed=routed), NOW)
+        assert plan.route_weight == route_weight, why
+        assert plan.status is not None
+        ratio = reached_weight(canary_ready, len(stable))
+        assert plan.status.weight == (route_weight if routed else ratio), why

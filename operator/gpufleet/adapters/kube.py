@@ -36,6 +36,8 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("gpufleet.io/v1alpha1", "ModelDeployment"): ("/apis/gpufleet.io/v1alpha1", "modeldeployments"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
+    # spec.rollout.httpRoute: read, and its backendRefs written (planning.traffic)
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     ("authorization.k8s.io/v1", "SubjectAccessReview"): (
         "/apis/authorization.k8s.io/v1",
         "subjectaccessreviews",

@@ -658,6 +658,24 @@ class KeepPrevious(_Model):
     seconds: Annotated[int, Field(description="How long after the promotion they are kept.", ge=1)] = 3600
 
 
+class HTTPRouteRef(_Model):
+    """A Gateway API HTTPRoute in the model's namespace whose backend weights the rollout writes."""
+
+    name: Annotated[
+        str,
+        Field(
+            description=(
+                "Name of the HTTPRoute (gateway.networking.k8s.io/v1). Its rules whose backendRefs name the "
+                "model's Service (or the slot Services `<name>-a`, `<name>-b`) get those backendRefs "
+                "replaced by the two slot Services with exact weights: the stable slot's and the "
+                "canary's. The rest of the route stays the user's."
+            ),
+            pattern=_DNS_SUBDOMAIN,
+            max_length=253,
+        ),
+    ]
+
+
 class Rollout(_Model):
     """How a new revision of the serving template replaces the stable one."""
 
@@ -694,6 +712,19 @@ class Rollout(_Model):
             description=(
                 "Judge the canary at every step; a failed judgement rolls it back. Unset: steps end on "
                 "their pauses alone. `analysis: {}` takes the defaults."
+            )
+        ),
+    ] = None
+    http_route: Annotated[
+        HTTPRouteRef | None,
+        Field(
+            description=(
+                "Reach each step's weight exactly through this HTTPRoute's backend weights instead of by "
+                "replica ratio alone (the canary's replicas are still the smallest count that carries "
+                "the weight). The operator creates Services `<name>-a` and `<name>-b`, one per slot, "
+                "selecting the revision each slot runs, and labels every pod with its revision (pods "
+                "that predate this label are replaced once, one surge replica at a time). Unset: the "
+                "weight is the share of ready replicas behind the model's one Service."
             )
         ),
     ] = None
@@ -1068,7 +1099,10 @@ class RolloutStatus(_Model):
     weight: Annotated[
         int,
         Field(
-            description="Ready canary replicas as a percent of ready replicas: the weight reached.",
+            description=(
+                "The weight reached, percent: the canary backend's weight in spec.rollout.httpRoute when "
+                "the operator routes through it, else ready canary replicas as a percent of ready ones."
+            ),
             ge=0,
             le=100,
         ),
@@ -1147,6 +1181,16 @@ class ModelDeploymentStatus(_Model):
     analysis: Annotated[
         AnalysisStatus | None,
         Field(description="The last judgement of the canary (spec.rollout.analysis), by the analysis loop."),
+    ] = None
+    http_route: Annotated[
+        str | None,
+        Field(
+            description=(
+                "The HTTPRoute whose backendRefs the operator writes (spec.rollout.httpRoute). Kept after "
+                "spec.rollout.httpRoute is unset until the operator has pointed the route's rules back at "
+                "the model's Service; then the slot Services are deleted."
+            )
+        ),
     ] = None
     token_cost: Annotated[
         TokenCostStatus | None,

@@ -82,7 +82,7 @@ from gpufleet.planning.observe import (
     version_of,
 )
 from gpufleet.planning.placement import plan_placement
-from gpufleet.planning.report import EventView
+from gpufleet.planning.report import ConditionView, EventView
 from gpufleet.planning.revisions import (
     ObservedRevision,
     RevisionPlan,
@@ -114,6 +114,18 @@ from gpufleet.planning.status import (
     decide_replicas,
     unschedulable_pods,
 )
+from gpufleet.planning.traffic import (
+    SLOTS,
+    TRAFFIC_ROUTED,
+    RouteLookup,
+    RouteRelease,
+    TrafficPlan,
+    plan_traffic,
+    ready_in_slot,
+    release_route,
+    routable,
+    slot_service_name,
+)
 from gpufleet.planning.workloads import (
     ANNOTATION_TEMPLATE_HASH,
     LABEL_REVISION_HASH,
@@ -129,13 +141,15 @@ from gpufleet.planning.workloads import (
 )
 from gpufleet.planning.zone_loss import NodeLoss, lost_zones
 
+# A named HTTPRoute is read again this often: its weights are set back if someone changed them.
+ROUTE_RECHECK_SECONDS = 15.0
 # An object of our name that belongs to someone else is looked at again this often, until it is gone.
 CONFLICT_RECHECK_SECONDS = 10.0
 
 # status members other loops write (runtime.autoscaler, runtime.analysis)
 _OTHER_WRITERS = ("autoscaler", "analysis", "tokenCost")
 # status members that only a valid spec's plan computes; an invalid spec leaves them as stored.
-_COMPUTED_ONLY = ("spot", "cost", "revisions", "rollout")
+_COMPUTED_ONLY = ("spot", "cost", "revisions", "rollout", "httpRoute")
 
 # (kind, name) of an applied object → (template hash, generation or resourceVersion) after the apply
 AppliedVersions = Mapping[tuple[str, str], tuple[str, str]]
@@ -186,7 +200,12 @@ def names_to_look_up(
     state. Plus `foreign`: objects found to belong to someone else when this operator was about to
     create them (Deployments, see Apply.check_owner), looked up on every pass until they are gone."""
     name = body["metadata"]["name"]
-    wanted = (ObjectRef("v1", "Service", name), ObjectRef("policy/v1", "PodDisruptionBudget", name))
+    wanted: tuple[ObjectRef, ...] = (
+        ObjectRef("v1", "Service", name),
+        ObjectRef("policy/v1", "PodDisruptionBudget", name),
+    )
+    if route_name(body):
+        wanted += tuple(ObjectRef("v1", "Service", slot_service_name(name, slot)) for slot in SLOTS)
     first = tuple(ref for ref in wanted if (ref.kind, ref.name) not in applied)
     return first + tuple(ref for ref in foreign if ref not in first)
 
@@ -204,6 +223,20 @@ class Observed:
     looked_up: Mapping[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
     # spec.model.credentialsSecret as read (key names only); None when there is none or it was not read.
     secret: SecretLookup | None = None
+    # spec.rollout.httpRoute as read; None when there is none.
+    route: RouteLookup | None = None
+
+
+def route_name(body: Mapping[str, Any]) -> str:
+    """The HTTPRoute for the runtime to read ("" when none): spec.rollout.httpRoute.name as written, or,
+    once it is unset, status.httpRoute until the route has been released."""
+    rollout = (body.get("spec") or {}).get("rollout") or {}
+    ref = rollout.get("httpRoute") if isinstance(rollout, Mapping) else None
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    if isinstance(name, str) and name:
+        return name
+    released = (body.get("status") or {}).get("httpRoute")
+    return released if isinstance(released, str) else ""
 
 
 @dataclass(frozen=True)
@@ -242,6 +275,12 @@ class StatusWrite:
 
 
 @dataclass(frozen=True)
+class RouteWrite:
+    name: str  # the HTTPRoute
+    patch: dict[str, Any]  # merge patch carrying the resourceVersion read: refused (409) if stale
+
+
+@dataclass(frozen=True)
 class ReconcilePlan:
     key: Key
     valid: bool
@@ -252,6 +291,7 @@ class ReconcilePlan:
     removals: tuple[Removal, ...] = ()
     requeue_after: float | None = None  # seconds until a kept doomed pod must be drained
     refused_drains: tuple[Drain, ...] = ()  # set by the runtime: evictions the PDB refused this pass
+    route: RouteWrite | None = None  # backend weights for spec.rollout.httpRoute, after the applies
 
 
 def spec_problems(body: Mapping[str, Any]) -> tuple[ModelDeploymentSpec | None, list[str]]:
@@ -294,10 +334,21 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     owner = Owner(name, namespace, uid)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
     history = _revision_history(observed, owner, spec, previous)
-    rollout = _plan_rollout(observed, spec, previous, history, capacity, pods, owned, now)
+    routed_before = spec.rollout.http_route is not None and _route_carries(observed, history, pods, owned)
+    rollout = _plan_rollout(observed, spec, previous, history, capacity, pods, owned, now, routed_before)
+    label_all = spec.rollout.http_route is not None
     desired = desired_workloads(
-        owner, spec, capacity.groups, policy.workloads, _slot_workloads(spec, history, rollout, owned)
+        owner,
+        spec,
+        capacity.groups,
+        policy.workloads,
+        _slot_workloads(spec, history, rollout, owned, label_all),
     )
+    traffic = _plan_traffic(observed, spec, owner, policy, history, rollout, pods)
+    release = _route_to_release(observed, spec, previous, policy.workloads.port)
+    releasing = release is not None and not release.done
+    route_patch = traffic.patch if traffic else release.patch if release else None
+    route_condition = traffic.condition if traffic else release.condition if releasing and release else None
     applied = observed.remembered.applied
     applies: list[Apply | None] = []
     conflicts = []
@@ -308,7 +359,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
             conflicts.append(_conflict("Deployment", namespace, deployment, existing))
             continue
         applies.append(_apply(obj, live_by_name.get(deployment), applied.get(("Deployment", deployment))))
-    for obj in (desired.service, desired.pod_disruption_budget):
+    for obj in (desired.service, desired.pod_disruption_budget, *(traffic.services if traffic else ())):
         existing = observed.looked_up.get((obj["kind"], obj["metadata"]["name"]))
         if existing is not None and not owned_by(existing, uid):
             # Never taken over: not applied, not deleted, reported until it is renamed or removed.
@@ -331,6 +382,14 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         for live_name, live in sorted(live_by_name.items())
         if live_name not in wanted
     ]
+    if traffic is None and not releasing:
+        # No route, or one released: the slot Services go (those this operator remembers applying, or
+        # both once a route recorded in status is released).
+        removals += [
+            Removal("v1", "Service", slot_service_name(name, slot), None)
+            for slot in SLOTS
+            if release is not None or ("Service", slot_service_name(name, slot)) in applied
+        ]
     revisions = _revisions_status(history, rollout, desired.deployments, live_by_name, spec, observed.prices)
     revision_writes = [_revision_apply(write, revisions) for write in revisions.plan.writes]
     removals += [Removal("apps/v1", "ControllerRevision", gone, None) for gone in revisions.plan.deletions]
@@ -347,11 +406,18 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         capacity=capacity,
         cost=cost.to_status(),
         conflicts=conflicts,
+        extra_conditions=(route_condition,) if route_condition else (),
         credentials=credentials_condition(spec.model.credentials_secret, source_uris(spec), observed.secret),
         revisions=revisions.status,
         rollout=rollout.status,
+        http_route=route_name(body) if traffic is not None or releasing else None,
     )
-    requeue_after = _earliest(capacity.requeue_after, rollout.requeue_after)
+    requeue_after = _earliest(
+        capacity.requeue_after,
+        rollout.requeue_after,
+        # The route is the user's and not watched: a GitOps sync that sets its weights back is seen here.
+        ROUTE_RECHECK_SECONDS if traffic is not None or releasing else None,
+    )
     return ReconcilePlan(
         (namespace, name),
         True,
@@ -364,6 +430,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         # The history first: it names the template before any pod of it starts.
         applies=(*revision_writes, *(a for a in applies if a is not None)),
         removals=tuple(removals),
+        route=RouteWrite(route_name(body), route_patch) if route_patch else None,
         # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
         requeue_after=min(requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
         if conflicts
@@ -437,6 +504,8 @@ def _status_input(
     credentials: CredentialsVerdict | None = None,
     revisions: RevisionsStatus | None = None,
     rollout: RolloutStatus | None = None,
+    extra_conditions: Sequence[ConditionView] = (),
+    http_route: str | None = None,
 ) -> StatusInput:
     meta = body["metadata"]
     return StatusInput(
@@ -450,13 +519,14 @@ def _status_input(
         previous=previous,
         unschedulable_after=policy.unschedulable_after,
         autoscaler=previous.autoscaler if autoscaled else None,
-        capacity_conditions=capacity.conditions if capacity else (),
+        capacity_conditions=(*(capacity.conditions if capacity else ()), *extra_conditions),
         spot=capacity.state.to_status() if capacity else None,
         cost=cost,
         conflicts=conflicts,
         credentials=credentials,
         revisions=revisions,
         rollout=rollout,
+        http_route=http_route,
     )
 
 
@@ -516,7 +586,9 @@ def _condition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) ->
             events.append(
                 EventView("Warning", "InvalidSpec", f"Workloads left unchanged: {condition.message}")
             )
-        elif condition.type in (SCALING_LIMITED, DEGRADED) and condition.status == "True":
+        elif condition.status == ("True" if condition.type in (SCALING_LIMITED, DEGRADED) else "False") and (
+            condition.type in (SCALING_LIMITED, DEGRADED, TRAFFIC_ROUTED)
+        ):
             events.append(EventView("Warning", condition.reason, condition.message))
         elif condition.type == CREDENTIALS_READY and condition.status == "False":
             # Posted when the Secret or key goes missing, before the pods' start fails on it.
@@ -647,6 +719,7 @@ def _plan_rollout(
     pods: Sequence[ObservedPod],
     owned: Sequence[Mapping[str, Any]],
     now: datetime,
+    routed: bool = False,
 ) -> RolloutPlan:
     # What this operator wrote last is newer than a body the watch has not caught up with, and a
     # rollout it ended is absent from it: the body's stale one must not come back.
@@ -694,29 +767,37 @@ def _plan_rollout(
             standby=standby,
             stable_name=history.stable.name if history.stable else "",
             current_name=current.name,
+            routed=routed,
         ),
         now,
     )
 
 
 def _slot_workloads(
-    spec: ModelDeploymentSpec, history: _History, rollout: RolloutPlan, owned: Sequence[Mapping[str, Any]]
+    spec: ModelDeploymentSpec,
+    history: _History,
+    rollout: RolloutPlan,
+    owned: Sequence[Mapping[str, Any]],
+    label_all: bool = False,
 ) -> list[SlotWorkload]:
     """What each slot runs. A slot's pods carry their revision's hash when the slot starts a new
-    revision (a canary), or when its live Deployments already do; never added to running pods."""
+    revision (a canary), or when its live Deployments already do, or when an HTTPRoute needs a
+    Service per slot (`label_all`: unlabelled running pods are replaced once for it)."""
     current = pod_label_hash(history.plan.current.template)
     stable_slot, other = rollout.stable_slot, other_slot(rollout.stable_slot)
     workloads: list[SlotWorkload] = []
     if not rollout.canary or history.stable is None:
-        label = current if _labelled(owned, stable_slot) else None
+        label = current if label_all or _labelled(owned, stable_slot) else None
         workloads.append(
             SlotWorkload(spec, [s.group for s in rollout.slots if not s.standby], stable_slot, label)
         )
     else:
         stable_spec = spec_of_revision(spec, history.stable) or spec
-        stable_label = pod_label_hash(history.stable.template) if _labelled(owned, stable_slot) else None
+        labelled = label_all or _labelled(owned, stable_slot)
+        stable_label = pod_label_hash(history.stable.template) if labelled else None
         canary_runs_spec_already = _runs(owned, other, history)
-        canary_label = None if canary_runs_spec_already and not _labelled(owned, other) else current
+        keep_unlabelled = canary_runs_spec_already and not label_all and not _labelled(owned, other)
+        canary_label = None if keep_unlabelled else current
         workloads += [
             SlotWorkload(
                 stable_spec,
@@ -746,6 +827,67 @@ def _runs(owned: Sequence[Mapping[str, Any]], slot: Slot, history: _History) -> 
         and standby.name == history.plan.current.name
         and any(_slot_of(d) == slot for d in owned)
     )
+
+
+def _slot_hashes(history: _History, rollout: RolloutPlan) -> dict[Slot, str]:
+    """The revision label each slot's pods carry after this plan (as _slot_workloads runs them); a
+    slot that runs nothing gets spec's revision, at weight 0."""
+    current = pod_label_hash(history.plan.current.template)
+    stable_slot, other = rollout.stable_slot, other_slot(rollout.stable_slot)
+    if rollout.canary and history.stable is not None:
+        return {stable_slot: pod_label_hash(history.stable.template), other: current}
+    kept = next((r for r in history.plan.history if rollout.standby and r.name == rollout.standby.name), None)
+    return {stable_slot: current, other: pod_label_hash(kept.template) if kept else current}
+
+
+def _route_carries(
+    observed: Observed, history: _History, pods: Sequence[ObservedPod], owned: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether the HTTPRoute carries the weights as this pass starts: readable, with a rule of the
+    model's, and a ready pod behind the stable slot's Service (see planning.traffic)."""
+    name = observed.body["metadata"]["name"]
+    if not routable(observed.route, name):
+        return False
+    stable = history.stable or history.plan.current
+    stable_slot = _stable_slot(history.stored, owned)
+    live = [p for p in pods if not p.terminating]
+    return ready_in_slot(live, stable_slot, pod_label_hash(stable.template)) > 0
+
+
+def _plan_traffic(
+    observed: Observed,
+    spec: ModelDeploymentSpec,
+    owner: Owner,
+    policy: ReconcilePolicy,
+    history: _History,
+    rollout: RolloutPlan,
+    pods: Sequence[ObservedPod],
+) -> TrafficPlan | None:
+    if spec.rollout.http_route is None:
+        return None
+    hashes = _slot_hashes(history, rollout)
+    lookup = observed.route or RouteLookup(spec.rollout.http_route.name, None, error="not read")
+    live = [p for p in pods if not p.terminating]
+    stable_ready = ready_in_slot(live, rollout.stable_slot, hashes[rollout.stable_slot])
+    canary_weight = rollout.route_weight if rollout.canary else 0
+    return plan_traffic(
+        owner, policy.workloads.port, lookup, hashes, rollout.stable_slot, canary_weight, stable_ready
+    )
+
+
+def _route_to_release(
+    observed: Observed, spec: ModelDeploymentSpec, previous: ModelDeploymentStatus, port: int
+) -> RouteRelease | None:
+    """spec.rollout.httpRoute unset while status.httpRoute names the route last written: None when
+    there is nothing to release (see planning.traffic.release_route)."""
+    if spec.rollout.http_route is not None:
+        return None
+    written = observed.remembered.status
+    name = written.get("httpRoute") if written is not None else previous.http_route
+    if not name:
+        return None
+    model = observed.body["metadata"]["name"]
+    return release_route(model, port, observed.route or RouteLookup(name, None, error="not read"))
 
 
 def _slot_of(deployment: Mapping[str, Any]) -> Slot:

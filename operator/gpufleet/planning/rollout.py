@@ -136,6 +136,7 @@ class RolloutInput:
     standby: Standby | None = None  # as last written
     stable_name: str = ""  # the stable revision's ControllerRevision (what a standby of it is)
     current_name: str = ""  # spec's revision's ControllerRevision: a rollback renumbers, the name stays
+    routed: bool = False  # an HTTPRoute carries the weights: status reports the route's, not the ratio
 
     def is_standby(self, standby: Standby) -> bool:
         """Whether spec asks for the revision kept warm (by name: going back renumbers it)."""
@@ -154,6 +155,9 @@ class RolloutPlan:
     events: tuple[EventView, ...] = ()
     requeue_after: float | None = None  # seconds until a pause ends, or a standby goes
     standby: Standby | None = None  # after this plan
+    # The canary slot's backend weight in an HTTPRoute, percent (the stable slot's is the rest): the
+    # step's weight once its canary replicas are ready, never more than the ready ones' share before.
+    route_weight: int = 0
 
 
 def _whole(groups: Sequence[PlacementGroup], slot: Slot, canary: bool) -> tuple[SlotGroup, ...]:
@@ -296,20 +300,27 @@ def _plan_canary(inp: RolloutInput, now: datetime) -> RolloutPlan:
         slots.append(SlotGroup(group.zone, group.capacity_type, canary_slot, canary, True))
     weight_now = reached_weight(ready, sum(stable_ready.values()))
     target_weight = inp.steps[step - 1].weight if step <= steps else 100
+    # A canary that has not all started gets no more traffic than its ready replicas' share, so a
+    # router never sends a step's weight to fewer replicas than the step planned for it.
+    route_weight = (
+        0 if ready == 0 else target_weight if ready >= canary_target else min(target_weight, weight_now)
+    )
     status = RolloutStatus(
         revision=inp.current,
         step=step,
         steps=steps,
         phase=phase,
         target_weight=target_weight,
-        weight=weight_now,
+        weight=route_weight if inp.routed else weight_now,
         canary_replicas=ready,
         stable_replicas=sum(stable_ready.values()),
         step_started_at=started,
         weight_reached_at=reached,
         message=_message(phase, hold, ready, canary_target, inp.current, step),
     )
-    return RolloutPlan(tuple(slots), inp.stable_slot, True, False, status, tuple(events), requeue)
+    return RolloutPlan(
+        tuple(slots), inp.stable_slot, True, False, status, tuple(events), requeue, route_weight=route_weight
+    )
 
 
 def _analysis_gate(

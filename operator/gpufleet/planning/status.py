@@ -96,6 +96,8 @@ class StatusInput:
     revisions: RevisionsStatus | None = None
     # status.rollout from the rollout planner: a canary in progress, else None.
     rollout: RolloutStatus | None = None
+    # status.httpRoute: the HTTPRoute the operator writes, or is releasing (planning.traffic).
+    http_route: str | None = None
 
 
 def _condition(
@@ -269,4 +271,5 @@ def compute_status(inp: StatusInput, now: datetime) -> ModelDeploymentStatus:
         cost=inp.cost,
         revisions=inp.revisions,
         rollout=inp.rollout,
+        http_route=inp.http_route,
     )

@@ -27,14 +27,18 @@ from gpufleet.planning.reconcile import (
     Remembered,
     names_to_look_up,
     plan_reconcile,
+    route_name,
 )
 from gpufleet.planning.report import EventView
+from gpufleet.planning.traffic import ROUTE_API_VERSION, ROUTE_KIND, RouteLookup
 from gpufleet.planning.workloads import selector_string
 from gpufleet.runtime.capacity_store import CapacityStore
 from gpufleet.runtime.events import post_event
 
 # A PDB-refused drain is asked again this soon (kubectl drain retries every 5 s).
 EVICTION_RETRY_SECONDS = 5.0
+# A route write refused as stale (someone edited the HTTPRoute since it was read) is tried again this soon.
+ROUTE_RETRY_SECONDS = 1.0
 # The longest a reconcile waits for its capacity Events to be posted before it writes status.
 EVENT_FLUSH_SECONDS = 5.0
 # A credentials Secret found is checked again after this; entries not used for SECRET_FORGET go.
@@ -60,6 +64,7 @@ class Reconciler:
         self._applied: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
         self._statuses: dict[Key, dict[str, Any]] = {}
         self._foreign: dict[Key, set[ObjectRef]] = {}  # objects of our names that belong to others
+        self._route_retry: set[Key] = set()  # models whose route write was refused: reconcile again soon
         # (namespace, name) of a credentials Secret → when it was looked up, and what was found.
         self._secrets: dict[tuple[str, str], tuple[datetime, SecretLookup]] = {}
 
@@ -82,6 +87,7 @@ class Reconciler:
                 for ref in names_to_look_up(body, remembered.applied, sorted(foreign, key=str))
             },
             secret=self._credentials(namespace, body),
+            route=self._route(namespace, body),
         )
         plan = plan_reconcile(observed, self.policy, now)
         # Foreign objects that are gone or ours now need no more looking up.
@@ -90,6 +96,11 @@ class Reconciler:
         refused = self.execute(body, plan)
         if len(self._foreign.get(key, ())) > known_foreign:
             plan = replace(plan, requeue_after=0.0)  # report the conflict now, not at the next resync
+        if key in self._route_retry:
+            self._route_retry.discard(key)
+            plan = replace(
+                plan, requeue_after=min(ROUTE_RETRY_SECONDS, plan.requeue_after or ROUTE_RETRY_SECONDS)
+            )
         if refused:
             plan = replace(
                 plan,
@@ -98,6 +109,24 @@ class Reconciler:
                 requeue_after=min(EVICTION_RETRY_SECONDS, plan.requeue_after or EVICTION_RETRY_SECONDS),
             )
         return plan
+
+    def _route(self, namespace: str, body: Mapping[str, Any]) -> RouteLookup | None:
+        """spec.rollout.httpRoute, read on every pass that names one: it is the user's object, edited
+        outside gpufleet (a GitOps sync may set its weights back), so no cache would be right for long."""
+        name = route_name(body)
+        if not name:
+            return None
+        try:
+            return RouteLookup(name, self.kube.get(ROUTE_API_VERSION, ROUTE_KIND, namespace, name))
+        except KubeError as error:
+            # The weights stay as they are and the rollout falls back to replica ratio, reported as
+            # TrafficRouted=False: no Gateway API CRDs (404 on the resource), or no RBAC for it (403).
+            reason = (
+                "the operator may not get HTTPRoutes (403): the chart's RBAC grants it"
+                if error.status == 403
+                else str(error)[:200]
+            )
+            return RouteLookup(name, None, error=reason)
 
     def _credentials(self, namespace: str, body: Mapping[str, Any]) -> SecretLookup | None:
         """The credentials Secret's key names (its values are dropped here), for CredentialsReady.
@@ -166,12 +195,25 @@ class Reconciler:
             applied.pop((removal.kind, removal.name), None)
             if removal.event is not None:
                 post_event(self.kube, body, removal.event, self.clock())
+        if plan.route is not None:
+            self._write_route(namespace, plan)
         if plan.status.patch is not None:
             self.kube.patch_status(API_VERSION, KIND, namespace, plan.key[1], plan.status.patch)
             self._statuses[plan.key] = plan.status.stored_form
             for event in plan.status.events:
                 post_event(self.kube, body, event, self.clock())
         return refused
+
+    def _write_route(self, namespace: str, plan: ReconcilePlan) -> None:
+        """Write the backend weights after the slot Services exist. A route edited since it was read
+        (409), or gone (404), is left alone: the next pass reads it again, which this asks for now."""
+        assert plan.route is not None
+        try:
+            self.kube.patch(ROUTE_API_VERSION, ROUTE_KIND, namespace, plan.route.name, plan.route.patch)
+        except KubeError as error:
+            if error.status not in (404, 409):
+                raise
+            self._route_retry.add(plan.key)
 
     def _taken(self, body: Mapping[str, Any], key: Key, obj: Mapping[str, Any]) -> bool:
         """Whether an object of that name exists and is not this ModelDeployment's: then it is left alone,

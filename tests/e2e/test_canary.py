@@ -22,9 +22,9 @@ import yaml
 from fleetsim.background import BackgroundSimulation
 from fleetsim.loadgen import LoadGenerator, LoadReport
 from gpufleet.cli import main
-from tests.conftest import OperatorProcess, wait_until
+from tests.conftest import Cluster, OperatorProcess, wait_until
 from tests.e2e.conftest import HERE, NAMESPACE
-from tests.e2e.pods import constant_load, model_deployment, model_pods, serving
+from tests.e2e.pods import constant_load, model_deployment, model_pods, routed_load, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -219,3 +219,90 @@ def test_a_revision_that_never_gets_ready_is_reported_and_the_stable_one_keeps_s
     assert progressing["reason"] == "CanaryRollout"
     after = story.load.report()
     assert after.error_count == before.error_count
+
+
+ROUTE = "canary-gateway"
+
+
+@pytest.fixture
+def routed(
+    operator: OperatorProcess, sim: BackgroundSimulation, gateway_api_crds: Cluster
+) -> Iterator[Story]:
+    """A canary model behind an HTTPRoute (spec.rollout.httpRoute), its load sent through a gateway
+    that routes by that route (fleetsim.gateway); one step of 10 %."""
+    name = "canary-route"
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": ROUTE, "namespace": NAMESPACE},
+        "spec": {
+            "parentRefs": [{"name": "inference-gateway"}],
+            "rules": [{"backendRefs": [{"name": name, "port": 8000}]}],
+        },
+    }
+    operator.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(route))
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["rollout"] = {
+        "steps": [{"weight": 10, "pauseSeconds": 20}],
+        "analysis": doc["spec"]["rollout"]["analysis"],
+        "httpRoute": {"name": ROUTE},
+    }
+    operator.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(doc))
+    load = routed_load(sim, NAMESPACE, name, ROUTE, rate=RATE, max_tokens=16)
+    story = Story(operator, sim, name, load, concurrent.futures.Future())
+    try:
+        story.wait(
+            lambda s: (
+                revision(s, "stable") == 1
+                and s.get("readyReplicas") == 4
+                and traffic(s) == ("True", "BackendWeights")
+            ),
+            "revision 1 serving through the route",
+        )
+        story.running = asyncio.run_coroutine_threadsafe(load.run(100_000), sim.loop)
+        wait_until(lambda: load.report().ok >= 50, timeout=30, what="the load flowing through the route")
+        yield story
+    finally:
+        story.running.cancel()
+        operator.cluster.kubectl("delete", "md", name, "-n", NAMESPACE, "--wait=false", check=False)
+        operator.cluster.kubectl("delete", "httproute", ROUTE, "-n", NAMESPACE, check=False)
+
+
+def traffic(status: dict[str, Any]) -> tuple[str, str]:
+    found = {c["type"]: c for c in status.get("conditions") or []}.get("TrafficRouted") or {}
+    return found.get("status", ""), found.get("reason", "")
+
+
+def test_a_canary_behind_an_httproute_gets_exactly_its_steps_share_of_the_requests(routed: Story) -> None:
+    story, canary_service = routed, f"{routed.name}-b"
+    story.set_image(GOOD)
+    story.wait(
+        lambda s: (s.get("rollout") or {}).get("weight") == 10 and s["rollout"]["canaryReplicas"] == 1,
+        "step 1's canary replica serving at 10 %",
+    )
+    before = story.load.report()
+    wait_until(lambda: story.load.report().sent - before.sent >= 200, timeout=30, what="200 more requests")
+    after = story.load.report()
+    rollout = story.status()["rollout"]
+    assert (rollout["step"], rollout["weight"]) == (1, 10), "the window stayed inside step 1"
+    sent = sum(after.routed.values()) - sum(before.routed.values())
+    to_canary = after.routed.get(canary_service, 0) - before.routed.get(canary_service, 0)
+    print(
+        f"through the route: the canary's Service got {to_canary} of {sent} requests "
+        f"({100 * to_canary / sent:.1f} %) at step weight 10 %; by replica ratio 1 of 4 replicas is 25 %"
+    )
+    assert 0.08 <= to_canary / sent <= 0.12
+
+    story.wait(lambda s: revision(s, "stable") == 2, "revision 2 promoted", timeout=120)
+    route = story.operator.cluster.get_json("httproute", ROUTE, "-n", NAMESPACE)
+    weights = {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {f"{story.name}-a": 0, canary_service: 100}
+    wait_until(
+        lambda: story.load.report().routed.get(canary_service, 0) > after.routed.get(canary_service, 0) + 50,
+        timeout=30,
+        what="the promoted slot taking the requests",
+    )
+    report = story.load.report()
+    print(f"route story: {report.sent} requests, errors {dict(report.errors)}, routed {dict(report.routed)}")
+    assert report.error_count == 0

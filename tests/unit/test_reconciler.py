@@ -594,3 +594,62 @@ def test_a_secret_found_is_looked_at_again_after_a_minute(kube: FakeKube) -> Non
     body["status"] = kube.last_status
     reconciler.reconcile(body)
     assert credentials_condition_of(kube)["reason"] == "SecretNotFound"
+
+
+def routed_sample() -> dict[str, Any]:
+    return sample(rollout={"steps": [{"weight": 10, "pauseSeconds": 60}], "httpRoute": {"name": "chat"}})
+
+
+def slot_route(version: str = "5") -> dict[str, Any]:
+    """The route as an earlier operator left it: at the slot Services (none of whose pods run now)."""
+    refs = [
+        {"group": "", "kind": "Service", "name": f"llama-3-70b-{s}", "port": 8000, "weight": 50} for s in "ab"
+    ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "chat", "namespace": "ml", "resourceVersion": version},
+        "spec": {"rules": [{"backendRefs": refs}]},
+    }
+
+
+def test_a_route_write_refused_as_stale_is_retried_a_second_later(kube: FakeKube) -> None:
+    kube.objects[("HTTPRoute", "ml", "chat")] = slot_route()
+    original = kube.patch
+
+    def edited_in_between(*args: Any) -> dict[str, Any]:
+        kube.objects[("HTTPRoute", "ml", "chat")]["metadata"]["resourceVersion"] = "6"  # a GitOps sync
+        return original(*args)
+
+    kube.patch = edited_in_between  # type: ignore[method-assign]
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+    plan = reconciler.reconcile(routed_sample())
+    assert plan.route is not None
+    assert plan.requeue_after == 1.0
+    assert kube.patches == []
+    kube.patch = original  # type: ignore[method-assign]
+    reconciler.reconcile(routed_sample())
+    # No pod of the stable slot carries its label: the rule goes back to the model's Service (every pod).
+    refs = kube.objects[("HTTPRoute", "ml", "chat")]["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("llama-3-70b", 1)]
+    assert kube.patches == ["HTTPRoute/chat"]  # once: the refused write was not counted
+
+
+def test_a_route_the_operator_may_not_read_is_reported_and_nothing_is_written(kube: FakeKube) -> None:
+    original = kube.get
+
+    def forbidden(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "HTTPRoute":
+            raise KubeError(403, "httproutes.gateway.networking.k8s.io is forbidden")
+        return original(api_version, kind, namespace, name)
+
+    kube.get = forbidden  # type: ignore[method-assign]
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+    plan = reconciler.reconcile(routed_sample())
+    assert plan.route is None
+    condition = {c["type"]: c for c in kube.stored_status["conditions"]}["TrafficRouted"]
+    assert (condition["status"], condition["reason"]) == ("False", "HTTPRouteUnreadable")
+    assert "403" in condition["message"]
+    assert ("Warning", "HTTPRouteUnreadable") in {(e[0], e[1]) for e in kube.events}
+    # The model is served all the same: its Deployments, Service and slot Services are applied.
+    assert {"Service/llama-3-70b", "Service/llama-3-70b-a", "Service/llama-3-70b-b"} <= set(kube.applies)

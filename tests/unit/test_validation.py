@@ -390,6 +390,16 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "spec.rollout.keepPrevious",
         ("there is no canary without spec.rollout.steps", "one step of weight 100 is enough"),
     ),
+    "traffic route without canary steps": (
+        {"spec__rollout": {"httpRoute": {"name": "chat"}}},
+        "spec.rollout.httpRoute",
+        ("there is no canary without spec.rollout.steps", "or remove httpRoute"),
+    ),
+    "route name that is no object name": (
+        {"spec__rollout": {"steps": [{"weight": 10}], "httpRoute": {"name": "Chat Route"}}},
+        "spec.rollout.httpRoute.name",
+        ("should match pattern",),
+    ),
     "surge budget below one replica": (
         {"spec__rollout": {"steps": [{"weight": 10}], "maxSurgeGPUs": 2}},
         "spec.rollout.maxSurgeGPUs",

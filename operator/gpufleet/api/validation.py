@@ -446,6 +446,14 @@ def _check_rollout(spec: ModelDeploymentSpec) -> Iterator[Problem]:
             "keeps the previous revision warm after a canary's promotion, and there is no canary without "
             "spec.rollout.steps; add steps (one step of weight 100 is enough) or remove keepPrevious",
         )
+    if rollout.http_route is not None and not rollout.steps:
+        # Without a canary every replica rolls in the stable slot, whose Service would follow the new
+        # revision's label while the old pods still serve: weights would only add churn.
+        yield Problem(
+            "spec.rollout.httpRoute",
+            "weighs a canary against the stable revision, and there is no canary without "
+            "spec.rollout.steps; add steps (one step of weight 100 is enough) or remove httpRoute",
+        )
     gpus = spec.accelerator.tensor_parallel_size
     if rollout.max_surge_gpus is not None and rollout.max_surge_gpus < gpus:
         yield Problem(

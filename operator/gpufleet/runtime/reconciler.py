@@ -176,6 +176,10 @@ class Reconciler:
             # Capacity events (a warning acted on) are recorded as handled in the status: posted first,
             # a kill between the two repeats them rather than losing them (at least once).
             self.kube.flush_events(EVENT_FLUSH_SECONDS)
+        if plan.route is not None:
+            # Before the applies: a weight going to 0 lands before that slot's Service changes pods (a
+            # newer canary), and a weight going up is on a Service applied in an earlier pass.
+            self._write_route(namespace, plan)
         for write in plan.applies:
             if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
                 continue  # its lowered count would remove another pod than the one the PDB kept
@@ -195,8 +199,6 @@ class Reconciler:
             applied.pop((removal.kind, removal.name), None)
             if removal.event is not None:
                 post_event(self.kube, body, removal.event, self.clock())
-        if plan.route is not None:
-            self._write_route(namespace, plan)
         if plan.status.patch is not None:
             self.kube.patch_status(API_VERSION, KIND, namespace, plan.key[1], plan.status.patch)
             self._statuses[plan.key] = plan.status.stored_form
@@ -205,7 +207,7 @@ class Reconciler:
         return refused
 
     def _write_route(self, namespace: str, plan: ReconcilePlan) -> None:
-        """Write the backend weights after the slot Services exist. A route edited since it was read
+        """Write the backend weights. A route edited since it was read
         (409), or gone (404), is left alone: the next pass reads it again, which this asks for now."""
         assert plan.route is not None
         try:

@@ -8,6 +8,8 @@
 # sigs.k8s.io/gateway-api module's zip carries the CRDs (config/crd/standard/). The zip is pinned by
 # version and SHA-256, so the cache folder is keyed by the version and a rerun does nothing.
 set -euo pipefail
+# shellcheck source=lib/crds-from-module.sh
+source "$(dirname "$0")/lib/crds-from-module.sh"
 
 VERSION="${GATEWAY_API_VERSION:-v1.6.3}"
 SHA256="${GATEWAY_API_ZIP_SHA256:-7c5d0a931d6ffb3e08ac4d5318969faaa6acf25a40ad13cc5978c22117e9b64b}"
@@ -18,35 +20,4 @@ PYTHON="${PYTHON:-python3}"
 CRDS=(gateway.networking.k8s.io_gatewayclasses.yaml gateway.networking.k8s.io_gateways.yaml
   gateway.networking.k8s.io_httproutes.yaml)
 
-log() { echo "[install-gateway-api-crds] $*" >&2; }
-die() { echo "[install-gateway-api-crds] ERROR: $*" >&2; exit 1; }
-
-complete=1
-for crd in "${CRDS[@]}"; do [[ -f "$OUT/$crd" ]] || complete=0; done
-if (( complete )); then echo "$OUT"; exit 0; fi
-
-mkdir -p "$CACHE"
-work="$(mktemp -d "$CACHE/.gateway-api-crds.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-url="$GOPROXY_URL/sigs.k8s.io/gateway-api/@v/$VERSION.zip"
-log "downloading $url"
-"$PYTHON" - "$url" "$work/module.zip" <<'PY' || die "download failed"
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=120) as response, open(sys.argv[2], "wb") as out:
-    out.write(response.read())
-PY
-actual="$(sha256sum "$work/module.zip" | cut -d' ' -f1)"
-[[ "$actual" == "$SHA256" ]] || die "SHA-256 of the module zip is $actual, expected $SHA256"
-mkdir -p "$work/crds"
-"$PYTHON" - "$work/module.zip" "$work/crds" "sigs.k8s.io/gateway-api@$VERSION/config/crd/standard" \
-  "${CRDS[@]}" <<'PY'
-import sys, zipfile
-module, out, folder, names = zipfile.ZipFile(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-for name in names:
-    with open(f"{out}/{name}", "wb") as crd:
-        crd.write(module.read(f"{folder}/{name}"))
-PY
-rm -rf "$OUT"
-mv "$work/crds" "$OUT"   # last, so a half-done run never looks complete
-log "gateway-api $VERSION CRDs in $OUT"
-echo "$OUT"
+crds_from_module install-gateway-api-crds sigs.k8s.io/gateway-api "$VERSION" "$SHA256" config/crd/standard "$OUT" "${CRDS[@]}"

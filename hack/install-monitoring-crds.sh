@@ -8,6 +8,8 @@
 # prometheus-operator module's zip carries the CRDs (example/prometheus-operator-crd/). The zip is
 # pinned by version and SHA-256, so the cache folder is keyed by the version and a rerun does nothing.
 set -euo pipefail
+# shellcheck source=lib/crds-from-module.sh
+source "$(dirname "$0")/lib/crds-from-module.sh"
 
 VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 SHA256="${PROMETHEUS_OPERATOR_ZIP_SHA256:-0bdb88ed823d0f2e86cf909638439b6ad1da744a228172c7411d9987527dc5d1}"
@@ -18,36 +20,4 @@ PYTHON="${PYTHON:-python3}"
 CRDS=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_podmonitors.yaml
   monitoring.coreos.com_prometheusrules.yaml)
 
-log() { echo "[install-monitoring-crds] $*" >&2; }
-die() { echo "[install-monitoring-crds] ERROR: $*" >&2; exit 1; }
-
-complete=1
-for crd in "${CRDS[@]}"; do [[ -f "$OUT/$crd" ]] || complete=0; done
-if (( complete )); then echo "$OUT"; exit 0; fi
-
-mkdir -p "$CACHE"
-work="$(mktemp -d "$CACHE/.monitoring-crds.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-url="$GOPROXY_URL/github.com/prometheus-operator/prometheus-operator/@v/$VERSION.zip"
-log "downloading $url"
-"$PYTHON" - "$url" "$work/module.zip" <<'PY' || die "download failed"
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=120) as response, open(sys.argv[2], "wb") as out:
-    out.write(response.read())
-PY
-actual="$(sha256sum "$work/module.zip" | cut -d' ' -f1)"
-[[ "$actual" == "$SHA256" ]] || die "SHA-256 of the module zip is $actual, expected $SHA256"
-mkdir -p "$work/crds"
-"$PYTHON" - "$work/module.zip" "$work/crds" "prometheus-operator@$VERSION/example/prometheus-operator-crd" \
-  "${CRDS[@]}" <<'PY'
-import sys, zipfile
-module, out, folder, names = zipfile.ZipFile(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-for name in names:
-    path = f"github.com/prometheus-operator/{folder}/{name}"
-    with open(f"{out}/{name}", "wb") as crd:
-        crd.write(module.read(path))
-PY
-rm -rf "$OUT"
-mv "$work/crds" "$OUT"   # last, so a half-done run never looks complete
-log "prometheus-operator $VERSION CRDs in $OUT"
-echo "$OUT"
+crds_from_module install-monitoring-crds github.com/prometheus-operator/prometheus-operator "$VERSION" "$SHA256" example/prometheus-operator-crd "$OUT" "${CRDS[@]}"

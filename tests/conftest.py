@@ -116,20 +116,27 @@ GATEWAY_API_CRDS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def gateway_api_crds(cluster: Cluster) -> Cluster:
-    """The pinned Gateway API CRDs (hack/install-gateway-api-crds.sh), installed and Established on the
-    session's control plane: the one the e2e `sim` fixture runs on too, so e2e tests ask for both."""
+def install_crds(cluster: Cluster, script: str, names: list[str]) -> str:
+    """Run a pinned hack/install-*-crds.sh, apply what it fetched and wait until the CRDs are
+    Established; the folder of the CRD files."""
     try:
-        folder = run_installer(ROOT / "hack" / "install-gateway-api-crds.sh")
+        folder = run_installer(ROOT / "hack" / script)
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
     cluster.kubectl("apply", "--server-side", "-f", folder)
     wait_until(
-        lambda: all(crd_established(cluster, name) for name in GATEWAY_API_CRDS),
+        lambda: all(crd_established(cluster, name) for name in names),
         timeout=30,
-        what="Gateway API CRDs Established",
+        what=f"{', '.join(names)} Established",
     )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(cluster: Cluster) -> Cluster:
+    """The pinned Gateway API CRDs (hack/install-gateway-api-crds.sh), installed and Established on the
+    session's control plane: the one the e2e `sim` fixture runs on too, so e2e tests ask for both."""
+    install_crds(cluster, "install-gateway-api-crds.sh", GATEWAY_API_CRDS)
     return cluster
 
 

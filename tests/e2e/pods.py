@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,26 @@ def serving(pod: dict[str, Any]) -> bool:
     )
 
 
+def _constant(
+    sim: BackgroundSimulation,
+    model: str,
+    endpoints: Callable[[], list[str]] | HTTPRouteRouter,
+    rate: float,
+    prompt_tokens: int,
+    max_tokens: int,
+    **options: Any,
+) -> LoadGenerator:
+    return LoadGenerator(
+        endpoints,
+        model,
+        parse_trace({"kind": "constant", "rate": rate}),
+        sim.simulation.clock,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        **options,
+    )
+
+
 def constant_load(
     sim: BackgroundSimulation,
     namespace: str,
@@ -39,15 +60,11 @@ def constant_load(
 ) -> LoadGenerator:
     """Requests at `rate` per simulated second to the model's ready endpoints, as its clients would send."""
     core = sim.simulation.core
-    return LoadGenerator(
-        lambda: ready_endpoints(core, namespace, model),
-        model,
-        parse_trace({"kind": "constant", "rate": rate}),
-        sim.simulation.clock,
-        prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens,
-        **options,
-    )
+
+    def endpoints() -> list[str]:
+        return ready_endpoints(core, namespace, model)
+
+    return _constant(sim, model, endpoints, rate, prompt_tokens, max_tokens, **options)
 
 
 def routed_load(
@@ -64,15 +81,7 @@ def routed_load(
     request goes to a backend Service by the route's weights; the report's `routed` holds each one's share.
     The test asks for the `gateway_api_crds` fixture too (the HTTPRoute CRD on the same control plane)."""
     router = HTTPRouteRouter(sim.simulation.custom, sim.simulation.core, namespace, route)
-    return LoadGenerator(
-        router,
-        model,
-        parse_trace({"kind": "constant", "rate": rate}),
-        sim.simulation.clock,
-        prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens,
-        **options,
-    )
+    return _constant(sim, model, router, rate, prompt_tokens, max_tokens, **options)
 
 
 def model_deployment(sim: BackgroundSimulation, namespace: str, name: str) -> dict[str, Any]:

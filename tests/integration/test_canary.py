@@ -83,6 +83,17 @@ def settle_until(core: client.CoreV1Api, cluster: Cluster, namespace: str, done:
     return wait_until(check, timeout=60, what=what)
 
 
+def settle_stable(core: client.CoreV1Api, cluster: Cluster, namespace: str, revision: int) -> None:
+    """Keep marking pods Ready until status names `revision` the stable one."""
+    settle_until(
+        core,
+        cluster,
+        namespace,
+        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == revision,
+        f"revision {revision} stable",
+    )
+
+
 def event_reasons(cluster: Cluster, namespace: str) -> set[str]:
     items = cluster.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={NAME}")[
         "items"
@@ -100,13 +111,7 @@ def test_a_canary_beside_the_stable_revision_survives_a_killed_operator_and_is_p
     cluster, core = operator.cluster, client.CoreV1Api(api)
     steps = [{"weight": 50, "pauseSeconds": 4}]
     apply(cluster, namespace, model(OLD, steps))
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 1,
-        "revision 1 stable",
-    )
+    settle_stable(core, cluster, namespace, 1)
     before = deployments(cluster, namespace)
     assert set(before) == set(GROUPS)
 
@@ -124,13 +129,7 @@ def test_a_canary_beside_the_stable_revision_survives_a_killed_operator_and_is_p
     assert (status(cluster, namespace)["revisions"]["canary"]["revision"]) == 2
 
     operator.restart(kill=True)
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 2,
-        "revision 2 promoted",
-    )
+    settle_stable(core, cluster, namespace, 2)
     final = status(cluster, namespace)
     assert final["revisions"]["stableSlot"] == "b"
     assert "rollout" not in final
@@ -160,13 +159,7 @@ def test_gpufleet_promote_ends_a_pause_without_end_and_rollback_aborts_the_next_
     code, out = cli(cluster, "promote", NAME, "-n", namespace)
     assert code == 1
     assert "no canary rollout in progress" in out
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 1,
-        "revision 1 stable",
-    )
+    settle_stable(core, cluster, namespace, 1)
     apply(cluster, namespace, model(NEW, steps))
     settle_until(
         core,
@@ -180,13 +173,7 @@ def test_gpufleet_promote_ends_a_pause_without_end_and_rollback_aborts_the_next_
     assert "step 1/1 ends now" in out
     annotations = cluster.get_json("md", NAME, "-n", namespace)["metadata"]["annotations"]
     assert annotations["gpufleet.io/promote"] == "2/1"
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 2,
-        "revision 2 promoted",
-    )
+    settle_stable(core, cluster, namespace, 2)
 
     # A third revision's canary runs in slot a; `gpufleet rollback` puts spec back at revision 2, which
     # ends it at once: slot a's Deployments go, slot b keeps serving.

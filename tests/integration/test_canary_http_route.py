@@ -16,7 +16,17 @@ from kubernetes import client
 
 from gpufleet.adapters.kube import KubeError, RestKubeApi
 from tests.conftest import Cluster, OperatorProcess, wait_until
-from tests.integration.test_canary import NAME, NEW, OLD, apply, cli, model, settle_until, status
+from tests.integration.test_canary import (
+    NAME,
+    NEW,
+    OLD,
+    apply,
+    cli,
+    model,
+    settle_stable,
+    settle_until,
+    status,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fleet", "gateway_api_crds")]
 
@@ -61,6 +71,18 @@ def weights(cluster: Cluster, namespace: str) -> dict[str, int]:
     return {ref["name"]: ref.get("weight", 1) for ref in rule["backendRefs"]}
 
 
+def canary_at_step_one(core: client.CoreV1Api, cluster: Cluster, namespace: str) -> None:
+    """Release revision 2 and mark pods Ready until step 1's weight is reached (its pause running)."""
+    apply(cluster, namespace, routed_model(NEW))
+    settle_until(
+        core,
+        cluster,
+        namespace,
+        lambda s: (s.get("rollout") or {}).get("phase") == "Paused",
+        "step 1 reached",
+    )
+
+
 def traffic_condition(cluster: Cluster, namespace: str) -> tuple[str, str]:
     found = {c["type"]: c for c in status(cluster, namespace).get("conditions") or []}
     condition = found.get("TrafficRouted") or {}
@@ -73,13 +95,7 @@ def test_the_route_carries_the_canarys_exact_weight_and_survives_edits_and_rollb
     cluster, core = operator.cluster, client.CoreV1Api(api)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(user_route(namespace)))
     apply(cluster, namespace, routed_model(OLD))
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 1,
-        "revision 1 stable",
-    )
+    settle_stable(core, cluster, namespace, 1)
     a, b = f"{NAME}-a", f"{NAME}-b"
     wait_until(lambda: weights(cluster, namespace) == {a: 100, b: 0}, timeout=30, what="the route at slot a")
     assert traffic_condition(cluster, namespace) == ("True", "BackendWeights")
@@ -94,14 +110,7 @@ def test_the_route_carries_the_canarys_exact_weight_and_survives_edits_and_rollb
         services[a]["gpufleet.io/revision-hash"] == services[b]["gpufleet.io/revision-hash"]
     )  # one revision
 
-    apply(cluster, namespace, routed_model(NEW))
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: (s.get("rollout") or {}).get("phase") == "Paused",
-        "step 1 reached",
-    )
+    canary_at_step_one(core, cluster, namespace)
     # Two replicas: one canary beside one stable replica is 50 % by replica ratio, 10 % on the route.
     assert weights(cluster, namespace) == {a: 90, b: 10}
     rollout = status(cluster, namespace)["rollout"]
@@ -148,26 +157,13 @@ def test_a_route_that_does_not_exist_is_reported_and_the_rollout_goes_by_replica
 ) -> None:
     cluster, core = operator.cluster, client.CoreV1Api(api)
     apply(cluster, namespace, routed_model(OLD))
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: ((s.get("revisions") or {}).get("stable") or {}).get("revision") == 1,
-        "revision 1 stable",
-    )
+    settle_stable(core, cluster, namespace, 1)
     wait_until(
         lambda: traffic_condition(cluster, namespace) == ("False", "HTTPRouteNotFound"),
         timeout=30,
         what="TrafficRouted=False HTTPRouteNotFound",
     )
-    apply(cluster, namespace, routed_model(NEW))
-    settle_until(
-        core,
-        cluster,
-        namespace,
-        lambda s: (s.get("rollout") or {}).get("phase") == "Paused",
-        "step 1 reached",
-    )
+    canary_at_step_one(core, cluster, namespace)
     assert status(cluster, namespace)["rollout"]["weight"] == 50  # 1 of 2 ready replicas
     events = cluster.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={NAME}")
     assert "HTTPRouteNotFound" in {e["reason"] for e in events["items"]}

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helm import render, run_installer
-from tests.conftest import ROOT, Cluster, crd_established, wait_until
+from tests.chart.helm import render
+from tests.conftest import Cluster, install_crds
 
 pytestmark = pytest.mark.integration
 
-INSTALL_SCRIPT = ROOT / "hack" / "install-monitoring-crds.sh"
+INSTALL_SCRIPT = "install-monitoring-crds.sh"
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 CRD_NAMES = [
     "servicemonitors.monitoring.coreos.com",
@@ -34,14 +34,7 @@ CRD_NAMES = [
 @pytest.fixture(scope="module")
 def monitoring_crds(cluster: Cluster) -> Iterator[Cluster]:
     """The pinned Prometheus Operator CRDs, installed and Established; removed after the module."""
-    folder = run_installer(INSTALL_SCRIPT)
-    cluster.kubectl("apply", "--server-side", "-f", str(folder))
-
-    wait_until(
-        lambda: all(crd_established(cluster, name) for name in CRD_NAMES),
-        timeout=30,
-        what="Prometheus Operator CRDs Established",
-    )
+    folder = install_crds(cluster, INSTALL_SCRIPT, CRD_NAMES)
     yield cluster
     cluster.kubectl("delete", "-f", str(folder), "--wait=false", check=False)
 

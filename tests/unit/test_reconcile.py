@@ -26,6 +26,7 @@ from gpufleet.planning.reconcile import (
     Remembered,
     plan_reconcile,
 )
+from gpufleet.planning.traffic import RouteLookup
 from gpufleet.planning.zone_loss import NodeLoss
 from tests.unit.helpers import (
     database_service,
@@ -67,8 +68,13 @@ class World:
             prices=self.prices,
             remembered=Remembered(dict(self.applied), self.status),
             looked_up=self.looked_up,
+            route=self.route_lookup(),
         )
         return plan_reconcile(observed, policy or reconcile_policy(), now)
+
+    def route_lookup(self) -> RouteLookup | None:
+        """spec.rollout.httpRoute as the runtime would read it; none here."""
+        return None
 
     def carry_out(self, plan: ReconcilePlan, body: dict[str, Any]) -> None:
         """As the runtime would, with the API server bumping generations on spec changes."""

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from gpufleet.planning.observe import ObservedPod
-from gpufleet.planning.reconcile import Observed, ReconcilePlan, Remembered, plan_reconcile
+from gpufleet.planning.reconcile import ReconcilePlan
 from gpufleet.planning.traffic import RouteLookup, plan_traffic, ready_in_slot, routable
 from gpufleet.planning.workloads import LABEL_REVISION_HASH, Owner
 from tests.unit.helpers import sample
-from tests.unit.test_reconcile import NOW, World, reconcile_policy
+from tests.unit.test_reconcile import NOW, World
 from tests.unit.test_reconcile_canary import NEW_IMAGE, OLD_IMAGE, settle
 
 OWNER = Owner("llama", "ml", "uid-1")
@@ -163,21 +163,10 @@ class RoutedWorld(World):
     refused: int = 0
     unreadable: bool = False  # the GET of the route fails (403, API error)
 
-    def plan(self, body: dict[str, Any], policy: Any = None, now: Any = NOW) -> ReconcilePlan:
-        observed = Observed(
-            body=body,
-            pods=self.pods,
-            deployments=list(self.deployments.values()),
-            revisions=list(self.revisions.values()),
-            capacity=self.capacity,
-            prices=self.prices,
-            remembered=Remembered(dict(self.applied), self.status),
-            looked_up=self.looked_up,
-            route=RouteLookup("chat", None, error="403 forbidden")
-            if self.unreadable
-            else RouteLookup("chat", copy.deepcopy(self.route)),
-        )
-        return plan_reconcile(observed, policy or reconcile_policy(), now)
+    def route_lookup(self) -> RouteLookup | None:
+        if self.unreadable:
+            return RouteLookup("chat", None, error="403 forbidden")
+        return RouteLookup("chat", copy.deepcopy(self.route))
 
     def carry_out(self, plan: ReconcilePlan, body: dict[str, Any]) -> None:
         super().carry_out(plan, body)

@@ -132,6 +132,11 @@ def _rewrite(
     return {"metadata": {"resourceVersion": version}, "spec": {"rules": new_rules}}
 
 
+def _unrouted(services: tuple[dict[str, Any], ...], reason: str, message: str) -> TrafficPlan:
+    """The route left as it is: the weight is the replica ratio, and the condition says why."""
+    return TrafficPlan(services, None, ConditionView(TRAFFIC_ROUTED, False, reason, message), False)
+
+
 def plan_traffic(
     owner: Owner,
     port: int,
@@ -147,42 +152,23 @@ def plan_traffic(
     where = f"HTTPRoute {owner.namespace}/{lookup.name}"
     model = owner.name
     if lookup.error:
-        return TrafficPlan(
-            services,
-            None,
-            ConditionView(
-                TRAFFIC_ROUTED, False, "HTTPRouteUnreadable", f"{where} could not be read: {lookup.error}"
-            ),
-            False,
-        )
+        return _unrouted(services, "HTTPRouteUnreadable", f"{where} could not be read: {lookup.error}")
     if lookup.route is None:
-        return TrafficPlan(
+        return _unrouted(
             services,
-            None,
-            ConditionView(
-                TRAFFIC_ROUTED,
-                False,
-                "HTTPRouteNotFound",
-                f"{where} does not exist (or the Gateway API CRDs are not installed): create it with a rule "
-                f"whose backendRef is Service {model}, or unset spec.rollout.httpRoute; until then the "
-                "weight is the share of ready replicas",
-            ),
-            False,
+            "HTTPRouteNotFound",
+            f"{where} does not exist (or the Gateway API CRDs are not installed): create it with a rule "
+            f"whose backendRef is Service {model}, or unset spec.rollout.httpRoute; until then the "
+            "weight is the share of ready replicas",
         )
     names = {model, *(slot_service_name(model, s) for s in SLOTS)}
     if not routable(lookup, model):
-        return TrafficPlan(
+        return _unrouted(
             services,
-            None,
-            ConditionView(
-                TRAFFIC_ROUTED,
-                False,
-                "NoBackendRef",
-                f"{where} has no rule with a backendRef to Service {model} (or {model}-a, {model}-b): point "
-                f"the rule that serves the model at Service {model}; until then the weight is the share of "
-                "ready replicas",
-            ),
-            False,
+            "NoBackendRef",
+            f"{where} has no rule with a backendRef to Service {model} (or {model}-a, {model}-b): point "
+            f"the rule that serves the model at Service {model}; until then the weight is the share of "
+            "ready replicas",
         )
     routed = stable_ready > 0
     canary = other_slot(stable_slot)

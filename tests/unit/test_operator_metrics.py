@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet.api.v1alpha1 import ModelDeploymentStatus, RolloutStatus
 from gpufleet.runtime import operator_metrics as metrics
+from tests.unit.helpers import sample
+from tests.unit.test_reconcile import World
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "gpufleet" / "files" / "alerts.yaml"
@@ -48,6 +50,7 @@ INTERFACE = {
     "gpufleet_rollout_phase": ("gauge", (*MD, "phase")),
     "gpufleet_rollout_step": ("gauge", MD),
     "gpufleet_rollout_weight_percent": ("gauge", MD),
+    "gpufleet_model_slo_seconds": ("gauge", (*MD, "signal")),
     "gpufleet_autoscaler_signal_age_seconds": ("gauge", MD),
     "gpufleet_autoscaler_sweep_duration_seconds": ("histogram", ()),
     "gpufleet_estimated_cost_per_hour": ("gauge", MD),
@@ -215,3 +218,21 @@ def test_the_rollout_gauges_follow_status_and_go_with_the_rollout() -> None:
         line for line in text.splitlines() if line.startswith("gpufleet_rollout")
     )
     metrics.forget_model_deployment("ml", "r")
+
+
+def test_the_models_objective_is_exported_from_a_valid_spec_and_kept_through_an_invalid_one() -> None:
+    def slo() -> str:
+        text = generate_latest(REGISTRY).decode()
+        return "".join(
+            line for line in text.splitlines() if line.startswith('gpufleet_model_slo_seconds{name="llama')
+        )
+
+    body = sample(slo={"ttftP95Seconds": 1.5})
+    metrics.record_reconcile(("ml", "llama-3-70b"), World().plan(body))
+    assert 'gpufleet_model_slo_seconds{name="llama-3-70b",namespace="ml",signal="ttft_p95"} 1.5' in slo()
+    invalid = sample(slo={"ttftP95Seconds": 1.5}, replicas=-1)
+    metrics.record_reconcile(("ml", "llama-3-70b"), World().plan(invalid))
+    assert "1.5" in slo()  # unknown, not gone: the alert keeps its objective
+    metrics.record_reconcile(("ml", "llama-3-70b"), World().plan(sample()))
+    assert slo() == ""
+    metrics.forget_model_deployment("ml", "llama-3-70b")

@@ -658,6 +658,23 @@ class KeepPrevious(_Model):
     seconds: Annotated[int, Field(description="How long after the promotion they are kept.", ge=1)] = 3600
 
 
+class ServiceLevel(_Model):
+    """The model's service level objective, exported as gpufleet_model_slo_seconds for the chart's alerts."""
+
+    ttft_p95_seconds: Annotated[
+        float | None,
+        Field(
+            alias="ttftP95Seconds",
+            description=(
+                "p95 time to first token the model should stay under, from vLLM's "
+                "vllm:time_to_first_token_seconds over 5 minutes; ModelTTFTAboveSLO fires after 10 minutes "
+                "above it. Unset: no alert."
+            ),
+            gt=0,
+        ),
+    ] = None
+
+
 class HTTPRouteRef(_Model):
     """A Gateway API HTTPRoute in the model's namespace whose backend weights the rollout writes."""
 
@@ -785,6 +802,12 @@ class ModelDeploymentSpec(_Model):
         Rollout,
         Field(description="How a new revision replaces the stable one: all at once, or in canary steps."),
     ] = Rollout()
+    slo: Annotated[
+        ServiceLevel | None,
+        Field(
+            description="What the model promises its users: alerted on (ModelTTFTAboveSLO), not scaled on."
+        ),
+    ] = None
 
 
 class PlacementStatus(_Model):

@@ -291,7 +291,8 @@ class ReconcilePlan:
     removals: tuple[Removal, ...] = ()
     requeue_after: float | None = None  # seconds until a kept doomed pod must be drained
     refused_drains: tuple[Drain, ...] = ()  # set by the runtime: evictions the PDB refused this pass
-    route: RouteWrite | None = None  # backend weights for spec.rollout.httpRoute, after the applies
+    route: RouteWrite | None = None  # backend weights for spec.rollout.httpRoute, before the applies
+    slo_ttft_seconds: float | None = None  # spec.slo.ttftP95Seconds, for the operator's metrics
 
 
 def spec_problems(body: Mapping[str, Any]) -> tuple[ModelDeploymentSpec | None, list[str]]:
@@ -431,6 +432,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         applies=(*revision_writes, *(a for a in applies if a is not None)),
         removals=tuple(removals),
         route=RouteWrite(route_name(body), route_patch) if route_patch else None,
+        slo_ttft_seconds=spec.slo.ttft_p95_seconds if spec.slo else None,
         # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
         requeue_after=min(requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
         if conflicts

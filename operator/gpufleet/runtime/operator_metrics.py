@@ -51,9 +51,16 @@ ROLLOUT_PHASE = Gauge(
     "1 for the phase of the ModelDeployment's canary rollout (status.rollout.phase); absent without one.",
     [*_MD, "phase"],
 )
+SLO_SECONDS = Gauge(
+    "gpufleet_model_slo_seconds",
+    "The model's service level objective (spec.slo), by signal: ttft_p95.",
+    [*_MD, "signal"],
+)
 ROLLOUT_STEP = Gauge("gpufleet_rollout_step", "Step of the canary rollout under way, from 1.", _MD)
 ROLLOUT_WEIGHT = Gauge(
-    "gpufleet_rollout_weight_percent", "Ready canary replicas as a percent of ready replicas.", _MD
+    "gpufleet_rollout_weight_percent",
+    "The canary's weight reached: its HTTPRoute backend weight, or its share of ready replicas.",
+    _MD,
 )
 UNSCHEDULABLE_REPLICAS = Gauge(
     "gpufleet_unschedulable_replicas",
@@ -127,6 +134,7 @@ _PER_MODEL_DEPLOYMENT = (
     ROLLOUT_PHASE,
     ROLLOUT_STEP,
     ROLLOUT_WEIGHT,
+    SLO_SECONDS,
     SIGNAL_AGE,
     COST_PER_HOUR,
     ON_DEMAND_COST_PER_HOUR,
@@ -164,6 +172,11 @@ def record_reconcile(key: Key, plan: ReconcilePlan) -> None:
     for drain in plan.refused_drains:
         EVICTIONS_REFUSED.labels(namespace=namespace, name=name, reason=drain.reason).inc()
     export_status(key, plan.status.status, plan.status.unschedulable)
+    if plan.valid:  # an invalid spec's objective is unknown: the last one stays
+        if plan.slo_ttft_seconds is not None:
+            SLO_SECONDS.labels(namespace=namespace, name=name, signal="ttft_p95").set(plan.slo_ttft_seconds)
+        else:
+            SLO_SECONDS.remove_by_labels({"namespace": namespace, "name": name})
 
 
 def export_status(key: Key, status: ModelDeploymentStatus, unschedulable: int) -> None:

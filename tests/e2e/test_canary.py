@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -306,3 +307,39 @@ def test_a_canary_behind_an_httproute_gets_exactly_its_steps_share_of_the_reques
     report = story.load.report()
     print(f"route story: {report.sent} requests, errors {dict(report.errors)}, routed {dict(report.routed)}")
     assert report.error_count == 0
+
+
+def test_a_prometheus_outage_holds_the_canary_and_its_judgement_resumes_after(story: Story) -> None:
+    """A failing canary whose metrics cannot be read is neither promoted nor rolled back (NoData holds
+    the step, however long its pause has run); once Prometheus is back the 5xx share fails it."""
+    prometheus = story.sim.simulation.prometheus
+    prometheus.stop()
+    try:
+        story.set_image(ERRORS)
+        story.wait(
+            lambda s: (
+                (s.get("rollout") or {}).get("canaryReplicas") == 1
+                and (s.get("analysis") or {}).get("verdict") == "NoData"
+                and "Prometheus" in s["analysis"]["message"]
+            ),
+            "a NoData judgement of the serving canary",
+        )
+        # Three analysis intervals and twice the step's 10 s pause, held at step 1.
+        for _ in range(4):
+            time.sleep(5)  # the length of the outage, not a wait for a condition
+            held = story.status()
+            assert held["rollout"]["step"] == 1, held["rollout"]
+            assert held["rollout"]["phase"] in ("Paused", "Held"), held["rollout"]
+            assert held["analysis"]["verdict"] == "NoData"
+        # The pause is over and the step still holds, for the missing judgement.
+        assert held["rollout"]["phase"] == "Held", held["rollout"]
+        assert "NoData" in held["rollout"]["message"], held["rollout"]
+    finally:
+        prometheus.start()
+    failed = story.wait(
+        lambda s: (s.get("rollout") or {}).get("phase") == "Aborted" and s,
+        "the canary rolled back",
+        timeout=120,
+    )
+    assert "error rate" in failed["analysis"]["message"]
+    print(f"Prometheus outage mid-canary: held at step 1 through it, then {failed['analysis']['message']}")

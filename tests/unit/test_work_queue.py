@@ -242,3 +242,30 @@ def test_an_urgent_key_goes_before_every_normal_key_already_queued() -> None:
 
     asyncio.run(scenario())
     assert order == [("ml", "first"), ("ml", "m3"), ("ml", "m0"), ("ml", "m1"), ("ml", "m2"), ("ml", "m4")]
+
+
+def test_a_write_into_a_namespace_being_deleted_is_not_retried_nor_an_error() -> None:
+    attempts: list[Key] = []
+    other_done = threading.Event()
+    terminating = (
+        'PATCH /api/v1/namespaces/ml/services/m: 403 Forbidden: {"reason":"Forbidden","details":{"causes":'
+        '[{"reason":"NamespaceTerminating","message":"namespace ml is being terminated"}]},"code":403}'
+    )
+
+    def work(key: Key, body: Mapping[str, Any]) -> None:
+        attempts.append(key)
+        if key == ("ml", "m"):
+            raise KubeError(403, terminating)
+        other_done.set()
+
+    async def steps(queue: WorkQueue) -> None:
+        queue.set_body(("ml", "m"), BODY)
+        await asyncio.sleep(0.1)  # long past the 10 ms a retry would come after
+        queue.set_body(("ok", "n"), BODY)
+        await until(other_done)
+        assert queue.errors == 0
+
+    run_queue(work, steps, RetryLimiter(base=0.01, jitter=lambda: 0.0))
+    assert attempts == [("ml", "m"), ("ok", "n")]
+    # Any other 403 is an error, retried: RBAC may be fixed.
+    assert not KubeError(403, "services is forbidden: User cannot patch").namespace_terminating

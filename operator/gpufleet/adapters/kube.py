@@ -63,6 +63,12 @@ class KubeError(Exception):
         self.status = status
         self.retry_after = retry_after
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """The API server refused a write into a namespace being deleted (403, cause NamespaceTerminating):
+        nothing is wrong with the write, and no retry can succeed."""
+        return self.status == 403 and "NamespaceTerminating" in str(self)
+
 
 def _retry_after(headers: Any) -> float | None:
     try:

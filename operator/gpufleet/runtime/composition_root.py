@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gpufleet.adapters.kube import RestKubeApi, load_http
+from gpufleet.adapters.kube import KubeError, RestKubeApi, load_http
 from gpufleet.adapters.serving_metrics import MetricsReader, PrometheusMetrics, SweepReader
 from gpufleet.config import Settings
 from gpufleet.planning.observe import Key, owner_key, owner_key_of, version_of
@@ -270,6 +270,10 @@ class Operator:
         with metrics.RECONCILE_SECONDS.time():
             try:
                 plan = self.reconciler.reconcile(body)
+            except KubeError as error:
+                if not error.namespace_terminating:  # not an error of the reconcile (work_queue drops it)
+                    metrics.RECONCILES.labels(result="error").inc()
+                raise
             except Exception:
                 metrics.RECONCILES.labels(result="error").inc()
                 raise

@@ -223,6 +223,12 @@ class WorkQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if isinstance(error, KubeError) and error.namespace_terminating:
+                    # Its namespace is going, and the ModelDeployment with it: no retry, no error; the
+                    # resync looks again should the deletion stall.
+                    log.info("reconcile of %s/%s stopped: its namespace is being deleted", *key)
+                    self._failures.pop(key, None)
+                    continue
                 self.errors += 1
                 if key not in self.bodies:
                     # Deleted while this reconcile ran: no retry, and no failure count left behind.

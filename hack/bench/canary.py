@@ -2,7 +2,7 @@
 
     python hack/bench/canary.py [--time-scale 10] [--duration 3600] [--patch-at 600] [--error-share 0.2]
                                 [--replicas 4] [--load 0.5] [--seed 0] [--rounds 1]
-                                [--policies ours all-at-once all-at-once+human] [--kubeconfig PATH]
+                                [--policies ours ours+route all-at-once all-at-once+human] [--kubeconfig PATH]
 
 One control plane; one trial per policy (per round), each on a fresh simulated fleet (fleetsim: one
 on-demand p4de.24xlarge node in each of us-east-1a and us-east-1b, vLLM pods, Prometheus, moto, a
@@ -16,6 +16,15 @@ build (`builds:`, errorShare: a fifth of its completion requests answered HTTP 5
                      60 s after 100 requests per revision (maxErrorRate and the latency ratios at their
                      defaults). A failed judgement rolls the canary back (status.rollout.phase Aborted,
                      Event CanaryFailed) and the stable revision takes every replica again;
+- ours+route:        the same spec.rollout plus spec.rollout.httpRoute naming an HTTPRoute the trial creates
+                     (one rule, backendRef the model's Service, port 8000; a parent Gateway that need not
+                     exist), and the load sent through fleetsim.gateway's HTTPRouteRouter (the route's
+                     weights, then round-robin over each backend Service's ready endpoints) instead of the
+                     model Service's endpoints: the canary gets the step's exact weight of the requests, not
+                     its replica ratio. Its expected failures use the canary Service's share of the routed
+                     requests (LoadReport.routed), printed beside what the replica share would have given.
+                     The Gateway API CRDs (hack/install-gateway-api-crds.sh) are applied to the control
+                     plane before its first trial;
 - all-at-once:       no spec.rollout.steps, today's default: the operator rolls every group at once
                      through the real Deployment controller (maxSurge 1, maxUnavailable 0); the bad build
                      takes every replica and stays to the end;
@@ -28,10 +37,10 @@ The operator's timers are real seconds, so every operator-facing duration is div
 the steps' pauseSeconds, the analysis' intervalSeconds (at least 5, the API's minimum: clamped there, and
 the run says so) and GPUFLEET_AUTOSCALE_INTERVAL_SECONDS (15 s simulated: the sweep that judges the
 canary). Per trial it prints requests sent, failed requests by kind, GPU-hours, when the bad build served
-and, for ours, the time from the patch to the rollback, the canary's weight and the failures expected
-from canary share x error share x requests; then the failures and GPU-hours of each policy, ours' ratio to
-each baseline and, with --rounds N, the min-max over rounds. It never asserts: this is a benchmark, not a
-test. See hack/bench/README.md.
+and, for ours and ours+route, the time from the patch to the rollback, the canary's weight and the failures
+expected from canary share x error share x requests; then the failures and GPU-hours of each policy, the
+canary policies' ratio to each baseline and, with --rounds N, the min-max over rounds. It never asserts:
+this is a benchmark, not a test. See hack/bench/README.md.
 """
 
 from __future__ import annotations
@@ -41,8 +50,10 @@ import asyncio
 import bisect
 import contextlib
 import json
+import os
 import random
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -66,6 +77,10 @@ from benchkit import number as _number
 from benchkit import spread as _spread
 from kubernetes import client
 
+from fleetsim.gateway import GROUP as ROUTE_GROUP
+from fleetsim.gateway import PLURAL as ROUTE_PLURAL
+from fleetsim.gateway import VERSION as ROUTE_VERSION
+from fleetsim.gateway import HTTPRouteRouter
 from fleetsim.loadgen import LoadGenerator, LoadReport, arrival_times, parse_trace, ready_endpoints
 from fleetsim.local import ROOT, ControlPlane
 from fleetsim.params import KubeletParams
@@ -77,10 +92,13 @@ from gpufleet.api.v1alpha1 import GROUP, PLURAL, VERSION, Analysis
 from gpufleet.config import Settings as OperatorSettings
 from gpufleet.planning.workloads import LABEL_MODEL_DEPLOYMENT
 
-POLICIES = ("ours", "all-at-once", "all-at-once+human")
+POLICIES = ("ours", "ours+route", "all-at-once", "all-at-once+human")
+CANARY_POLICIES = ("ours", "ours+route")  # a spec.rollout with steps and analysis
+ROUTED_POLICIES = ("ours+route",)  # the load through a gateway that reads the HTTPRoute
 # What each policy is called in every printed line: the modelled human says so.
 LABELS = {
     "ours": "ours",
+    "ours+route": "ours+route",
     "all-at-once": "all-at-once",
     "all-at-once+human": "all-at-once+human(modelled)",
 }
@@ -116,6 +134,21 @@ DEFAULT_TIME_SCALE = 10.0
 OURS_STEPS = ((10, 600.0), (50, 1800.0))  # (weight %, pauseSeconds)
 ANALYSIS_INTERVAL_S = 60.0
 MIN_REQUESTS = 100  # a count of requests: not scaled
+
+# --- ours+route: the HTTPRoute and its CRDs ---------------------------------------------------------
+
+ROUTE = "bench-canary"
+GATEWAY = "inference-gateway"  # the route's parentRef: no Gateway object needed (fleetsim's gateway reads it)
+SERVICE_PORT = 8000
+# The first revision runs in slot a, so the first canary (the bad build) is slot b's Service.
+CANARY_SERVICE = f"{MODEL}-b"
+GATEWAY_API_INSTALLER = ROOT / "hack" / "install-gateway-api-crds.sh"
+GATEWAY_API_CRDS = (
+    "gatewayclasses.gateway.networking.k8s.io",
+    "gateways.gateway.networking.k8s.io",
+    "httproutes.gateway.networking.k8s.io",
+)
+ROUTE_READY_TIMEOUT = 90.0  # real seconds for the operator's slot backends to appear in the route
 
 # --- the modelled human (all-at-once+human) ---------------------------------------------------------
 
@@ -306,14 +339,36 @@ def model_deployment(policy: str, settings: Settings) -> dict[str, Any]:
         "autoscaling": {"enabled": False},
         "capacity": {"zones": list(ZONES), "spotPercent": 0},
     }
-    if policy == "ours":
+    if policy in CANARY_POLICIES:
         spec["rollout"] = rollout_spec(operator_timers(settings.scale))
+    if policy in ROUTED_POLICIES:
+        spec["rollout"]["httpRoute"] = {"name": ROUTE}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
         "metadata": {"name": MODEL},
         "spec": spec,
     }
+
+
+def http_route(namespace: str) -> dict[str, Any]:
+    """ours+route's HTTPRoute as a user writes it: one rule at the model's Service; the operator replaces
+    that backendRef with its slot Services and their weights."""
+    return {
+        "apiVersion": f"{ROUTE_GROUP}/{ROUTE_VERSION}",
+        "kind": "HTTPRoute",
+        "metadata": {"name": ROUTE, "namespace": namespace},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY}],
+            "rules": [{"backendRefs": [{"name": MODEL, "port": SERVICE_PORT}]}],
+        },
+    }
+
+
+def route_weights(route: Mapping[str, Any]) -> dict[str, int]:
+    """The backendRefs' weights of the route's first rule, by Service (a missing weight is 1)."""
+    rules = (route.get("spec") or {}).get("rules") or [{}]
+    return {str(ref["name"]): int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs") or []}
 
 
 def image_patch(image: str) -> dict[str, Any]:
@@ -397,6 +452,8 @@ class Sample:
     weight: int = 0  # status.rollout.weight: ready canary replicas over ready replicas, percent
     sent: int = 0  # the load's requests so far
     failed_5xx: int = 0  # of them answered 5xx
+    routed: int = 0  # ours+route: the load's requests the gateway routed to a backend Service so far
+    routed_canary: int = 0  # of them to CANARY_SERVICE
 
 
 def alert_fires_at(samples: Sequence[Sample], rule: AlertRule) -> float | None:
@@ -476,6 +533,21 @@ def requests_between(sent_at: Sequence[float], start: float, end: float) -> int:
 def expected_canary_failures(weight_percent: float, error_share: float, requests: int) -> float:
     """Canary share x error share x the requests sent while the canary served."""
     return weight_percent / 100 * error_share * requests
+
+
+def replica_share_percent(samples: Sequence[Sample]) -> float:
+    """The highest share of the ready replicas that ran the bad build, percent: the canary's share of the
+    requests by replica ratio (round-robin over the pods)."""
+    return max((100 * s.bad_ready / s.ready for s in samples if s.ready), default=0.0)
+
+
+def routed_between(samples: Sequence[Sample], start: float, end: float) -> tuple[int, int]:
+    """(to the canary Service, to any Service): the requests the gateway routed from the sample at or
+    before `start` to the sample at or before `end` (the samples' running counts)."""
+    times = [s.t for s in samples]
+    first = samples[max(0, bisect.bisect_right(times, start) - 1)]
+    last = samples[max(0, bisect.bisect_right(times, end) - 1)]
+    return last.routed_canary - first.routed_canary, last.routed - first.routed
 
 
 @dataclass(frozen=True)
@@ -574,6 +646,32 @@ class TrialResult:
         return max((s.weight for s in self.samples), default=0)
 
 
+_GATEWAY_API_ON: set[Path] = set()  # control planes (by kubeconfig) with the Gateway API CRDs applied
+
+
+def ensure_gateway_api_crds(cp: ControlPlane) -> None:
+    """The pinned Gateway API CRDs (hack/install-gateway-api-crds.sh: cached after its first run) applied
+    to the control plane and Established, once per control plane."""
+    if cp.kubeconfig in _GATEWAY_API_ON:
+        return
+    result = subprocess.run(
+        ["bash", str(GATEWAY_API_INSTALLER)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise BenchError(f"{GATEWAY_API_INSTALLER.name} failed:\n{result.stderr[-3000:]}")
+    folder = result.stdout.strip().splitlines()[-1]
+    log(f"applying the Gateway API CRDs from {folder}")
+    cp.kubectl("apply", "--server-side", "-f", folder)
+    crds = [f"crd/{name}" for name in GATEWAY_API_CRDS]
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+    _GATEWAY_API_ON.add(cp.kubeconfig)
+
+
 class Trial:
     def __init__(
         self, cp: ControlPlane, trial: str, settings: Settings, workdir: Path, rule: AlertRule
@@ -633,8 +731,10 @@ class Trial:
         placed, ready, bad, image, phase, weight = await asyncio.to_thread(self._read, simulation)
         report = load.report()  # the loop's own state: read on the loop
         failed_5xx = sum(n for kind, n in report.errors.items() if kind.startswith("5"))
+        routed = sum(report.routed.values())
+        to_canary = report.routed.get(CANARY_SERVICE, 0)
         t = simulation.clock.now() - started
-        return Sample(t, placed, ready, bad, image, phase, weight, report.sent, failed_5xx)
+        return Sample(t, placed, ready, bad, image, phase, weight, report.sent, failed_5xx, routed, to_canary)
 
     async def _observe(
         self, simulation: Simulation, load: LoadGenerator, started: float, samples: list[Sample]
@@ -682,8 +782,15 @@ class Trial:
         self, simulation: Simulation
     ) -> tuple[LoadReport, list[Sample], float, Story, dict[str, Any]]:
         settings, clock = self.settings, simulation.clock
+
+        def service_endpoints() -> list[str]:
+            return ready_endpoints(simulation.core, self.namespace, MODEL)
+
+        endpoints: Callable[[], list[str]] | HTTPRouteRouter = service_endpoints
+        if self.policy in ROUTED_POLICIES:
+            endpoints = HTTPRouteRouter(simulation.custom, simulation.core, self.namespace, ROUTE)
         load = LoadGenerator(
-            lambda: ready_endpoints(simulation.core, self.namespace, MODEL),
+            endpoints,
             MODEL,
             parse_trace({"kind": "constant", "rate": settings.rate}),
             clock,
@@ -731,6 +838,34 @@ class Trial:
                 )
             time.sleep(0.5)
 
+    def _create_route(self, simulation: Simulation) -> None:
+        simulation.custom.create_namespaced_custom_object(
+            ROUTE_GROUP, ROUTE_VERSION, self.namespace, ROUTE_PLURAL, http_route(self.namespace)
+        )
+
+    def _route(self, simulation: Simulation) -> dict[str, Any]:
+        found: dict[str, Any] = simulation.custom.get_namespaced_custom_object(
+            ROUTE_GROUP, ROUTE_VERSION, self.namespace, ROUTE_PLURAL, ROUTE
+        )
+        return found
+
+    def _wait_route(self, simulation: Simulation) -> None:
+        """ours+route: until the operator has written its slot Services into the route (the stable slot at
+        100), so the load starts through the slot backends as it will run."""
+        end = time.monotonic() + ROUTE_READY_TIMEOUT
+        weights: dict[str, int] = {}
+        while True:
+            with contextlib.suppress(Exception):
+                weights = route_weights(self._route(simulation))
+            if weights.get(f"{MODEL}-a") == 100:
+                log(f"{self.name}: HTTPRoute {ROUTE} backends {weights}")
+                return
+            if time.monotonic() > end:
+                raise BenchError(
+                    f"{self.name}: HTTPRoute {ROUTE} backends {weights} after {ROUTE_READY_TIMEOUT:.0f}s"
+                )
+            time.sleep(0.5)
+
     def _write_inputs(self) -> tuple[Path, Path]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         fleet = self.workdir / "fleet.yaml"
@@ -745,13 +880,21 @@ class Trial:
         document = scenario_document(self.trial, settings, fleet, manifest, self.namespace)
         (self.workdir / "scenario.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
         scenario = parse_scenario(document, ROOT)
+        routed = self.policy in ROUTED_POLICIES
+        if routed:
+            ensure_gateway_api_crds(self.cp)
         simulation = Simulation(
             scenario, self.cp.kubeconfig, self.workdir, kubectl=self.cp.kubectl_path, run_operator=True
         )
         with fleet_in_namespace(core, simulation, self.namespace, self.name) as background:
+            # The route before the ModelDeployment is applied (the fleet takes seconds to start).
+            if routed:
+                self._create_route(simulation)
             log(f"{self.name}: starting the fleet, Prometheus, moto and the operator in {self.namespace}")
             background.call(simulation.wait_ready(), timeout=scenario.ready_timeout / settings.scale + 60)
             self._wait_metrics(simulation)
+            if routed:
+                self._wait_route(simulation)
             real = settings.duration / settings.scale
             log(
                 f"{self.name}: load for {settings.duration:.0f} s simulated ({real:.0f} s real), "
@@ -801,7 +944,8 @@ def display(trial: str) -> str:
 
 
 def ours_lines(result: TrialResult, name: str) -> list[str]:
-    """ours only: the rollback, the weight reached, the expected failures beside the measured ones."""
+    """ours and ours+route: the rollback, the weight reached, the expected failures beside the measured
+    ones (ours+route: by the route's share of the requests, and what the replica share would have given)."""
     settings, samples = result.settings, result.samples
     measured = result.report.errors.get("500", 0)
     window = canary_window(samples)
@@ -820,14 +964,17 @@ def ours_lines(result: TrialResult, name: str) -> list[str]:
         )
     end = aborted_at if aborted_at is not None else result.window_s
     requests = requests_between(result.sent_at, ready_at, end)
-    expected = expected_canary_failures(weight, settings.error_share, requests)
-    lines = [
-        f"{name} canary: {rolled}; weight reached {weight} % (step 1 asks {OURS_STEPS[0][0]} %: the smallest "
-        f"canary that reaches it, 1 of {settings.replicas} replicas; {OBSERVE_S:g} s samples)",
-        f"{name} expected failures: canary share {weight} % x error share {settings.error_share:g} x "
-        f"{requests} requests sent while it served ({ready_at:.0f}-{end:.0f} s) = {expected:.1f}; "
-        f"measured {measured} (HTTP 500)",
-    ]
+    if result.policy not in ROUTED_POLICIES:
+        expected = expected_canary_failures(weight, settings.error_share, requests)
+        lines = [
+            f"{name} canary: {rolled}; weight reached {weight} % (step 1 asks {OURS_STEPS[0][0]} %: the "
+            f"smallest canary that reaches it, 1 of {settings.replicas} replicas; {OBSERVE_S:g} s samples)",
+            f"{name} expected failures: canary share {weight} % x error share {settings.error_share:g} x "
+            f"{requests} requests sent while it served ({ready_at:.0f}-{end:.0f} s) = {expected:.1f}; "
+            f"measured {measured} (HTTP 500)",
+        ]
+    else:
+        lines = route_lines(result, name, rolled, (ready_at, end), requests, measured)
     analysis = result.analysis
     if analysis:
         canary = analysis.get("canary") or {}
@@ -837,6 +984,37 @@ def ours_lines(result: TrialResult, name: str) -> list[str]:
             f"{canary.get('errorRate', '?')}: {analysis.get('message', '')}"
         )
     return lines
+
+
+def route_lines(
+    result: TrialResult, name: str, rolled: str, window: tuple[float, float], requests: int, measured: int
+) -> list[str]:
+    """ours+route: the canary's share of the requests as the route gave it (LoadReport.routed, and the
+    samples' running counts over its window) beside what its replica share would have given."""
+    settings, report = result.settings, result.report
+    ready_at, end = window
+    replicas = replica_share_percent(result.samples)
+    by_replicas = expected_canary_failures(replicas, settings.error_share, requests)
+    to_canary, routed = routed_between(result.samples, ready_at, end)
+    share = to_canary / routed if routed else 0.0
+    total_canary = report.routed.get(CANARY_SERVICE, 0)
+    total = sum(report.routed.values())
+    by_route = settings.error_share * total_canary
+    routed_by = ", ".join(f"{service} {n}" for service, n in sorted(report.routed.items())) or "none"
+    return [
+        f"{name} canary: {rolled}; route weight reached {result.weight} % (status.rollout.weight; step 1 "
+        f"asks {OURS_STEPS[0][0]} %), replica share {replicas:.0f} % (bad of ready replicas; "
+        f"{OBSERVE_S:g} s samples)",
+        f"{name} routed by the gateway (LoadReport.routed): {routed_by} (of {report.sent} sent); the canary "
+        f"Service {CANARY_SERVICE} got {to_canary} of {routed} routed while it served "
+        f"({ready_at:.0f}-{end:.0f} s samples: {share:.1%})",
+        f"{name} expected failures by the route: error share {settings.error_share:g} x {total_canary} "
+        f"requests routed to {CANARY_SERVICE} in the run (of {total} routed: "
+        f"{total_canary / total if total else 0.0:.2%}) = {by_route:.1f}; measured {measured} (HTTP 500)",
+        f"{name} expected failures had the replica share split the load (round-robin over the pods, as "
+        f"ours): replica share {replicas:.0f} % x error share {settings.error_share:g} x {requests} requests "
+        f"sent while it served ({ready_at:.0f}-{end:.0f} s) = {by_replicas:.1f}",
+    ]
 
 
 def report_lines(result: TrialResult, rule: AlertRule) -> list[str]:
@@ -851,12 +1029,17 @@ def report_lines(result: TrialResult, rule: AlertRule) -> list[str]:
     peak = f", at most {bad.peak} of {bad.peak_of} ready replicas" if bad.peak else ""
     fired = alert_fires_at(samples, rule)
     alert = "never fires" if fired is None else f"fires at {_at(fired)}"
+    how = (
+        "round-robin over the pods, NOT how this trial's gateway routed: see the route's figure below"
+        if result.policy in ROUTED_POLICIES
+        else "round-robin"
+    )
     lines = [
         f"{name} requests: {report.sent} sent, {report.ok} answered; failed {result.failed} ({share:.2%}; "
         f"{errors})",
         f"{name} bad-build failures: {report.errors.get('500', 0)} answered HTTP 500; expected "
         f"{expected:.1f} (error share {settings.error_share:g} x each request's share of ready bad "
-        f"replicas when it was sent, round-robin, from {OBSERVE_S:g} s samples)",
+        f"replicas when it was sent, {how}, from {OBSERVE_S:g} s samples)",
         f"{name} GPU-hours: {result.gpu_hours:.3f} (ready+starting replicas x {GPUS_PER_REPLICA} GPU over "
         f"{result.window_s:.0f} s simulated; mean {mean:.2f} replicas, peak "
         f"{max((s.placed for s in samples), default=0)})",
@@ -865,7 +1048,7 @@ def report_lines(result: TrialResult, rule: AlertRule) -> list[str]:
         f"{name} {ALERT} (modelled on the load's counts, as the modelled human sees it): {alert}",
         f"{name} replicas over time (t:ready bad/ready/placed[rollout phase]): {timeline(samples)}",
     ]
-    if result.policy == "ours":
+    if result.policy in CANARY_POLICIES:
         lines += ours_lines(result, name)
     if result.policy == "all-at-once+human":
         story = result.story
@@ -913,7 +1096,15 @@ def assumption_lines(settings: Settings, rule: AlertRule) -> list[str]:
         "is exactly 1 / ready replicas and the canary's share is its replica ratio. On a cluster kube-proxy "
         "picks an endpoint at random per connection and keep-alive clients pin theirs. ours' failures, its "
         f"time to {MIN_REQUESTS} canary requests (so to the rollback) and every expected-failure figure "
-        "rest on it",
+        "but ours+route's rest on it",
+        "assumption (simulator): ours+route's gateway is fleetsim's (fleetsim.gateway), not Envoy or any "
+        "real gateway: it re-reads the HTTPRoute and its backend Services' ready endpoints every "
+        f"{ENDPOINT_REFRESH_S:g} s simulated and picks a backend by SMOOTH WEIGHTED ROUND-ROBIN (a weight of "
+        "10 in 100 gets exactly one request in any ten), then round-robin over that Service's ready pods. A "
+        "real gateway picks by weight at random per request (or per connection) and applies a route edit "
+        "after its own propagation delay. ours+route's failures, its time to "
+        f"{MIN_REQUESTS} canary requests (so to the rollback) and its route figure rest on it; the route "
+        "weights themselves are the real operator's, written into the real HTTPRoute CRD",
         f"assumption (simulator): cold start: every new pod serves {cold_start_s():g} s simulated after it "
         "is bound (weights from the Hub at 0.5 GiB/s + 20 s warm-up; no image pull: fleetsim pulls once per "
         "node whatever the tag, where a new tag would add ~40 s per node). The length of the all-at-once "
@@ -924,9 +1115,10 @@ def assumption_lines(settings: Settings, rule: AlertRule) -> list[str]:
         f"{OBSERVE_S:g} s simulated on the load generator's own counts, with no rule-evaluation interval and "
         f"no Alertmanager delay, then {REACTION_S:g} s until the spec is patched back: that trial's failures "
         "and GPU-hours rest on these numbers, not on a measurement",
-        "not an assumption: ours' rollback is the real operator judging the simulated vLLM's "
-        "http_requests_total in a real Prometheus; the all-at-once rollouts are the real Deployment "
-        "controller's (maxSurge 1, maxUnavailable 0 per group), not re-implementations",
+        "not an assumption: ours' and ours+route's rollbacks are the real operator judging the simulated "
+        "vLLM's http_requests_total in a real Prometheus (and, ours+route, writing the real HTTPRoute's "
+        "weights); the all-at-once rollouts are the real Deployment controller's (maxSurge 1, "
+        "maxUnavailable 0 per group), not re-implementations",
     ]
 
 
@@ -940,7 +1132,7 @@ class Figures:
     sent: int
     failed: int
     gpu_hours: float
-    rollback_s: float | None = None  # ours: from the patch to the rollback
+    rollback_s: float | None = None  # ours, ours+route: from the patch to the rollback
 
     @property
     def failed_share(self) -> float:
@@ -960,7 +1152,8 @@ MEASURES: tuple[tuple[str, Callable[[Figures], float], int, int], ...] = (
 
 
 def summary_lines(figures: Mapping[str, Figures]) -> list[str]:
-    """Per policy the means over rounds (with their min-max); ours' ratio to each baseline (the ratio of
+    """Per policy the means over rounds (with their min-max); each canary policy's ratio to each policy run
+    after it in POLICIES (ours to ours+route and the baselines, ours+route to the baselines: the ratio of
     the means, with the min-max of the per-round ratios); the last, parseable line."""
     by_policy: dict[str, dict[int, Figures]] = {}
     for trial, trial_figures in figures.items():
@@ -978,7 +1171,7 @@ def summary_lines(figures: Mapping[str, Figures]) -> list[str]:
             f"{name} {_number(mean(policy, value), digits)}{_spread([value(f) for f in runs], digits)}"
             for name, value, digits, _ in MEASURES
         ]
-        if policy == "ours":
+        if policy in CANARY_POLICIES:
             times = [f.rollback_s for f in runs]
             known = [t for t in times if t is not None]
             average = sum(known) / len(known) if known else None
@@ -989,18 +1182,18 @@ def summary_lines(figures: Mapping[str, Figures]) -> list[str]:
             )
             parts.append(f"patch to rollback {_number(average, 0)} s{_spread(times, 0)}{missing}")
         lines.append(f"{label(policy)}: " + ", ".join(parts))
-    if "ours" in by_policy:
-        ours = by_policy["ours"]
-        for other in (p for p in run if p != "ours"):
+    for canary in (p for p in CANARY_POLICIES if p in by_policy):
+        ours = by_policy[canary]
+        for other in run[run.index(canary) + 1 :]:
             both = sorted(n for n in ours if n in by_policy[other])
             parts = []
             for name, value, _, digits in MEASURES:
                 per_round = [ratio(value(ours[n]), value(by_policy[other][n])) for n in both]
                 parts.append(
-                    f"{name} {_number(ratio(mean('ours', value), mean(other, value)), digits)}"
+                    f"{name} {_number(ratio(mean(canary, value), mean(other, value)), digits)}"
                     f"{_spread(per_round, digits)}"
                 )
-            lines.append(f"ours / {label(other)}: " + ", ".join(parts))
+            lines.append(f"{label(canary)} / {label(other)}: " + ", ".join(parts))
 
     def figure(policy: str, value: Callable[[Figures], float], digits: int) -> str:
         return _number(mean(policy, value), digits) if policy in by_policy else "n/a"
@@ -1039,7 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "real seconds, so they are divided by it: at 10 the analysis' 60 s interval is 6 s real (the API's "
         "minimum is 5 s: above scale 12 it is clamped, and the run says so), the pauses 600 and 1800 s are "
         "60 and 180 s real. 3600 simulated s of load are 360 s real a trial, plus ~1-1.5 min of fleet start "
-        "and teardown: ~7-8 min a trial, ~25 min for the three. Smoke run, ~5 min: --time-scale 12 "
+        "and teardown: ~7-8 min a trial, ~30 min for the four. Smoke run, ~5 min: --time-scale 12 "
         "--duration 900 --patch-at 120 --policies ours all-at-once",
     )
     parser.add_argument(

@@ -19,7 +19,10 @@ sys.path.insert(0, str(ROOT / "hack" / "bench"))
 
 from canary import (
     BAD_IMAGE,
+    CANARY_SERVICE,
     GOOD_IMAGE,
+    MODEL,
+    ROUTE,
     AlertRule,
     Figures,
     Sample,
@@ -35,6 +38,7 @@ from canary import (
     expected_canary_failures,
     expected_failures,
     fleet_yaml,
+    http_route,
     human_revert_at,
     image_patch,
     integrate_gpu_seconds,
@@ -43,8 +47,11 @@ from canary import (
     operator_timers,
     policy_of,
     prometheus_seconds,
+    replica_share_percent,
     requests_between,
     round_of,
+    route_weights,
+    routed_between,
     scenario_document,
     slug,
     summary_lines,
@@ -74,6 +81,8 @@ class TestTrials:
     def test_the_human_is_labelled_as_modelled(self) -> None:
         assert "modelled" in label("all-at-once+human")
         assert label("ours") == "ours"
+        assert label("ours+route") == "ours+route"
+        assert slug("ours+route#2") == "ours-route-2"
 
 
 class TestScaledTimers:
@@ -112,8 +121,39 @@ class TestInputs:
         assert ours["spec"]["replicas"] == 4
         assert ours["spec"]["autoscaling"] == {"enabled": False}
 
+    def test_ours_route_is_ours_plus_the_routes_name(self) -> None:
+        settings = Settings(scale=10)
+        ours, routed = model_deployment("ours", settings), model_deployment("ours+route", settings)
+        assert routed["spec"]["rollout"] == {**ours["spec"]["rollout"], "httpRoute": {"name": ROUTE}}
+        assert {k: v for k, v in routed["spec"].items() if k != "rollout"} == {
+            k: v for k, v in ours["spec"].items() if k != "rollout"
+        }
+
+    def test_the_route_points_its_one_rule_at_the_models_service(self) -> None:
+        route = http_route("ns")
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["kind"] == "HTTPRoute"
+        assert route["metadata"] == {"name": ROUTE, "namespace": "ns"}
+        assert route["spec"]["rules"] == [{"backendRefs": [{"name": MODEL, "port": 8000}]}]
+        assert route["spec"]["parentRefs"]
+        assert route_weights(route) == {MODEL: 1}  # no weight: the API's default of 1
+        written = {
+            "spec": {
+                "rules": [
+                    {
+                        "backendRefs": [
+                            {"name": f"{MODEL}-a", "weight": 90},
+                            {"name": CANARY_SERVICE, "weight": 10},
+                        ]
+                    }
+                ]
+            }
+        }
+        assert route_weights(written) == {f"{MODEL}-a": 90, CANARY_SERVICE: 10}
+        assert route_weights({}) == {}
+
     def test_the_specs_pass_the_api_validation(self) -> None:
-        for policy in ("ours", "all-at-once"):
+        for policy in ("ours", "ours+route", "all-at-once"):
             ModelDeploymentSpec.model_validate(model_deployment(policy, Settings(scale=15))["spec"])
 
     def test_the_scenario_declares_the_bad_build_and_scales_the_sweep(self, tmp_path: Path) -> None:
@@ -219,6 +259,23 @@ class TestFigures:
         assert (bad_serving(samples).peak, bad_serving(samples).peak_of) == (1, 4)
         assert timeline(samples[:3]) == "0s:0/4/4 650s:0/4/5[Progressing] 700s:1/5/5[Paused]"
 
+    def test_the_replica_share_is_the_highest_bad_share_of_the_ready_replicas(self) -> None:
+        samples = [Sample(0, 4, 4, 0), Sample(5, 5, 5, 1), Sample(10, 4, 4, 1), Sample(15, 4, 0, 0)]
+        assert replica_share_percent(samples) == 25
+        assert replica_share_percent([Sample(0, 0, 0, 0)]) == 0
+
+    def test_routed_between_takes_the_running_counts_of_the_samples_in_force(self) -> None:
+        samples = [
+            Sample(0, 4, 4, 0, routed=0, routed_canary=0),
+            Sample(10, 5, 5, 1, routed=100, routed_canary=2),
+            Sample(20, 5, 5, 1, routed=200, routed_canary=12),
+            Sample(30, 4, 4, 0, routed=300, routed_canary=22),
+            Sample(40, 4, 4, 0, routed=400, routed_canary=22),
+        ]
+        assert routed_between(samples, 10, 30) == (20, 200)
+        assert routed_between(samples, 12, 35) == (20, 200)  # the samples at or before each end
+        assert routed_between(samples, -5, 100) == (22, 400)
+
     def test_expected_canary_failures_are_share_times_error_share_times_requests(self) -> None:
         sent = [float(t) for t in range(0, 1000)]
         requests = requests_between(sent, 700, 900)
@@ -230,9 +287,11 @@ class TestSummary:
     def test_means_ratios_and_ranges_over_rounds(self) -> None:
         figures = {
             "ours": Figures(9000, 30, 4.02, rollback_s=250),
+            "ours+route": Figures(9000, 15, 4.02, rollback_s=500),
             "all-at-once": Figures(9000, 1500, 4.05),
             "all-at-once+human": Figures(9000, 500, 4.10),
             "ours#2": Figures(9000, 40, 4.04, rollback_s=270),
+            "ours+route#2": Figures(9000, 15, 4.02, rollback_s=520),
             "all-at-once#2": Figures(9000, 1500, 4.05),
             "all-at-once+human#2": Figures(9000, 520, 4.10),
         }
@@ -244,9 +303,19 @@ class TestSummary:
         assert "failed requests 0.023 (0.020-0.027 over 2 rounds)" in ratio
         human = next(line for line in lines if line.startswith(f"ours / {label('all-at-once+human')}: "))
         assert "failed requests 0.069" in human
+        routed = next(line for line in lines if line.startswith("ours+route: "))
+        assert "patch to rollback 510 s (500-520 over 2 rounds)" in routed
+        assert "failed requests 2.333" in next(
+            line for line in lines if line.startswith("ours / ours+route: ")
+        )
+        assert "failed requests 0.010" in next(
+            line for line in lines if line.startswith("ours+route / all-at-once: ")
+        )
+        assert any(line.startswith(f"ours+route / {label('all-at-once+human')}: ") for line in lines)
+        assert not any(line.startswith("all-at-once / ") for line in lines)
         assert lines[-1] == (
-            "canary: failed ours=35.0 all-at-once=1500.0 all-at-once+human=510.0 "
-            "gpu_hours ours=4.030 all-at-once=4.050 all-at-once+human=4.100"
+            "canary: failed ours=35.0 ours+route=15.0 all-at-once=1500.0 all-at-once+human=510.0 "
+            "gpu_hours ours=4.030 ours+route=4.020 all-at-once=4.050 all-at-once+human=4.100"
         )
 
     def test_a_ratio_to_zero_is_not_a_number_and_a_policy_not_run_is_na(self) -> None:
@@ -257,3 +326,4 @@ class TestSummary:
         ours = next(line for line in lines if line.startswith("ours: "))
         assert "patch to rollback n/a s, not rolled back in 1 of 1" in ours
         assert "all-at-once+human=n/a" in lines[-1]
+        assert "ours+route=n/a" in lines[-1]

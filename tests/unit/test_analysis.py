@@ -70,6 +70,20 @@ SETTINGS = Analysis.model_validate({})  # 1 % errors, 1.5x TTFT and ITL, 100 req
             id="20 % errors",
         ),
         pytest.param(counts(200, errors=1), counts(500), "Passed", (), id="0.5 % errors is within 1 %"),
+        # Before the minimum sample: 1 % of 100 requests is one error; a second breaks it for good.
+        pytest.param(
+            counts(12, errors=2),
+            counts(500),
+            "Failed",
+            ("error rate 16.7 % on the canary (stable 0.0 %), limit 1.0 %", "2 errors in its first 12"),
+            id="error budget of the minimum sample spent",
+        ),
+        pytest.param(counts(12, errors=1), counts(500), "Inconclusive", ("12 of 100",), id="one error holds"),
+        # increase() extrapolates: one error read as 1.3 is one error, not a spent budget.
+        pytest.param(
+            counts(12, errors=1.3), counts(500), "Inconclusive", ("12 of 100",), id="extrapolated one"
+        ),
+        pytest.param(counts(12, errors=1.6), counts(500), "Failed", ("2 errors",), id="extrapolated two"),
         pytest.param(
             counts(200, ttft=0.4),
             counts(500, ttft=0.2),
@@ -237,3 +251,21 @@ def test_no_analysis_without_the_setting_or_with_an_invalid_spec() -> None:
     broken = body(rollout=ROLLOUT)
     broken["spec"]["replicas"] = "many"
     assert analysis_due(broken, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("max_error_rate", "min_requests", "errors", "verdict"),
+    [
+        (0.01, 100, 1, "Inconclusive"),  # budget 1 error
+        (0.01, 100, 2, "Failed"),
+        (0.05, 100, 5, "Inconclusive"),  # budget 5
+        (0.05, 100, 6, "Failed"),
+        (0.01, 30, 1, "Failed"),  # budget 0.3: any error breaks 1 % of 30
+        (0.0, 100, 1, "Failed"),
+    ],
+)
+def test_the_error_budget_of_the_minimum_sample(
+    max_error_rate: float, min_requests: int, errors: int, verdict: str
+) -> None:
+    settings = Analysis.model_validate({"maxErrorRate": max_error_rate, "minRequests": min_requests})
+    assert judge(settings, counts(10, errors=errors), counts(500)).verdict == verdict

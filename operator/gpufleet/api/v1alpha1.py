@@ -594,7 +594,9 @@ class Analysis(_Model):
         Field(
             description=(
                 "Completion requests each revision must have answered in the step before it is judged, so "
-                "that one slow request cannot decide. Fewer: the step holds."
+                "that one slow request cannot decide. Fewer: the step holds, unless the canary's 5xx "
+                "answers already exceed maxErrorRate of minRequests (the error rate of the minimum sample "
+                "is then over the limit whatever the rest answer): it fails at once."
             ),
             ge=1,
         ),

@@ -7,7 +7,9 @@ increase over the window (every request since the step's weight was reached) and
 revision's slot; this judges the sums.
 
 The rules, in order: no series for the canary is NoData and too few requests is Inconclusive (the step
-holds: never promote or roll back on no data); any limit broken is Failed, naming the metric, both
+holds: never promote or roll back on no data), unless the canary's errors already exceed maxErrorRate
+of minRequests, which fails it before the sample is complete (its error rate at minRequests is then
+above the limit whatever the remaining requests answer); any limit broken is Failed, naming the metric, both
 revisions' values and the limit; a relative limit that cannot be judged (the stable revision has too
 few requests) holds as Inconclusive, unless another limit already failed.
 
@@ -125,12 +127,36 @@ def _seconds(value: float | None) -> str:
     return "no data" if value is None else f"{value:.3f} s"
 
 
+def _error_budget_spent(
+    settings: Analysis, canary: RevisionCounts, stable_figures: RevisionFigures | None
+) -> str:
+    """Why the canary fails before its minimum sample is complete ("" when it does not): its errors
+    already exceed `maxErrorRate` of `minRequests`, so the minimum sample's error rate breaks the limit
+    whatever its remaining requests answer. Each error costs a user; waiting for the rest of the sample
+    would only add more. Counts are rounded: increase() extrapolates, and one error read as 1.3 must
+    not count as two."""
+    errors = math.floor(canary.errors + 0.5)
+    budget = settings.max_error_rate * settings.min_requests
+    if errors <= budget:
+        return ""
+    stable_rate = stable_figures.error_rate if stable_figures else None
+    stable_text = "no data" if stable_rate is None else _percent(stable_rate)
+    return (
+        f"error rate {_percent(canary.errors / canary.requests)} on the canary (stable {stable_text}), "
+        f"limit {_percent(settings.max_error_rate)}: {errors} errors in its first "
+        f"{canary.requests:.0f} requests already break it for the minimum {settings.min_requests}"
+    )
+
+
 def judge(settings: Analysis, canary: RevisionCounts | None, stable: RevisionCounts | None) -> Judgement:
     stable_figures = stable.figures() if stable else None
     if canary is None:
         return Judgement("NoData", "no metrics for the canary's pods: holding the step", None, stable_figures)
     figures = canary.figures()
     if canary.requests < settings.min_requests:
+        spent = _error_budget_spent(settings, canary, stable_figures)
+        if spent:
+            return Judgement("Failed", spent, figures, stable_figures)
         message = f"{canary.requests:.0f} of {settings.min_requests} canary requests so far: holding the step"
         return Judgement("Inconclusive", message, figures, stable_figures)
     stable_judged = stable is not None and stable.requests >= settings.min_requests

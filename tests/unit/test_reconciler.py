@@ -653,3 +653,20 @@ def test_a_route_the_operator_may_not_read_is_reported_and_nothing_is_written(ku
     assert ("Warning", "HTTPRouteUnreadable") in {(e[0], e[1]) for e in kube.events}
     # The model is served all the same: its Deployments, Service and slot Services are applied.
     assert {"Service/llama-3-70b", "Service/llama-3-70b-a", "Service/llama-3-70b-b"} <= set(kube.applies)
+
+
+def test_a_route_write_the_api_server_refuses_is_reported_and_the_rest_of_the_pass_goes_on(
+    kube: FakeKube,
+) -> None:
+    kube.objects[("HTTPRoute", "ml", "chat")] = slot_route()
+
+    def forbidden(*args: Any) -> dict[str, Any]:
+        raise KubeError(403, 'httproutes.gateway.networking.k8s.io "chat" is forbidden: cannot patch')
+
+    kube.patch = forbidden  # type: ignore[method-assign]
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+    plan = reconciler.reconcile(routed_sample())
+    assert plan.requeue_after == 1.0
+    assert ("Warning", "HTTPRouteWriteFailed") in {(e[0], e[1]) for e in kube.events}
+    # The Deployments, the Service and the slot Services were applied all the same.
+    assert {"Deployment/llama-3-70b-us-east-1a-on-demand", "Service/llama-3-70b-a"} <= set(kube.applies)

@@ -179,7 +179,7 @@ class Reconciler:
         if plan.route is not None:
             # Before the applies: a weight going to 0 lands before that slot's Service changes pods (a
             # newer canary), and a weight going up is on a Service applied in an earlier pass.
-            self._write_route(namespace, plan)
+            self._write_route(body, namespace, plan)
         for write in plan.applies:
             if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
                 continue  # its lowered count would remove another pod than the one the PDB kept
@@ -206,16 +206,28 @@ class Reconciler:
                 post_event(self.kube, body, event, self.clock())
         return refused
 
-    def _write_route(self, namespace: str, plan: ReconcilePlan) -> None:
-        """Write the backend weights. A route edited since it was read
-        (409), or gone (404), is left alone: the next pass reads it again, which this asks for now."""
+    def _write_route(self, body: Mapping[str, Any], namespace: str, plan: ReconcilePlan) -> None:
+        """Write the backend weights. A route edited since it was read (409), or gone (404), is left
+        alone: the next pass reads it again, which this asks for now. Any other refusal (a 403 without
+        the chart's RBAC, an API error) is reported and tried again the same way, and never stops the
+        rest of the pass: the Deployments it applies may be moving replicas off a node."""
         assert plan.route is not None
         try:
             self.kube.patch(ROUTE_API_VERSION, ROUTE_KIND, namespace, plan.route.name, plan.route.patch)
         except KubeError as error:
-            if error.status not in (404, 409):
-                raise
             self._route_retry.add(plan.key)
+            if error.status in (404, 409):
+                return
+            post_event(
+                self.kube,
+                body,
+                EventView(
+                    "Warning",
+                    "HTTPRouteWriteFailed",
+                    f"Could not write the backend weights of HTTPRoute {plan.route.name}: {str(error)[:300]}",
+                ),
+                self.clock(),
+            )
 
     def _taken(self, body: Mapping[str, Any], key: Key, obj: Mapping[str, Any]) -> bool:
         """Whether an object of that name exists and is not this ModelDeployment's: then it is left alone,

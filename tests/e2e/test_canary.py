@@ -104,10 +104,16 @@ def story(
 
 
 def cli(operator: OperatorProcess, *args: str) -> str:
-    out = io.StringIO()
-    code = main([*args, "-n", NAMESPACE, "--kubeconfig", str(operator.cluster.kubeconfig)], out)
-    assert code == 0, out.getvalue()
-    return out.getvalue()
+    """The command line, run again as a user would when it says the model changed under it."""
+
+    def once() -> tuple[int, str] | None:
+        out = io.StringIO()
+        code = main([*args, "-n", NAMESPACE, "--kubeconfig", str(operator.cluster.kubeconfig)], out)
+        return None if "run the command again" in out.getvalue() else (code, out.getvalue())
+
+    code, text = wait_until(once, timeout=30, what=f"gpufleet {args[0]} without a concurrent change")
+    assert code == 0, text
+    return text
 
 
 def test_good_promoted_then_rolled_back_from_the_warm_standby_with_no_failed_request(story: Story) -> None:

@@ -145,9 +145,15 @@ def test_a_canary_beside_the_stable_revision_survives_a_killed_operator_and_is_p
 
 
 def cli(cluster: Cluster, *args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main([*args, "--kubeconfig", str(cluster.kubeconfig)], out)
-    return code, out.getvalue()
+    """The command line, run again as a user would when it says the model changed under it (its patch
+    carries the version it read, and the operator's status writes move that on)."""
+
+    def once() -> tuple[int, str] | None:
+        out = io.StringIO()
+        code = main([*args, "--kubeconfig", str(cluster.kubeconfig)], out)
+        return None if "run the command again" in out.getvalue() else (code, out.getvalue())
+
+    return wait_until(once, timeout=30, what=f"gpufleet {args[0]} without a concurrent change")
 
 
 def test_gpufleet_promote_ends_a_pause_without_end_and_rollback_aborts_the_next_canary(

@@ -108,7 +108,13 @@ def test_template_changes_make_revisions_and_rollback_restores_one(
     assert yaml.safe_load(text)["spec"]["engine"]["image"] == OLD
     assert revisions_status(cluster, namespace)["current"]["revision"] == 2  # a dry run writes nothing
 
-    code, text = cli(cluster, "rollback", NAME, "-n", namespace)
+    # The rollback patch carries the version it read: a status write by the operator in between refuses
+    # it ("changed while rolling back ... run the command again"), and a user runs it again, as here.
+    def rolled_back() -> tuple[int, str] | None:
+        found = cli(cluster, "rollback", NAME, "-n", namespace)
+        return None if "changed while rolling back" in found[1] else found
+
+    code, text = wait_until(rolled_back, timeout=30, what="gpufleet rollback written")
     assert code == 0, text
     assert f"rolled back to revision 1 ({first['current']['name']})" in text
     body = cluster.get_json("md", NAME, "-n", namespace)

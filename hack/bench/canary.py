@@ -50,10 +50,8 @@ import asyncio
 import bisect
 import contextlib
 import json
-import os
 import random
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -82,7 +80,7 @@ from fleetsim.gateway import PLURAL as ROUTE_PLURAL
 from fleetsim.gateway import VERSION as ROUTE_VERSION
 from fleetsim.gateway import HTTPRouteRouter
 from fleetsim.loadgen import LoadGenerator, LoadReport, arrival_times, parse_trace, ready_endpoints
-from fleetsim.local import ROOT, ControlPlane
+from fleetsim.local import ROOT, ControlPlane, run_install_script
 from fleetsim.params import KubeletParams
 from fleetsim.podspec import load_seconds
 from fleetsim.scenario import parse_scenario
@@ -654,17 +652,10 @@ def ensure_gateway_api_crds(cp: ControlPlane) -> None:
     to the control plane and Established, once per control plane."""
     if cp.kubeconfig in _GATEWAY_API_ON:
         return
-    result = subprocess.run(
-        ["bash", str(GATEWAY_API_INSTALLER)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    if result.returncode != 0 or not result.stdout.strip():
-        raise BenchError(f"{GATEWAY_API_INSTALLER.name} failed:\n{result.stderr[-3000:]}")
-    folder = result.stdout.strip().splitlines()[-1]
+    try:
+        folder = str(run_install_script(GATEWAY_API_INSTALLER, timeout=600))
+    except RuntimeError as error:
+        raise BenchError(str(error)) from error
     log(f"applying the Gateway API CRDs from {folder}")
     cp.kubectl("apply", "--server-side", "-f", folder)
     crds = [f"crd/{name}" for name in GATEWAY_API_CRDS]

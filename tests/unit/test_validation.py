@@ -400,6 +400,11 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "spec.rollout.httpRoute.name",
         ("should match pattern",),
     ),
+    "a TTFT objective of zero": (
+        {"spec__slo": {"ttftP95Seconds": 0}},
+        "spec.slo.ttftP95Seconds",
+        ("greater than 0",),
+    ),
     "surge budget below one replica": (
         {"spec__rollout": {"steps": [{"weight": 10}], "maxSurgeGPUs": 2}},
         "spec.rollout.maxSurgeGPUs",

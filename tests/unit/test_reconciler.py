@@ -447,8 +447,8 @@ def test_a_users_deployment_of_a_groups_name_is_never_taken_and_is_reported(
     body = sample()
     plan = other.reconcile(body)
     assert fresh.objects[("Deployment", "ml", names[0])] == theirs  # not applied over
-    assert plan.requeue_after == 0.0  # reported at once
-    body["status"] = fresh.last_status
+    assert plan.requeue_after == 0.0  # reported at once, by the next pass (this one wrote less)
+    assert fresh.status_patches == 0
     again = other.reconcile(body)
     assert again.requeue_after == 10.0  # looked at again soon: its going away makes no event of ours
     degraded = next(c for c in fresh.last_status["conditions"] if c["type"] == "Degraded")
@@ -461,6 +461,32 @@ def test_a_users_deployment_of_a_groups_name_is_never_taken_and_is_reported(
     body["status"] = fresh.last_status
     other.reconcile(body)
     assert owned_by(fresh.objects[("Deployment", "ml", names[0])], "uid-1")
+
+
+def test_a_revision_name_someone_else_holds_is_not_reported_as_the_current_revision() -> None:
+    body = sample()
+    taken = revision_name(body)
+    theirs = {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {"name": taken, "namespace": "ml", "uid": "their-uid", "labels": {"app": "theirs"}},
+        "data": {"note": "not ours"},
+        "revision": 7,
+    }
+    kube = FakeKube()
+    kube.objects[("Secret", "ml", "hf-token")] = hf_token_secret(HF_TOKEN="aGZfeHl6")
+    kube.objects[("ControllerRevision", "ml", taken)] = copy.deepcopy(theirs)
+    reconciler = Reconciler(kube, reconcile_policy(), clock=lambda: NOW)
+    first = reconciler.reconcile(body)
+    assert kube.objects[("ControllerRevision", "ml", taken)] == theirs
+    # That pass planned the name it then found taken: a status naming it would describe a write not made.
+    assert kube.status_patches == 0
+    assert first.requeue_after == 0.0
+    reconciler.reconcile(body)
+    current = kube.last_status["revisions"]["current"]
+    assert current["name"] == f"{taken}-2"
+    assert owned_by(kube.objects[("ControllerRevision", "ml", f"{taken}-2")], "uid-1")
+    assert kube.objects[("ControllerRevision", "ml", taken)] == theirs
 
 
 def test_a_foreign_service_is_left_exactly_as_it_was(kube: FakeKube, reconciler: Reconciler) -> None:

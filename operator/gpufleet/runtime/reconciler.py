@@ -170,6 +170,7 @@ class Reconciler:
         applied = self._applied.setdefault(plan.key, {})
         refused = self._drain(body, plan)
         held = {d.deployment for d in refused}
+        found_taken = False
         for event in plan.events:
             post_event(self.kube, body, event, self.clock())
         if plan.events and plan.status.patch is not None:
@@ -184,6 +185,7 @@ class Reconciler:
             if write.obj["kind"] == "Deployment" and write.obj["metadata"]["name"] in held:
                 continue  # its lowered count would remove another pod than the one the PDB kept
             if write.check_owner and self._taken(body, plan.key, write.obj):
+                found_taken = True
                 continue
             result = self.kube.apply(write.obj)
             applied[(write.obj["kind"], write.obj["metadata"]["name"])] = (
@@ -199,7 +201,9 @@ class Reconciler:
             applied.pop((removal.kind, removal.name), None)
             if removal.event is not None:
                 post_event(self.kube, body, removal.event, self.clock())
-        if plan.status.patch is not None:
+        # A pass that found one of its names taken wrote less than its status says (a revision it did
+        # not create, a group it did not apply): the next pass, at once, plans around it and writes it.
+        if plan.status.patch is not None and not found_taken:
             self.kube.patch_status(API_VERSION, KIND, namespace, plan.key[1], plan.status.patch)
             self._statuses[plan.key] = plan.status.stored_form
             for event in plan.status.events:

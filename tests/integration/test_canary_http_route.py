@@ -34,12 +34,12 @@ ROUTE = "chat"
 STEPS = [{"weight": 10, "pauseSeconds": 600}]
 
 
-def user_route(namespace: str) -> dict[str, Any]:
+def user_route(namespace: str, name: str = ROUTE) -> dict[str, Any]:
     """The route as its owner writes it: the rule that serves the model points at its Service."""
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": {"name": ROUTE, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "parentRefs": [{"name": "inference-gateway"}],
             "rules": [
@@ -56,18 +56,18 @@ def user_route(namespace: str) -> dict[str, Any]:
     }
 
 
-def routed_model(image: str) -> dict[str, Any]:
+def routed_model(image: str, route_name: str = ROUTE) -> dict[str, Any]:
     doc = model(image, STEPS)
-    doc["spec"]["rollout"]["httpRoute"] = {"name": ROUTE}
+    doc["spec"]["rollout"]["httpRoute"] = {"name": route_name}
     return doc
 
 
-def route(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    return cluster.get_json("httproute", ROUTE, "-n", namespace)
+def route(cluster: Cluster, namespace: str, name: str = ROUTE) -> dict[str, Any]:
+    return cluster.get_json("httproute", name, "-n", namespace)
 
 
-def weights(cluster: Cluster, namespace: str) -> dict[str, int]:
-    rule = route(cluster, namespace)["spec"]["rules"][1]
+def weights(cluster: Cluster, namespace: str, name: str = ROUTE) -> dict[str, int]:
+    rule = route(cluster, namespace, name)["spec"]["rules"][1]
     return {ref["name"]: ref.get("weight", 1) for ref in rule["backendRefs"]}
 
 
@@ -145,10 +145,27 @@ def test_the_route_carries_the_canarys_exact_weight_and_survives_edits_and_rollb
     wait_until(lambda: traffic_condition(cluster, namespace)[0] == "True", timeout=30, what="TrafficRouted")
     assert route(cluster, namespace)["metadata"]["resourceVersion"] == version
 
+    # Renamed in one edit mid-canary: the old route goes back to the model's Service, the new one
+    # gets the weights, and never both at once.
+    renamed = f"{ROUTE}-v2"
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(user_route(namespace, renamed)))
+    apply(cluster, namespace, routed_model(NEW, renamed))
+    wait_until(
+        lambda: (
+            weights(cluster, namespace, renamed) == {a: 90, b: 10}
+            and status(cluster, namespace).get("httpRoute") == renamed
+        ),
+        timeout=30,
+        what="the new route weighted",
+    )
+    assert weights(cluster, namespace) == {NAME: 1}
+
     code, out = cli(cluster, "rollback", NAME, "-n", namespace)
     assert code == 0, out
     wait_until(
-        lambda: weights(cluster, namespace) == {a: 100, b: 0}, timeout=30, what="the canary's weight gone"
+        lambda: weights(cluster, namespace, renamed) == {a: 100, b: 0},
+        timeout=30,
+        what="the canary's weight gone",
     )
 
 

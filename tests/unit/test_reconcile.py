@@ -68,11 +68,11 @@ class World:
             prices=self.prices,
             remembered=Remembered(dict(self.applied), self.status),
             looked_up=self.looked_up,
-            route=self.route_lookup(),
+            route=self.route_lookup(body),
         )
         return plan_reconcile(observed, policy or reconcile_policy(), now)
 
-    def route_lookup(self) -> RouteLookup | None:
+    def route_lookup(self, body: dict[str, Any]) -> RouteLookup | None:
         """spec.rollout.httpRoute as the runtime would read it; none here."""
         return None
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gpufleet.planning.observe import ObservedPod
-from gpufleet.planning.reconcile import ReconcilePlan
+from gpufleet.planning.reconcile import ReconcilePlan, route_name
 from gpufleet.planning.traffic import RouteLookup, plan_traffic, ready_in_slot, routable
 from gpufleet.planning.workloads import LABEL_REVISION_HASH, Owner
 from tests.unit.helpers import sample
@@ -160,26 +160,39 @@ class RoutedWorld(World):
     """World plus the user's HTTPRoute, patched as the API server would (a stale version refused)."""
 
     route: dict[str, Any] = field(default_factory=lambda: route(rule("llama-3-70b"), version="1"))
+    others: dict[str, dict[str, Any]] = field(default_factory=dict)  # more routes, by name
     refused: int = 0
     unreadable: bool = False  # the GET of the route fails (403, API error)
+    read: list[str] = field(default_factory=list)  # the route names read, pass by pass
 
-    def route_lookup(self) -> RouteLookup | None:
+    def named(self, name: str) -> dict[str, Any] | None:
+        return self.route if name == "chat" else self.others.get(name)
+
+    def route_lookup(self, body: dict[str, Any]) -> RouteLookup | None:
+        name = route_name(body, self.status)  # as the runtime picks it
+        if not name:
+            return None
+        self.read.append(name)
         if self.unreadable:
-            return RouteLookup("chat", None, error="403 forbidden")
-        return RouteLookup("chat", copy.deepcopy(self.route))
+            return RouteLookup(name, None, error="403 forbidden")
+        return RouteLookup(name, copy.deepcopy(self.named(name)))
 
     def carry_out(self, plan: ReconcilePlan, body: dict[str, Any]) -> None:
         super().carry_out(plan, body)
         if plan.route is None:
             return
-        if plan.route.patch["metadata"]["resourceVersion"] != self.route["metadata"]["resourceVersion"]:
+        target = self.named(plan.route.name)
+        assert target is not None, f"a patch of HTTPRoute {plan.route.name}, which does not exist"
+        if plan.route.patch["metadata"]["resourceVersion"] != target["metadata"]["resourceVersion"]:
             self.refused += 1
             return
-        self.route["spec"]["rules"] = copy.deepcopy(plan.route.patch["spec"]["rules"])
-        self.route["metadata"]["resourceVersion"] = str(int(self.route["metadata"]["resourceVersion"]) + 1)
+        target["spec"]["rules"] = copy.deepcopy(plan.route.patch["spec"]["rules"])
+        target["metadata"]["resourceVersion"] = str(int(target["metadata"]["resourceVersion"]) + 1)
 
-    def weights(self) -> dict[str, int]:
-        return {ref["name"]: ref.get("weight", 1) for ref in self.route["spec"]["rules"][0]["backendRefs"]}
+    def weights(self, name: str = "chat") -> dict[str, int]:
+        routed = self.named(name)
+        assert routed is not None
+        return {ref["name"]: ref.get("weight", 1) for ref in routed["spec"]["rules"][0]["backendRefs"]}
 
 
 def routed_body(weight: int = 10) -> dict[str, Any]:
@@ -295,3 +308,50 @@ def test_unsetting_the_route_points_it_back_at_the_models_service_before_the_slo
     assert "TrafficRouted" not in conditions(body)
     world.converge(body)
     assert world.weights() == {"llama-3-70b": 1}
+
+
+def test_renaming_the_route_points_the_old_one_back_before_the_new_one_gets_any_weight() -> None:
+    body = routed_body(10)
+    world = RoutedWorld(others={"chat-v2": route(rule("llama-3-70b"), version="40")})
+    world.converge(body)
+    settle(world)
+    world.converge(body)
+    body["spec"]["engine"]["image"] = NEW_IMAGE
+    for after in (0, 0, 10):
+        settle(world)
+        step(world, body, after=timedelta(seconds=after))
+    assert world.weights() == {"llama-3-70b-a": 90, "llama-3-70b-b": 10}
+
+    body["spec"]["rollout"]["httpRoute"]["name"] = "chat-v2"  # one edit, mid-canary
+    first = step(world, body, after=timedelta(seconds=20))
+    # Both routes split by weight at once would send the canary its share twice; the old one goes first.
+    assert world.weights("chat") == {"llama-3-70b": 1}
+    assert world.weights("chat-v2") == {"llama-3-70b": 1}
+    assert conditions(body)["TrafficRouted"] == ("False", "ReleasingHTTPRoute")
+    assert "now names chat-v2" in next(
+        c["message"] for c in body["status"]["conditions"] if c["type"] == "TrafficRouted"
+    )
+    assert body["status"]["httpRoute"] == "chat"
+    assert not [r for r in first.removals if r.kind == "Service"]
+    assert body["status"]["rollout"]["weight"] == 50  # by replica ratio while no route carries it
+
+    released = step(world, body, after=timedelta(seconds=21))
+    assert not [r for r in released.removals if r.kind == "Service"]  # the new route needs them
+    assert released.requeue_after == 0.0
+    step(world, body, after=timedelta(seconds=22))
+    step(world, body, after=timedelta(seconds=23))
+    assert world.weights("chat-v2") == {"llama-3-70b-a": 90, "llama-3-70b-b": 10}
+    assert world.weights("chat") == {"llama-3-70b": 1}
+    assert body["status"]["httpRoute"] == "chat-v2"
+    assert conditions(body)["TrafficRouted"] == ("True", "BackendWeights")
+    assert world.read[-1] == "chat-v2"
+    assert world.refused == 0
+
+
+def test_the_route_left_is_read_by_what_this_operator_wrote_not_by_a_body_behind_it() -> None:
+    body = {"spec": {"rollout": {"httpRoute": {"name": "chat-v2"}}}, "status": {"httpRoute": "chat-v2"}}
+    assert route_name(body) == "chat-v2"
+    assert route_name(body, {"httpRoute": "chat"}) == "chat"  # written since: chat is still to release
+    assert route_name(body, {}) == "chat-v2"  # released: the new one
+    assert route_name({"spec": {}, "status": {"httpRoute": "chat"}}) == "chat"
+    assert route_name({"spec": {}}) == ""

@@ -1212,8 +1212,9 @@ class ModelDeploymentStatus(_Model):
         Field(
             description=(
                 "The HTTPRoute whose backendRefs the operator writes (spec.rollout.httpRoute). Kept after "
-                "spec.rollout.httpRoute is unset until the operator has pointed the route's rules back at "
-                "the model's Service; then the slot Services are deleted."
+                "spec.rollout.httpRoute is unset or renamed until the operator has pointed the route's "
+                "rules back at the model's Service; then the slot Services are deleted (unset) or the "
+                "newly named route gets the weights (renamed)."
             )
         ),
     ] = None

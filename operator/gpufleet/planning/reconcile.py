@@ -227,16 +227,24 @@ class Observed:
     route: RouteLookup | None = None
 
 
-def route_name(body: Mapping[str, Any]) -> str:
-    """The HTTPRoute for the runtime to read ("" when none): spec.rollout.httpRoute.name as written, or,
-    once it is unset, status.httpRoute until the route has been released."""
+def route_name(body: Mapping[str, Any], written_status: Mapping[str, Any] | None = None) -> str:
+    """The HTTPRoute for the runtime to read ("" when none): status.httpRoute while it names a route that
+    spec.rollout.httpRoute no longer names (unset, or renamed), so that route is pointed back at the
+    model's Service first; else spec.rollout.httpRoute.name. `written_status`: the status this operator
+    wrote last, newer than a body the watch has not caught up with."""
+    wanted = _spec_route(body)
+    status = written_status if written_status is not None else body.get("status") or {}
+    held = status.get("httpRoute")
+    if isinstance(held, str) and held and held != wanted:
+        return held
+    return wanted
+
+
+def _spec_route(body: Mapping[str, Any]) -> str:
     rollout = (body.get("spec") or {}).get("rollout") or {}
     ref = rollout.get("httpRoute") if isinstance(rollout, Mapping) else None
     name = ref.get("name") if isinstance(ref, Mapping) else None
-    if isinstance(name, str) and name:
-        return name
-    released = (body.get("status") or {}).get("httpRoute")
-    return released if isinstance(released, str) else ""
+    return name if isinstance(name, str) else ""
 
 
 @dataclass(frozen=True)
@@ -335,7 +343,14 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     owner = Owner(name, namespace, uid)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
     history = _revision_history(observed, owner, spec, previous)
-    routed_before = spec.rollout.http_route is not None and _route_carries(observed, history, pods, owned)
+    leaving = _route_left(observed, spec, previous)
+    routed_before = (
+        spec.rollout.http_route is not None
+        and not leaving
+        and _route_carries(
+            _route_read(observed, spec.rollout.http_route.name), observed, history, pods, owned
+        )
+    )
     rollout = _plan_rollout(observed, spec, previous, history, capacity, pods, owned, now, routed_before)
     label_all = spec.rollout.http_route is not None
     desired = desired_workloads(
@@ -345,8 +360,9 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         policy.workloads,
         _slot_workloads(spec, history, rollout, owned, label_all),
     )
-    traffic = _plan_traffic(observed, spec, owner, policy, history, rollout, pods)
-    release = _route_to_release(observed, spec, previous, policy.workloads.port)
+    # A route left (unset or renamed) is pointed back at the model's Service before any other is written.
+    traffic = None if leaving else _plan_traffic(observed, spec, owner, policy, history, rollout, pods)
+    release = _route_to_release(observed, spec, leaving, policy.workloads.port)
     releasing = release is not None and not release.done
     route_patch = traffic.patch if traffic else release.patch if release else None
     route_condition = traffic.condition if traffic else release.condition if releasing and release else None
@@ -383,9 +399,9 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         for live_name, live in sorted(live_by_name.items())
         if live_name not in wanted
     ]
-    if traffic is None and not releasing:
+    if spec.rollout.http_route is None and not releasing:
         # No route, or one released: the slot Services go (those this operator remembers applying, or
-        # both once a route recorded in status is released).
+        # both once a route recorded in status is released). A renamed route keeps them for the next.
         removals += [
             Removal("v1", "Service", slot_service_name(name, slot), None)
             for slot in SLOTS
@@ -411,13 +427,15 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         credentials=credentials_condition(spec.model.credentials_secret, source_uris(spec), observed.secret),
         revisions=revisions.status,
         rollout=rollout.status,
-        http_route=route_name(body) if traffic is not None or releasing else None,
+        http_route=_spec_route(body) if traffic is not None else leaving if releasing else None,
     )
     requeue_after = _earliest(
         capacity.requeue_after,
         rollout.requeue_after,
         # The route is the user's and not watched: a GitOps sync that sets its weights back is seen here.
         ROUTE_RECHECK_SECONDS if traffic is not None or releasing else None,
+        # The route left is released: the one spec.rollout.httpRoute names now is taken at once.
+        0.0 if leaving and not releasing and spec.rollout.http_route is not None else None,
     )
     return ReconcilePlan(
         (namespace, name),
@@ -431,7 +449,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
         # The history first: it names the template before any pod of it starts.
         applies=(*revision_writes, *(a for a in applies if a is not None)),
         removals=tuple(removals),
-        route=RouteWrite(route_name(body), route_patch) if route_patch else None,
+        route=RouteWrite(leaving or _spec_route(body), route_patch) if route_patch else None,
         slo_ttft_seconds=spec.slo.ttft_p95_seconds if spec.slo else None,
         # Nothing of ours signals that a foreign object went away: look again soon, not at the resync.
         requeue_after=min(requeue_after or CONFLICT_RECHECK_SECONDS, CONFLICT_RECHECK_SECONDS)
@@ -843,12 +861,16 @@ def _slot_hashes(history: _History, rollout: RolloutPlan) -> dict[Slot, str]:
 
 
 def _route_carries(
-    observed: Observed, history: _History, pods: Sequence[ObservedPod], owned: Sequence[Mapping[str, Any]]
+    route: RouteLookup,
+    observed: Observed,
+    history: _History,
+    pods: Sequence[ObservedPod],
+    owned: Sequence[Mapping[str, Any]],
 ) -> bool:
     """Whether the HTTPRoute carries the weights as this pass starts: readable, with a rule of the
     model's, and a ready pod behind the stable slot's Service (see planning.traffic)."""
     name = observed.body["metadata"]["name"]
-    if not routable(observed.route, name):
+    if not routable(route, name):
         return False
     stable = history.stable or history.plan.current
     stable_slot = _stable_slot(history.stored, owned)
@@ -868,7 +890,7 @@ def _plan_traffic(
     if spec.rollout.http_route is None:
         return None
     hashes = _slot_hashes(history, rollout)
-    lookup = observed.route or RouteLookup(spec.rollout.http_route.name, None, error="not read")
+    lookup = _route_read(observed, spec.rollout.http_route.name)
     live = [p for p in pods if not p.terminating]
     stable_ready = ready_in_slot(live, rollout.stable_slot, hashes[rollout.stable_slot])
     canary_weight = rollout.route_weight if rollout.canary else 0
@@ -877,19 +899,33 @@ def _plan_traffic(
     )
 
 
-def _route_to_release(
-    observed: Observed, spec: ModelDeploymentSpec, previous: ModelDeploymentStatus, port: int
-) -> RouteRelease | None:
-    """spec.rollout.httpRoute unset while status.httpRoute names the route last written: None when
-    there is nothing to release (see planning.traffic.release_route)."""
-    if spec.rollout.http_route is not None:
-        return None
+def _route_left(observed: Observed, spec: ModelDeploymentSpec, previous: ModelDeploymentStatus) -> str:
+    """The route status.httpRoute says was written last, when spec.rollout.httpRoute no longer names it
+    (unset, or renamed); "" when there is none."""
     written = observed.remembered.status
     name = written.get("httpRoute") if written is not None else previous.http_route
-    if not name:
+    wanted = spec.rollout.http_route.name if spec.rollout.http_route else ""
+    return name if isinstance(name, str) and name and name != wanted else ""
+
+
+def _route_read(observed: Observed, name: str) -> RouteLookup:
+    """The route of that name as the runtime read it; another name read (a body behind this operator's
+    own status write) is not this one."""
+    if observed.route is not None and observed.route.name == name:
+        return observed.route
+    return RouteLookup(name, None, error="not read")
+
+
+def _route_to_release(
+    observed: Observed, spec: ModelDeploymentSpec, leaving: str, port: int
+) -> RouteRelease | None:
+    """The route left to point back at the model's Service: None when there is none (see
+    planning.traffic.release_route)."""
+    if not leaving:
         return None
     model = observed.body["metadata"]["name"]
-    return release_route(model, port, observed.route or RouteLookup(name, None, error="not read"))
+    successor = spec.rollout.http_route.name if spec.rollout.http_route else None
+    return release_route(model, port, _route_read(observed, leaving), successor)
 
 
 def _slot_of(deployment: Mapping[str, Any]) -> Slot:

@@ -208,11 +208,19 @@ class RouteRelease:
     condition: ConditionView
 
 
-def release_route(model: str, port: int, lookup: RouteLookup) -> RouteRelease:
-    """spec.rollout.httpRoute was unset: the route's rules go back to the model's Service before the
-    slot Services are deleted, since a gateway answers 500 for a rule left at a deleted Service. A route
-    that could not be read keeps the slot Services (unknown is not done)."""
+def release_route(model: str, port: int, lookup: RouteLookup, successor: str | None = None) -> RouteRelease:
+    """spec.rollout.httpRoute was unset, or renamed to `successor`: the route's rules go back to the
+    model's Service before the slot Services are deleted (a gateway answers 500 for a rule left at a
+    deleted Service) and before the successor gets any weight (two routes would split the traffic twice).
+    A route that could not be read keeps the slot Services (unknown is not done)."""
     where = f"HTTPRoute {lookup.name}"
+    why = (
+        f"spec.rollout.httpRoute now names {successor}: {where} goes back to Service {model} before "
+        f"{successor} gets the weights"
+        if successor
+        else f"spec.rollout.httpRoute is unset: {where} goes back to Service {model} before the slot "
+        "Services are deleted"
+    )
     if lookup.error:
         return RouteRelease(
             None,
@@ -235,7 +243,6 @@ def release_route(model: str, port: int, lookup: RouteLookup) -> RouteRelease:
             TRAFFIC_ROUTED,
             False,
             "ReleasingHTTPRoute",
-            f"spec.rollout.httpRoute is unset: {where} goes back to Service {model} before the slot "
-            "Services are deleted",
+            why,
         ),
     )

@@ -87,7 +87,7 @@ class Reconciler:
                 for ref in names_to_look_up(body, remembered.applied, sorted(foreign, key=str))
             },
             secret=self._credentials(namespace, body),
-            route=self._route(namespace, body),
+            route=self._route(namespace, body, remembered.status),
         )
         plan = plan_reconcile(observed, self.policy, now)
         # Foreign objects that are gone or ours now need no more looking up.
@@ -110,10 +110,12 @@ class Reconciler:
             )
         return plan
 
-    def _route(self, namespace: str, body: Mapping[str, Any]) -> RouteLookup | None:
+    def _route(
+        self, namespace: str, body: Mapping[str, Any], written_status: Mapping[str, Any] | None
+    ) -> RouteLookup | None:
         """spec.rollout.httpRoute, read on every pass that names one: it is the user's object, edited
         outside gpufleet (a GitOps sync may set its weights back), so no cache would be right for long."""
-        name = route_name(body)
+        name = route_name(body, written_status)
         if not name:
             return None
         try:

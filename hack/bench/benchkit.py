@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,3 +170,23 @@ def spread(values: Sequence[float | None], digits: int) -> str:
         return ""
     rounds = f"{len(values)}" if len(known) == len(values) else f"{len(known)} of {len(values)}"
     return f" ({number(min(known), digits)}-{number(max(known), digits)} over {rounds} rounds)"
+
+
+def operator_lines(
+    name: str,
+    reasons: Mapping[str, int],
+    operator_errors: int,
+    operator_log: Path,
+    errors: int,
+    failed: str = "observations",
+) -> list[str]:
+    """A trial's closing lines: the operator's Events by reason, its log's errors, and the benchmark's
+    own failed calls (`failed` says what they were)."""
+    lines = []
+    if reasons:
+        counted = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        lines.append(f"{name} operator Events by reason: {counted}")
+    lines.append(f"{name} operator log: {operator_errors} ERROR/Traceback lines ({operator_log})")
+    if errors:
+        lines.append(f"{name} errors: {errors} {failed} failed (see stderr)")
+    return lines

@@ -66,6 +66,7 @@ from benchkit import (
     BenchError,
     fleet_in_namespace,
     log,
+    operator_lines,
     or_failure,
     ratio,
     require_operator_alive,
@@ -1052,14 +1053,7 @@ def report_lines(result: TrialResult, rule: AlertRule) -> list[str]:
             f"{name} warning: the load sent {report.sent} requests, the regenerated arrivals are "
             f"{len(result.sent_at)}: the expected-failure figures are off"
         )
-    if result.reasons:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
-        lines.append(f"{name} operator Events by reason: {reasons}")
-    lines.append(
-        f"{name} operator log: {result.operator_errors} ERROR/Traceback lines ({result.operator_log})"
-    )
-    if result.errors:
-        lines.append(f"{name} errors: {result.errors} observations failed (see stderr)")
+    lines += operator_lines(name, result.reasons, result.operator_errors, result.operator_log, result.errors)
     return lines
 
 

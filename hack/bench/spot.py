@@ -58,7 +58,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import BenchError, fleet_in_namespace, log, or_failure, require_operator_alive, run_trials
+from benchkit import (
+    BenchError,
+    fleet_in_namespace,
+    log,
+    operator_lines,
+    or_failure,
+    require_operator_alive,
+    run_trials,
+)
 from kubernetes import client
 
 from fleetsim import nth as nth_handler
@@ -635,14 +643,14 @@ def report_lines(result: TrialResult) -> list[str]:
         lines.append(f"{name} interruption notes: {'; '.join(skipped)}")
     for action in result.nth:
         lines.append(f"{name} aws-node-termination-handler v1.25.6: {action}")
-    if result.reasons:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
-        lines.append(f"{name} operator Events by reason: {reasons}")
-    lines.append(
-        f"{name} operator log: {result.operator_errors} ERROR/Traceback lines ({result.operator_log})"
+    lines += operator_lines(
+        name,
+        result.reasons,
+        result.operator_errors,
+        result.operator_log,
+        result.errors,
+        "observations or handler calls",
     )
-    if result.errors:
-        lines.append(f"{name} errors: {result.errors} observations or handler calls failed (see stderr)")
     return lines
 
 

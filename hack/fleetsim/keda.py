@@ -152,12 +152,21 @@ class Keda:
         self.build = build
         self.workdir = workdir
         self.certs = workdir / "certs"
-        self.grpc_port = free_port()
-        self.operator_metrics_port = free_port()
-        self.operator_health_port = free_port()
-        self.adapter_port = free_port()
-        # The adapter's own /metrics listener binds every interface (":<port>"): a free port of its own.
-        self.adapter_metrics_port = free_port("0.0.0.0")
+        # Each port is free when picked but not held, so the kernel may hand the same one out twice (CI
+        # once saw the adapter's /metrics land on the gRPC port): picked until all five differ.
+        ports: list[int] = []
+        while len(ports) < 5:
+            # The adapter's own /metrics listener (the last) binds every interface (":<port>").
+            port = free_port("0.0.0.0" if len(ports) == 4 else "127.0.0.1")
+            if port not in ports:
+                ports.append(port)
+        (
+            self.grpc_port,
+            self.operator_metrics_port,
+            self.operator_health_port,
+            self.adapter_port,
+            self.adapter_metrics_port,
+        ) = ports
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 

@@ -343,7 +343,7 @@ def plan_reconcile(observed: Observed, policy: ReconcilePolicy, now: datetime) -
     owner = Owner(name, namespace, uid)
     live_by_name = {d["metadata"]["name"]: d for d in owned}
     history = _revision_history(observed, owner, spec, previous)
-    leaving = _route_left(observed, spec, previous)
+    leaving = _route_left(observed)
     routed_before = (
         spec.rollout.http_route is not None
         and not leaving
@@ -899,13 +899,11 @@ def _plan_traffic(
     )
 
 
-def _route_left(observed: Observed, spec: ModelDeploymentSpec, previous: ModelDeploymentStatus) -> str:
+def _route_left(observed: Observed) -> str:
     """The route status.httpRoute says was written last, when spec.rollout.httpRoute no longer names it
-    (unset, or renamed); "" when there is none."""
-    written = observed.remembered.status
-    name = written.get("httpRoute") if written is not None else previous.http_route
-    wanted = spec.rollout.http_route.name if spec.rollout.http_route else ""
-    return name if isinstance(name, str) and name and name != wanted else ""
+    (unset, or renamed); "" when there is none. The same choice the runtime made when it read the route."""
+    name = route_name(observed.body, observed.remembered.status)
+    return name if name != _spec_route(observed.body) else ""
 
 
 def _route_read(observed: Observed, name: str) -> RouteLookup:
